@@ -1,0 +1,84 @@
+"""Training throughput of the paper configs: steps/s, images/s, FLOPs per step, achieved FLOP/s, peak memory.
+
+  python benchmarks/train_throughput.py [--configs=celeba_pixelcnn,lsun_pixelcnn] [--batch_size=32] [--steps=5]
+
+Runs the real jitted train step (sharded over all local devices) on random uint8 batches of the config's sizes.
+FLOPs come from XLA's cost analysis of the compiled step; peak memory is the device's peak_bytes_in_use where the
+backend reports it (GPU/TPU) and the process's peak RSS otherwise (CPU). Results go in benchmarks/README.md.
+"""
+import importlib
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from common import optim, sharding
+from pixelsr import models, train
+
+flags.DEFINE_list('configs', ['celeba_pixelcnn', 'lsun_pixelcnn'], 'Config modules under configs/.')
+flags.DEFINE_integer('batch_size', 32, 'Global batch size.')
+flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile + warm-up step).')
+FLAGS = flags.FLAGS
+
+
+def peak_memory_gib() -> tuple[float, str]:
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**30, 'device peak'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'host peak RSS'
+
+
+def measure(name: str, batch_size: int, steps: int) -> dict:
+  config = importlib.import_module(f'configs.{name}').get_config()
+  cfg = train.model_config(config)
+  mesh = sharding.data_mesh()
+  model = models.PixelRecursiveSR(cfg)
+  tx, schedule = optim.make_optimizer(config.optimizer)
+  state = train.create_train_state(model, cfg, tx, config.data, jax.random.key(0), mesh)
+  config.unlock().batch_size = batch_size
+  step, _ = train.compile_steps(config, schedule, state, mesh)
+  rng = np.random.default_rng(0)
+  d = config.data
+  batch = sharding.to_global({
+      'lowres': rng.integers(0, 256, (batch_size, d.lowres_size, d.lowres_size, cfg.num_colours), np.uint8),
+      'highres': rng.integers(0, 256, (batch_size, d.highres_size, d.highres_size, cfg.num_colours), np.uint8)},
+      mesh)
+  key = jax.random.key(0)
+  compiled = step.lower(state, batch, key).compile()
+  cost = compiled.cost_analysis()
+  flops = float((cost[0] if isinstance(cost, list) else cost).get('flops', float('nan')))
+  state, metrics = step(state, batch, key)  # warm-up
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, batch, key)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - t0) / steps
+  memory, memory_kind = peak_memory_gib()
+  return dict(config=name, params=sum(x.size for x in jax.tree.leaves(state.params)), step_s=seconds,
+              steps_per_s=1 / seconds, images_per_s=batch_size / seconds, gflop_per_step=flops / 1e9,
+              achieved_gflops=flops / 1e9 / seconds, peak_gib=memory, memory_kind=memory_kind)
+
+
+def main(argv):
+  del argv
+  if len(FLAGS.configs) > 1:  # One process per config, so each peak-memory figure is that config's own.
+    for name in FLAGS.configs:
+      subprocess.run([sys.executable, __file__, f'--configs={name}', f'--batch_size={FLAGS.batch_size}',
+                      f'--steps={FLAGS.steps}'], check=True)
+    return
+  print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}), '
+        f'batch {FLAGS.batch_size}, {FLAGS.steps} timed steps')
+  for name in FLAGS.configs:
+    r = measure(name, FLAGS.batch_size, FLAGS.steps)
+    print(f"{r['config']}: {r['params']:,} params | {r['step_s']:.3f} s/step | {r['steps_per_s']:.3f} steps/s | "
+          f"{r['images_per_s']:.1f} images/s | {r['gflop_per_step']:.1f} GFLOP/step | "
+          f"{r['achieved_gflops']:.1f} GFLOP/s | {r['peak_gib']:.2f} GiB {r['memory_kind']}", flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,415 @@
+"""Input pipelines: batches of {'lowres', 'highres'} uint8 images from three sources.
+
+Sources (data_cfg.source): 'tfds' (a prepared tfds dataset such as celeb_a or lsun/bedroom),
+'folder' (a user's own images) and 'embedded' (colour photos shipped inside scikit-image,
+for runs without any download). Every source runs the same steps:
+
+  decode -> crop (data_cfg.crop) -> antialiased bicubic resize to highres_size -> round
+  half to even, clip -> highres uint8 -> bicubic resize of that uint8 image to lowres_size
+  (antialiased iff data_cfg.antialias) -> round, clip -> lowres uint8.
+
+The source -> highres resize is always antialiased: without it a 178-pixel face shrunk to
+32 pixels aliases. data_cfg.antialias selects the highres -> lowres operator the model
+learns to invert (the paper's setting is antialiased).
+
+The training order is a function of (seed, example index) only, so `start_index` (the
+number of examples a run has consumed) resumes exactly where an uninterrupted run would be.
+Random crops draw from stateless generators keyed by (seed, index).
+"""
+import dataclasses
+import functools
+import math
+import os
+import re
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import skimage.data
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from common.errors import UserError
+from common.images import ImageError, load_image
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
+EMBEDDED_PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field',
+                   'immunohistochemistry', 'retina')
+# Eval crops use this fixed stream whatever the training seed, so that runs with different
+# seeds are evaluated on the same examples.
+_EVAL_SEED = 2**31 - 1
+# Fixes which files of a folder are held out; changing it would leak eval files into training.
+_FOLDER_SPLIT_SEED = 0
+
+
+class DatasetNotFoundError(UserError):
+  """A tfds dataset that is not prepared on this machine, or that tfds does not know."""
+
+
+def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int = 0,
+                 start_index: int = 0, process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Batches for this process: {'lowres': uint8 (b, l, l, 3), 'highres': uint8 (b, h, h, 3)}.
+
+  Args:
+    data_cfg: the data config (configs/defaults.py: data_config()).
+    split: 'train' (infinite, shuffled) or 'eval' (finite: num_eval_examples held-out
+      examples, each exactly once, in a fixed order, with a bool 'mask' (b,) that is
+      False on the padding that fills the last batches).
+    batch_size: the global batch size; this process yields batch_size // process_count.
+    seed: training order and random crops ('eval' ignores it: see _EVAL_SEED).
+    start_index: examples already consumed (step * batch_size); the stream starts where
+      an uninterrupted run would be. A multiple of batch_size.
+    process_index: this process; defaults to jax.process_index().
+    process_count: defaults to jax.process_count().
+
+  'embedded' and 'folder' split each global batch by rows: process p gets rows
+  [p * b, (p + 1) * b), so the processes' batches concatenated are the global batch. 'tfds'
+  gives each process its own part of the split (tfds.split_for_jax_process). For 'eval',
+  every process yields the same number of batches, ceil(num_examples / batch_size).
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if split not in ('train', 'eval'):
+    raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f'batch_size {batch_size} must be a positive multiple of the process count {process_count}')
+  if start_index < 0 or start_index % batch_size:
+    raise ValueError(f'start_index {start_index} must be a non-negative multiple of batch_size {batch_size}')
+  if data_cfg.crop not in ('celeba', 'centre', 'random'):
+    raise UserError(f"config.data.crop must be 'celeba', 'centre' or 'random', got {data_cfg.crop!r}")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} must be in [0, {process_count})')
+  _hide_gpus_from_tf()
+  shard = _Shard(process_index, process_count, batch_size // process_count)
+  sources = {'tfds': _tfds_examples, 'folder': _folder_examples, 'embedded': _embedded_examples}
+  if data_cfg.source not in sources:
+    raise UserError(f"config.data.source must be one of {sorted(sources)}, got {data_cfg.source!r}")
+  examples, num_eval = sources[data_cfg.source](data_cfg, split, shard=shard, seed=seed, start_index=start_index)
+
+  ds = examples.map(functools.partial(_make_pair, data_cfg=data_cfg), num_parallel_calls=tf.data.AUTOTUNE)
+  if split == 'eval':
+    size = data_cfg.highres_size, data_cfg.lowres_size
+    padding = tf.data.Dataset.from_tensors({
+        'highres': tf.zeros([size[0], size[0], 3], tf.uint8),
+        'lowres': tf.zeros([size[1], size[1], 3], tf.uint8),
+        'mask': False,
+    }).repeat()
+    ds = ds.concatenate(padding).take(math.ceil(num_eval / batch_size) * shard.batch)
+  ds = ds.batch(shard.batch, drop_remainder=True).prefetch(2)
+  return _numpy_batches(ds.with_options(_options()))
+
+
+def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  """Iterates as numpy; a bad image file surfaces as ImageError, not as a TF op error."""
+  batches = ds.as_numpy_iterator()
+  while True:
+    try:
+      batch = next(batches)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      bad_file = re.search(r'ImageError: (.*)', e.message)
+      if bad_file:
+        raise ImageError(bad_file.group(1)) from None  # TF's trace says nothing more.
+      raise
+    yield batch
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+  """Which rows of each global batch this process yields."""
+  index: int
+  count: int
+  batch: int
+
+  @property
+  def global_batch(self) -> int:
+    return self.batch * self.count
+
+  def global_index(self, local: tf.Tensor) -> tf.Tensor:
+    """Local example number -> index in the global stream (row-block split of each batch)."""
+    step, row = local // self.batch, local % self.batch
+    return step * self.global_batch + self.index * self.batch + row
+
+  def owns(self, index: tf.Tensor) -> tf.Tensor:
+    return (index % self.global_batch) // self.batch == self.index
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  # Parallelism comes from the parallel maps; single-threaded ops leave cores for JAX.
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _hide_gpus_from_tf() -> None:
+  """JAX owns the accelerators; TF would otherwise reserve GPU memory for the input pipeline."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:
+    pass  # TF already initialized its devices; they are whatever the first caller chose.
+
+
+def _quantize(x: tf.Tensor) -> tf.Tensor:
+  """Same rule as common.images.quantize: round half to even, clip to [0, 255]."""
+  return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+
+def lowres_from_highres(highres: tf.Tensor, lowres_size: int, antialias: bool = True) -> tf.Tensor:
+  """uint8 (..., H, W, 3) -> uint8 (..., lowres_size, lowres_size, 3): the model's input."""
+  resized = tf.image.resize(tf.cast(highres, tf.float32), [lowres_size, lowres_size], 'bicubic',
+                            antialias=antialias)
+  return _quantize(resized)
+
+
+def crop_image(image: tf.Tensor, data_cfg: ml_collections.ConfigDict, seed: tf.Tensor) -> tf.Tensor:
+  """Cuts the square that data_cfg.crop asks for from an (H, W, C) image.
+
+  'celeba': data_cfg.celeba_crop_box = (top, left, size), for 178x218 aligned CelebA.
+  'centre': the largest centred square (odd margins put the extra pixel bottom/right).
+  'random': side uniform in [min(random_crop_min, s), min(random_crop_max, s)] with
+    s = min(H, W), then a uniform position; `seed` (int64 [2]) keys the stateless draw.
+  """
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  if data_cfg.crop == 'celeba':
+    top, left, size = data_cfg.celeba_crop_box
+    return tf.image.crop_to_bounding_box(image, top, left, size, size)
+  if data_cfg.crop == 'centre':
+    side = tf.minimum(h, w)
+    return image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+  u = tf.random.stateless_uniform([3], seed=seed)
+  largest = tf.minimum(h, w)
+  low = tf.minimum(data_cfg.random_crop_min, largest)
+  high = tf.minimum(data_cfg.random_crop_max, largest)
+  side = low + _floor_int(u[0], high - low + 1)
+  top = _floor_int(u[1], h - side + 1)
+  left = _floor_int(u[2], w - side + 1)
+  return image[top:top + side, left:left + side]
+
+
+def _floor_int(u: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+  """A uniform u in [0, 1) -> an integer uniform in [0, n)."""
+  return tf.minimum(tf.cast(tf.floor(u * tf.cast(n, tf.float32)), tf.int32), n - 1)
+
+
+def _make_pair(example: dict[str, tf.Tensor], data_cfg: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
+  crop = tf.cast(crop_image(example['image'], data_cfg, example['seed']), tf.float32)
+  size = data_cfg.highres_size
+  highres = _quantize(tf.image.resize(crop, [size, size], 'bicubic', antialias=True))
+  pair = {'highres': highres, 'lowres': lowres_from_highres(highres, data_cfg.lowres_size, data_cfg.antialias)}
+  if 'mask' in example:
+    pair['mask'] = example['mask']
+  return pair
+
+
+def _crop_seed(seed: int, index: tf.Tensor) -> tf.Tensor:
+  return tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+
+
+def _epoch_stream(num_items: int, seed: int, start_index: int, shard: _Shard) -> tf.data.Dataset:
+  """{'index', 'item'}: this process's part of an endless stream of shuffled epochs.
+
+  Epoch e is a permutation of the items keyed by (seed, -1 - e) (negative, so it never
+  shares a key with a crop, keyed by (seed, index >= 0)); the stream starts at
+  start_index without generating the epochs before it.
+  """
+  first_epoch = start_index // num_items
+
+  def epoch(e):
+    keys = tf.random.stateless_uniform([num_items], seed=tf.stack([tf.constant(seed, tf.int64), -1 - e]))
+    return tf.data.Dataset.from_tensor_slices({
+        'index': e * num_items + tf.range(num_items, dtype=tf.int64),
+        'item': tf.argsort(keys),
+    })
+
+  stream = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+  return stream.skip(start_index - first_epoch * num_items).filter(lambda x: shard.owns(x['index']))
+
+
+def _eval_indices(num_examples: int, shard: _Shard) -> tf.data.Dataset:
+  """This process's rows of the eval stream 0 .. num_examples - 1, in order."""
+  local_count = math.ceil(num_examples / shard.global_batch) * shard.batch
+  indices = tf.data.Dataset.range(local_count).map(shard.global_index)
+  return indices.filter(lambda i: i < num_examples)
+
+
+def _indexed_examples(load_item, num_items: int, split: str, num_eval: int, *, shard: _Shard,
+                      seed: int, start_index: int) -> tf.data.Dataset:
+  """Examples of a source whose items (files, photos) `load_item(item)` reads by number."""
+  if split == 'train':
+    stream = _epoch_stream(num_items, seed, start_index, shard)
+    return stream.map(lambda x: {'image': load_item(x['item']), 'seed': _crop_seed(seed, x['index'])},
+                      num_parallel_calls=tf.data.AUTOTUNE)
+  indices = _eval_indices(num_eval, shard)
+  return indices.map(lambda i: {'image': load_item(i % num_items), 'seed': _crop_seed(_EVAL_SEED, i), 'mask': True},
+                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------- embedded photos
+
+
+def embedded_photo(name: str, split: str, eval_fraction: float) -> np.ndarray:
+  """The part of scikit-image photo `name` that `split` may crop from.
+
+  'eval' gets the bottom round(H * eval_fraction) rows (at least 1), 'train' the rows above,
+  so eval crops are at most as tall as that strip (e.g. 30 rows of chelsea at 0.1).
+  """
+  photo = getattr(skimage.data, name)()
+  held_out = min(max(1, round(photo.shape[0] * eval_fraction)), photo.shape[0] - 1)
+  return photo[photo.shape[0] - held_out:] if split == 'eval' else photo[:photo.shape[0] - held_out]
+
+
+def _embedded_examples(data_cfg, split, *, shard, seed, start_index):
+  if data_cfg.crop == 'celeba':
+    raise UserError("config.data.crop='celeba' needs aligned CelebA images; use 'random' or 'centre' with "
+                    "source='embedded'")
+  if split == 'eval' and data_cfg.num_eval_examples <= 0:
+    raise UserError('source=embedded makes as many eval crops as asked: set data.num_eval_examples > 0')
+  photos = [embedded_photo(name, split, data_cfg.eval_fraction) for name in EMBEDDED_PHOTOS]
+  # One flat constant plus offsets: photos differ in size, and a padded stack would be 3x larger.
+  flat = tf.constant(np.concatenate([p.reshape(-1) for p in photos]))
+  offsets = tf.constant(np.cumsum([0] + [p.size for p in photos]), tf.int64)
+  shapes = tf.constant([p.shape for p in photos], tf.int64)
+
+  def load_item(item):
+    return tf.reshape(flat[offsets[item]:offsets[item + 1]], shapes[item])
+
+  examples = _indexed_examples(load_item, len(photos), split, data_cfg.num_eval_examples,
+                               shard=shard, seed=seed, start_index=start_index)
+  return examples, data_cfg.num_eval_examples
+
+
+# ---------------------------------------------------------------- image folder
+
+
+def folder_files(folder: str, eval_fraction: float) -> tuple[list[str], list[str]]:
+  """(train, eval) image paths under `folder`, searched recursively.
+
+  The sorted list is permuted with a fixed seed and its last round(n * eval_fraction)
+  files (at least 1 when eval_fraction > 0) are held out, so the split depends on the
+  file names only, not on the run.
+  """
+  if not os.path.isdir(folder):
+    raise UserError(f'config.data.folder {folder!r} is not a directory: point --config.data.folder at a folder of '
+                    'images')
+  files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder, followlinks=True)
+                 for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+  if not files:
+    raise UserError(f'config.data.folder {folder!r} holds no images (searched recursively for '
+                    f'{", ".join(IMAGE_EXTENSIONS)})')
+  if eval_fraction <= 0:
+    return files, []
+  if len(files) < 2:
+    raise UserError(f'config.data.folder {folder!r} holds 1 image; holding out eval images needs at least 2 '
+                    '(or set data.eval_fraction=0)')
+  held_out = min(max(1, round(len(files) * eval_fraction)), len(files) - 1)
+  order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(files))
+  shuffled = [files[i] for i in order]
+  return shuffled[:-held_out], shuffled[-held_out:]
+
+
+def _read_file(path: tf.Tensor) -> tf.Tensor:
+  """Decodes with common.images.load_image (PIL), whose errors name the file.
+
+  Files are checked lazily, when read: checking a large folder up front would cost a pass
+  over it at every start. A bad file stops the run at its first use with its name.
+  """
+  image = tf.numpy_function(lambda p: load_image(p.decode()), [path], tf.uint8, stateful=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _folder_examples(data_cfg, split, *, shard, seed, start_index):
+  train, held_out = folder_files(data_cfg.folder, data_cfg.eval_fraction)
+  files = train if split == 'train' else held_out
+  if not files:
+    raise UserError(f'No eval images: data.eval_fraction is {data_cfg.eval_fraction}; set it > 0 to hold some out')
+  num_eval = len(held_out)
+  if data_cfg.num_eval_examples > 0:
+    num_eval = min(num_eval, data_cfg.num_eval_examples)
+  paths = tf.constant(files)
+  examples = _indexed_examples(lambda item: _read_file(paths[item]), len(files), split, num_eval,
+                               shard=shard, seed=seed, start_index=start_index)
+  return examples, num_eval
+
+
+# ---------------------------------------------------------------- tfds
+
+
+def _not_prepared_message(builder: tfds.core.DatasetBuilder, data_cfg: ml_collections.ConfigDict) -> str:
+  data_dir = os.fspath(builder.data_dir_root)
+  name = data_cfg.name
+  message = (
+      f'tfds dataset {name!r} is not prepared in {data_dir} (make_dataset never downloads). '
+      f'Prepare it once, on a machine with internet: `tfds build {name} --data_dir={data_dir}`, or in '
+      f'Python `tfds.builder({name!r}, data_dir={data_dir!r}).download_and_prepare()`. To use data '
+      'prepared elsewhere, copy that data_dir to this machine and pass --config.data.tfds_data_dir=<it>.')
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  if instructions:
+    manual_dir = data_cfg.manual_dir or os.path.join(data_dir, 'downloads', 'manual')
+    message += (f' {name} needs files downloaded by hand into {manual_dir} (set with '
+                f'--config.data.manual_dir; `tfds build --manual_dir=...`): {instructions.strip()}')
+  return message
+
+
+def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
+  try:
+    builder = tfds.builder(data_cfg.name, data_dir=data_cfg.tfds_data_dir or None)
+  except tfds.core.DatasetNotFoundError as e:
+    raise DatasetNotFoundError(f'tfds has no dataset named {data_cfg.name!r}: check --config.data.name') from e
+  read_config = tfds.ReadConfig(options=_options(), try_autocache=False)
+
+  def load(split_name):
+    """Undecoded images: shuffling and skipping move bytes, and only kept examples are decoded."""
+    try:
+      ds = builder.as_dataset(split=split_name, shuffle_files=False, read_config=read_config,
+                              decoders={'image': tfds.decode.SkipDecoding()})
+    except AssertionError as e:  # What tfds raises for a dataset missing from data_dir.
+      if builder.is_prepared():
+        raise
+      raise DatasetNotFoundError(_not_prepared_message(builder, data_cfg)) from e
+    return ds.map(lambda ex: ex['image'])
+
+  def decode(encoded):
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+  def process_split(split_name):
+    return tfds.split_for_jax_process(split_name, process_index=shard.index, process_count=shard.count)
+
+  if split == 'train':
+    records = load(process_split(data_cfg.train_split))
+    num_records = int(records.cardinality())  # tfds datasets know their size.
+    if num_records <= 0:
+      raise UserError(f'Split {data_cfg.train_split!r} of {data_cfg.name!r} has no examples for process {shard.index}')
+    # Each epoch is the fixed record order (tfds shuffles records when it writes them)
+    # re-shuffled through a buffer keyed by (seed, epoch): an epoch is rebuilt from its
+    # number, so resuming skips whole epochs for free and reads at most one epoch.
+    local_start = start_index // shard.count
+    first_epoch = local_start // num_records
+
+    def epoch(e):
+      epoch_seed = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64), e]),
+                                               minval=None, maxval=None, dtype=tf.int64)
+      return records.shuffle(data_cfg.shuffle_buffer, seed=epoch_seed)
+
+    stream = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+    stream = stream.skip(local_start - first_epoch * num_records).enumerate(start=local_start)
+    # Crop keys unique across processes: local number i of process p is example i * count + p.
+    examples = stream.map(
+        lambda i, encoded: {'image': decode(encoded), 'seed': _crop_seed(seed, i * shard.count + shard.index)},
+        num_parallel_calls=tf.data.AUTOTUNE)
+    return examples, 0
+
+  available = int(load(data_cfg.eval_split).cardinality())
+  num_eval = min(data_cfg.num_eval_examples, available) if data_cfg.num_eval_examples > 0 else available
+  records = load(process_split(f'{data_cfg.eval_split}[:{num_eval}]'))
+  examples = records.enumerate().map(
+      lambda i, encoded: {'image': decode(encoded), 'seed': _crop_seed(_EVAL_SEED, i * shard.count + shard.index),
+                          'mask': True},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  return examples, num_eval

@@ -1,0 +1,203 @@
+"""Image helpers: bicubic resizing, quantization, value ranges, grids and file I/O.
+
+Pixel values are floats in [0, 255] or uint8 unless a name says otherwise. The resizes
+match TensorFlow's `tf.image.resize(..., 'bicubic')`, which the data pipeline uses, so
+the JAX side (metrics, baselines) sees the same operator as the data.
+"""
+import functools
+import os
+import tempfile
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image, ImageOps
+
+from common.errors import UserError
+
+# TF's ResizeBicubic kernel looks its weights up in a table of 1024 sub-pixel offsets.
+_TF_TABLE_SIZE = 1024
+_KEYS_A = -0.5  # Keys' cubic with a = -0.5, the kernel of both TF and JAX bicubic.
+
+
+class ImageError(UserError, ValueError):
+  """A file that cannot be read as an image; the message names the file."""
+
+
+def _size_2d(size: int | Sequence[int]) -> tuple[int, int]:
+  return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
+
+
+@functools.cache
+def _tf_bicubic_weights(in_size: int, out_size: int) -> np.ndarray:
+  """The (out_size, in_size) matrix of TF's non-antialiased ResizeBicubic on one axis.
+
+  Mirrors tensorflow/core/kernels/image/resize_bicubic_op.cc with half-pixel centres,
+  in float32 as there: the sub-pixel offset is rounded to 1/1024 for the table lookup,
+  taps outside the image get weight 0 and the rest are renormalized.
+  """
+  x = (np.arange(_TF_TABLE_SIZE + 1) / _TF_TABLE_SIZE).astype(np.float32).astype(np.float64)
+  a = _KEYS_A
+  near = (((a + 2) * x - (a + 3)) * x * x + 1).astype(np.float32)  # |t| in [0, 1]
+  x1 = (x.astype(np.float32) + np.float32(1)).astype(np.float64)
+  far = (((a * x1 - 5 * a) * x1 + 8 * a) * x1 - 4 * a).astype(np.float32)  # |t| in [1, 2]
+
+  scale = np.float32(in_size) / np.float32(out_size)
+  centre = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  first = np.floor(centre)
+  offset = np.rint((centre - first) * np.float32(_TF_TABLE_SIZE)).astype(np.int64)
+  taps = first.astype(np.int64)[:, None] + np.arange(-1, 3)
+  tap_weights = np.stack([far[offset], near[offset], near[_TF_TABLE_SIZE - offset],
+                          far[_TF_TABLE_SIZE - offset]], axis=1)
+  tap_weights = np.where((taps >= 0) & (taps < in_size), tap_weights, np.float32(0))
+  tap_weights *= np.float32(1) / tap_weights.sum(axis=1, keepdims=True, dtype=np.float32)
+
+  weights = np.zeros((out_size, in_size), np.float32)
+  rows = np.broadcast_to(np.arange(out_size)[:, None], taps.shape)
+  np.add.at(weights, (rows, np.clip(taps, 0, in_size - 1)), tap_weights)
+  return weights
+
+
+def resize(images: jax.Array, size: int | Sequence[int], *, antialias: bool = True) -> jax.Array:
+  """Bicubic resize of an image (H, W, C) or a batch (..., H, W, C) to `size` (h, w).
+
+  antialias=True equals `tf.image.resize(x, size, 'bicubic', antialias=True)` (and
+  `jax.image.resize(..., 'bicubic')`): when downsampling, the kernel is widened by the
+  scale factor. antialias=False equals `tf.image.resize(..., antialias=False)`, TF's
+  ResizeBicubic kernel, up to float rounding (~1e-4 on 0..255) for both up- and
+  downsampling; `jax.image.resize(..., antialias=False)` differs from it by ~0.1-0.2
+  where TF quantizes the sub-pixel offsets to 1/1024.
+
+  Returns float32 values, not clipped (bicubic overshoots near edges).
+  """
+  h, w = _size_2d(size)
+  images = jnp.asarray(images, jnp.float32)
+  if antialias:
+    return jax.image.resize(images, images.shape[:-3] + (h, w, images.shape[-1]), 'bicubic')
+  weights_h = _tf_bicubic_weights(images.shape[-3], h)
+  weights_w = _tf_bicubic_weights(images.shape[-2], w)
+  highest = jax.lax.Precision.HIGHEST  # TPUs would otherwise multiply in bfloat16.
+  images = jnp.einsum('Hh,...hwc->...Hwc', weights_h, images, precision=highest)
+  return jnp.einsum('Ww,...hwc->...hWc', weights_w, images, precision=highest)
+
+
+def quantize(x: jax.Array) -> jax.Array:
+  """Floats in [0, 255] -> uint8, rounding half to even (as tf.round and jnp.round), clipped."""
+  return jnp.clip(jnp.round(jnp.asarray(x, jnp.float32)), 0, 255).astype(jnp.uint8)
+
+
+def downsample(highres: jax.Array, size: int | Sequence[int], *, antialias: bool = True) -> jax.Array:
+  """uint8 high-res -> uint8 low-res, the operator the data pipeline uses to make inputs."""
+  return quantize(resize(highres, size, antialias=antialias))
+
+
+def bicubic_upsample(lowres: jax.Array, size: int | Sequence[int]) -> jax.Array:
+  """uint8 low-res -> float32 in [0, 255]: the bicubic baseline, clipped to valid pixels."""
+  return jnp.clip(resize(lowres, size), 0.0, 255.0)
+
+
+def uint8_to_signed(x: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [-1, 1], the range network inputs use."""
+  return jnp.asarray(x, jnp.float32) / 127.5 - 1.0
+
+
+def signed_to_uint8(x: jax.Array) -> jax.Array:
+  """float [-1, 1] -> uint8, the inverse of `uint8_to_signed` up to quantization."""
+  return quantize((jnp.asarray(x, jnp.float32) + 1.0) * 127.5)
+
+
+def _nearest_resize(images: np.ndarray, h: int, w: int) -> np.ndarray:
+  rows = np.arange(h) * images.shape[1] // h
+  cols = np.arange(w) * images.shape[2] // w
+  return images[:, rows][:, :, cols]
+
+
+def make_grid(image_sets: Sequence[np.ndarray], padding: int = 2, pad_value: int = 255) -> np.ndarray:
+  """Lays out N examples as rows and the image sets as columns, e.g. [lowres, sample, truth].
+
+  Args:
+    image_sets: uint8 arrays (N, H_k, W_k, C) with C in {1, 3} and the same N; sizes
+      may differ. Smaller images are enlarged with nearest neighbour to the largest
+      height and width, so that every cell has the same size.
+    padding: pixels between cells and around the border.
+    pad_value: grey level of the padding.
+
+  Returns:
+    uint8 (N * H + (N + 1) * padding, K * W + (K + 1) * padding, 3), ready for PNG.
+  """
+  sets = [np.asarray(s) for s in image_sets]
+  if not sets or any(s.ndim != 4 or s.shape[-1] not in (1, 3) for s in sets):
+    raise ValueError(f'make_grid wants (N, H, W, 1 or 3) arrays, got {[s.shape for s in sets]}')
+  num = sets[0].shape[0]
+  if any(s.shape[0] != num for s in sets):
+    raise ValueError(f'make_grid wants the same N in every set, got {[s.shape for s in sets]}')
+  h = max(s.shape[1] for s in sets)
+  w = max(s.shape[2] for s in sets)
+  grid = np.full((num * (h + padding) + padding, len(sets) * (w + padding) + padding, 3),
+                 pad_value, np.uint8)
+  for k, images in enumerate(sets):
+    cells = np.broadcast_to(_nearest_resize(images, h, w), (num, h, w, 3))
+    left = padding + k * (w + padding)
+    for n in range(num):
+      top = padding + n * (h + padding)
+      grid[top:top + h, left:left + w] = cells[n]
+  return grid
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Writes a uint8 (H, W), (H, W, 1) or (H, W, 3) image as PNG, atomically.
+
+  The file appears complete or not at all (temporary file in the same folder, then
+  os.replace), so a viewer polling the folder never reads half a PNG.
+  """
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f'save_png wants uint8, got {image.dtype}')
+  if image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=folder, suffix='.png.tmp', delete=False) as f:
+    tmp = f.name
+  try:
+    Image.fromarray(image).save(tmp, format='PNG')
+    os.replace(tmp, path)
+  except BaseException:
+    os.remove(tmp)
+    raise
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+  """Any PIL mode -> RGB; transparency is composited onto white."""
+  if image.mode in ('I', 'I;16', 'I;16L', 'I;16B', 'I;16N'):
+    # 16-bit greyscale (PNG); PIL's own convert would clip at 255 instead of rescaling.
+    values = np.asarray(image, np.float64) / 257.0
+    image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), 'L')
+  if image.mode in ('RGBA', 'LA', 'PA', 'La', 'RGBa') or 'transparency' in image.info:
+    rgba = image.convert('RGBA')
+    white = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert('RGB')
+  return image.convert('RGB')
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+  """Reads an image file as uint8 (H, W, 3) RGB.
+
+  Every PIL mode becomes RGB: greyscale is replicated, palettes are expanded, 16-bit
+  greyscale is rescaled (65535 -> 255), transparent pixels are composited onto white
+  (not dropped: what is under a transparent pixel is arbitrary), the EXIF orientation
+  is applied, and animations give their first frame.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ImageError: the file is not an image PIL can decode (message names the file).
+  """
+  try:
+    with Image.open(path) as image:
+      image = ImageOps.exif_transpose(image)
+      return np.asarray(_to_rgb(image), np.uint8)
+  except FileNotFoundError:
+    raise
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise ImageError(f'Cannot read image file {os.fspath(path)!r}: {e}') from e

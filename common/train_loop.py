@@ -1,0 +1,144 @@
+"""The one generic training loop: resume, step, log, evaluate, draw samples, checkpoint.
+
+Methods (pixelsr, imle) supply a jitted pure step `(state, batch, rng) -> (state, metrics)` and callbacks; the loop
+owns everything with side effects. The step folds the step number into `rng` itself, so a resumed run draws exactly
+what an uninterrupted one would, and the data stream restarts at `start_step` through `train_batches(start_step)`.
+"""
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from common import checkpoint, images, sharding
+from common.config import from_config
+from common.errors import UserError
+
+Batch = dict[str, np.ndarray]
+
+
+class TrainingDivergedError(UserError):
+  """The loss or gradient norm stopped being finite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """The loop's fields of the top-level config (see configs/defaults.py)."""
+  num_train_steps: int
+  log_every_steps: int
+  eval_every_steps: int
+  checkpoint_every_steps: int
+  keep_checkpoints: int
+  sample_every_steps: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> 'LoopConfig':
+    loop = from_config(cls, {f.name: config[f.name] for f in dataclasses.fields(cls)}, 'config')
+    for f in dataclasses.fields(cls):
+      never_ok = f.name in ('eval_every_steps', 'sample_every_steps')
+      if getattr(loop, f.name) < (0 if never_ok or f.name == 'num_train_steps' else 1):
+        raise UserError(f'config.{f.name} must be {"non-negative (0 = never)" if never_ok else "positive"}, '
+                        f'got {getattr(loop, f.name)}.')
+    return loop
+
+
+def _due(step: int, every: int, last_step: int) -> bool:
+  """Every `every` steps and at the last one; never if `every` is 0."""
+  return every > 0 and (step % every == 0 or step == last_step)
+
+
+class _MetricWindow:
+  """Per-step metrics kept on device until a log or checkpoint step, then checked for NaN/Inf and averaged."""
+
+  def __init__(self):
+    self._steps: list[tuple[int, dict[str, jax.Array]]] = []
+
+  def add(self, step: int, metrics: dict[str, jax.Array]):
+    self._steps.append((step, metrics))
+
+  def flush(self, checked: tuple[str, ...]) -> dict[str, float]:
+    fetched = jax.device_get(self._steps)
+    self._steps = []
+    for step, metrics in fetched:
+      bad = [k for k in checked if k in metrics and not math.isfinite(float(metrics[k]))]
+      if bad:
+        raise TrainingDivergedError(
+            f'{bad[0]} is {float(metrics[bad[0]])} at step {step}; training stopped and the last good checkpoint '
+            'was left untouched. Lower config.optimizer.learning_rate or enable config.optimizer.grad_clip_norm.')
+    if not fetched:
+      return {}
+    return {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
+
+
+def save_grid(workdir: str, step: int, name: str, grid: np.ndarray):
+  path = os.path.join(workdir, 'samples', f'{name}_{step:08d}.png')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  images.save_png(path, grid)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: jax.sharding.Mesh,
+        train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]],
+        train_batches: Callable[[int], Iterator[Batch]],
+        evaluate: Callable[[Any], dict[str, float]] | None = None,
+        make_grids: Callable[[Any, int], dict[str, np.ndarray]] | None = None,
+        checked_metrics: tuple[str, ...] = ('loss', 'grad_norm')) -> tuple[Any, dict[str, float]]:
+  """Trains `state` up to `config.num_train_steps`, resuming from the latest checkpoint in `workdir`.
+
+  `make_grids(state, step)` returns named uint8 (H, W, 3) images, written as PNG under `<workdir>/samples` and to
+  TensorBoard. Returns the final state and the last train and eval metrics ('train/...', 'eval/...').
+  """
+  loop = LoopConfig.from_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint.check_config(workdir, config)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  manager = checkpoint.make_manager(workdir, keep=loop.keep_checkpoints, every_steps=loop.checkpoint_every_steps)
+  state = checkpoint.restore_latest(manager, state)
+  start_step = int(jax.device_get(state.step))
+  if start_step:
+    logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
+  last_step = loop.num_train_steps
+  base_rng = jax.random.key(config.seed)
+  report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer,
+                                           every_steps=loop.log_every_steps)
+  window, final = _MetricWindow(), {}
+  batches = train_batches(start_step)
+
+  def evaluate_and_draw(step: int):
+    if evaluate is not None and _due(step, loop.eval_every_steps, last_step):
+      eval_metrics = {f'eval/{k}': v for k, v in evaluate(state).items()}
+      writer.write_scalars(step, eval_metrics)
+      final.update(eval_metrics)
+    if make_grids is not None and _due(step, loop.sample_every_steps, last_step):
+      grids = make_grids(state, step)
+      if jax.process_index() == 0:
+        for name, grid in grids.items():
+          save_grid(workdir, step, name, grid)
+      writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
+
+  t0 = time.time()
+  for step in range(start_step + 1, last_step + 1):
+    batch = sharding.to_global(next(batches), mesh)
+    state, metrics = train_step(state, batch, base_rng)
+    window.add(step, metrics)
+    report(step)
+    log_now = _due(step, loop.log_every_steps, last_step)
+    if log_now or manager.should_save(step):
+      means = window.flush(checked_metrics)
+      if log_now:
+        final.update({f'train/{k}': v for k, v in means.items()})
+        writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+      checkpoint.save(manager, step, state, force=step == last_step)
+    evaluate_and_draw(step)
+  if start_step >= last_step:
+    logging.info('Nothing to train: the checkpoint in %s is at step %d >= %d.', workdir, start_step, last_step)
+  logging.info('Trained steps %d..%d in %.1f s.', start_step + 1, last_step, time.time() - t0)
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  return state, final

@@ -1,0 +1,64 @@
+"""Shared defaults for the experiment configs: every field of a pixel recursive SR run, commented.
+
+Experiment files (celeba_pixelcnn.py, lsun_pixelcnn.py, demo.py, ...) start from `pixelcnn_config()` and change what
+their experiment changes, so each file reads as the list of its differences from the paper's appendix A.
+"""
+import ml_collections
+
+
+def data_config() -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  d.source = 'tfds'  # 'tfds' (named dataset), 'folder' (a user's own images) or 'embedded' (scikit-image photos).
+  d.name = 'celeb_a'  # tfds dataset name, e.g. 'celeb_a' or 'lsun/bedroom'.
+  d.tfds_data_dir = ''  # '' = tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+  d.manual_dir = ''  # '' = tfds default <data_dir>/downloads/manual, for datasets that need a manual download.
+  d.folder = ''  # Root of an image folder (source='folder'); images found recursively.
+  d.train_split = 'train'  # tfds split used for training.
+  d.eval_split = 'validation'  # tfds split held out for evaluation.
+  d.eval_fraction = 0.1  # folder/embedded: share of each image (folder: of the files) held out for evaluation.
+  d.num_eval_examples = 512  # Examples per evaluation; 0 = the whole eval split (not for 'embedded': no end).
+  d.crop = 'celeba'  # 'celeba' (fixed box around the face), 'centre' (largest centred square), 'random'.
+  d.celeba_crop_box = (40, 15, 148)  # (top, left, size) of the face square in the 178x218 aligned CelebA image.
+  d.random_crop_min = 48  # 'random' crop: side of the square cut from the source image, sampled in [min, max].
+  d.random_crop_max = 160
+  d.highres_size = 32  # Side of the high-res target y.
+  d.lowres_size = 8  # Side of the low-res input x.
+  d.antialias = True  # Antialiased bicubic highres -> lowres, as tf.image.resize (source -> highres always is).
+  d.shuffle_buffer = 10_000  # tfds: shuffle buffer re-mixing each epoch (folder/embedded permute whole epochs).
+  return d
+
+
+def pixelcnn_config() -> ml_collections.ConfigDict:
+  """Pixel recursive SR on CelebA with appendix A's hyper-parameters (table 2)."""
+  c = ml_collections.ConfigDict()
+  c.method = 'pixelcnn'  # Which package trains it: 'pixelcnn' (pixelsr.train).
+  c.seed = 0  # Parameter init, data order and sample draws all derive from it.
+  c.data = data_config()
+  c.model = ml_collections.ConfigDict(dict(  # Fields of pixelsr.models.PixelSRConfig (documented there).
+      num_colours=3, num_levels=256, upsample_factor=4, cond_channels=32, cond_blocks=6, use_prior=True,
+      prior_channels=64, prior_layers=20, prior_kernel=5, prior_first_kernel=7, prior_head_channels=1024,
+      init='truncated_normal', init_stddev=0.1, dtype='float32'))
+  c.loss = 'O2'  # 'O2' = CE(A+B) + CE(A) (eq. 8); 'O1' = CE(A+B) (eq. 7).
+  c.optimizer = ml_collections.ConfigDict(dict(  # Fields of common.optim.OptimizerConfig.
+      name='rmsprop', learning_rate=4e-4, lr_halve_every=500_000, lr_halve_at=(), rmsprop_decay=0.95,
+      rmsprop_initial_scale=1.0, momentum=0.9, adam_b2=0.999, eps=1e-8, grad_clip_norm=0.0))
+  c.batch_size = 32  # Global batch, split over all devices of all hosts.
+  c.num_train_steps = 200_000  # 200k for faces, 2M for bedrooms.
+  c.log_every_steps = 100  # Train metrics and progress (steps/s, ETA).
+  c.eval_every_steps = 5_000  # Loss and bits/dim on the held-out split; 0 = never.
+  c.checkpoint_every_steps = 5_000
+  c.keep_checkpoints = 3
+  c.sample_every_steps = 20_000  # PNG grid low-res | sample | truth (<workdir>/samples, TensorBoard); 0 = never.
+  c.num_sample_images = 8  # Rows of that grid.
+  c.sample_temperature = 1.0  # tau of the grid's samples (multiplies the logits; inf = greedy).
+  return c
+
+
+def shrink_for_smoke_run(c: ml_collections.ConfigDict) -> None:
+  """The ':runlocal' variant: the same code paths with a tiny model and a few steps, for a CPU smoke run."""
+  c.model.update(cond_blocks=1, prior_layers=2, prior_channels=12, prior_head_channels=32)
+  c.batch_size = 8
+  c.num_train_steps = 20
+  c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = c.sample_every_steps = 10
+  c.data.num_eval_examples = 16
+  c.num_sample_images = 4

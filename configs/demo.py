@@ -1,0 +1,33 @@
+"""The quickstart: a small pixel recursive model on the photographs that ship with scikit-image (no download).
+
+  python launch/train.py                      # = --config=configs/demo.py --workdir=runs/demo
+
+Meant for a laptop or a 2-core CPU: about 6 minutes on 2 cores. It shows the loss falling and writes a sample grid
+(low-res | sample | truth) to runs/demo/samples. Random crops of 7 photos are a tiny data set, so expect textures, not
+faces; the paper-size runs are configs/celeba_pixelcnn.py and configs/lsun_pixelcnn.py.
+"""
+from configs import defaults
+
+
+def get_config(arg: str | None = None):
+  c = defaults.pixelcnn_config()
+  c.data.source = 'embedded'
+  c.data.crop = 'random'
+  c.data.random_crop_min = 32
+  c.data.random_crop_max = 96
+  c.data.num_eval_examples = 128
+  c.model.update(cond_blocks=2, prior_layers=4, prior_channels=32, prior_head_channels=128)
+  c.optimizer.learning_rate = 1e-3
+  # TF1's RMSProp starts its mean square at 1, which stalls the first ~200 steps (updates ~ lr * g): irrelevant over
+  # 200k steps, most of a short demo. Keras/optax start at 0.
+  c.optimizer.rmsprop_initial_scale = 0.0
+  c.batch_size = 8
+  c.num_train_steps = 600
+  c.log_every_steps = 50
+  c.eval_every_steps = 300
+  c.checkpoint_every_steps = 300
+  c.sample_every_steps = 600  # The reference sampler re-runs the prior per sub-pixel: ~1 min for 4 images here.
+  c.num_sample_images = 4
+  if arg == 'runlocal':
+    defaults.shrink_for_smoke_run(c)
+  return c.lock()

@@ -1,0 +1,1 @@
+"""Conditional IMLE super-resolution (SRIM). Filled in by the SRIM issue."""

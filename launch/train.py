@@ -1,0 +1,78 @@
+"""Train a model: python launch/train.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--config.field=value ...]
+
+With no --config it runs configs/demo.py on the photographs that ship with scikit-image (no download). The method
+named by `config.method` does the work; this file only parses flags and reports user errors in one line.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)  # configs/ import configs.defaults when run from a checkout without `pip install -e`.
+
+
+def define_flags():
+  config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'demo.py'), 'Experiment config file.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Checkpoints, logs and samples go here; a run resumes from it. '
+                      'Default: runs/<config file name>.')
+
+
+def fail(error: Exception | str, code: int = 2):
+  """One line on stderr and a non-zero exit; config_flags' errors are rewritten without their traceback."""
+  if isinstance(error, (KeyError, AttributeError)) and error.args:  # ml_collections: an unknown field
+    text = str(error.args[0]).strip('\'"').replace("\\'", "'").replace('\\n', '; ').replace('\n', '; ')
+    error = f"unknown config field '{text}" if not text.startswith("'") else f'unknown config field {text}'
+  elif isinstance(error, OSError):  # config_flags: the config file could not be loaded
+    error = f'cannot load the --config file: {str(error).strip().splitlines()[-1].strip()}'
+  logging.flush()
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # config_flags raises KeyError, TypeError, ValueError or flags.Error by fault.
+    fail(e)
+
+
+def quiet_orbax():
+  """Orbax logs every phase of every save at INFO; keep its warnings and errors only."""
+  class _Filter(logging.logging.Filter):
+    def filter(self, record):
+      return record.levelno >= logging.logging.WARNING or '/orbax/' not in record.pathname
+  logging.get_absl_handler().addFilter(_Filter())
+
+
+def main(argv):
+  del argv
+  quiet_orbax()
+  from common.errors import UserError  # After flag parsing, so --help stays fast.
+  try:
+    config = flags.FLAGS.config
+    config.method  # A config file that failed to load raises here.
+  except OSError as e:
+    fail(e)
+  workdir = flags.FLAGS.workdir or os.path.join('runs', os.path.splitext(os.path.basename(
+      config_flags.get_config_filename(flags.FLAGS['config'])))[0])
+  try:
+    if config.method == 'pixelcnn':
+      from pixelsr import train
+    else:
+      raise UserError(f"config.method={config.method!r} is not a method of this library; use 'pixelcnn'.")
+    metrics = train.train_and_evaluate(config, workdir)
+  except UserError as e:
+    fail(e, code=1)
+  print('final metrics: ' + ', '.join(f'{k}={v:.4g}' for k, v in sorted(metrics.items())))
+  print(f'workdir: {workdir} (TensorBoard: tensorboard --logdir={workdir}; sample grids in {workdir}/samples)')
+
+
+if __name__ == '__main__':
+  try:
+    define_flags()  # config_flags applies --config.* overrides of the default config file here.
+  except Exception as e:
+    fail(e)
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,44 @@
+"""The paper's objectives, as means over sub-pixels (nats), and the metrics logged beside them.
+
+O1 (eq. 7) is the cross-entropy of softmax(A + B); O2 (eq. 8) adds the cross-entropy of softmax(A) so the
+conditioning network cannot be ignored. The paper writes sums over the data set; we average over examples and
+sub-pixels, which changes the loss scale only (RMSProp normalises it away up to epsilon).
+"""
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+LN2 = math.log(2.0)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-sub-pixel -log softmax(logits)[label]; logits (..., K), integer labels (...)."""
+  label_logits = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits, axis=-1) - label_logits
+
+
+def per_example_losses(cond_logits: jax.Array, prior_logits: jax.Array, highres: jax.Array) -> dict[str, jax.Array]:
+  """Mean over each example's sub-pixels of CE(A + B) and CE(A), shaped (B,)."""
+  reduce = lambda ce: ce.reshape(ce.shape[0], -1).mean(axis=1)
+  return {'ce_joint': reduce(cross_entropy(cond_logits + prior_logits, highres)),
+          'ce_cond': reduce(cross_entropy(cond_logits, highres))}
+
+
+def objective(ce_joint: jax.Array, ce_cond: jax.Array, kind: Literal['O1', 'O2']) -> jax.Array:
+  return ce_joint + ce_cond if kind == 'O2' else ce_joint
+
+
+def loss_and_metrics(cond_logits: jax.Array, prior_logits: jax.Array, highres: jax.Array,
+                     kind: Literal['O1', 'O2'], weights: jax.Array | None = None
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The objective averaged over examples (weighted by `weights`, e.g. an eval padding mask), and its parts."""
+  per_example = per_example_losses(cond_logits, prior_logits, highres)
+  per_example[kind] = objective(per_example['ce_joint'], per_example['ce_cond'], kind)
+  if weights is None:
+    weights = jnp.ones_like(per_example['ce_joint'])
+  total = jnp.maximum(weights.sum(), 1.0)
+  metrics = {name: (value * weights).sum() / total for name, value in per_example.items()}
+  metrics['bits_per_dim'] = metrics['ce_joint'] / LN2
+  return metrics[kind], metrics

@@ -1,0 +1,112 @@
+"""The pixel recursive super-resolution model (Dahl et al. 2017): conditioning network A(x) + PixelCNN prior B(y).
+
+p(y_i | x, y_<i) = softmax(A_i(x) + B_i(y_<i))  (eq. 6). Both networks return logits shaped (B, H, W, C, K): C colour
+channels, K = 256 levels. Sizes and depths come from `PixelSRConfig`, built from `config.model`.
+"""
+import dataclasses
+import math
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from common import images
+from pixelsr import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelSRConfig:
+  """Model hyper-parameters; the defaults are appendix A's (table 2) for CelebA."""
+  num_colours: int = 3  # Colour channels of x and y (3 = RGB, 1 = grey).
+  num_levels: int = 256  # K: values a sub-pixel takes.
+  upsample_factor: int = 4  # Output side / input side, a power of two (one transposed conv per factor 2).
+  cond_channels: int = 32  # Width of the conditioning ResNet.
+  cond_blocks: int = 6  # B: ResNet blocks before, between and after the transposed convs (6 CelebA, 10 LSUN).
+  use_prior: bool = True  # False: the conditioning network alone (the per-pixel cross-entropy model, eq. 4).
+  prior_channels: int = 64  # Width of the gated layers (appendix A: 64; section 4.1's text says 32).
+  prior_layers: int = 20  # Gated layers.
+  prior_kernel: int = 5  # k of the gated layers' k x k receptive field per layer.
+  prior_first_kernel: int = 7  # The first masked (type A) convolution.
+  prior_head_channels: int = 1024  # Masked 1x1 layer before the 3 x 256 logits.
+  init: Literal['truncated_normal', 'lecun_normal'] = 'truncated_normal'  # Weight init; biases are zero.
+  init_stddev: float = 0.1  # Standard deviation of 'truncated_normal' (table 2).
+  dtype: Literal['float32', 'bfloat16'] = 'float32'  # Compute dtype; parameters and logits stay float32.
+
+  def __post_init__(self):
+    if self.upsample_factor < 1 or self.upsample_factor & (self.upsample_factor - 1):
+      raise ValueError(f'config.model.upsample_factor must be a power of two, got {self.upsample_factor}.')
+
+
+def kernel_init(cfg: PixelSRConfig) -> layers.Initializer:
+  if cfg.init == 'truncated_normal':
+    return nn.initializers.truncated_normal(stddev=cfg.init_stddev)
+  return nn.initializers.lecun_normal()
+
+
+class ConditioningNet(nn.Module):
+  """A(x): low-res image -> per-sub-pixel logits of the high-res image (appendix A, "conditional network").
+
+  A 3x3 stem convolution lifts the colour channels to the blocks' width (the table starts at the blocks, whose
+  residual sum needs equal widths); then B blocks, a stride-2 transposed conv, B blocks, ... and a 1x1 conv to C*K.
+  """
+  cfg: PixelSRConfig
+
+  @nn.compact
+  def __call__(self, lowres: jax.Array) -> jax.Array:
+    cfg, init = self.cfg, kernel_init(self.cfg)
+    dtype = jnp.dtype(cfg.dtype)
+    h = nn.Conv(cfg.cond_channels, (3, 3), kernel_init=init, dtype=dtype, name='stem')(
+        images.uint8_to_signed(lowres))
+    num_upsamples = int(math.log2(cfg.upsample_factor))
+    for stage in range(num_upsamples + 1):
+      for b in range(cfg.cond_blocks):
+        h = layers.ResNetBlock(cfg.cond_channels, init, dtype, name=f'stage{stage}_block{b}')(h)
+      if stage < num_upsamples:
+        h = nn.relu(nn.ConvTranspose(cfg.cond_channels, (3, 3), strides=(2, 2), padding='SAME', kernel_init=init,
+                                     dtype=dtype, name=f'upsample{stage}')(h))
+    logits = nn.Dense(cfg.num_colours * cfg.num_levels, kernel_init=init, dtype=dtype, name='logits')(h)  # 1x1 conv
+    return logits.astype(jnp.float32).reshape(*logits.shape[:-1], cfg.num_colours, cfg.num_levels)
+
+
+class PixelCNNPrior(nn.Module):
+  """B(y_<i): gated PixelCNN over the high-res image (appendix A, "PixelCNN network")."""
+  cfg: PixelSRConfig
+
+  @nn.compact
+  def __call__(self, highres: jax.Array) -> jax.Array:
+    cfg, init = self.cfg, kernel_init(self.cfg)
+    dtype = jnp.dtype(cfg.dtype)
+    masked = lambda features, name: layers.MaskedConv(features, 1, 'B', cfg.num_colours, kernel_init=init,
+                                                      dtype=dtype, name=name)
+    v, h = layers.FirstLayer(cfg.prior_channels, cfg.prior_first_kernel, cfg.num_colours, init, dtype,
+                             name='first')(images.uint8_to_signed(highres))
+    for i in range(cfg.prior_layers):
+      v, h = layers.GatedLayer(cfg.prior_channels, cfg.prior_kernel, cfg.num_colours, init, dtype,
+                               name=f'gated{i}')(v, h)
+    h = nn.relu(masked(cfg.prior_head_channels, 'head')(nn.relu(h)))
+    # Output channel o belongs to colour o // K, so the reshape below puts each colour's K logits together.
+    logits = masked(cfg.num_colours * cfg.num_levels, 'logits')(h)
+    return logits.astype(jnp.float32).reshape(*logits.shape[:-1], cfg.num_colours, cfg.num_levels)
+
+
+class PixelRecursiveSR(nn.Module):
+  """The combined model. `__call__(lowres, highres) -> (cond_logits A, prior_logits B)`, each (B, H, W, C, K);
+  highres is the teacher-forced target (uint8). With `use_prior=False` B is zeros (the per-pixel model)."""
+  cfg: PixelSRConfig
+
+  def setup(self):
+    self.conditioning = ConditioningNet(self.cfg)
+    if self.cfg.use_prior:
+      self.prior = PixelCNNPrior(self.cfg)
+
+  def __call__(self, lowres: jax.Array, highres: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return self.condition(lowres), self.prior_logits(highres)
+
+  def condition(self, lowres: jax.Array) -> jax.Array:
+    return self.conditioning(lowres)
+
+  def prior_logits(self, highres: jax.Array) -> jax.Array:
+    if not self.cfg.use_prior:
+      return jnp.zeros((*highres.shape, self.cfg.num_levels), jnp.float32)
+    return self.prior(highres)

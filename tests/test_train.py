@@ -1,0 +1,133 @@
+"""The training loop end to end on the embedded photos: loss falls, resume is exact, sharding changes nothing."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from common.config import from_config
+from common.errors import UserError
+from configs import demo
+from pixelsr import models, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**overrides):
+  c = demo.get_config('runlocal')
+  c.model.update(cond_blocks=1, cond_channels=8, prior_layers=1, prior_channels=6, prior_head_channels=12)
+  c.data.num_eval_examples = 16
+  c.batch_size = 8
+  c.eval_every_steps = c.sample_every_steps = 0
+  c.log_every_steps = c.checkpoint_every_steps = 5
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def checkpoint_params(workdir: str, step: int):
+  restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'default'))
+  return restored['params']
+
+
+def test_demo_run_lowers_loss_and_writes_a_sample_grid(tmp_path):
+  workdir = str(tmp_path)
+  before = train.train_and_evaluate(tiny_config(num_train_steps=1, eval_every_steps=1), workdir)
+  after = train.train_and_evaluate(
+      tiny_config(num_train_steps=60, eval_every_steps=60, sample_every_steps=60, num_sample_images=2), workdir)
+  assert after['eval/O2'] < before['eval/O2'] - 0.5, (before, after)
+  assert after['eval/bits_per_dim'] == pytest.approx(after['eval/ce_joint'] / np.log(2), rel=1e-5)
+  grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'lowres_sample_truth_00000060.png')))
+  assert grid.ndim == 3 and grid.shape[2] == 3 and grid.shape[0] > 2 * 32 and grid.shape[1] > 3 * 32
+  assert os.listdir(os.path.join(workdir)) and any(f.startswith('events') for f in os.listdir(workdir))
+
+
+def test_resume_continues_at_the_same_step_with_identical_params(tmp_path):
+  straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
+  full = train.train_and_evaluate(tiny_config(num_train_steps=10), straight)
+  train.train_and_evaluate(tiny_config(num_train_steps=5), interrupted)
+  resumed = train.train_and_evaluate(tiny_config(num_train_steps=10), interrupted)
+  assert resumed['train/loss'] == full['train/loss']  # the window of steps 6..10 only: no step was redone
+  a, b = checkpoint_params(straight, 10), checkpoint_params(interrupted, 10)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert not any(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(
+      checkpoint_params(interrupted, 5))))
+
+
+def test_a_workdir_of_another_model_is_refused(tmp_path):
+  train.train_and_evaluate(tiny_config(num_train_steps=5), str(tmp_path))
+  other = tiny_config(num_train_steps=10)
+  other.model.prior_channels = 9
+  with pytest.raises(UserError, match='different config.model'):
+    train.train_and_evaluate(other, str(tmp_path))
+
+
+_SHARDED = textwrap.dedent('''
+    import os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+    sys.path.insert(0, sys.argv[1])
+    import jax, numpy as np
+    from common import data, optim, sharding
+    from pixelsr import models, train
+    from tests.test_train import tiny_config
+    config = tiny_config()
+    cfg = train.model_config(config)
+    model = models.PixelRecursiveSR(cfg)
+    losses = {}
+    for n in (1, 8):
+      mesh = sharding.data_mesh(jax.devices()[:n])
+      tx, schedule = optim.make_optimizer(config.optimizer)
+      state = train.create_train_state(model, cfg, tx, config.data, jax.random.key(0), mesh)
+      step, _ = train.compile_steps(config, schedule, state, mesh)
+      batches = data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=0)
+      for _ in range(4):
+        state, metrics = step(state, sharding.to_global(next(batches), mesh), jax.random.key(0))
+      losses[n] = float(metrics['loss'])
+      assert len(state.params['conditioning']['stem']['kernel'].sharding.device_set) == n
+    print('LOSSES', losses[1], losses[8])
+    ''')
+
+
+def test_eight_devices_reach_the_one_device_loss():
+  out = subprocess.run([sys.executable, '-c', _SHARDED, REPO], capture_output=True, text=True, timeout=600,
+                       cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  one, eight = map(float, out.stdout.split('LOSSES')[1].split())
+  # Same data and params; only the order of the cross-device reductions differs.
+  assert eight == pytest.approx(one, rel=1e-4)
+
+
+def test_model_config_errors_name_the_field():
+  with pytest.raises(UserError, match='config.model.prior_layerz'):
+    from_config(models.PixelSRConfig, {'prior_layerz': 3}, 'config.model')
+  with pytest.raises(UserError, match='config.model.prior_layers must be an int'):
+    from_config(models.PixelSRConfig, {'prior_layers': 2.5}, 'config.model')
+  with pytest.raises(UserError, match="config.model.init must be one of"):
+    from_config(models.PixelSRConfig, {'init': 'xavier'}, 'config.model')
+  bad = tiny_config()
+  bad.data.highres_size = 24
+  with pytest.raises(UserError, match='config.data.highres_size=24'):
+    train.model_config(bad)
+
+
+@pytest.mark.parametrize('flag,needle', [
+    ('--config.batch_sise=8', 'batch_sise'),
+    ('--config.batch_size=eight', 'batch_size'),
+    ('--config.model.prior_layers=2.5', 'prior_layers'),
+    ("--config.loss=O3", 'config.loss'),
+    ('--config.optimizer.name=sgd', 'config.optimizer.name'),
+    ('--config=configs/no_such_config.py', 'no_such_config.py'),
+])
+def test_bad_command_line_fields_end_in_one_clear_error(tmp_path, flag, needle):
+  out = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/demo.py:runlocal',
+                        f'--workdir={tmp_path}', flag], capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert out.returncode != 0
+  errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and needle in errors[0], out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr, out.stderr[-2000:]
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
