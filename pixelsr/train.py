@@ -73,8 +73,8 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_kind: str)
 def compile_steps(config: ml_collections.ConfigDict, schedule: optax.Schedule, state: TrainState,
                   mesh: jax.sharding.Mesh):
   """jit-compiled train and eval steps with explicit shardings; the train state is donated."""
-  state_sh, batch_sh, rep = jax.tree.map(lambda x: x.sharding, state), sharding.batch_sharding(mesh), \
-      sharding.replicated(mesh)
+  state_sh = jax.tree.map(lambda x: x.sharding, state)
+  batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   train = jax.jit(functools.partial(train_step, loss_kind=config.loss, schedule=schedule),
                   in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep), donate_argnums=0)
   evaluate = jax.jit(functools.partial(eval_step, loss_kind=config.loss), in_shardings=(state_sh, batch_sh),
