@@ -122,23 +122,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: ja
       writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
 
   t0 = time.time()
-  for step in range(start_step + 1, last_step + 1):
-    batch = sharding.to_global(next(batches), mesh)
-    state, metrics = train_step(state, batch, base_rng)
-    window.add(step, metrics)
-    report(step)
-    log_now = _due(step, loop.log_every_steps, last_step)
-    if log_now or manager.should_save(step):
-      means = window.flush(checked_metrics)
-      if log_now:
-        final.update({f'train/{k}': v for k, v in means.items()})
-        writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
-      checkpoint.save(manager, step, state, force=step == last_step)
-    evaluate_and_draw(step)
+  try:
+    for step in range(start_step + 1, last_step + 1):
+      batch = sharding.to_global(next(batches), mesh)
+      state, metrics = train_step(state, batch, base_rng)
+      window.add(step, metrics)
+      report(step)
+      log_now = _due(step, loop.log_every_steps, last_step)
+      if log_now or manager.should_save(step):
+        means = window.flush(checked_metrics)
+        if log_now:
+          final.update({f'train/{k}': v for k, v in means.items()})
+          writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+        checkpoint.save(manager, step, state, force=step == last_step)
+      evaluate_and_draw(step)
+  finally:  # Whatever stopped the loop, saves already started hold good states: let them finish.
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
   if start_step >= last_step:
     logging.info('Nothing to train: the checkpoint in %s is at step %d >= %d.', workdir, start_step, last_step)
   logging.info('Trained steps %d..%d in %.1f s.', start_step + 1, last_step, time.time() - t0)
-  manager.wait_until_finished()
-  manager.close()
-  writer.flush()
   return state, final

@@ -5,11 +5,15 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
+from flax.training import train_state
 from PIL import Image
 
+from common import sharding, train_loop
 from common.config import from_config
 from common.errors import UserError
 from configs import demo
@@ -131,3 +135,24 @@ def test_bad_command_line_fields_end_in_one_clear_error(tmp_path, flag, needle):
   assert len(errors) == 1 and needle in errors[0], out.stderr[-2000:]
   assert 'Traceback' not in out.stderr, out.stderr[-2000:]
   assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+def test_a_nan_stops_training_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(num_train_steps=10, log_every_steps=3, checkpoint_every_steps=2)
+  mesh = sharding.data_mesh()
+  state = train_state.TrainState.create(apply_fn=None, params={'w': jnp.zeros(())}, tx=optax.sgd(1.0))
+
+  @jax.jit
+  def step(state, batch, rng):
+    state = state.replace(step=state.step + 1, params={'w': state.params['w'] + batch['x'].sum()})
+    return state, {'loss': jnp.where(state.step == 5, jnp.nan, 1.0), 'grad_norm': jnp.float32(1.0)}
+
+  def batches(start_step):
+    while True:
+      yield {'x': np.full((8,), 0.125, np.float32)}
+
+  with pytest.raises(train_loop.TrainingDivergedError, match='loss is nan at step 5'):
+    train_loop.run(config, str(tmp_path), state=state, mesh=mesh, train_step=step, train_batches=batches)
+  # Step 6 (a checkpoint step) was never saved: the window holding step 5 is checked first.
+  assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit()) == [2, 4]
+  assert checkpoint_params(str(tmp_path), 4)['w'] == 4.0
