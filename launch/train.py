@@ -4,6 +4,7 @@ With no --config it runs configs/demo.py on the photographs that ship with sciki
 named by `config.method` does the work; this file only parses flags and reports user errors in one line.
 """
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -23,8 +24,10 @@ def define_flags():
 def fail(error: Exception | str, code: int = 2):
   """One line on stderr and a non-zero exit; config_flags' errors are rewritten without their traceback."""
   if isinstance(error, (KeyError, AttributeError)) and error.args:  # ml_collections: an unknown field
-    text = str(error.args[0]).strip('\'"').replace("\\'", "'").replace('\\n', '; ').replace('\n', '; ')
-    error = f"unknown config field '{text}" if not text.startswith("'") else f'unknown config field {text}'
+    # ml_collections nests the message in reprs: "'\\'name\\'\\nDid you mean ...'". Keep the name and the hint.
+    raw = str(error.args[0])
+    name, hint = re.search(r"(\w+)\\?'", raw), re.search(r'Did you mean [^?]*\?', raw)
+    error = f"unknown config field '{name.group(1) if name else raw}'" + (f'; {hint.group(0)}' if hint else '')
   elif isinstance(error, OSError):  # config_flags: the config file could not be loaded
     error = f'cannot load the --config file: {str(error).strip().splitlines()[-1].strip()}'
   logging.flush()
