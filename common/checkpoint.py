@@ -19,12 +19,27 @@ def make_manager(workdir: str, *, keep: int, every_steps: int) -> ocp.Checkpoint
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options)
 
 
+def open_manager(workdir: str) -> ocp.CheckpointManager:
+  """A manager to read the checkpoints of an existing run (creates nothing)."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise UserError(f'{workdir} has no checkpoints/ directory: train first (launch/train.py --workdir={workdir}), '
+                    'or pass the --workdir of a run that saved checkpoints.')
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  if manager.latest_step() is None:
+    raise UserError(f'{directory} holds no finished checkpoint yet; wait for the run to save one '
+                    '(config.checkpoint_every_steps) or train longer.')
+  return manager
+
+
 def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-def check_config(workdir: str, config: ml_collections.ConfigDict, sections: tuple[str, ...] = ('method', 'model')):
-  """Refuses to resume a workdir whose checkpoints were written by a different model; records the config otherwise.
+def check_config(workdir: str, config: ml_collections.ConfigDict, sections: tuple[str, ...] = ('method', 'model'),
+                 *, record: bool = True):
+  """Refuses to resume a workdir whose checkpoints were written by a different model; records the config otherwise
+  (unless `record` is False: a read-only check, e.g. before sampling from the run).
 
   Only `sections` must match: a resumed run may change anything else (steps, logging, data paths).
   """
@@ -39,7 +54,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, sections: tupl
             f'{workdir} holds a run with a different config.{section} ({old.get(section)!r} there, '
             f'{new.get(section)!r} now). Use a new --workdir, or the config that run was started with '
             f'(saved in {path}).')
-  if jax.process_index() == 0:
+  if record and jax.process_index() == 0:
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
       json.dump(new, f, indent=2)
@@ -56,9 +71,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: Any) -> Any:
-  """The latest checkpoint restored with `state`'s shapes, dtypes and shardings, or `state` if there is none."""
-  step = manager.latest_step()
+def restore_latest(manager: ocp.CheckpointManager, state: Any, step: int | None = None) -> Any:
+  """The latest checkpoint (or `step`'s) restored with `state`'s shapes, dtypes and shardings, or `state` if there
+  is none."""
+  if step is None:
+    step = manager.latest_step()
+  elif step not in manager.all_steps():
+    raise UserError(f'{manager.directory} has no checkpoint {step}; it has {list(manager.all_steps()) or "none"}.')
   if step is None:
     return state
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

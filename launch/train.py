@@ -4,14 +4,15 @@ With no --config it runs configs/demo.py on the photographs that ship with sciki
 named by `config.method` does the work; this file only parses flags and reports user errors in one line.
 """
 import os
-import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)  # configs/ import configs.defaults when run from a checkout without `pip install -e`.
+
+from common.cli import fail, parse_flags, quiet_orbax  # noqa: E402  (after the path)
 
 
 def define_flags():
@@ -19,35 +20,6 @@ def define_flags():
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Checkpoints, logs and samples go here; a run resumes from it. '
                       'Default: runs/<config file name>.')
-
-
-def fail(error: Exception | str, code: int = 2):
-  """One line on stderr and a non-zero exit; config_flags' errors are rewritten without their traceback."""
-  if isinstance(error, (KeyError, AttributeError)) and error.args:  # ml_collections: an unknown field
-    # ml_collections nests the message in reprs: "'\\'name\\'\\nDid you mean ...'". Keep the name and the hint.
-    raw = str(error.args[0])
-    name, hint = re.search(r"(\w+)\\?'", raw), re.search(r'Did you mean [^?]*\?', raw)
-    error = f"unknown config field '{name.group(1) if name else raw}'" + (f'; {hint.group(0)}' if hint else '')
-  elif isinstance(error, OSError):  # config_flags: the config file could not be loaded
-    error = f'cannot load the --config file: {str(error).strip().splitlines()[-1].strip()}'
-  logging.flush()
-  print(f'error: {error}', file=sys.stderr)
-  sys.exit(code)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # config_flags raises KeyError, TypeError, ValueError or flags.Error by fault.
-    fail(e)
-
-
-def quiet_orbax():
-  """Orbax logs every phase of every save at INFO; keep its warnings and errors only."""
-  class _Filter(logging.logging.Filter):
-    def filter(self, record):
-      return record.levelno >= logging.logging.WARNING or '/orbax/' not in record.pathname
-  logging.get_absl_handler().addFilter(_Filter())
 
 
 def main(argv):

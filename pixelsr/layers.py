@@ -45,6 +45,14 @@ def row_mask(width: int, in_groups: np.ndarray, out_groups: np.ndarray, mask_typ
   return mask
 
 
+def masked_kernel(kernel: jax.Array, mask_type: Literal['A', 'B'], num_colours: int, in_chunks: int = 1,
+                  out_chunks: int = 1) -> jax.Array:
+  """A (1, width, C_in, C_out) row kernel with its colour mask applied (shared by the model and the sampler)."""
+  _, width, cin, cout = kernel.shape
+  return kernel * row_mask(width, channel_groups(cin, num_colours, in_chunks),
+                           channel_groups(cout, num_colours, out_chunks), mask_type)
+
+
 def down_shift(x: jax.Array) -> jax.Array:
   """Moves rows down by one (row 0 becomes zeros): row i then holds what row i-1 held."""
   return jnp.pad(x, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
@@ -64,9 +72,9 @@ class MaskedConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    mask = row_mask(self.width, channel_groups(x.shape[-1], self.num_colours, self.in_chunks),
-                    channel_groups(self.features, self.num_colours, self.out_chunks), self.mask_type)
-    kernel = self.param('kernel', self.kernel_init, mask.shape) * mask
+    shape = (1, self.width, x.shape[-1], self.features)
+    kernel = masked_kernel(self.param('kernel', self.kernel_init, shape), self.mask_type, self.num_colours,
+                           self.in_chunks, self.out_chunks)
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if self.width == 1:  # A matmul: XLA:CPU differentiates it twice as fast as the equivalent 1x1 convolution.

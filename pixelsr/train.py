@@ -11,7 +11,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import data, images, optim, sharding, train_loop
+from common import checkpoint, data, images, optim, sharding, train_loop
 from common.config import from_config
 from common.errors import UserError
 from pixelsr import losses, models, sampling
@@ -97,6 +97,18 @@ def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], s
   return metrics
 
 
+def restore_for_sampling(config: ml_collections.ConfigDict, workdir: str,
+                         step: int | None = None) -> tuple[models.PixelRecursiveSR, dict]:
+  """The model of a training run and its parameters at `step` (default: the latest checkpoint), replicated."""
+  cfg = model_config(config)
+  model = models.PixelRecursiveSR(cfg)
+  mesh = sharding.data_mesh()
+  tx, _ = optim.make_optimizer(config.optimizer)
+  abstract = jax.eval_shape(lambda rng: create_train_state(model, cfg, tx, config.data, rng, mesh), jax.random.key(0))
+  state = checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
+  return model, {'params': state.params}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the model of `config` in `workdir` (resuming if it holds checkpoints); returns the final metrics."""
   cfg = model_config(config)
@@ -124,8 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   grid_highres = first_eval['highres'][:num_grid]
 
   def make_grids(state, step):
-    samples = sampling.sample_naive(model, {'params': state.params}, jnp.asarray(grid_lowres),
-                                    jax.random.fold_in(sample_rng, step), temperature=config.sample_temperature)
+    samples = sampling.sample(model, {'params': state.params}, jnp.asarray(grid_lowres),
+                              jax.random.fold_in(sample_rng, step), temperature=config.sample_temperature)
     return {'lowres_sample_truth': images.make_grid([grid_lowres, np.asarray(samples), grid_highres])}
 
   _, metrics = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,

@@ -1,0 +1,171 @@
+"""Super-resolve your own images with a trained model.
+
+  python launch/sample.py --workdir=runs/celeba --input=photos/ --num_samples=4 --temperature=1.0,1.2 --output=out
+
+--workdir takes the latest checkpoint of a training run; --checkpoint=runs/celeba/checkpoints/200000 a given one.
+Each input (any format and mode Pillow reads) is centre-cropped to a square and resized, antialiased bicubic, to the
+model's low-res size. Written to --output: each sample as `<input>_tau<t>_<k>.png`, `grid.png` (one row per input:
+input | samples | bicubic), and `nll.csv` with each sample's negative log-likelihood under the model.
+"""
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+
+from common.cli import fail, parse_flags, quiet_orbax  # noqa: E402  (after the path)
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+
+def define_flags():
+  flags.DEFINE_string('workdir', None, 'A training run: its config.json and latest checkpoint are used.')
+  flags.DEFINE_string('checkpoint', None, 'Instead of --workdir: one checkpoint, <workdir>/checkpoints/<step>.')
+  config_flags.DEFINE_config_file('config', None, 'Optional: the experiment config the run must have been trained '
+                                  'with (a checkpoint of another config is refused).', lock_config=True)
+  flags.DEFINE_string('input', None, 'An image file, or a directory whose image files are all used.', required=True)
+  flags.DEFINE_string('output', None, 'Directory for the samples, grid.png and nll.csv.', required=True)
+  flags.DEFINE_integer('num_samples', 4, 'Samples per input and temperature.', lower_bound=1)
+  flags.DEFINE_list('temperature', ['1.0'], "Comma-separated taus (they multiply the logits); 'inf' = greedy.")
+  flags.DEFINE_integer('seed', 0, 'Random seed of the draws.')
+  flags.DEFINE_integer('batch_size', 32, 'Inputs per sampler call (each call draws batch_size * num_samples).',
+                       lower_bound=1)
+
+
+def input_files(path: str) -> list[str]:
+  from common.errors import UserError
+  if os.path.isdir(path):
+    files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+      raise UserError(f'--input={path} holds no image files ({", ".join(IMAGE_EXTENSIONS)}).')
+    return files
+  if not os.path.isfile(path):
+    raise UserError(f'--input={path} does not exist; pass an image file or a directory of images.')
+  return [path]
+
+
+def run_dir_and_step(checkpoint_path: str | None, workdir: str | None) -> tuple[str, int | None]:
+  from common.errors import UserError
+  if (checkpoint_path is None) == (workdir is None):
+    raise UserError('pass exactly one of --workdir (latest checkpoint) and --checkpoint (one step).')
+  if workdir is not None:
+    return workdir, None
+  path = os.path.normpath(checkpoint_path)
+  step, parent = os.path.basename(path), os.path.dirname(path)
+  if not step.isdigit() or os.path.basename(parent) != 'checkpoints':
+    raise UserError(f'--checkpoint={checkpoint_path} is not <workdir>/checkpoints/<step>; pass such a directory, '
+                    'or --workdir for the latest checkpoint.')
+  return os.path.dirname(parent), int(step)
+
+
+def parse_temperatures(values: list[str]) -> list[float]:
+  from common.errors import UserError
+  try:
+    taus = [float(v) for v in values]
+  except ValueError:
+    raise UserError(f"--temperature takes numbers or 'inf', got {','.join(values)}.") from None
+  if not all(t > 0 for t in taus):
+    raise UserError(f'--temperature values must be > 0, got {",".join(values)}.')
+  return taus
+
+
+def pixelcnn_sampler(config, workdir: str, step: int | None):
+  """(colours, draw(lowres, key, tau, n) -> uint8 samples, nll(lowres, y) -> (bits/dim, nats)) of a pixelsr run."""
+  import numpy as np
+  from pixelsr import sampling, train
+  model, variables = train.restore_for_sampling(config, workdir, step)
+
+  def draw(lowres, key, temperature, num_samples):
+    return sampling.sample(model, variables, lowres, key, temperature, num_samples)
+
+  def nll(lowres, y):
+    nats = -sampling.log_prob(model, variables, lowres, y)
+    return np.asarray(sampling.bits_per_dim(-nats, y.shape[1:])), np.asarray(nats)
+
+  return model.cfg.num_colours, draw, nll
+
+
+def super_resolve(*, workdir, step, expected_config, files, output, num_samples, temperatures, seed, batch_size):
+  import jax
+  import numpy as np
+  from common import checkpoint, images, sharding, user_images
+  from common.errors import UserError
+
+  config = checkpoint.load_config(workdir)
+  if expected_config is not None:
+    checkpoint.check_config(workdir, expected_config, record=False)
+  if config.method != 'pixelcnn':
+    raise UserError(f'{workdir} was trained with config.method={config.method!r}; launch/sample.py samples '
+                    "'pixelcnn' runs.")
+  colours, draw, nll = pixelcnn_sampler(config, workdir, step)
+  names, lowres = [], []
+  for path in files:
+    x, how = user_images.to_model_input(images.load_image(path), config.data, colours)
+    names.append(os.path.splitext(os.path.basename(path))[0])
+    lowres.append(x)
+    print(f'{path}: {how}')
+  lowres = np.stack(lowres)
+  mesh = sharding.data_mesh()
+  per_call = -(-min(batch_size, len(lowres)) // mesh.size) * mesh.size  # a multiple of the device count
+
+  samples, rows = [], []  # samples[t]: (inputs, num_samples, H, W, C)
+  for t, tau in enumerate(temperatures):
+    drawn = []
+    for start in range(0, len(lowres), per_call):
+      chunk = lowres[start:start + per_call]
+      padded = np.concatenate([chunk, np.repeat(chunk[-1:], per_call - len(chunk), 0)])
+      x = jax.device_put(padded, sharding.batch_sharding(mesh))
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), start)
+      y = draw(x, key, tau, num_samples)
+      bits, nats = nll(jax.numpy.repeat(x, num_samples, axis=0), y)
+      keep = len(chunk) * num_samples
+      drawn.append(np.asarray(y)[:keep].reshape(len(chunk), num_samples, *y.shape[1:]))
+      for i in range(keep):
+        n, k = start + i // num_samples, i % num_samples
+        rows.append(dict(input=names[n], temperature=tau, sample=k, file=f'{names[n]}_tau{tau:g}_{k}.png',
+                         bits=float(bits[i]), nats=float(nats[i]), image=(t, n, k)))
+    samples.append(np.concatenate(drawn))
+
+  for r in rows:
+    print(f'{r["input"]} tau={r["temperature"]:g} sample {r["sample"]}: NLL {r["bits"]:.3f} bits/dim '
+          f'({r["nats"]:,.1f} nats) -> {r["file"]}')
+  bicubic = np.asarray(images.quantize(images.bicubic_upsample(lowres, samples[0].shape[2:4])))
+  columns = [lowres] + [s[:, k] for s in samples for k in range(num_samples)] + [bicubic]
+
+  def write(folder):
+    for r in rows:
+      t, n, k = r['image']
+      images.save_png(os.path.join(folder, r['file']), samples[t][n, k])
+    images.save_png(os.path.join(folder, 'grid.png'), images.make_grid(columns))
+    with open(os.path.join(folder, 'nll.csv'), 'w') as f:
+      f.write('input,temperature,sample,file,nll_bits_per_dim,nll_nats\n')
+      f.writelines(f'{r["input"]},{r["temperature"]:g},{r["sample"]},{r["file"]},{r["bits"]:.6f},{r["nats"]:.3f}\n'
+                   for r in rows)
+
+  written = user_images.write_all_or_nothing(output, write)
+  print(f'{len(written)} files in {output}: grid.png (input | samples by temperature | bicubic), nll.csv.')
+
+
+def main(argv):
+  del argv
+  quiet_orbax()
+  from common.errors import UserError
+  F = flags.FLAGS
+  try:
+    workdir, step = run_dir_and_step(F.checkpoint, F.workdir)
+    super_resolve(workdir=workdir, step=step, expected_config=F.config, files=input_files(F.input),
+                  output=F.output, num_samples=F.num_samples, temperatures=parse_temperatures(F.temperature),
+                  seed=F.seed, batch_size=F.batch_size)
+  except UserError as e:
+    fail(e, code=1)
+
+
+if __name__ == '__main__':
+  try:
+    define_flags()
+  except Exception as e:
+    fail(e)
+  app.run(main, flags_parser=parse_flags)
