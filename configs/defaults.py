@@ -1,7 +1,8 @@
 """Shared defaults for the experiment configs: every field of a pixel recursive SR run, commented.
 
 Experiment files (celeba_pixelcnn.py, lsun_pixelcnn.py, demo.py, ...) start from `pixelcnn_config()` and change what
-their experiment changes, so each file reads as the list of its differences from the paper's appendix A.
+their experiment changes, so each file reads as the list of its differences from the paper's appendix A. The
+regression baselines (*_regression.py) are `regression_config(<the pixelcnn experiment's config>)`.
 """
 import ml_collections
 
@@ -17,7 +18,7 @@ def data_config() -> ml_collections.ConfigDict:
   d.eval_split = 'validation'  # tfds split held out for evaluation.
   d.eval_fraction = 0.1  # folder/embedded: share of each image (folder: of the files) held out for evaluation.
   d.num_eval_examples = 512  # Examples per evaluation; 0 = the whole eval split (not for 'embedded': no end).
-  d.crop = 'celeba'  # 'celeba' (fixed box around the face), 'centre' (largest centred square), 'random'.
+  d.crop = 'celeba'  # 'celeba' (box around the face), 'centre' (largest centred square), 'random', 'none' (whole).
   d.celeba_crop_box = (40, 15, 148)  # (top, left, size) of the face square in the 178x218 aligned CelebA image.
   d.random_crop_min = 48  # 'random' crop: side of the square cut from the source image, sampled in [min, max].
   d.random_crop_max = 160
@@ -31,7 +32,7 @@ def data_config() -> ml_collections.ConfigDict:
 def pixelcnn_config() -> ml_collections.ConfigDict:
   """Pixel recursive SR on CelebA with appendix A's hyper-parameters (table 2)."""
   c = ml_collections.ConfigDict()
-  c.method = 'pixelcnn'  # Which package trains it: 'pixelcnn' (pixelsr.train).
+  c.method = 'pixelcnn'  # Which package trains it: 'pixelcnn' (pixelsr.train) or 'regression' (pixelsr.regression).
   c.seed = 0  # Parameter init, data order and sample draws all derive from it.
   c.data = data_config()
   c.model = ml_collections.ConfigDict(dict(  # Fields of pixelsr.models.PixelSRConfig (documented there).
@@ -51,6 +52,35 @@ def pixelcnn_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 20_000  # PNG grid low-res | sample | truth (<workdir>/samples, TensorBoard); 0 = never.
   c.num_sample_images = 8  # Rows of that grid.
   c.sample_temperature = 1.0  # tau of the grid's samples (multiplies the logits; inf = greedy).
+  c.evaluate = evaluate_config()
+  return c
+
+
+def evaluate_config() -> ml_collections.ConfigDict:
+  """launch/evaluate.py's fields: table 1 on the eval split (config.data.eval_split) of the run's data."""
+  e = ml_collections.ConfigDict()
+  e.num_examples = 1_000  # Eval examples scored, the first of the split (--num_examples overrides); 0 = all (tfds).
+  e.batch_size = 100  # Examples per sampling and scoring step.
+  e.temperatures = (1.0, 1.1, 1.2)  # tau of the sampled rows (table 1); all draw with the same keys.
+  e.greedy = True  # Add the greedy row (tau = inf, argmax), as figure 6.
+  e.nn_database_size = 162_770  # Training examples the NN baseline searches: CelebA's train split, in stream order.
+  e.nn_chunk_size = 4_096  # Database entries per device step of the NN search; memory ~ num_examples x this x 4 B.
+  e.num_figure_rows = 8  # Examples in table1.png (input | each method | ground truth).
+  return e
+
+
+# The fields of pixelsr.models.ConditioningConfig: what the regression baseline shares with the pixel recursive model.
+CONDITIONING_FIELDS = ('num_colours', 'upsample_factor', 'cond_channels', 'cond_blocks', 'init', 'init_stddev', 'dtype')
+
+
+def regression_config(pixelcnn: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The L2 regression baseline of table 1 (section 5) for a pixel recursive config: its conditioning network with 3
+  outputs and tanh (the same fields), trained on the same data by the same loop, optimiser and schedule."""
+  c = ml_collections.ConfigDict(pixelcnn.to_dict())
+  c.method = 'regression'
+  c.model = ml_collections.ConfigDict({k: pixelcnn.model[k] for k in CONDITIONING_FIELDS})
+  for pixelcnn_only in ('loss', 'sample_temperature', 'evaluate'):
+    del c[pixelcnn_only]
   return c
 
 
@@ -62,3 +92,4 @@ def shrink_for_smoke_run(c: ml_collections.ConfigDict) -> None:
   c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = c.sample_every_steps = 10
   c.data.num_eval_examples = 16
   c.num_sample_images = 4
+  c.evaluate.update(num_examples=16, batch_size=8, nn_database_size=512, nn_chunk_size=256, num_figure_rows=4)

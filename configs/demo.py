@@ -28,6 +28,8 @@ def get_config(arg: str | None = None):
   c.checkpoint_every_steps = 300
   c.sample_every_steps = 300  # With each eval: the cached sampler draws the 4-image grid in about a second.
   c.num_sample_images = 4
+  # launch/evaluate.py: the held-out crops above; NN over 20k training crops (600 steps of 8 see 4,800).
+  c.evaluate.update(num_examples=128, batch_size=64, nn_database_size=20_000, num_figure_rows=6)
   if arg == 'runlocal':
     defaults.shrink_for_smoke_run(c)
   return c.lock()

@@ -15,6 +15,7 @@ def get_config(arg: str | None = None):
   c.data.crop = 'centre'
   c.data.eval_split = 'validation'
   c.model.cond_blocks = 10
+  c.evaluate.nn_database_size = 3_033_042  # NN searches the whole train split, as the paper's "3 million images".
   c.num_train_steps = 2_000_000
   if arg == 'runlocal':
     defaults.shrink_for_smoke_run(c)

@@ -36,8 +36,11 @@ def main(argv):
   try:
     if config.method == 'pixelcnn':
       from pixelsr import train
+    elif config.method == 'regression':
+      from pixelsr import regression as train
     else:
-      raise UserError(f"config.method={config.method!r} is not a method of this library; use 'pixelcnn'.")
+      raise UserError(f"config.method={config.method!r} is not a method of this library; use 'pixelcnn' or "
+                      "'regression'.")
     metrics = train.train_and_evaluate(config, workdir)
   except UserError as e:
     fail(e, code=1)

@@ -1,7 +1,8 @@
 """The pixel recursive super-resolution model (Dahl et al. 2017): conditioning network A(x) + PixelCNN prior B(y).
 
 p(y_i | x, y_<i) = softmax(A_i(x) + B_i(y_<i))  (eq. 6). Both networks return logits shaped (B, H, W, C, K): C colour
-channels, K = 256 levels. Sizes and depths come from `PixelSRConfig`, built from `config.model`.
+channels, K = 256 levels. Sizes and depths come from `PixelSRConfig`, built from `config.model`. The regression
+baseline of table 1 (`RegressionSR`, `ConditioningConfig`) shares the conditioning network's trunk.
 """
 import dataclasses
 import math
@@ -16,57 +17,91 @@ from pixelsr import layers
 
 
 @dataclasses.dataclass(frozen=True)
-class PixelSRConfig:
-  """Model hyper-parameters; the defaults are appendix A's (table 2) for CelebA."""
+class ConditioningConfig:
+  """The conditioning network's hyper-parameters, shared by the pixel recursive model and the regression baseline;
+  the defaults are appendix A's (table 2) for CelebA."""
   num_colours: int = 3  # Colour channels of x and y (3 = RGB, 1 = grey).
-  num_levels: int = 256  # K: values a sub-pixel takes.
   upsample_factor: int = 4  # Output side / input side, a power of two (one transposed conv per factor 2).
   cond_channels: int = 32  # Width of the conditioning ResNet.
   cond_blocks: int = 6  # B: ResNet blocks before, between and after the transposed convs (6 CelebA, 10 LSUN).
-  use_prior: bool = True  # False: the conditioning network alone (the per-pixel cross-entropy model, eq. 4).
-  prior_channels: int = 64  # Width of the gated layers (appendix A: 64; section 4.1's text says 32).
-  prior_layers: int = 20  # Gated layers.
-  prior_kernel: int = 5  # k of the gated layers' k x k receptive field per layer.
-  prior_first_kernel: int = 7  # The first masked (type A) convolution.
-  prior_head_channels: int = 1024  # Masked 1x1 layer before the 3 x 256 logits.
   init: Literal['truncated_normal', 'lecun_normal'] = 'truncated_normal'  # Weight init; biases are zero.
   init_stddev: float = 0.1  # Standard deviation of 'truncated_normal' (table 2).
-  dtype: Literal['float32', 'bfloat16'] = 'float32'  # Compute dtype; parameters and logits stay float32.
+  dtype: Literal['float32', 'bfloat16'] = 'float32'  # Compute dtype; parameters and outputs stay float32.
 
   def __post_init__(self):
     if self.upsample_factor < 1 or self.upsample_factor & (self.upsample_factor - 1):
       raise ValueError(f'config.model.upsample_factor must be a power of two, got {self.upsample_factor}.')
 
 
-def kernel_init(cfg: PixelSRConfig) -> layers.Initializer:
+@dataclasses.dataclass(frozen=True)
+class PixelSRConfig(ConditioningConfig):
+  """The pixel recursive model: the conditioning network's fields and the prior's."""
+  num_levels: int = 256  # K: values a sub-pixel takes.
+  use_prior: bool = True  # False: the conditioning network alone (the per-pixel cross-entropy model, eq. 4).
+  prior_channels: int = 64  # Width of the gated layers (appendix A: 64; section 4.1's text says 32).
+  prior_layers: int = 20  # Gated layers.
+  prior_kernel: int = 5  # k of the gated layers' k x k receptive field per layer.
+  prior_first_kernel: int = 7  # The first masked (type A) convolution.
+  prior_head_channels: int = 1024  # Masked 1x1 layer before the 3 x 256 logits.
+
+
+def kernel_init(cfg: ConditioningConfig) -> layers.Initializer:
   if cfg.init == 'truncated_normal':
     return nn.initializers.truncated_normal(stddev=cfg.init_stddev)
   return nn.initializers.lecun_normal()
 
 
-class ConditioningNet(nn.Module):
-  """A(x): low-res image -> per-sub-pixel logits of the high-res image (appendix A, "conditional network").
+def conditioning_features(cfg: ConditioningConfig, lowres: jax.Array) -> jax.Array:
+  """The conditioning network up to its last ResNet block: uint8 (B, h, w, C) -> (B, H, W, cond_channels).
 
   A 3x3 stem convolution lifts the colour channels to the blocks' width (the table starts at the blocks, whose
-  residual sum needs equal widths); then B blocks, a stride-2 transposed conv, B blocks, ... and a 1x1 conv to C*K.
+  residual sum needs equal widths); then B blocks, a stride-2 transposed conv, B blocks, ... Called inside a compact
+  module's __call__, so the layers belong to that module: the pixel recursive model and the regression baseline
+  share this trunk and its parameter names.
   """
+  init, dtype = kernel_init(cfg), jnp.dtype(cfg.dtype)
+  h = nn.Conv(cfg.cond_channels, (3, 3), kernel_init=init, dtype=dtype, name='stem')(images.uint8_to_signed(lowres))
+  num_upsamples = int(math.log2(cfg.upsample_factor))
+  for stage in range(num_upsamples + 1):
+    for b in range(cfg.cond_blocks):
+      h = layers.ResNetBlock(cfg.cond_channels, init, dtype, name=f'stage{stage}_block{b}')(h)
+    if stage < num_upsamples:
+      h = nn.relu(nn.ConvTranspose(cfg.cond_channels, (3, 3), strides=(2, 2), padding='SAME', kernel_init=init,
+                                   dtype=dtype, name=f'upsample{stage}')(h))
+  return h
+
+
+class ConditioningNet(nn.Module):
+  """A(x): low-res image -> per-sub-pixel logits of the high-res image (appendix A, "conditional network"): the
+  trunk (`conditioning_features`) and a 1x1 conv to C*K."""
   cfg: PixelSRConfig
 
   @nn.compact
   def __call__(self, lowres: jax.Array) -> jax.Array:
-    cfg, init = self.cfg, kernel_init(self.cfg)
-    dtype = jnp.dtype(cfg.dtype)
-    h = nn.Conv(cfg.cond_channels, (3, 3), kernel_init=init, dtype=dtype, name='stem')(
-        images.uint8_to_signed(lowres))
-    num_upsamples = int(math.log2(cfg.upsample_factor))
-    for stage in range(num_upsamples + 1):
-      for b in range(cfg.cond_blocks):
-        h = layers.ResNetBlock(cfg.cond_channels, init, dtype, name=f'stage{stage}_block{b}')(h)
-      if stage < num_upsamples:
-        h = nn.relu(nn.ConvTranspose(cfg.cond_channels, (3, 3), strides=(2, 2), padding='SAME', kernel_init=init,
-                                     dtype=dtype, name=f'upsample{stage}')(h))
-    logits = nn.Dense(cfg.num_colours * cfg.num_levels, kernel_init=init, dtype=dtype, name='logits')(h)  # 1x1 conv
+    cfg = self.cfg
+    h = conditioning_features(cfg, lowres)
+    logits = nn.Dense(cfg.num_colours * cfg.num_levels, kernel_init=kernel_init(cfg), dtype=jnp.dtype(cfg.dtype),
+                      name='logits')(h)  # 1x1 conv
     return logits.astype(jnp.float32).reshape(*logits.shape[:-1], cfg.num_colours, cfg.num_levels)
+
+
+class RegressionSR(nn.Module):
+  """The regression baseline (section 5): the conditioning trunk, a 1x1 conv to C outputs and tanh, predicting the
+  residual over the bicubic upsample of x (Kim et al. 2016), trained with L2.
+
+  `__call__(lowres)` returns the prediction on the [-1, 1] scale of `images.uint8_to_signed`, (B, H, W, C) float32:
+  bicubic + tanh(residual), not clipped (the L2 loss keeps its gradient at the range's edges);
+  `images.signed_to_uint8` clips and rounds it to an image.
+  """
+  cfg: ConditioningConfig
+
+  @nn.compact
+  def __call__(self, lowres: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    h = conditioning_features(cfg, lowres)
+    residual = nn.Dense(cfg.num_colours, kernel_init=kernel_init(cfg), dtype=jnp.dtype(cfg.dtype), name='residual')(h)
+    upsampled = images.bicubic_upsample(lowres, lowres.shape[-3] * cfg.upsample_factor)
+    return images.uint8_to_signed(upsampled) + jnp.tanh(residual.astype(jnp.float32))
 
 
 class PixelCNNPrior(nn.Module):

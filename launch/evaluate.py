@@ -1,0 +1,62 @@
+"""Table 1 of the pixel recursive paper in one command: pSNR, SSIM, MS-SSIM, consistency and NLL of Bicubic, NN,
+Regression and the model's samples (tau = 1.0, 1.1, 1.2, greedy), written to <workdir>/table1.{md,csv,png}.
+
+  python launch/evaluate.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--regression_workdir=DIR]
+                            [--num_examples=N] [--config.evaluate.field=value ...]
+
+--workdir is the pixel recursive run (as given to launch/train.py; default runs/<config file name>), and where the
+table goes. A row whose model has no checkpoint is skipped with a message. The work is in pixelsr/evaluate.py.
+"""
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)  # configs/ import configs.defaults when run from a checkout without `pip install -e`.
+
+from common.cli import fail, parse_flags, quiet_orbax  # noqa: E402  (after the path)
+
+
+def define_flags():
+  config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'demo.py'),
+                                  'The pixel recursive config of the run: its data and `evaluate` sections.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The pixel recursive run to evaluate; table1.md, table1.csv and table1.png '
+                      'are written here. Default: runs/<config file name>.')
+  flags.DEFINE_string('regression_workdir', '', 'The regression baseline run (configs/*_regression.py); '
+                      'empty: the Regression row is skipped.')
+  flags.DEFINE_integer('num_examples', None, 'Eval examples to score; default config.evaluate.num_examples.')
+
+
+def main(argv):
+  del argv
+  quiet_orbax()
+  from common.errors import UserError  # After flag parsing, so --help stays fast.
+  try:
+    config = flags.FLAGS.config
+    config.evaluate  # A config file that failed to load raises here; a regression config has no `evaluate`.
+  except OSError as e:
+    fail(e)
+  except AttributeError:
+    fail('--config must be a pixel recursive config (configs/*_pixelcnn.py, configs/demo.py), which has an '
+         '`evaluate` section; pass the regression run as --regression_workdir.')
+  workdir = flags.FLAGS.workdir or os.path.join('runs', os.path.splitext(os.path.basename(
+      config_flags.get_config_filename(flags.FLAGS['config'])))[0])
+  try:
+    from pixelsr import evaluate
+    table = evaluate.table1(config, workdir, flags.FLAGS.regression_workdir, flags.FLAGS.num_examples)
+    paths = evaluate.write(table, workdir)
+  except UserError as e:
+    fail(e, code=1)
+  print(evaluate.markdown(table), end='')
+  print('wrote ' + ', '.join(paths))
+
+
+if __name__ == '__main__':
+  try:
+    define_flags()
+  except Exception as e:
+    fail(e)
+  app.run(main, flags_parser=parse_flags)
