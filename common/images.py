@@ -6,7 +6,7 @@ the JAX side (metrics, baselines) sees the same operator as the data.
 """
 import functools
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 
 import jax
@@ -158,13 +158,14 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     image = image[..., 0]
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=folder, suffix='.png.tmp', delete=False) as f:
-    tmp = f.name
+  # Not tempfile: its files are private (0600); this one is created with the user's umask, as a plain open would.
+  tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
   try:
     Image.fromarray(image).save(tmp, format='PNG')
     os.replace(tmp, path)
   except BaseException:
-    os.remove(tmp)
+    if os.path.exists(tmp):
+      os.remove(tmp)
     raise
 
 
