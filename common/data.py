@@ -77,8 +77,8 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size:
     raise ValueError(f'batch_size {batch_size} must be a positive multiple of the process count {process_count}')
   if start_index < 0 or start_index % batch_size:
     raise ValueError(f'start_index {start_index} must be a non-negative multiple of batch_size {batch_size}')
-  if data_cfg.crop not in ('celeba', 'centre', 'random'):
-    raise UserError(f"config.data.crop must be 'celeba', 'centre' or 'random', got {data_cfg.crop!r}")
+  if data_cfg.crop not in ('celeba', 'centre', 'random', 'none'):
+    raise UserError(f"config.data.crop must be 'celeba', 'centre', 'random' or 'none', got {data_cfg.crop!r}")
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} must be in [0, {process_count})')
   _hide_gpus_from_tf()
@@ -172,7 +172,10 @@ def crop_image(image: tf.Tensor, data_cfg: ml_collections.ConfigDict, seed: tf.T
   'centre': the largest centred square (odd margins put the extra pixel bottom/right).
   'random': side uniform in [min(random_crop_min, s), min(random_crop_max, s)] with
     s = min(H, W), then a uniform position; `seed` (int64 [2]) keys the stateless draw.
+  'none': the whole image, which the square resize then scales anisotropically (SRIM's data).
   """
+  if data_cfg.crop == 'none':
+    return image
   h, w = tf.shape(image)[0], tf.shape(image)[1]
   if data_cfg.crop == 'celeba':
     top, left, size = data_cfg.celeba_crop_box

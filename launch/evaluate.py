@@ -1,5 +1,6 @@
 """Table 1 of the pixel recursive paper in one command: pSNR, SSIM, MS-SSIM, consistency and NLL of Bicubic, NN,
-Regression and the model's samples (tau = 1.0, 1.1, 1.2, greedy), written to <workdir>/table1.{md,csv,png}.
+Regression and the model's samples (tau = 1.0, 1.1, 1.2, greedy), written to <workdir>/table1.{md,csv,png}. With an
+SRIM config: luminance pSNR/SSIM of SRIM's samples and of bicubic, in <workdir>/table_srim.{md,csv}.
 
   python launch/evaluate.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--regression_workdir=DIR]
                             [--num_examples=N] [--config.evaluate.field=value ...]
@@ -27,7 +28,24 @@ def define_flags():
                       'are written here. Default: runs/<config file name>.')
   flags.DEFINE_string('regression_workdir', '', 'The regression baseline run (configs/*_regression.py); '
                       'empty: the Regression row is skipped.')
-  flags.DEFINE_integer('num_examples', None, 'Eval examples to score; default config.evaluate.num_examples.')
+  flags.DEFINE_integer('num_examples', None, 'Eval examples to score; default config.evaluate.num_examples '
+                       '(SRIM: config.data.num_eval_examples).')
+  flags.DEFINE_integer('num_samples', 4, 'SRIM only: samples per input, scored each (table_srim.{md,csv}).')
+
+
+def evaluate_srim(config, workdir: str):
+  from common.errors import UserError
+  try:
+    from imle import evaluate
+    num = flags.FLAGS.num_examples if flags.FLAGS.num_examples is not None else config.data.num_eval_examples
+    rows = evaluate.table(config, workdir, num, flags.FLAGS.num_samples)
+    paths = evaluate.write(rows, workdir, f'{num} eval examples, {flags.FLAGS.num_samples} SRIM samples each; '
+                           'pSNR/SSIM on BT.601 luminance (common/metrics.py).')
+  except UserError as e:
+    fail(e, code=1)
+  for name, r in rows.items():
+    print(f'{name}: pSNR(Y) {r["psnr_y"]:.2f} dB, SSIM(Y) {r["ssim_y"]:.3f}, diversity {r["diversity"]:.4f}')
+  print('wrote ' + ', '.join(paths))
 
 
 def main(argv):
@@ -36,14 +54,19 @@ def main(argv):
   from common.errors import UserError  # After flag parsing, so --help stays fast.
   try:
     config = flags.FLAGS.config
-    config.evaluate  # A config file that failed to load raises here; a regression config has no `evaluate`.
+    srim = config.method == 'srim'  # A config file that failed to load raises here.
+    if not srim:
+      config.evaluate  # A regression config has no `evaluate`.
   except OSError as e:
     fail(e)
   except AttributeError:
     fail('--config must be a pixel recursive config (configs/*_pixelcnn.py, configs/demo.py), which has an '
-         '`evaluate` section; pass the regression run as --regression_workdir.')
+         '`evaluate` section, or an SRIM config; pass the regression run as --regression_workdir.')
   workdir = flags.FLAGS.workdir or os.path.join('runs', os.path.splitext(os.path.basename(
       config_flags.get_config_filename(flags.FLAGS['config'])))[0])
+  if srim:
+    evaluate_srim(config, workdir)
+    return
   try:
     from pixelsr import evaluate
     table = evaluate.table1(config, workdir, flags.FLAGS.regression_workdir, flags.FLAGS.num_examples)

@@ -1,11 +1,12 @@
-"""Super-resolve your own images with a trained model.
+"""Super-resolve your own images with a trained model (pixel recursive or SRIM).
 
   python launch/sample.py --workdir=runs/celeba --input=photos/ --num_samples=4 --temperature=1.0,1.2 --output=out
 
 --workdir takes the latest checkpoint of a training run; --checkpoint=runs/celeba/checkpoints/200000 a given one.
 Each input (any format and mode Pillow reads) is centre-cropped to a square and resized, antialiased bicubic, to the
 model's low-res size. Written to --output: each sample as `<input>_tau<t>_<k>.png`, `grid.png` (one row per input:
-input | samples | bicubic), and `nll.csv` with each sample's negative log-likelihood under the model.
+input | samples | bicubic), and `nll.csv` with each sample's negative log-likelihood under the model (nan for SRIM,
+which has none; SRIM also has no temperature).
 """
 import os
 import sys
@@ -88,6 +89,22 @@ def pixelcnn_sampler(config, workdir: str, step: int | None):
   return model.cfg.num_colours, draw, nll
 
 
+def srim_sampler(config, workdir: str, step: int | None):
+  """The same for an SRIM run: samples f(x, z) for fresh noises z; SRIM has no temperature and no likelihood."""
+  from imle import models, train
+  model, variables = train.restore_for_sampling(config, workdir, step)
+
+  def draw(lowres, key, temperature, num_samples):
+    del temperature
+    samples = models.sample(model, variables, lowres, key, num_samples)
+    return samples.reshape(-1, *samples.shape[2:])
+
+  return 3, draw, None
+
+
+SAMPLERS = {'pixelcnn': pixelcnn_sampler, 'srim': srim_sampler}
+
+
 def super_resolve(*, workdir, step, expected_config, files, output, num_samples, temperatures, seed, batch_size):
   import jax
   import numpy as np
@@ -97,10 +114,13 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
   config = checkpoint.load_config(workdir)
   if expected_config is not None:
     checkpoint.check_config(workdir, expected_config, record=False)
-  if config.method != 'pixelcnn':
+  if config.method not in SAMPLERS:
     raise UserError(f'{workdir} was trained with config.method={config.method!r}; launch/sample.py samples '
-                    "'pixelcnn' runs.")
-  colours, draw, nll = pixelcnn_sampler(config, workdir, step)
+                    f'{" and ".join(SAMPLERS)} runs.')
+  if config.method == 'srim' and temperatures != [1.0]:
+    print('SRIM has no temperature: --temperature is ignored.')
+    temperatures = [1.0]
+  colours, draw, nll = SAMPLERS[config.method](config, workdir, step)
   names, lowres = [], []
   for path in files:
     x, how = user_images.to_model_input(images.load_image(path), config.data, colours)
@@ -120,7 +140,7 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
       x = jax.device_put(padded, sharding.batch_sharding(mesh))
       key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), start)
       y = draw(x, key, tau, num_samples)
-      bits, nats = nll(jax.numpy.repeat(x, num_samples, axis=0), y)
+      bits, nats = nll(jax.numpy.repeat(x, num_samples, axis=0), y) if nll else (np.full(len(y), np.nan),) * 2
       keep = len(chunk) * num_samples
       drawn.append(np.asarray(y)[:keep].reshape(len(chunk), num_samples, *y.shape[1:]))
       for i in range(keep):
@@ -130,8 +150,8 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
     samples.append(np.concatenate(drawn))
 
   for r in rows:
-    print(f'{r["input"]} tau={r["temperature"]:g} sample {r["sample"]}: NLL {r["bits"]:.3f} bits/dim '
-          f'({r["nats"]:,.1f} nats) -> {r["file"]}')
+    nll_text = f'NLL {r["bits"]:.3f} bits/dim ({r["nats"]:,.1f} nats)' if nll else 'no likelihood (SRIM)'
+    print(f'{r["input"]} tau={r["temperature"]:g} sample {r["sample"]}: {nll_text} -> {r["file"]}')
   bicubic = np.asarray(images.quantize(images.bicubic_upsample(lowres, samples[0].shape[2:4])))
   columns = [lowres] + [s[:, k] for s in samples for k in range(num_samples)] + [bicubic]
 

@@ -38,9 +38,11 @@ def main(argv):
       from pixelsr import train
     elif config.method == 'regression':
       from pixelsr import regression as train
+    elif config.method == 'srim':
+      from imle import train
     else:
-      raise UserError(f"config.method={config.method!r} is not a method of this library; use 'pixelcnn' or "
-                      "'regression'.")
+      raise UserError(f"config.method={config.method!r} is not a method of this library; use 'pixelcnn', "
+                      "'regression' or 'srim'.")
     metrics = train.train_and_evaluate(config, workdir)
   except UserError as e:
     fail(e, code=1)

@@ -1,0 +1,137 @@
+"""SRIM trained end to end by the common loop: the distance falls, resume is exact, user errors are one line."""
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from common import images, metrics, sharding, user_images
+from common.errors import UserError
+from configs import demo_srim
+from imle import evaluate, models, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope='module')
+def compile_once(tmp_path_factory):
+  """The runs here differ only in steps and workdirs: a persistent cache compiles their identical programs once."""
+  settings = {'jax_compilation_cache_dir': str(tmp_path_factory.mktemp('jax_cache')),
+              'jax_persistent_cache_min_compile_time_secs': 0.0, 'jax_persistent_cache_min_entry_size_bytes': -1}
+  before = {name: getattr(jax.config, name) for name in settings}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  yield
+  for name, value in before.items():
+    jax.config.update(name, value)
+
+
+def tiny_config(**overrides):
+  c = demo_srim.get_config('runlocal')
+  c.data.update(num_eval_examples=8, random_crop_min=24, random_crop_max=48)  # 6 -> 12 -> 24
+  c.model.update(num_convs=3, channels=8, kernel_size=3)
+  # conv4_4 is tested against Keras in test_vgg19.py; stopping at conv2_2 here compiles and runs 4x faster.
+  c.features.update(components=('pixels', 'conv2_2'), selection_components=('pixels', 'conv2_2'), projection_dim=32,
+                    num_weight_estimation_images=8)
+  # Batches of the pool's size and m: evaluation reuses the pool selection's compiled search.
+  c.imle.update(pool_size=8, steps_per_pool=4, num_candidates=4, candidates_per_chunk=4, rows_per_chunk=8,
+                eval_num_candidates=4)
+  c.optimizer.learning_rate = 3e-3
+  c.batch_size = 8
+  c.eval_every_steps = c.sample_every_steps = 0
+  c.log_every_steps = c.checkpoint_every_steps = 5
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def test_demo_run_lowers_the_distance_and_warns_once_about_untrained_vgg(tmp_path, caplog):
+  workdir = str(tmp_path)
+  with caplog.at_level(logging.WARNING):
+    before = train.train_and_evaluate(tiny_config(num_train_steps=1, eval_every_steps=1), workdir)
+    after = train.train_and_evaluate(tiny_config(num_train_steps=24, eval_every_steps=24, sample_every_steps=24,
+                                                 num_sample_images=2), workdir)
+  # The IMLE objective on held-out crops: distance from each truth to the nearest of 4 samples (the same noises).
+  assert after['eval/distance_stage2'] < 0.7 * before['eval/distance_stage2'], (before, after)
+  assert after['train/pool_distance_stage2'] < before['train/pool_distance_stage2'], (before, after)
+  grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'lowres_samples_truth_00000024.png')))
+  assert grid.shape == (2 * 24 + 3 * 2, 4 * 24 + 5 * 2, 3)  # low-res | 2 samples | truth, 2 rows.
+  untrained = [r for r in caplog.records if 'UNTRAINED' in r.getMessage()]
+  assert len(untrained) == 2 and 'config.vgg.weights_path' in untrained[0].getMessage()  # Once per run.
+
+
+def checkpoint_state(workdir, step):
+  return ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'default'))
+
+
+def test_resume_inside_a_pool_is_exact_and_restores_for_sampling(tmp_path):
+  # Pools start at state steps 0, 4, 8: the interrupted run stops at 6, inside the second pool, and selects the
+  # third pool after resuming.
+  straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
+  full = train.train_and_evaluate(tiny_config(num_train_steps=10, log_every_steps=2), straight)
+  train.train_and_evaluate(tiny_config(num_train_steps=6, log_every_steps=2), interrupted)
+  resumed = train.train_and_evaluate(tiny_config(num_train_steps=10, log_every_steps=2), interrupted)
+  assert resumed['train/loss'] == full['train/loss']  # The window of steps 9 and 10.
+  a, b = checkpoint_state(straight, 10), checkpoint_state(interrupted, 10)
+  for part in ('params', 'batch_stats', 'pool_choice', 'pool_distance', 'opt_state'):
+    jax.tree.map(np.testing.assert_array_equal, a[part], b[part])
+  assert not np.array_equal(a['pool_choice'], checkpoint_state(interrupted, 6)['pool_choice'])
+
+  model, variables = train.restore_for_sampling(tiny_config(), straight)
+  jax.tree.map(np.testing.assert_array_equal, variables, {'params': a['params'], 'batch_stats': a['batch_stats']})
+  lowres = np.zeros((2, 6, 6, 3), np.uint8)
+  assert models.sample(model, variables, lowres, jax.random.key(0), 3).shape == (2, 3, 24, 24, 3)
+
+  # launch/sample.py on this run writes these samples for a user's image.
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'launch'))
+  import sample as sample_cli
+  photo = np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)
+  Image.fromarray(photo).save(tmp_path / 'photo.png')
+  sample_cli.super_resolve(workdir=straight, step=None, expected_config=None, files=[str(tmp_path / 'photo.png')],
+                           output=str(tmp_path / 'out'), num_samples=2, temperatures=[1.0], seed=3, batch_size=4)
+  x = user_images.to_model_input(photo, tiny_config().data, 3)[0][None]
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), 0)
+  expected = np.asarray(models.sample(model, variables, x, key, 2))[0]
+  for k in range(2):
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'out' / f'photo_tau1_{k}.png')), expected[k])
+
+  # launch/evaluate.py's SRIM table: luminance scores of bicubic and of each sample, as computed directly.
+  rows = evaluate.table(tiny_config(), straight, num_examples=4, num_samples=2, batch_size=4)
+  x, y = evaluate.eval_examples(tiny_config().data, 4)
+  bicubic = images.quantize(images.bicubic_upsample(x, y.shape[1:3]))
+  assert rows['Bicubic']['psnr_y'] == pytest.approx(float(np.mean(metrics.psnr_y(bicubic, y))), rel=1e-5)
+  drawn = np.asarray(models.sample(model, variables, x, jax.random.fold_in(jax.random.key(tiny_config().seed), 0), 2))
+  assert rows['SRIM (per sample)']['ssim_y'] == pytest.approx(
+      float(np.mean(metrics.ssim_y(drawn.reshape(-1, *drawn.shape[2:]), np.repeat(y, 2, 0)))), rel=1e-5)
+  assert rows['SRIM (per sample)']['diversity'] > 0
+
+
+def test_a_missing_weights_file_ends_in_one_error_line(tmp_path):
+  flag = '--config.vgg.weights_path=/no/such/vgg19.h5'
+  out = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/demo_srim.py:runlocal',
+                        f'--workdir={tmp_path}', flag], capture_output=True, text=True, timeout=300, cwd=REPO)
+  errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
+  assert out.returncode == 1 and len(errors) == 1, out.stderr[-2000:]
+  assert 'VGG19 weights file /no/such/vgg19.h5 does not exist' in errors[0] and 'Traceback' not in out.stderr
+  assert not os.path.exists(os.path.join(tmp_path, 'checkpoints'))
+
+
+def test_config_errors_name_the_field():
+  bad = tiny_config()
+  bad.imle.num_candidates = 0
+  with pytest.raises(UserError, match='config.imle.num_candidates must be positive'):
+    train.imle_config(bad, sharding.data_mesh())
+  bad = tiny_config()
+  bad.data.highres_size = 32
+  with pytest.raises(UserError, match='config.data.highres_size=32'):
+    train.model_config(bad)
+  bad = tiny_config()
+  bad.data.update(lowres_size=2, highres_size=8)
+  bad.features.update(components=('pixels', 'conv4_4'), selection_components=('pixels',))
+  with pytest.raises(UserError, match='conv4_4 has no pixels left'):
+    train.feature_config(bad, train.stage_sides(bad, train.model_config(bad)))
