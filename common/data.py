@@ -12,6 +12,9 @@ The source -> highres resize is always antialiased: without it a 178-pixel face 
 32 pixels aliases. data_cfg.antialias selects the highres -> lowres operator the model
 learns to invert (the paper's setting is antialiased).
 
+A fourth source, 'mnist_corners' (common/mnist.py), makes grey (1-channel) pairs of its own in
+the same streams: lowres is an MNIST digit, highres the digit moved into an upper corner.
+
 The training order is a function of (seed, example index) only, so `start_index` (the
 number of examples a run has consumed) resumes exactly where an uninterrupted run would be.
 Random crops draw from stateless generators keyed by (seed, index).
@@ -64,7 +67,7 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size:
     process_index: this process; defaults to jax.process_index().
     process_count: defaults to jax.process_count().
 
-  'embedded' and 'folder' split each global batch by rows: process p gets rows
+  'embedded', 'folder' and 'mnist_corners' split each global batch by rows: process p gets rows
   [p * b, (p + 1) * b), so the processes' batches concatenated are the global batch. 'tfds'
   gives each process its own part of the split (tfds.split_for_jax_process). For 'eval',
   every process yields the same number of batches, ceil(num_examples / batch_size).
@@ -83,17 +86,22 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size:
     raise ValueError(f'process_index {process_index} must be in [0, {process_count})')
   _hide_gpus_from_tf()
   shard = _Shard(process_index, process_count, batch_size // process_count)
-  sources = {'tfds': _tfds_examples, 'folder': _folder_examples, 'embedded': _embedded_examples}
+  sources = {'tfds': _tfds_examples, 'folder': _folder_examples, 'embedded': _embedded_examples,
+             'mnist_corners': _mnist_corner_pairs}
   if data_cfg.source not in sources:
     raise UserError(f"config.data.source must be one of {sorted(sources)}, got {data_cfg.source!r}")
   examples, num_eval = sources[data_cfg.source](data_cfg, split, shard=shard, seed=seed, start_index=start_index)
 
-  ds = examples.map(functools.partial(_make_pair, data_cfg=data_cfg), num_parallel_calls=tf.data.AUTOTUNE)
+  if data_cfg.source == 'mnist_corners':  # Grey pairs of its own: lowres is not a downsample of highres.
+    ds, channels = examples, 1
+  else:
+    ds = examples.map(functools.partial(_make_pair, data_cfg=data_cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    channels = 3
   if split == 'eval':
     size = data_cfg.highres_size, data_cfg.lowres_size
     padding = tf.data.Dataset.from_tensors({
-        'highres': tf.zeros([size[0], size[0], 3], tf.uint8),
-        'lowres': tf.zeros([size[1], size[1], 3], tf.uint8),
+        'highres': tf.zeros([size[0], size[0], channels], tf.uint8),
+        'lowres': tf.zeros([size[1], size[1], channels], tf.uint8),
         'mask': False,
     }).repeat()
     ds = ds.concatenate(padding).take(math.ceil(num_eval / batch_size) * shard.batch)
@@ -337,6 +345,14 @@ def _folder_examples(data_cfg, split, *, shard, seed, start_index):
   examples = _indexed_examples(lambda item: _read_file(paths[item]), len(files), split, num_eval,
                                shard=shard, seed=seed, start_index=start_index)
   return examples, num_eval
+
+
+# ---------------------------------------------------------------- MNIST corners
+
+
+def _mnist_corner_pairs(data_cfg, split, *, shard, seed, start_index):
+  from common import mnist  # Here, not at the top: common.mnist builds on this module's streams.
+  return mnist.corner_pairs(data_cfg, split, shard=shard, seed=seed, start_index=start_index)
 
 
 # ---------------------------------------------------------------- tfds

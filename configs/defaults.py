@@ -9,7 +9,8 @@ import ml_collections
 
 def data_config() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
-  d.source = 'tfds'  # 'tfds' (named dataset), 'folder' (a user's own images) or 'embedded' (scikit-image photos).
+  d.source = 'tfds'  # 'tfds' (named dataset), 'folder' (a user's own images), 'embedded' (scikit-image photos) or
+  # 'mnist_corners' (grey MNIST digits moved into an upper corner, section 3.2; common/mnist.py).
   d.name = 'celeb_a'  # tfds dataset name, e.g. 'celeb_a' or 'lsun/bedroom'.
   d.tfds_data_dir = ''  # '' = tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
   d.manual_dir = ''  # '' = tfds default <data_dir>/downloads/manual, for datasets that need a manual download.
@@ -26,6 +27,15 @@ def data_config() -> ml_collections.ConfigDict:
   d.lowres_size = 8  # Side of the low-res input x.
   d.antialias = True  # Antialiased bicubic highres -> lowres, as tf.image.resize (source -> highres always is).
   d.shuffle_buffer = 10_000  # tfds: shuffle buffer re-mixing each epoch (folder/embedded permute whole epochs).
+  # mnist_corners: where the digits come from: 'idx' (the raw IDX file in mnist_dir) or 'tfds' (tfds `name`, e.g.
+  # 'mnist', with train_split / eval_split).
+  d.mnist_source = 'idx'
+  # mnist_corners, 'idx': folder of t10k-images-idx3-ubyte.gz; a relative path starts at the repository root, so the
+  # default is the shared data folder beside the checkout, whatever the working directory.
+  d.mnist_dir = '../shared/data/mnist'
+  d.mnist_eval_digits = 1_000  # mnist_corners, 'idx': the last N digits of the file are held out for eval.
+  d.corner_digit_size = 8  # mnist_corners: side of the digit in the output's corner (<= highres_size // 2).
+  d.mnist_grey_levels = 256  # mnist_corners: both images rounded to this many grey levels over 0..255 (2 = binary).
   return d
 
 

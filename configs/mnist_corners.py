@@ -1,0 +1,52 @@
+"""Figure 2 of the pixel recursive paper (section 3.2): three small models on MNIST corners, one config family.
+
+  python launch/corners.py                                           # trains all three, writes figure2.png + table
+  python launch/train.py --config=configs/mnist_corners.py:pixelcnn --workdir=runs/mnist_corners/pixelcnn
+  python launch/train.py --config=configs/mnist_corners.py:ce,runlocal --workdir=/tmp/smoke   # tiny smoke run
+
+The argument picks the model: 'l2' (L2 regression: the conditioning network with one output and tanh, as table 1's
+baseline), 'ce' (per-pixel cross-entropy: the conditioning network alone, eq. 4) or 'pixelcnn' (conditioning network
++ PixelCNN prior, loss O2, as the paper's model; the default); add ',runlocal' for a tiny smoke run. Meant for a
+2-core CPU: launch/corners.py trains the three in minutes (README, "MNIST corners"). Compare with figure 2: L2 draws
+two blurry digits, cross-entropy two crisper ones, PixelCNN samples one digit in one corner.
+
+Data (common/mnist.py): the input is the 28x28 digit resized (antialiased bicubic) to 16x16; the output is a 16x16
+black canvas with the digit resized to 8x8 in its upper-left or upper-right quadrant, each with probability 1/2, so
+upsample_factor is 1. 16x16 keeps the digit legible and the PixelCNN's 256 sequential sub-pixels cheap to sample;
+8x8 corners fill the quadrants, which the mode measure (pixelsr/corners.py) reads. Digits: the official t10k IDX
+file in ../shared/data/mnist (the first 9,000 train, the last 1,000 are the test set); tfds 'mnist' (train / test)
+with --config.data.mnist_source=tfds. 256 grey levels, as the paper's models.
+"""
+from configs import defaults
+
+MODELS = ('l2', 'ce', 'pixelcnn')
+
+
+def get_config(arg: str | None = None):
+  model, *options = (arg or 'pixelcnn').split(',')
+  if model not in MODELS or any(o != 'runlocal' for o in options):
+    raise ValueError(f"configs/mnist_corners.py takes 'l2', 'ce' or 'pixelcnn', optionally with ',runlocal'; "
+                     f'got {arg!r}')
+  c = defaults.pixelcnn_config()
+  c.data.update(source='mnist_corners', name='mnist', train_split='train', eval_split='test', lowres_size=16,
+                highres_size=16, corner_digit_size=8)
+  c.data.num_eval_examples = 0  # All 1,000 held-out digits: a forward pass over them takes a second.
+  # Appendix A's layout, narrowed: 3 ResNet blocks of 3x3 convs (+ the stem) see 7 pixels around an output pixel,
+  # enough to read the input digit's part that lands there once scaled by 1/2 (16x16 -> an 8x8 quadrant).
+  c.model.update(num_colours=1, upsample_factor=1, cond_channels=32, cond_blocks=3, prior_channels=32,
+                 prior_layers=6, prior_kernel=5, prior_first_kernel=7, prior_head_channels=64)
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.rmsprop_initial_scale = 0.0  # TF1's 1 stalls the first ~200 steps (configs/demo.py): most of this run.
+  c.batch_size = 32
+  c.num_train_steps = 2_000
+  c.log_every_steps = 100
+  c.eval_every_steps = 1_000
+  c.checkpoint_every_steps = 500
+  c.sample_every_steps = 1_000  # The cached sampler draws the 8-image grid in well under a second.
+  c.num_sample_images = 8
+  if model == 'ce':
+    c.model.use_prior = False
+    c.loss = 'O1'  # CE(A + 0) = CE(A); O2 would count the same term twice.
+  if 'runlocal' in options:
+    defaults.shrink_for_smoke_run(c)
+  return (defaults.regression_config(c) if model == 'l2' else c).lock()
