@@ -1,6 +1,11 @@
 """What the launch/ scripts share: one-line user errors, flag parsing that reports them, quiet orbax logs."""
+import os
 import re
 import sys
+
+# Before TensorFlow loads: its C++ warnings would print the whole Python traceback of an unreadable image file
+# above the one-line error that names it.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import flags, logging
 
@@ -27,8 +32,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def quiet_orbax():
-  """Orbax logs every phase of every save at INFO; keep its warnings and errors only."""
+  """Orbax logs every phase of every save at INFO, and a failed write as a dozen ERROR tracebacks that
+  common.checkpoint turns into one message: keep only its critical records."""
   class _Filter(logging.logging.Filter):
     def filter(self, record):
-      return record.levelno >= logging.logging.WARNING or '/orbax/' not in record.pathname
+      return record.levelno >= logging.logging.CRITICAL or '/orbax/' not in record.pathname
   logging.get_absl_handler().addFilter(_Filter())

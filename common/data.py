@@ -110,7 +110,12 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size:
 
 
 def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """Iterates as numpy; a bad image file surfaces as ImageError, not as a TF op error."""
+  """Iterates as numpy; a bad image file surfaces as ImageError, not as a TF op error.
+
+  The TF iterator is dropped before any error leaves: the error's traceback would otherwise keep it alive until the
+  interpreter shuts down, and deleting it then waits forever on its in-flight numpy_function calls (they need the
+  GIL, which a finalizing interpreter no longer hands out). Callers close() the generator for the same reason.
+  """
   batches = ds.as_numpy_iterator()
   while True:
     try:
@@ -118,11 +123,15 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
     except StopIteration:
       return
     except tf.errors.OpError as e:
-      bad_file = re.search(r'ImageError: (.*)', e.message)
-      if bad_file:
-        raise ImageError(bad_file.group(1)) from None  # TF's trace says nothing more.
-      raise
-    yield batch
+      error = e.with_traceback(None)  # TF's frames in the traceback hold the iterator.
+    else:
+      yield batch
+      continue
+    batches = error.__context__ = None
+    bad_file = re.search(r'ImageError: (.*)', error.message)
+    if bad_file:
+      raise ImageError(bad_file.group(1))  # TF's trace says nothing more.
+    raise error
 
 
 @dataclasses.dataclass(frozen=True)

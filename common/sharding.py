@@ -3,6 +3,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from common.errors import UserError
@@ -36,6 +37,18 @@ def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
   """This process's rows of the global batch -> global arrays sharded on the data axis."""
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def gather(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Every process's rows of a batch, in process order: the global batch, on every host (for sample grids)."""
+  if jax.process_count() == 1:
+    return batch
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(batch, tiled=True))
+
+
+def replicate(x: np.ndarray, mesh: jax.sharding.Mesh) -> jax.Array:
+  """A host array that every process holds the same copy of -> one array replicated over the mesh."""
+  return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(x))
 
 
 def state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:

@@ -1,8 +1,10 @@
-"""The one generic training loop: resume, step, log, evaluate, draw samples, checkpoint.
+"""The one generic training loop: resume, step, log, evaluate, draw samples, checkpoint, stop on SIGTERM.
 
 Methods (pixelsr, imle) supply a jitted pure step `(state, batch, rng) -> (state, metrics)` and callbacks; the loop
 owns everything with side effects. The step folds the step number into `rng` itself, so a resumed run draws exactly
-what an uninterrupted one would, and the data stream restarts at `start_step` through `train_batches(start_step)`.
+what an uninterrupted one would, and the data stream restarts at `start_step` through `train_batches(start_step)`:
+a run stopped at any point (SIGTERM, kill -9) and resumed reaches the same parameters, bit for bit, as one that was
+never stopped. On SIGTERM the loop finishes the step in flight, saves it and raises `preemption.Preempted`.
 """
 import dataclasses
 import math
@@ -16,7 +18,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from common import checkpoint, images, sharding
+from common import checkpoint, images, preemption, sharding
 from common.config import from_config
 from common.errors import UserError
 
@@ -94,11 +96,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: ja
   TensorBoard. Returns the final state and the last train and eval metrics ('train/...', 'eval/...').
   """
   loop = LoopConfig.from_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  checkpoint.check_workdir(workdir)
   checkpoint.check_config(workdir, config)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   manager = checkpoint.make_manager(workdir, keep=loop.keep_checkpoints, every_steps=loop.checkpoint_every_steps)
-  state = checkpoint.restore_latest(manager, state)
+  state = checkpoint.restore_latest(manager, state, set_aside=True)
   start_step = int(jax.device_get(state.step))
   if start_step:
     logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
@@ -121,25 +123,31 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: ja
           save_grid(workdir, step, name, grid)
       writer.write_images(step, {name: grid[None] for name, grid in grids.items()})
 
-  t0 = time.time()
+  t0, stopped_at = time.time(), None
   try:
-    for step in range(start_step + 1, last_step + 1):
-      batch = sharding.to_global(next(batches), mesh)
-      state, metrics = train_step(state, batch, base_rng)
-      window.add(step, metrics)
-      report(step)
-      log_now = _due(step, loop.log_every_steps, last_step)
-      if log_now or manager.should_save(step):
-        means = window.flush(checked_metrics)
-        if log_now:
-          final.update({f'train/{k}': v for k, v in means.items()})
-          writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
-        checkpoint.save(manager, step, state, force=step == last_step)
-      evaluate_and_draw(step)
+    with preemption.Watcher() as watcher:
+      for step in range(start_step + 1, last_step + 1):
+        batch = sharding.to_global(next(batches), mesh)
+        state, metrics = train_step(state, batch, base_rng)
+        window.add(step, metrics)
+        report(step)
+        log_now, stop = _due(step, loop.log_every_steps, last_step), watcher.reached(step)
+        if log_now or stop or manager.should_save(step):
+          means = window.flush(checked_metrics)
+          if log_now:
+            final.update({f'train/{k}': v for k, v in means.items()})
+            writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+          checkpoint.save(manager, step, state, force=step == last_step or stop)
+        if stop:
+          stopped_at = step
+          break
+        evaluate_and_draw(step)
   finally:  # Whatever stopped the loop, saves already started hold good states: let them finish.
-    manager.wait_until_finished()
-    manager.close()
+    getattr(batches, 'close', lambda: None)()  # Now, not at interpreter exit (see common.data._numpy_batches).
+    checkpoint.finish(manager)
     writer.flush()
+  if stopped_at is not None:
+    raise preemption.Preempted(stopped_at, workdir)
   if start_step >= last_step:
     logging.info('Nothing to train: the checkpoint in %s is at step %d >= %d.', workdir, start_step, last_step)
   logging.info('Trained steps %d..%d in %.1f s.', start_step + 1, last_step, time.time() - t0)

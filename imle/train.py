@@ -287,7 +287,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   feature_map, frozen = make_frozen(config, feature_cfg, sides, mesh)
   search_fn, train_fn = compile_steps(state, mesh, frozen, cfg=cfg, feature_map=feature_map, imle_cfg=imle_cfg,
                                       sides=sides, schedule=schedule)
-  first_eval = next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed))
+  # Every process draws the same grids, of the global batch.
+  first_eval = sharding.gather(next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size,
+                                                      seed=config.seed)))
   base_rng = jax.random.key(config.seed)
 
   def train_batches(start_step: int):
@@ -302,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def make_grids(state, step):
     del step  # The same noises at every grid, so that the grids show the model changing.
-    samples = np.asarray(models.sample(model, _variables(state), jnp.asarray(grid_lowres), grid_rng,
+    samples = np.asarray(models.sample(model, _variables(state), sharding.replicate(grid_lowres, mesh), grid_rng,
                                        config.num_samples_per_image))
     columns = [grid_lowres] + [samples[:, k] for k in range(samples.shape[1])] + [grid_highres]
     return {'lowres_samples_truth': images.make_grid(columns)}

@@ -1,12 +1,14 @@
 """Train a model: python launch/train.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--config.field=value ...]
 
 With no --config it runs configs/demo.py on the photographs that ship with scikit-image (no download). The method
-named by `config.method` does the work; this file only parses flags and reports user errors in one line.
+named by `config.method` does the work; this file only parses flags, joins the other processes of a multi-host job
+(--distributed, or --coordinator_address/--num_processes/--process_id), and reports user errors in one line.
+SIGTERM saves the current step and exits 0: run the same command to resume.
 """
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,17 +22,33 @@ def define_flags():
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Checkpoints, logs and samples go here; a run resumes from it. '
                       'Default: runs/<config file name>.')
+  flags.DEFINE_bool('distributed', False, 'Join the other processes of a multi-host job with jax.distributed; '
+                    'without the three flags below JAX detects them (Cloud TPU pods, SLURM).')
+  flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (or JAX_COORDINATOR_ADDRESS).')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes (or JAX_NUM_PROCESSES).')
+  flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes - 1 (or JAX_PROCESS_ID).')
+  flags.DEFINE_integer('distributed_timeout', 300, 'Seconds to wait for all processes to join.')
 
 
 def main(argv):
   del argv
   quiet_orbax()
-  from common.errors import UserError  # After flag parsing, so --help stays fast.
+  from common import distributed, preemption  # After flag parsing, so --help stays fast.
+  from common.errors import UserError
   try:
     config = flags.FLAGS.config
     config.method  # A config file that failed to load raises here.
   except OSError as e:
     fail(e)
+  args = flags.FLAGS
+  try:
+    distributed.initialize(args.distributed, args.coordinator_address, args.num_processes, args.process_id,
+                           args.distributed_timeout)
+  except UserError as e:
+    fail(e, code=1)
+  import jax
+  if jax.process_index() > 0:  # One log for the job: process 0's.
+    logging.set_verbosity(logging.WARNING)
   workdir = flags.FLAGS.workdir or os.path.join('runs', os.path.splitext(os.path.basename(
       config_flags.get_config_filename(flags.FLAGS['config'])))[0])
   try:
@@ -44,8 +62,14 @@ def main(argv):
       raise UserError(f"config.method={config.method!r} is not a method of this library; use 'pixelcnn', "
                       "'regression' or 'srim'.")
     metrics = train.train_and_evaluate(config, workdir)
+  except preemption.Preempted as e:
+    if jax.process_index() == 0:
+      print(e)
+    return
   except UserError as e:
     fail(e, code=1)
+  if jax.process_index() > 0:
+    return
   print('final metrics: ' + ', '.join(f'{k}={v:.4g}' for k, v in sorted(metrics.items())))
   print(f'workdir: {workdir} (TensorBoard: tensorboard --logdir={workdir}; sample grids in {workdir}/samples)')
 

@@ -120,8 +120,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_fn = jax.jit(functools.partial(train_step, schedule=schedule), in_shardings=(state_sh, batch_sh, rep),
                      out_shardings=(state_sh, rep), donate_argnums=0)
   eval_fn = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=rep)
-  # Fail on a missing dataset now, not after compiling.
-  first_eval = next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed))
+  # Fail on a missing dataset now, not after compiling. Every process draws the same grids, of the global batch.
+  first_eval = sharding.gather(next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size,
+                                                      seed=config.seed)))
 
   def train_batches(start_step: int):
     return data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=config.seed,
@@ -136,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def make_grids(state, step):
     del step
-    prediction = predict(model, {'params': state.params}, jnp.asarray(grid_lowres))
+    prediction = predict(model, {'params': state.params}, sharding.replicate(grid_lowres, mesh))
     return {'lowres_prediction_truth': images.make_grid([grid_lowres, np.asarray(prediction), grid_highres])}
 
   _, final = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,

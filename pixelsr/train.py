@@ -120,8 +120,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = create_train_state(model, cfg, tx, config.data, init_rng, mesh)
   logging.info('Model: %s parameters.', f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
   train_fn, eval_fn = compile_steps(config, schedule, state, mesh)
-  # Fail on a missing dataset now, not after compiling.
-  first_eval = next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed))
+  # Fail on a missing dataset now, not after compiling. Every process draws the same grids, of the global batch.
+  first_eval = sharding.gather(next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size,
+                                                      seed=config.seed)))
 
   def train_batches(start_step: int):
     return data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=config.seed,
@@ -136,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   grid_highres = first_eval['highres'][:num_grid]
 
   def make_grids(state, step):
-    samples = sampling.sample(model, {'params': state.params}, jnp.asarray(grid_lowres),
+    samples = sampling.sample(model, {'params': state.params}, sharding.replicate(grid_lowres, mesh),
                               jax.random.fold_in(sample_rng, step), temperature=config.sample_temperature)
     return {'lowres_sample_truth': images.make_grid([grid_lowres, np.asarray(samples), grid_highres])}
 
