@@ -12,10 +12,14 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from PIL import Image, ImageOps
 
 from common.errors import UserError
 
+# Larger images are decoded reduced (JPEG) or refused: a full decode would take 3 bytes a pixel, and the models
+# read 32x32 (SRIM 128x128) crops of them.
+MAX_IMAGE_PIXELS = 64 * 2**20
 # TF's ResizeBicubic kernel looks its weights up in a table of 1024 sub-pixel offsets.
 _TF_TABLE_SIZE = 1024
 _KEYS_A = -0.5  # Keys' cubic with a = -0.5, the kernel of both TF and JAX bicubic.
@@ -182,7 +186,21 @@ def _to_rgb(image: Image.Image) -> Image.Image:
   return image.convert('RGB')
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def _reduce_or_refuse(image: Image.Image, path, max_pixels: int) -> None:
+  """Asks a JPEG decoder for the smallest power-of-two reduction that fits `max_pixels`; refuses anything else."""
+  width, height = image.size
+  for factor in (2, 4, 8):
+    if image.format == 'JPEG' and -(-width // factor) * -(-height // factor) <= max_pixels:
+      image.draft('RGB', (width // factor, height // factor))  # The decoder rounds each side up.
+      logging.info('%s is %dx%d: decoded at 1/%d scale, %dx%d.', os.fspath(path), width, height, factor,
+                   *image.size)
+      return
+  raise ImageError(f'Image file {os.fspath(path)!r} is {width}x{height} ({width * height / 1e6:.3g} MP), over the '
+                   f'{max_pixels / 1e6:.3g} MP this library decodes. Downscale it first (e.g. `convert IN -resize '
+                   '4096x4096 OUT`); a JPEG up to 8x8 times that size is read at a reduced scale.')
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
   """Reads an image file as uint8 (H, W, 3) RGB.
 
   Every PIL mode becomes RGB: greyscale is replicated, palettes are expanded, 16-bit
@@ -190,15 +208,24 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
   (not dropped: what is under a transparent pixel is arbitrary), the EXIF orientation
   is applied, and animations give their first frame.
 
+  An image of more than `max_pixels` is never decoded at full size: a JPEG is decoded at
+  1/2, 1/4 or 1/8 scale (its DCT allows it for free), whichever first fits; anything else
+  is refused.
+
   Raises:
     FileNotFoundError: `path` does not exist.
-    ImageError: the file is not an image PIL can decode (message names the file).
+    ImageError: the file is not an image PIL can decode, or is too large (message names the file).
   """
   try:
     with Image.open(path) as image:
+      if image.width * image.height > max_pixels:
+        _reduce_or_refuse(image, path, max_pixels)
       image = ImageOps.exif_transpose(image)
       return np.asarray(_to_rgb(image), np.uint8)
-  except FileNotFoundError:
+  except (FileNotFoundError, ImageError):
     raise
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+  except Image.DecompressionBombError as e:  # Over twice PIL's own limit: refused before reading the header's size.
+    raise ImageError(f'Cannot read image file {os.fspath(path)!r}: {e}. Downscale it first (e.g. `convert IN '
+                     '-resize 4096x4096 OUT`).') from e
+  except (OSError, SyntaxError, ValueError) as e:
     raise ImageError(f'Cannot read image file {os.fspath(path)!r}: {e}') from e

@@ -125,3 +125,22 @@ def test_load_image_errors_name_the_file(tmp_path):
     images.load_image(tmp_path / 'cut.png')
   with pytest.raises(FileNotFoundError):
     images.load_image(tmp_path / 'missing.png')
+
+
+def test_a_huge_image_is_read_reduced_or_refused_never_at_full_size(tmp_path):
+  image = np.random.default_rng(3).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+  Image.fromarray(image).save(tmp_path / 'big.jpg', quality=95)
+  Image.fromarray(image).save(tmp_path / 'big.png')
+  np.testing.assert_array_equal(images.load_image(tmp_path / 'big.jpg'), np.asarray(Image.open(tmp_path / 'big.jpg')))
+  # Over the limit, a JPEG is decoded by its DCT at the first of 1/2, 1/4, 1/8 that fits: PIL's draft mode.
+  for limit, factor in ((40_000, 2), (10_000, 4), (2_000, 8)):
+    with Image.open(tmp_path / 'big.jpg') as reference:
+      reference.draft('RGB', (400 // factor, 300 // factor))
+      expected = np.asarray(reference.convert('RGB'))
+    reduced = images.load_image(tmp_path / 'big.jpg', max_pixels=limit)
+    assert reduced.shape == (-(-300 // factor), 400 // factor, 3)
+    np.testing.assert_array_equal(reduced, expected)
+  with pytest.raises(images.ImageError, match=r"big.jpg' is 400x300 \(0.12 MP\), over the 0.001 MP .* Downscale"):
+    images.load_image(tmp_path / 'big.jpg', max_pixels=1_000)  # Not even 1/8 fits.
+  with pytest.raises(images.ImageError, match=r"big.png' is 400x300 \(0.12 MP\), over the 0.1 MP"):
+    images.load_image(tmp_path / 'big.png', max_pixels=100_000)  # Other formats cannot be decoded reduced.

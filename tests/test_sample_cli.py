@@ -14,7 +14,7 @@ from PIL import Image
 from common import images, user_images
 from common.errors import UserError
 from pixelsr import sampling, train
-from test_train import tiny_config
+from tests.test_train import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, 'launch', 'sample.py')
@@ -37,24 +37,29 @@ def test_samples_grid_and_nll_of_a_folder_of_images(run_dir, tmp_path):
   rng = np.random.default_rng(0)
   Image.fromarray(rng.integers(0, 256, (60, 90, 4), dtype=np.uint8), 'RGBA').save(inputs / 'wide.png')
   Image.fromarray(rng.integers(0, 256, (5, 5), dtype=np.uint8), 'L').save(inputs / 'tiny.jpg')
+  Image.new('RGB', (1, 1), (200, 30, 90)).save(inputs / 'one.png')
+  Image.fromarray(rng.integers(0, 65536, (9, 12), dtype=np.uint16)).save(inputs / 'deep.png')  # 16-bit grey
   (inputs / 'notes.txt').write_text('not an image, and not picked up: only image extensions are')
   out = tmp_path / 'out'
   result = cli(f'--workdir={run_dir}', f'--input={inputs}', '--num_samples=2', '--temperature=1.0,inf',
                f'--output={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'wide.png: 90x60 -> centre crop 60x60 -> resize to 32x32' in result.stdout
+  assert 'one.png: 1x1 -> resize to 8x8 (bicubic, antialiased)' in result.stdout
+  names = ('deep', 'one', 'tiny', 'wide')
   files = sorted(os.listdir(out))
-  assert files == sorted(['grid.png', 'nll.csv'] + [f'{n}_tau{t}_{k}.png' for n in ('tiny', 'wide')
+  assert files == sorted(['grid.png', 'nll.csv'] + [f'{n}_tau{t}_{k}.png' for n in names
                                                     for t in ('1', 'inf') for k in (0, 1)])
   grid = np.asarray(Image.open(out / 'grid.png'))
-  assert grid.shape == (2 * 34 + 2, 6 * 34 + 2, 3)  # 2 inputs x (input, 2 x 2 samples, bicubic), padding 2
+  assert grid.shape == (4 * 34 + 2, 6 * 34 + 2, 3)  # 4 inputs x (input, 2 x 2 samples, bicubic), padding 2
 
   # The written samples are the model's: NLLs recomputed from the PNGs, greedy samples are argmax everywhere.
   model, variables = train.restore_for_sampling(tiny_config(), run_dir)
   rows = list(csv.DictReader(open(out / 'nll.csv')))
-  assert len(rows) == 8
+  assert len(rows) == 16
   lowres = {n: user_images.to_model_input(images.load_image(inputs / f), tiny_config().data, 3)[0]
-            for n, f in (('wide', 'wide.png'), ('tiny', 'tiny.jpg'))}
+            for n, f in (('wide', 'wide.png'), ('tiny', 'tiny.jpg'), ('one', 'one.png'), ('deep', 'deep.png'))}
+  np.testing.assert_array_equal(lowres['one'], np.broadcast_to([200, 30, 90], (8, 8, 3)))
   for row in rows:
     y = np.asarray(Image.open(out / row['file']))[None]
     x = jnp.asarray(lowres[row['input']])[None]
