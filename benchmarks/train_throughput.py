@@ -1,10 +1,13 @@
-"""Training throughput of the paper configs: steps/s, images/s, FLOPs per step, achieved FLOP/s, peak memory.
+"""Training throughput of the paper configs: steps/s, images/s, FLOPs per step, achieved FLOP/s, peak memory, and
+how the step time scales with the number of devices.
 
   python benchmarks/train_throughput.py [--configs=celeba_pixelcnn,lsun_pixelcnn] [--batch_size=32] [--steps=5]
+  python benchmarks/train_throughput.py --configs=celeba_pixelcnn --devices=1,2,4,8   # scaling, global batch fixed
 
-Runs the real jitted train step (sharded over all local devices) on random uint8 batches of the config's sizes.
-FLOPs come from XLA's cost analysis of the compiled step; peak memory is the device's peak_bytes_in_use where the
-backend reports it (GPU/TPU) and the process's peak RSS otherwise (CPU). Results go in benchmarks/README.md.
+Runs the real jitted train step, sharded over the first n local devices (all by default), on random uint8 batches
+of the config's sizes. FLOPs come from XLA's cost analysis of the compiled step. Memory: the process's peak RSS
+(host) and, where the backend reports it (GPU/TPU), the device's peak_bytes_in_use. Each config runs in a process
+of its own, so each peak is that config's. Results go in benchmarks/README.md.
 """
 import importlib
 import resource
@@ -22,20 +25,21 @@ from pixelsr import models, train
 flags.DEFINE_list('configs', ['celeba_pixelcnn', 'lsun_pixelcnn'], 'Config modules under configs/.')
 flags.DEFINE_integer('batch_size', 32, 'Global batch size.')
 flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile + warm-up step).')
+flags.DEFINE_list('devices', [], 'Device counts to time the step on (a mesh over the first n); default: all.')
 FLAGS = flags.FLAGS
 
 
-def peak_memory_gib() -> tuple[float, str]:
+def peak_memory_gib() -> tuple[float, float | None]:
+  """(host peak RSS, device peak bytes in use or None), in GiB."""
   stats = jax.local_devices()[0].memory_stats() or {}
-  if 'peak_bytes_in_use' in stats:
-    return stats['peak_bytes_in_use'] / 2**30, 'device peak'
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'host peak RSS'
+  device = stats['peak_bytes_in_use'] / 2**30 if 'peak_bytes_in_use' in stats else None
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, device
 
 
-def measure(name: str, batch_size: int, steps: int) -> dict:
+def measure(name: str, batch_size: int, steps: int, num_devices: int) -> dict:
   config = importlib.import_module(f'configs.{name}').get_config()
   cfg = train.model_config(config)
-  mesh = sharding.data_mesh()
+  mesh = sharding.data_mesh(jax.devices()[:num_devices])
   model = models.PixelRecursiveSR(cfg)
   tx, schedule = optim.make_optimizer(config.optimizer)
   state = train.create_train_state(model, cfg, tx, config.data, jax.random.key(0), mesh)
@@ -50,7 +54,8 @@ def measure(name: str, batch_size: int, steps: int) -> dict:
   key = jax.random.key(0)
   compiled = step.lower(state, batch, key).compile()
   cost = compiled.cost_analysis()
-  flops = float((cost[0] if isinstance(cost, list) else cost).get('flops', float('nan')))
+  # XLA reports one device's share of the SPMD program.
+  flops = num_devices * float((cost[0] if isinstance(cost, list) else cost).get('flops', float('nan')))
   state, metrics = step(state, batch, key)  # warm-up
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
@@ -58,10 +63,10 @@ def measure(name: str, batch_size: int, steps: int) -> dict:
     state, metrics = step(state, batch, key)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - t0) / steps
-  memory, memory_kind = peak_memory_gib()
-  return dict(config=name, params=sum(x.size for x in jax.tree.leaves(state.params)), step_s=seconds,
-              steps_per_s=1 / seconds, images_per_s=batch_size / seconds, gflop_per_step=flops / 1e9,
-              achieved_gflops=flops / 1e9 / seconds, peak_gib=memory, memory_kind=memory_kind)
+  host, device = peak_memory_gib()
+  return dict(config=name, devices=num_devices, params=sum(x.size for x in jax.tree.leaves(state.params)),
+              step_s=seconds, steps_per_s=1 / seconds, images_per_s=batch_size / seconds, gflop_per_step=flops / 1e9,
+              achieved_gflops=flops / 1e9 / seconds, host_gib=host, device_gib=device)
 
 
 def main(argv):
@@ -69,15 +74,20 @@ def main(argv):
   if len(FLAGS.configs) > 1:  # One process per config, so each peak-memory figure is that config's own.
     for name in FLAGS.configs:
       subprocess.run([sys.executable, __file__, f'--configs={name}', f'--batch_size={FLAGS.batch_size}',
-                      f'--steps={FLAGS.steps}'], check=True)
+                      f'--steps={FLAGS.steps}', f'--devices={",".join(FLAGS.devices)}'], check=True)
     return
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}), '
         f'batch {FLAGS.batch_size}, {FLAGS.steps} timed steps')
-  for name in FLAGS.configs:
-    r = measure(name, FLAGS.batch_size, FLAGS.steps)
-    print(f"{r['config']}: {r['params']:,} params | {r['step_s']:.3f} s/step | {r['steps_per_s']:.3f} steps/s | "
-          f"{r['images_per_s']:.1f} images/s | {r['gflop_per_step']:.1f} GFLOP/step | "
-          f"{r['achieved_gflops']:.1f} GFLOP/s | {r['peak_gib']:.2f} GiB {r['memory_kind']}", flush=True)
+  counts = [int(n) for n in FLAGS.devices] or [jax.device_count()]
+  if not all(1 <= n <= jax.device_count() for n in counts):
+    sys.exit(f'error: --devices={",".join(FLAGS.devices)} asks for more devices than the {jax.device_count()} there '
+             'are (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=8 makes 8).')
+  for n in counts:
+    r = measure(FLAGS.configs[0], FLAGS.batch_size, FLAGS.steps, n)
+    device = '' if r['device_gib'] is None else f" | {r['device_gib']:.2f} GiB device peak"
+    print(f"{r['config']} on {r['devices']} device(s): {r['params']:,} params | {r['step_s']:.3f} s/step | "
+          f"{r['steps_per_s']:.3f} steps/s | {r['images_per_s']:.1f} images/s | {r['gflop_per_step']:.1f} GFLOP/step | "
+          f"{r['achieved_gflops']:.1f} GFLOP/s | {r['host_gib']:.2f} GiB host peak RSS{device}", flush=True)
 
 
 if __name__ == '__main__':
