@@ -49,7 +49,8 @@ def logged(env, name):
 
 
 def run(script, args, env, cwd=REPO):
-  return subprocess.run(['bash', script, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=10)
+  # Executed as the README runs them: by path, so the executable bit and the shebang count.
+  return subprocess.run([script, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=10)
 
 
 TPU_ARGS = ['--tpu=sr-pod', '--zone=us-central2-b', '--config=configs/celeba_pixelcnn.py',
