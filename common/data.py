@@ -5,21 +5,28 @@ Sources (data_cfg.source): 'tfds' (a prepared tfds dataset such as celeb_a or ls
 for runs without any download). Every source runs the same steps:
 
   decode -> crop (data_cfg.crop) -> antialiased bicubic resize to highres_size -> round
-  half to even, clip -> highres uint8 -> bicubic resize of that uint8 image to lowres_size
-  (antialiased iff data_cfg.antialias) -> round, clip -> lowres uint8.
+  half to even, clip -> highres uint8 -> [training only: data_cfg.augment] -> bicubic resize
+  of that uint8 image to lowres_size (data_cfg.resize) -> round, clip -> lowres uint8.
 
 The source -> highres resize is always antialiased: without it a 178-pixel face shrunk to
-32 pixels aliases. data_cfg.antialias selects the highres -> lowres operator the model
-learns to invert (the paper's setting is antialiased).
+32 pixels aliases. data_cfg.resize selects the highres -> lowres operator the model learns
+to invert: 'antialiased' (tf.image.resize(..., antialias=True), the default), 'no_antialias'
+(tf.image.resize(..., antialias=False)) or 'tf1' (tf.compat.v1.image.resize_bicubic: Keys
+a = -0.75, no half-pixel centres, the operator of TF1-era code such as the pixel recursive
+paper's). common.images.resize computes the same three on the JAX side.
+
+Splits: 'train' (endless, shuffled), 'eval' (the held-out examples) and, for a 'folder' with
+data_cfg.num_unseen_classes > 0, 'eval_unseen': every image of the last N class subfolders,
+which 'train' and 'eval' then never see (SRIM's test images of classes unseen in training).
 
 A fourth source, 'mnist_corners' (common/mnist.py), makes grey (1-channel) pairs of its own in
-the same streams: lowres is an MNIST digit, highres the digit moved into an upper corner.
+the same streams (common/streams.py): lowres is an MNIST digit, highres the digit moved into
+an upper corner.
 
 The training order is a function of (seed, example index) only, so `start_index` (the
 number of examples a run has consumed) resumes exactly where an uninterrupted run would be.
-Random crops draw from stateless generators keyed by (seed, index).
+Random crops and the augmentation draw from stateless generators keyed by (seed, index).
 """
-import dataclasses
 import functools
 import math
 import os
@@ -33,21 +40,18 @@ import skimage.data
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from common import mnist, streams
 from common.errors import UserError
-from common.images import ImageError, load_image
+from common.images import RESIZE_METHODS, ImageError, load_image
+from common.streams import DatasetNotFoundError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
 EMBEDDED_PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field',
                    'immunohistochemistry', 'retina')
-# Eval crops use this fixed stream whatever the training seed, so that runs with different
-# seeds are evaluated on the same examples.
-_EVAL_SEED = 2**31 - 1
+SPLITS = ('train', 'eval', 'eval_unseen')
+AUGMENTATIONS = ('none', 'flip_rot90')
 # Fixes which files of a folder are held out; changing it would leak eval files into training.
 _FOLDER_SPLIT_SEED = 0
-
-
-class DatasetNotFoundError(UserError):
-  """A tfds dataset that is not prepared on this machine, or that tfds does not know."""
 
 
 def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int = 0,
@@ -57,11 +61,13 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size:
 
   Args:
     data_cfg: the data config (configs/defaults.py: data_config()).
-    split: 'train' (infinite, shuffled) or 'eval' (finite: num_eval_examples held-out
+    split: 'train' (infinite, shuffled), 'eval' (finite: num_eval_examples held-out
       examples, each exactly once, in a fixed order, with a bool 'mask' (b,) that is
-      False on the padding that fills the last batches).
+      False on the padding that fills the last batches) or 'eval_unseen' (as 'eval', of the
+      images of the classes held out by data_cfg.num_unseen_classes; 'folder' only).
     batch_size: the global batch size; this process yields batch_size // process_count.
-    seed: training order and random crops ('eval' ignores it: see _EVAL_SEED).
+    seed: training order, random crops and augmentation (eval splits ignore it: see
+      common.streams.EVAL_SEED).
     start_index: examples already consumed (step * batch_size); the stream starts where
       an uninterrupted run would be. A multiple of batch_size.
     process_index: this process; defaults to jax.process_index().
@@ -74,30 +80,31 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size:
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  if split not in ('train', 'eval'):
-    raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+  if split not in SPLITS:
+    raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
   if batch_size <= 0 or batch_size % process_count:
     raise ValueError(f'batch_size {batch_size} must be a positive multiple of the process count {process_count}')
   if start_index < 0 or start_index % batch_size:
     raise ValueError(f'start_index {start_index} must be a non-negative multiple of batch_size {batch_size}')
-  if data_cfg.crop not in ('celeba', 'centre', 'random', 'none'):
-    raise UserError(f"config.data.crop must be 'celeba', 'centre', 'random' or 'none', got {data_cfg.crop!r}")
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} must be in [0, {process_count})')
-  _hide_gpus_from_tf()
-  shard = _Shard(process_index, process_count, batch_size // process_count)
   sources = {'tfds': _tfds_examples, 'folder': _folder_examples, 'embedded': _embedded_examples,
-             'mnist_corners': _mnist_corner_pairs}
+             'mnist_corners': mnist.corner_pairs}
   if data_cfg.source not in sources:
     raise UserError(f"config.data.source must be one of {sorted(sources)}, got {data_cfg.source!r}")
+  _check_fields(data_cfg, split)
+  _hide_gpus_from_tf()
+  shard = streams.Shard(process_index, process_count, batch_size // process_count)
   examples, num_eval = sources[data_cfg.source](data_cfg, split, shard=shard, seed=seed, start_index=start_index)
 
   if data_cfg.source == 'mnist_corners':  # Grey pairs of its own: lowres is not a downsample of highres.
     ds, channels = examples, 1
   else:
-    ds = examples.map(functools.partial(_make_pair, data_cfg=data_cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    augment = split == 'train' and data_cfg.augment != 'none'
+    ds = examples.map(functools.partial(_make_pair, data_cfg=data_cfg, augment=augment),
+                      num_parallel_calls=tf.data.AUTOTUNE)
     channels = 3
-  if split == 'eval':
+  if split != 'train':
     size = data_cfg.highres_size, data_cfg.lowres_size
     padding = tf.data.Dataset.from_tensors({
         'highres': tf.zeros([size[0], size[0], channels], tf.uint8),
@@ -106,7 +113,29 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size:
     }).repeat()
     ds = ds.concatenate(padding).take(math.ceil(num_eval / batch_size) * shard.batch)
   ds = ds.batch(shard.batch, drop_remainder=True).prefetch(2)
-  return _numpy_batches(ds.with_options(_options()))
+  return _numpy_batches(ds.with_options(streams.options()))
+
+
+def _check_fields(data_cfg: ml_collections.ConfigDict, split: str) -> None:
+  if data_cfg.crop not in ('celeba', 'centre', 'random', 'none'):
+    raise UserError(f"config.data.crop must be 'celeba', 'centre', 'random' or 'none', got {data_cfg.crop!r}")
+  if data_cfg.resize not in RESIZE_METHODS:
+    raise UserError(f'config.data.resize must be one of {list(RESIZE_METHODS)}, got {data_cfg.resize!r}')
+  if data_cfg.augment not in AUGMENTATIONS:
+    raise UserError(f'config.data.augment must be one of {list(AUGMENTATIONS)}, got {data_cfg.augment!r}')
+  if data_cfg.augment != 'none' and data_cfg.source == 'mnist_corners':
+    raise UserError("config.data.augment must be 'none' with source='mnist_corners': a vertical flip or a rotation "
+                    'would move the digit into a lower corner, which the task never shows')
+  unseen = data_cfg.num_unseen_classes
+  if not isinstance(unseen, int) or unseen < 0:
+    raise UserError(f'config.data.num_unseen_classes must be an integer >= 0, got {unseen!r}')
+  if unseen and data_cfg.source != 'folder':
+    raise UserError(f'config.data.num_unseen_classes={unseen} holds out class subfolders of an image folder, but '
+                    f'config.data.source is {data_cfg.source!r}: use --config.data.source=folder, or set '
+                    '--config.data.num_unseen_classes=0')
+  if split == 'eval_unseen' and not unseen:
+    raise UserError("The 'eval_unseen' split needs held-out classes: set config.data.num_unseen_classes > 0 "
+                    "(source='folder', one subfolder per class)")
 
 
 def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
@@ -134,34 +163,6 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
     raise error
 
 
-@dataclasses.dataclass(frozen=True)
-class _Shard:
-  """Which rows of each global batch this process yields."""
-  index: int
-  count: int
-  batch: int
-
-  @property
-  def global_batch(self) -> int:
-    return self.batch * self.count
-
-  def global_index(self, local: tf.Tensor) -> tf.Tensor:
-    """Local example number -> index in the global stream (row-block split of each batch)."""
-    step, row = local // self.batch, local % self.batch
-    return step * self.global_batch + self.index * self.batch + row
-
-  def owns(self, index: tf.Tensor) -> tf.Tensor:
-    return (index % self.global_batch) // self.batch == self.index
-
-
-def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  # Parallelism comes from the parallel maps; single-threaded ops leave cores for JAX.
-  options.threading.max_intra_op_parallelism = 1
-  return options
-
-
 def _hide_gpus_from_tf() -> None:
   """JAX owns the accelerators; TF would otherwise reserve GPU memory for the input pipeline."""
   try:
@@ -170,16 +171,27 @@ def _hide_gpus_from_tf() -> None:
     pass  # TF already initialized its devices; they are whatever the first caller chose.
 
 
-def _quantize(x: tf.Tensor) -> tf.Tensor:
-  """Same rule as common.images.quantize: round half to even, clip to [0, 255]."""
-  return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+def lowres_from_highres(highres: tf.Tensor, lowres_size: int, method: str = 'antialiased') -> tf.Tensor:
+  """uint8 (H, W, 3) -> uint8 (lowres_size, lowres_size, 3): the model's input, by `method` (config.data.resize)."""
+  size, highres = [lowres_size, lowres_size], tf.cast(highres, tf.float32)
+  if method == 'tf1':
+    # The op behind tf.compat.v1.image.resize_bicubic, without its deprecation warning.
+    resized = tf.raw_ops.ResizeBicubic(images=highres[None], size=size, align_corners=False,
+                                       half_pixel_centers=False)[0]
+  else:
+    resized = tf.image.resize(highres, size, 'bicubic', antialias=method == 'antialiased')
+  return streams.quantize(resized)
 
 
-def lowres_from_highres(highres: tf.Tensor, lowres_size: int, antialias: bool = True) -> tf.Tensor:
-  """uint8 (..., H, W, 3) -> uint8 (..., lowres_size, lowres_size, 3): the model's input."""
-  resized = tf.image.resize(tf.cast(highres, tf.float32), [lowres_size, lowres_size], 'bicubic',
-                            antialias=antialias)
-  return _quantize(resized)
+def augment_square(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """One of the 8 flips and 90-degree rotations of a square (S, S, C) image, each with probability 1/8, keyed by
+  `seed` (int64 [2]): a horizontal flip, a vertical flip and a transpose, each with probability 1/2 and in that
+  order, as the augmentation of BasicSR, on which the SRIM authors' PyTorch port is built."""
+  key = tf.random.experimental.stateless_fold_in(seed, 1)  # Not the crop's key: the draws must be independent.
+  flip_h, flip_v, transpose = tf.unstack(tf.random.stateless_uniform([3], seed=key) < 0.5)
+  image = tf.where(flip_h, image[:, ::-1], image)
+  image = tf.where(flip_v, image[::-1], image)
+  return tf.where(transpose, tf.transpose(image, [1, 0, 2]), image)
 
 
 def crop_image(image: tf.Tensor, data_cfg: ml_collections.ConfigDict, seed: tf.Tensor) -> tf.Tensor:
@@ -215,57 +227,17 @@ def _floor_int(u: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
   return tf.minimum(tf.cast(tf.floor(u * tf.cast(n, tf.float32)), tf.int32), n - 1)
 
 
-def _make_pair(example: dict[str, tf.Tensor], data_cfg: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
+def _make_pair(example: dict[str, tf.Tensor], data_cfg: ml_collections.ConfigDict,
+               augment: bool) -> dict[str, tf.Tensor]:
   crop = tf.cast(crop_image(example['image'], data_cfg, example['seed']), tf.float32)
   size = data_cfg.highres_size
-  highres = _quantize(tf.image.resize(crop, [size, size], 'bicubic', antialias=True))
-  pair = {'highres': highres, 'lowres': lowres_from_highres(highres, data_cfg.lowres_size, data_cfg.antialias)}
+  highres = streams.quantize(tf.image.resize(crop, [size, size], 'bicubic', antialias=True))
+  if augment:  # Before the downsampling, so that lowres is the configured operator's image of highres.
+    highres = augment_square(highres, example['seed'])
+  pair = {'highres': highres, 'lowres': lowres_from_highres(highres, data_cfg.lowres_size, data_cfg.resize)}
   if 'mask' in example:
     pair['mask'] = example['mask']
   return pair
-
-
-def _crop_seed(seed: int, index: tf.Tensor) -> tf.Tensor:
-  return tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
-
-
-def _epoch_stream(num_items: int, seed: int, start_index: int, shard: _Shard) -> tf.data.Dataset:
-  """{'index', 'item'}: this process's part of an endless stream of shuffled epochs.
-
-  Epoch e is a permutation of the items keyed by (seed, -1 - e) (negative, so it never
-  shares a key with a crop, keyed by (seed, index >= 0)); the stream starts at
-  start_index without generating the epochs before it.
-  """
-  first_epoch = start_index // num_items
-
-  def epoch(e):
-    keys = tf.random.stateless_uniform([num_items], seed=tf.stack([tf.constant(seed, tf.int64), -1 - e]))
-    return tf.data.Dataset.from_tensor_slices({
-        'index': e * num_items + tf.range(num_items, dtype=tf.int64),
-        'item': tf.argsort(keys),
-    })
-
-  stream = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-  return stream.skip(start_index - first_epoch * num_items).filter(lambda x: shard.owns(x['index']))
-
-
-def _eval_indices(num_examples: int, shard: _Shard) -> tf.data.Dataset:
-  """This process's rows of the eval stream 0 .. num_examples - 1, in order."""
-  local_count = math.ceil(num_examples / shard.global_batch) * shard.batch
-  indices = tf.data.Dataset.range(local_count).map(shard.global_index)
-  return indices.filter(lambda i: i < num_examples)
-
-
-def _indexed_examples(load_item, num_items: int, split: str, num_eval: int, *, shard: _Shard,
-                      seed: int, start_index: int) -> tf.data.Dataset:
-  """Examples of a source whose items (files, photos) `load_item(item)` reads by number."""
-  if split == 'train':
-    stream = _epoch_stream(num_items, seed, start_index, shard)
-    return stream.map(lambda x: {'image': load_item(x['item']), 'seed': _crop_seed(seed, x['index'])},
-                      num_parallel_calls=tf.data.AUTOTUNE)
-  indices = _eval_indices(num_eval, shard)
-  return indices.map(lambda i: {'image': load_item(i % num_items), 'seed': _crop_seed(_EVAL_SEED, i), 'mask': True},
-                     num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # ---------------------------------------------------------------- embedded photos
@@ -297,20 +269,22 @@ def _embedded_examples(data_cfg, split, *, shard, seed, start_index):
   def load_item(item):
     return tf.reshape(flat[offsets[item]:offsets[item + 1]], shapes[item])
 
-  examples = _indexed_examples(load_item, len(photos), split, data_cfg.num_eval_examples,
-                               shard=shard, seed=seed, start_index=start_index)
+  examples = streams.indexed_examples(load_item, len(photos), split, data_cfg.num_eval_examples,
+                                     shard=shard, seed=seed, start_index=start_index)
   return examples, data_cfg.num_eval_examples
 
 
 # ---------------------------------------------------------------- image folder
 
 
-def folder_files(folder: str, eval_fraction: float) -> tuple[list[str], list[str]]:
-  """(train, eval) image paths under `folder`, searched recursively.
+def folder_files(folder: str, eval_fraction: float, num_unseen_classes: int = 0) -> dict[str, list[str]]:
+  """Image paths under `folder` (searched recursively) of each split: {'train', 'eval', 'eval_unseen'}.
 
-  The sorted list is permuted with a fixed seed and its last round(n * eval_fraction)
-  files (at least 1 when eval_fraction > 0) are held out, so the split depends on the
-  file names only, not on the run.
+  With num_unseen_classes = N > 0, the classes are the top-level subfolders that hold images, sorted by name; every
+  image must be in one. The last N classes are held out whole: their images are 'eval_unseen'. Of the other images
+  (all of them when N = 0; 'eval_unseen' is then empty), the sorted list is permuted with a fixed seed and its last
+  round(n * eval_fraction) files (at least 1 when eval_fraction > 0) are 'eval', the rest 'train'. The split depends
+  on the file names only, not on the run.
   """
   if not os.path.isdir(folder):
     raise UserError(f'config.data.folder {folder!r} is not a directory: point --config.data.folder at a folder of '
@@ -320,15 +294,41 @@ def folder_files(folder: str, eval_fraction: float) -> tuple[list[str], list[str
   if not files:
     raise UserError(f'config.data.folder {folder!r} holds no images (searched recursively for '
                     f'{", ".join(IMAGE_EXTENSIONS)})')
+  unseen = []
+  if num_unseen_classes:
+    files, unseen = _hold_out_classes(folder, files, num_unseen_classes)
   if eval_fraction <= 0:
-    return files, []
+    return {'train': files, 'eval': [], 'eval_unseen': unseen}
   if len(files) < 2:
-    raise UserError(f'config.data.folder {folder!r} holds 1 image; holding out eval images needs at least 2 '
-                    '(or set data.eval_fraction=0)')
+    raise UserError(f'config.data.folder {folder!r} holds 1 image{" of the seen classes" if unseen else ""}; holding '
+                    'out eval images needs at least 2 (or set data.eval_fraction=0)')
   held_out = min(max(1, round(len(files) * eval_fraction)), len(files) - 1)
   order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(files))
   shuffled = [files[i] for i in order]
-  return shuffled[:-held_out], shuffled[-held_out:]
+  return {'train': shuffled[:-held_out], 'eval': shuffled[-held_out:], 'eval_unseen': unseen}
+
+
+def _hold_out_classes(folder: str, files: list[str], num_unseen: int) -> tuple[list[str], list[str]]:
+  """(images of the seen classes, images of the last `num_unseen` classes), both sorted."""
+  classes, loose = {}, []
+  for path in files:
+    top, *below = os.path.relpath(path, folder).split(os.sep)
+    (classes.setdefault(top, []) if below else loose).append(path)
+  fix = 'or set --config.data.num_unseen_classes=0'
+  if not classes:
+    raise UserError(f'config.data.num_unseen_classes={num_unseen} holds out classes, but config.data.folder '
+                    f'{folder!r} has no subfolders with images: put each class in its own subfolder '
+                    f'({folder}/CLASS/*.jpg), {fix}')
+  if loose:
+    raise UserError(f'config.data.num_unseen_classes={num_unseen} needs every image in a class subfolder, but '
+                    f'{folder!r} holds {len(loose)} at its top level (e.g. {os.path.basename(loose[0])}): move them '
+                    f'into their class\'s subfolder, {fix}')
+  if num_unseen >= len(classes):
+    raise UserError(f'config.data.num_unseen_classes={num_unseen} must be less than the {len(classes)} classes '
+                    f'(subfolders with images) of {folder!r}, so that some are left for training')
+  names = sorted(classes)
+  return ([p for c in names[:-num_unseen] for p in classes[c]],
+          [p for c in names[-num_unseen:] for p in classes[c]])
 
 
 def _read_file(path: tf.Tensor) -> tf.Tensor:
@@ -343,44 +343,19 @@ def _read_file(path: tf.Tensor) -> tf.Tensor:
 
 
 def _folder_examples(data_cfg, split, *, shard, seed, start_index):
-  train, held_out = folder_files(data_cfg.folder, data_cfg.eval_fraction)
-  files = train if split == 'train' else held_out
-  if not files:
+  files = folder_files(data_cfg.folder, data_cfg.eval_fraction, data_cfg.num_unseen_classes)[split]
+  if not files:  # Only 'eval' can be empty here.
     raise UserError(f'No eval images: data.eval_fraction is {data_cfg.eval_fraction}; set it > 0 to hold some out')
-  num_eval = len(held_out)
+  num_eval = len(files)
   if data_cfg.num_eval_examples > 0:
     num_eval = min(num_eval, data_cfg.num_eval_examples)
   paths = tf.constant(files)
-  examples = _indexed_examples(lambda item: _read_file(paths[item]), len(files), split, num_eval,
-                               shard=shard, seed=seed, start_index=start_index)
+  examples = streams.indexed_examples(lambda item: _read_file(paths[item]), len(files), split, num_eval,
+                                      shard=shard, seed=seed, start_index=start_index)
   return examples, num_eval
 
 
-# ---------------------------------------------------------------- MNIST corners
-
-
-def _mnist_corner_pairs(data_cfg, split, *, shard, seed, start_index):
-  from common import mnist  # Here, not at the top: common.mnist builds on this module's streams.
-  return mnist.corner_pairs(data_cfg, split, shard=shard, seed=seed, start_index=start_index)
-
-
 # ---------------------------------------------------------------- tfds
-
-
-def _not_prepared_message(builder: tfds.core.DatasetBuilder, data_cfg: ml_collections.ConfigDict) -> str:
-  data_dir = os.fspath(builder.data_dir_root)
-  name = data_cfg.name
-  message = (
-      f'tfds dataset {name!r} is not prepared in {data_dir} (make_dataset never downloads). '
-      f'Prepare it once, on a machine with internet: `tfds build {name} --data_dir={data_dir}`, or in '
-      f'Python `tfds.builder({name!r}, data_dir={data_dir!r}).download_and_prepare()`. To use data '
-      'prepared elsewhere, copy that data_dir to this machine and pass --config.data.tfds_data_dir=<it>.')
-  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
-  if instructions:
-    manual_dir = data_cfg.manual_dir or os.path.join(data_dir, 'downloads', 'manual')
-    message += (f' {name} needs files downloaded by hand into {manual_dir} (set with '
-                f'--config.data.manual_dir; `tfds build --manual_dir=...`): {instructions.strip()}')
-  return message
 
 
 def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
@@ -388,7 +363,7 @@ def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
     builder = tfds.builder(data_cfg.name, data_dir=data_cfg.tfds_data_dir or None)
   except tfds.core.DatasetNotFoundError as e:
     raise DatasetNotFoundError(f'tfds has no dataset named {data_cfg.name!r}: check --config.data.name') from e
-  read_config = tfds.ReadConfig(options=_options(), try_autocache=False)
+  read_config = tfds.ReadConfig(options=streams.options(), try_autocache=False)
 
   def load(split_name):
     """Undecoded images: shuffling and skipping move bytes, and only kept examples are decoded."""
@@ -398,7 +373,7 @@ def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
     except AssertionError as e:  # What tfds raises for a dataset missing from data_dir.
       if builder.is_prepared():
         raise
-      raise DatasetNotFoundError(_not_prepared_message(builder, data_cfg)) from e
+      raise DatasetNotFoundError(streams.not_prepared_message(builder, data_cfg)) from e
     return ds.map(lambda ex: ex['image'])
 
   def decode(encoded):
@@ -429,7 +404,8 @@ def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
     stream = stream.skip(local_start - first_epoch * num_records).enumerate(start=local_start)
     # Crop keys unique across processes: local number i of process p is example i * count + p.
     examples = stream.map(
-        lambda i, encoded: {'image': decode(encoded), 'seed': _crop_seed(seed, i * shard.count + shard.index)},
+        lambda i, encoded: {'image': decode(encoded),
+                            'seed': streams.example_seed(seed, i * shard.count + shard.index)},
         num_parallel_calls=tf.data.AUTOTUNE)
     return examples, 0
 
@@ -437,7 +413,8 @@ def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
   num_eval = min(data_cfg.num_eval_examples, available) if data_cfg.num_eval_examples > 0 else available
   records = load(process_split(f'{data_cfg.eval_split}[:{num_eval}]'))
   examples = records.enumerate().map(
-      lambda i, encoded: {'image': decode(encoded), 'seed': _crop_seed(_EVAL_SEED, i * shard.count + shard.index),
+      lambda i, encoded: {'image': decode(encoded),
+                          'seed': streams.example_seed(streams.EVAL_SEED, i * shard.count + shard.index),
                           'mask': True},
       num_parallel_calls=tf.data.AUTOTUNE)
   return examples, num_eval

@@ -1,8 +1,8 @@
 """Image helpers: bicubic resizing, quantization, value ranges, grids and file I/O.
 
 Pixel values are floats in [0, 255] or uint8 unless a name says otherwise. The resizes
-match TensorFlow's `tf.image.resize(..., 'bicubic')`, which the data pipeline uses, so
-the JAX side (metrics, baselines) sees the same operator as the data.
+match TensorFlow's bicubic resizes (RESIZE_METHODS), which the data pipeline uses, so the
+JAX side (metrics, baselines) sees the same operator as the data.
 """
 import functools
 import os
@@ -20,9 +20,12 @@ from common.errors import UserError
 # Larger images are decoded reduced (JPEG) or refused: a full decode would take 3 bytes a pixel, and the models
 # read 32x32 (SRIM 128x128) crops of them.
 MAX_IMAGE_PIXELS = 64 * 2**20
+# The bicubic resizes of config.data.resize: 'antialiased' = tf.image.resize(..., 'bicubic', antialias=True);
+# 'no_antialias' = the same with antialias=False; 'tf1' = tf.compat.v1.image.resize_bicubic (TF1's default,
+# align_corners=False, half_pixel_centers=False).
+RESIZE_METHODS = ('antialiased', 'no_antialias', 'tf1')
 # TF's ResizeBicubic kernel looks its weights up in a table of 1024 sub-pixel offsets.
 _TF_TABLE_SIZE = 1024
-_KEYS_A = -0.5  # Keys' cubic with a = -0.5, the kernel of both TF and JAX bicubic.
 
 
 class ImageError(UserError, ValueError):
@@ -34,28 +37,37 @@ def _size_2d(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 @functools.cache
-def _tf_bicubic_weights(in_size: int, out_size: int) -> np.ndarray:
+def _tf_bicubic_weights(in_size: int, out_size: int, half_pixel_centers: bool) -> np.ndarray:
   """The (out_size, in_size) matrix of TF's non-antialiased ResizeBicubic on one axis.
 
-  Mirrors tensorflow/core/kernels/image/resize_bicubic_op.cc with half-pixel centres,
-  in float32 as there: the sub-pixel offset is rounded to 1/1024 for the table lookup,
-  taps outside the image get weight 0 and the rest are renormalized.
+  Mirrors tensorflow/core/kernels/image/resize_bicubic_op.cc, in float32 as there: the
+  sub-pixel offset is rounded to 1/1024 for the table lookup. With half-pixel centres (TF2's
+  tf.image.resize) output pixel i samples the input at (i + 0.5) * in/out - 0.5 with Keys'
+  a = -0.5, and taps outside the image get weight 0, the rest renormalized. Without them
+  (the legacy kernel of TF1's resize_bicubic) it samples at i * in/out with a = -0.75, and
+  taps outside the image are clamped to the edge pixel. Its output grid starts on the input's
+  first pixel instead of covering the same area, and at an integer downscaling factor f it
+  takes exactly every f-th pixel (the kernel is 1 at offset 0 and 0 at the other taps).
   """
   x = (np.arange(_TF_TABLE_SIZE + 1) / _TF_TABLE_SIZE).astype(np.float32).astype(np.float64)
-  a = _KEYS_A
+  a = -0.5 if half_pixel_centers else -0.75
   near = (((a + 2) * x - (a + 3)) * x * x + 1).astype(np.float32)  # |t| in [0, 1]
   x1 = (x.astype(np.float32) + np.float32(1)).astype(np.float64)
   far = (((a * x1 - 5 * a) * x1 + 8 * a) * x1 - 4 * a).astype(np.float32)  # |t| in [1, 2]
 
   scale = np.float32(in_size) / np.float32(out_size)
-  centre = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  if half_pixel_centers:
+    centre = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  else:
+    centre = np.arange(out_size, dtype=np.float32) * scale
   first = np.floor(centre)
   offset = np.rint((centre - first) * np.float32(_TF_TABLE_SIZE)).astype(np.int64)
   taps = first.astype(np.int64)[:, None] + np.arange(-1, 3)
   tap_weights = np.stack([far[offset], near[offset], near[_TF_TABLE_SIZE - offset],
                           far[_TF_TABLE_SIZE - offset]], axis=1)
-  tap_weights = np.where((taps >= 0) & (taps < in_size), tap_weights, np.float32(0))
-  tap_weights *= np.float32(1) / tap_weights.sum(axis=1, keepdims=True, dtype=np.float32)
+  if half_pixel_centers:
+    tap_weights = np.where((taps >= 0) & (taps < in_size), tap_weights, np.float32(0))
+    tap_weights *= np.float32(1) / tap_weights.sum(axis=1, keepdims=True, dtype=np.float32)
 
   weights = np.zeros((out_size, in_size), np.float32)
   rows = np.broadcast_to(np.arange(out_size)[:, None], taps.shape)
@@ -63,24 +75,27 @@ def _tf_bicubic_weights(in_size: int, out_size: int) -> np.ndarray:
   return weights
 
 
-def resize(images: jax.Array, size: int | Sequence[int], *, antialias: bool = True) -> jax.Array:
+def resize(images: jax.Array, size: int | Sequence[int], *, method: str = 'antialiased') -> jax.Array:
   """Bicubic resize of an image (H, W, C) or a batch (..., H, W, C) to `size` (h, w).
 
-  antialias=True equals `tf.image.resize(x, size, 'bicubic', antialias=True)` (and
+  'antialiased' equals `tf.image.resize(x, size, 'bicubic', antialias=True)` (and
   `jax.image.resize(..., 'bicubic')`): when downsampling, the kernel is widened by the
-  scale factor. antialias=False equals `tf.image.resize(..., antialias=False)`, TF's
+  scale factor. 'no_antialias' equals `tf.image.resize(..., antialias=False)`, TF's
   ResizeBicubic kernel, up to float rounding (~1e-4 on 0..255) for both up- and
   downsampling; `jax.image.resize(..., antialias=False)` differs from it by ~0.1-0.2
-  where TF quantizes the sub-pixel offsets to 1/1024.
+  where TF quantizes the sub-pixel offsets to 1/1024. 'tf1' equals
+  `tf.compat.v1.image.resize_bicubic(x, size)` (no half-pixel centres, a = -0.75).
 
   Returns float32 values, not clipped (bicubic overshoots near edges).
   """
+  if method not in RESIZE_METHODS:
+    raise ValueError(f'method must be one of {RESIZE_METHODS}, got {method!r}')
   h, w = _size_2d(size)
   images = jnp.asarray(images, jnp.float32)
-  if antialias:
+  if method == 'antialiased':
     return jax.image.resize(images, images.shape[:-3] + (h, w, images.shape[-1]), 'bicubic')
-  weights_h = _tf_bicubic_weights(images.shape[-3], h)
-  weights_w = _tf_bicubic_weights(images.shape[-2], w)
+  weights_h = _tf_bicubic_weights(images.shape[-3], h, method == 'no_antialias')
+  weights_w = _tf_bicubic_weights(images.shape[-2], w, method == 'no_antialias')
   highest = jax.lax.Precision.HIGHEST  # TPUs would otherwise multiply in bfloat16.
   images = jnp.einsum('Hh,...hwc->...Hwc', weights_h, images, precision=highest)
   return jnp.einsum('Ww,...hwc->...hWc', weights_w, images, precision=highest)
@@ -91,14 +106,15 @@ def quantize(x: jax.Array) -> jax.Array:
   return jnp.clip(jnp.round(jnp.asarray(x, jnp.float32)), 0, 255).astype(jnp.uint8)
 
 
-def downsample(highres: jax.Array, size: int | Sequence[int], *, antialias: bool = True) -> jax.Array:
-  """uint8 high-res -> uint8 low-res, the operator the data pipeline uses to make inputs."""
-  return quantize(resize(highres, size, antialias=antialias))
+def downsample(highres: jax.Array, size: int | Sequence[int], *, method: str = 'antialiased') -> jax.Array:
+  """uint8 high-res -> uint8 low-res, the operator the data pipeline uses to make inputs (config.data.resize)."""
+  return quantize(resize(highres, size, method=method))
 
 
-def bicubic_upsample(lowres: jax.Array, size: int | Sequence[int]) -> jax.Array:
-  """uint8 low-res -> float32 in [0, 255]: the bicubic baseline, clipped to valid pixels."""
-  return jnp.clip(resize(lowres, size), 0.0, 255.0)
+def bicubic_upsample(lowres: jax.Array, size: int | Sequence[int], *, method: str = 'antialiased') -> jax.Array:
+  """uint8 low-res -> float32 in [0, 255]: the bicubic baseline, clipped to valid pixels. 'antialiased' and
+  'no_antialias' are the same kernel when upsampling; 'tf1' is TF1's resize_bicubic, as a TF1-era baseline was."""
+  return jnp.clip(resize(lowres, size, method=method), 0.0, 255.0)
 
 
 def uint8_to_signed(x: jax.Array) -> jax.Array:

@@ -142,14 +142,14 @@ def ssim_y(a: jax.Array, b: jax.Array, max_val: float = 255.0) -> jax.Array:
   return ssim(luminance(a, max_val), luminance(b, max_val), max_val)
 
 
-def consistency(lowres: jax.Array, highres: jax.Array, *, antialias: bool = True) -> jax.Array:
+def consistency(lowres: jax.Array, highres: jax.Array, *, method: str = 'antialiased') -> jax.Array:
   """Section 5.2's consistency: MSE on a [0, 1] scale between the low-res input and the downsampled output.
 
   lowres (..., h, w, C) and highres (..., H, W, C) on the 0..255 scale (uint8, or floats that are quantized like
-  the data). The output goes through the data pipeline's operator, `common.images.downsample` (bicubic, antialiased
-  unless `antialias=False`, rounded to uint8), so an output whose downsample is exactly the input scores 0.
+  the data). The output goes through the data pipeline's operator, `common.images.downsample` (bicubic by `method`,
+  config.data.resize; rounded to uint8), so an output whose downsample is exactly the input scores 0.
   """
-  down = images.downsample(highres, lowres.shape[-3:-1], antialias=antialias)
+  down = images.downsample(highres, lowres.shape[-3:-1], method=method)
   return mse(lowres, down) / 255.0 ** 2
 
 

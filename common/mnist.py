@@ -11,7 +11,7 @@ pair is uint8 with one grey channel, white ink on black as in MNIST:
 
 The corner is a stateless draw keyed by (seed, example index), the index counting examples over all epochs: a
 digit met again in a later epoch draws its corner afresh, and a resumed run sees the pairs an uninterrupted one would.
-Eval pairs use a fixed key whatever the seed (as common.data's eval crops).
+Eval pairs use a fixed key whatever the seed (common.streams.EVAL_SEED, as common.data's eval crops).
 """
 import functools
 import gzip
@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from common import data
+from common import streams
 from common.errors import UserError
 
 IDX_IMAGES = 't10k-images-idx3-ubyte.gz'
@@ -90,14 +90,14 @@ def _tfds_digits(data_cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
   try:
     builder = tfds.builder(data_cfg.name, data_dir=data_cfg.tfds_data_dir or None)
   except tfds.core.DatasetNotFoundError as e:
-    raise data.DatasetNotFoundError(f'tfds has no dataset named {data_cfg.name!r}: check --config.data.name') from e
+    raise streams.DatasetNotFoundError(f'tfds has no dataset named {data_cfg.name!r}: check --config.data.name') from e
   split_name = data_cfg.train_split if split == 'train' else data_cfg.eval_split
   try:
     batches = builder.as_dataset(split=split_name, batch_size=4096)
   except AssertionError as e:  # What tfds raises for a dataset missing from data_dir (as in common.data).
     if builder.is_prepared():
       raise
-    raise data.DatasetNotFoundError(data._not_prepared_message(builder, data_cfg)) from e
+    raise streams.DatasetNotFoundError(streams.not_prepared_message(builder, data_cfg)) from e
   return np.concatenate([batch['image'][..., 0] for batch in tfds.as_numpy(batches)])  # 47 MB for 60k digits.
 
 
@@ -128,21 +128,21 @@ def corner_pair(example: dict[str, tf.Tensor], data_cfg: ml_collections.ConfigDi
 def _resize(digit: tf.Tensor, size: int, levels: int) -> tf.Tensor:
   """Antialiased bicubic resize, then rounding to the nearest of `levels` grey levels spread evenly over 0..255."""
   step = 255 / (levels - 1)
-  return data._quantize(tf.round(tf.image.resize(digit, [size, size], 'bicubic', antialias=True) / step) * step)
+  return streams.quantize(tf.round(tf.image.resize(digit, [size, size], 'bicubic', antialias=True) / step) * step)
 
 
-def corner_pairs(data_cfg: ml_collections.ConfigDict, split: str, *, shard, seed: int,
+def corner_pairs(data_cfg: ml_collections.ConfigDict, split: str, *, shard: streams.Shard, seed: int,
                  start_index: int) -> tuple[tf.data.Dataset, int]:
   """make_dataset's source 'mnist_corners': this process's pairs of `split`, and the number of eval examples.
 
-  Training permutes the digits afresh each epoch and eval takes the held-out digits in order, with common.data's
-  streams (the same row split over processes as its 'embedded' and 'folder' sources).
+  Training permutes the digits afresh each epoch and eval takes the held-out digits in order, with common.streams
+  (the same row split over processes as common.data's 'embedded' and 'folder' sources).
   """
   check_fields(data_cfg)
   digits = load_digits(data_cfg, split)
   num_eval = min(data_cfg.num_eval_examples, len(digits)) if data_cfg.num_eval_examples > 0 else len(digits)
   table = tf.constant(digits[..., None])
-  examples = data._indexed_examples(lambda item: table[item], len(digits), split, num_eval, shard=shard,
-                                    seed=seed, start_index=start_index)
+  examples = streams.indexed_examples(lambda item: table[item], len(digits), split, num_eval, shard=shard,
+                                      seed=seed, start_index=start_index)
   pairs = examples.map(functools.partial(corner_pair, data_cfg=data_cfg), num_parallel_calls=tf.data.AUTOTUNE)
   return pairs, num_eval

@@ -9,13 +9,17 @@ import numpy as np
 from common import images
 
 
+_RESIZE_WORDS = {'antialiased': 'bicubic, antialiased', 'no_antialias': 'bicubic',
+                 'tf1': "bicubic, TF1's resize_bicubic"}
+
+
 def to_model_input(image: np.ndarray, data_cfg, num_colours: int) -> tuple[np.ndarray, str]:
   """uint8 (H, W, 3) of any size -> uint8 (lowres_size, lowres_size, num_colours) and a sentence saying what was done.
 
   The training data's path (common.data): the largest centred square, an antialiased bicubic resize to the high-res
-  size, then the bicubic resize to the low-res size that made the training inputs (each rounded to uint8). An image
-  no larger than the low-res size is resized to it directly. Greyscale models get the ITU-R 601 luma, as Pillow's
-  'L' mode.
+  size, then the bicubic resize to the low-res size that made the training inputs (config.data.resize; each rounded
+  to uint8). An image no larger than the low-res size is resized to it directly. Greyscale models get the ITU-R 601
+  luma, as Pillow's 'L' mode.
   """
   h, w = image.shape[:2]
   side = min(h, w)
@@ -24,10 +28,10 @@ def to_model_input(image: np.ndarray, data_cfg, num_colours: int) -> tuple[np.nd
   if (h, w) != (side, side):
     steps.append(f'centre crop {side}x{side}')
   sizes = [data_cfg.highres_size, data_cfg.lowres_size] if side > data_cfg.lowres_size else [data_cfg.lowres_size]
-  for size, antialias in zip(sizes, [True, data_cfg.antialias] if len(sizes) == 2 else [True]):
+  for size, method in zip(sizes, ['antialiased', data_cfg.resize] if len(sizes) == 2 else ['antialiased']):
     if x.shape[0] != size:
-      x = np.asarray(images.downsample(x, size, antialias=antialias))
-      steps.append(f'resize to {size}x{size} (bicubic{", antialiased" if antialias else ""})')
+      x = np.asarray(images.downsample(x, size, method=method))
+      steps.append(f'resize to {size}x{size} ({_RESIZE_WORDS[method]})')
   if num_colours == 1:
     x = np.round(x.astype(np.float64) @ np.array([299, 587, 114]) / 1000).astype(np.uint8)[..., None]
     steps.append('grey (ITU-R 601 luma)')

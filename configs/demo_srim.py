@@ -19,7 +19,7 @@ from configs import imagenet_srim
 def get_config(arg: str | None = None):
   c = imagenet_srim.srim_config()
   c.data.update(source='embedded', crop='random', random_crop_min=28, random_crop_max=96, highres_size=28,
-                lowres_size=7, num_eval_examples=32)
+                lowres_size=7, num_eval_examples=32, num_unseen_classes=0)  # Photos have no classes to hold out.
   c.model.update(channels=32)
   c.features.num_weight_estimation_images = 32
   c.imle.update(pool_size=32, steps_per_pool=50, num_candidates=8, candidates_per_chunk=8, rows_per_chunk=8,

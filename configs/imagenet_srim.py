@@ -10,15 +10,18 @@ Meant for one modern GPU (the paper does not say; the port trains on one): 500k 
 SRGAN) and figures 4-7 (samples; several per input in figure 7).
 
 Data: 20 ImageNet (ILSVRC2012) classes x 150 images; each image scaled anisotropically (no crop) to 128x128, the
-input bicubic-downsampled to 32x32; train and test images disjoint. The paper does not list its classes. tfds'
+input bicubic-downsampled to 32x32; train and test images disjoint; test images from the training classes and from
+classes never seen in training (the human study takes 10 of each). The paper does not list its classes. tfds'
 `imagenet2012` needs the ILSVRC2012 tars downloaded by hand and holds all 1000 classes, so the default source is an
-image folder holding the subset, e.g. the first 150 training images of the first 20 classes (sorted WordNet ids):
+image folder, one subfolder per class: the first 150 training images of the first 30 classes (sorted WordNet ids),
+of which the last 10 (config.data.num_unseen_classes) are never trained on:
 
-  for c in $(ls /data/ILSVRC2012/train | head -20); do mkdir -p /data/srim_imagenet/$c
+  for c in $(ls /data/ILSVRC2012/train | head -30); do mkdir -p /data/srim_imagenet/$c
     ls /data/ILSVRC2012/train/$c/*.JPEG | head -150 | xargs cp -t /data/srim_imagenet/$c; done
 
-A fixed 10% of the folder's files (config.data.eval_fraction) is held out for evaluation. The full tfds dataset
-instead: --config.data.source=tfds --config.data.name=imagenet2012 --config.data.manual_dir=<dir with the tars>.
+Of the 20 seen classes, a fixed 10% of the files (config.data.eval_fraction) is held out: the split 'eval'; the 10
+unseen classes are the split 'eval_unseen'. The full tfds dataset instead: --config.data.source=tfds
+--config.data.name=imagenet2012 --config.data.manual_dir=<dir with the tars> --config.data.num_unseen_classes=0.
 
 Without --config.vgg.weights_path the distance uses untrained VGG19 features (the run says so once).
 """
@@ -35,6 +38,11 @@ def srim_config() -> ml_collections.ConfigDict:
   c.data = defaults.data_config()
   c.data.update(source='folder', name='imagenet2012', eval_split='validation', crop='none', highres_size=128,
                 lowres_size=32, num_eval_examples=0, eval_fraction=0.1)
+  # The paper tests on its 20 training classes and on classes unseen in training; it does not say how many unseen
+  # classes, but its human study takes one image from each of 10 seen and 10 unseen classes. So the last 10 class
+  # subfolders are held out (the folder of the docstring holds 30); 0 trains on every class of the folder.
+  c.data.num_unseen_classes = 10
+  c.data.augment = 'none'  # Paper: none. Port: 'flip_rot90' (random flips and 90-degree rotations).
   c.model = ml_collections.ConfigDict(dict(  # Fields of imle.models.SRIMConfig (documented there).
       num_stages=2,  # Two x2 stages (section 2.3).
       num_convs=9,  # Convolutions per stage (section 2.5).
@@ -45,7 +53,10 @@ def srim_config() -> ml_collections.ConfigDict:
       activation='relu',  # Paper. Port: 'leaky_relu'.
       leaky_relu_slope=0.2,  # Port, when activation='leaky_relu'.
       batch_norm_momentum=0.9,  # Decay of the running averages used in selection and sampling (torch's 0.1).
-      batch_norm_epsilon=1e-5))
+      batch_norm_epsilon=1e-5,
+      init='default',  # Paper (silent): Flax's default conv init. Port: 'normal', N(0, init_stddev).
+      # With init='normal'. 0.02 is the std of BasicSR's normal init, whose code the port builds on.
+      init_stddev=0.02))
   c.vgg = ml_collections.ConfigDict(dict(  # Fields of imle.vgg19.VGGConfig.
       weights_path='',  # Keras .h5 or converted torchvision .npz (README); '' = untrained VGG19, with a warning.
       random_seed=0))  # Seed of the untrained VGG19.
@@ -56,7 +67,8 @@ def srim_config() -> ml_collections.ConfigDict:
       loss='l2',  # Paper: squared L2. Port: 'l1' (weighted mean absolute differences).
       projection_dim=1024,  # Paper: random Gaussian projection of the VGG features (its D was lost). Port: 0.
       projection_seed=0,
-      num_weight_estimation_images=64))
+      num_weight_estimation_images=64,
+      weights_tuned_for=''))  # Port: 'torch', its weights were tuned on torchvision's VGG19 (refuses a Keras .h5).
   c.imle = ml_collections.ConfigDict(dict(  # Fields of imle.imle.IMLEConfig (section 2.4; numbers from the port).
       pool_size=640,  # Images whose noises are selected together.
       steps_per_pool=20_000,  # Training steps per pool.
@@ -83,8 +95,10 @@ def srim_config() -> ml_collections.ConfigDict:
 
 def use_port_choices(c: ml_collections.ConfigDict) -> None:
   """The ':port' variant: where the authors' PyTorch port deviates from the paper (DESIGN.md)."""
-  c.model.update(norm='weight', activation='leaky_relu')
-  c.features.update(selection_components=('conv4_4',), projection_dim=0, loss='l1', weights=(1e-3, 1.0, 0.1))
+  c.model.update(norm='weight', activation='leaky_relu', init='normal')
+  c.features.update(selection_components=('conv4_4',), projection_dim=0, loss='l1', weights=(1e-3, 1.0, 0.1),
+                    weights_tuned_for='torch')
+  c.data.augment = 'flip_rot90'
 
 
 def shrink_for_smoke_run(c: ml_collections.ConfigDict) -> None:

@@ -37,6 +37,9 @@ class FeatureConfig:
   projection_dim: int = 1024  # D of the random projection of VGG features in the selection; 0 = none (port).
   projection_seed: int = 0  # The projection matrix is a fixed function of this seed.
   num_weight_estimation_images: int = 64  # Training images `estimate_weights` averages over.
+  # The VGG19 preprocessing fixed `weights` were tuned for ('caffe', 'torch'; '' = not tied to one): a weights file
+  # that expects the other is refused (imle.train.load_vgg). Ignored when the weights are estimated.
+  weights_tuned_for: Literal['', 'caffe', 'torch'] = ''
 
   def __post_init__(self):
     known = (PIXELS,) + vgg19.LAYERS

@@ -7,6 +7,9 @@ first also sees the skip image: the low-res input upsampled bilinearly to the st
 in stage 1: the paper's "input image upsampled by a factor of 4"; the port upsamples twice by 2). Images are RGB in
 [0, 1] throughout.
 
+Weight norm (`norm='weight'`, the port) is torch.nn.utils.weight_norm's: kernel = g v / ||v|| per output channel
+with g initialised to ||v||, so the initial kernel is the one `init` drew (`WeightNormConv`).
+
 Batch norm: training steps normalise with the batch's statistics and update the running averages; sample selection,
 evaluation and sampling use the running averages (`train=False`), as the port's `netG.eval()` does. A candidate's
 output is then a function of its input and noise alone, whatever else shares its batch: the nearest-sample search is
@@ -14,7 +17,7 @@ exact and independent of how it is chunked or sharded, and it searches the sampl
 """
 import dataclasses
 import functools
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import flax.linen as nn
 import jax
@@ -36,10 +39,19 @@ class SRIMConfig:
   leaky_relu_slope: float = 0.2  # The port's slope.
   batch_norm_momentum: float = 0.9  # Running-average decay; = torch's default momentum 0.1 (the port is PyTorch).
   batch_norm_epsilon: float = 1e-5  # torch's default.
+  # Conv kernels: 'default' = Flax's (LeCun normal; the paper does not say) or 'normal' = N(0, init_stddev) (the
+  # port). Biases start at 0 either way.
+  init: Literal['default', 'normal'] = 'default'
+  init_stddev: float = 0.02
 
   def __post_init__(self):
     if min(self.num_stages, self.num_convs, self.channels, self.kernel_size, self.noise_channels) < 1:
       raise ValueError(f'config.model sizes must be positive, got {self}.')
+    if self.init_stddev <= 0:
+      raise ValueError(f'config.model.init_stddev must be positive, got {self.init_stddev}.')
+
+  def kernel_init(self) -> Callable:
+    return nn.initializers.normal(self.init_stddev) if self.init == 'normal' else nn.linear.default_kernel_init
 
 
 def upsample(images01: jax.Array, side: int) -> jax.Array:
@@ -50,6 +62,27 @@ def upsample(images01: jax.Array, side: int) -> jax.Array:
 def noise_shape(cfg: SRIMConfig, lowres_side: int, stage: int) -> tuple[int, int, int]:
   side = lowres_side * 2 ** (stage + 1)
   return side, side, cfg.noise_channels
+
+
+class WeightNormConv(nn.Module):
+  """A stride-1 'SAME' convolution under torch.nn.utils.weight_norm: kernel = scale * v / ||v||, the norm per output
+  channel, and `scale` initialised to ||v||. Flax's nn.WeightNorm starts the scale at 1, which makes the initial
+  kernel's size independent of the init: the port's N(0, small std) would have no effect."""
+  features: int
+  kernel_size: int
+  kernel_init: Callable
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    def norm(kernel):
+      return jnp.sqrt(jnp.sum(jnp.square(kernel), axis=(0, 1, 2)))
+
+    v = self.param('kernel', self.kernel_init, (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+    scale = self.param('scale', lambda _: norm(v))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    y = jax.lax.conv_general_dilated(x, v * (scale / norm(v)), (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y + bias
 
 
 class Stage(nn.Module):
@@ -64,10 +97,12 @@ class Stage(nn.Module):
       if i > 1:
         h = jnp.concatenate([h, skip01], axis=-1)
       last = i == cfg.num_convs
-      conv = nn.Conv(3 if last else cfg.channels, (cfg.kernel_size, cfg.kernel_size), padding='SAME', name=f'conv{i}')
+      features = 3 if last else cfg.channels
       if cfg.norm == 'weight':
-        conv = nn.WeightNorm(conv, name=f'weight_norm{i}')
-      h = conv(h)
+        h = WeightNormConv(features, cfg.kernel_size, cfg.kernel_init(), name=f'conv{i}')(h)
+      else:
+        h = nn.Conv(features, (cfg.kernel_size, cfg.kernel_size), padding='SAME', kernel_init=cfg.kernel_init(),
+                    name=f'conv{i}')(h)
       if last:
         return nn.sigmoid(h)
       if cfg.norm == 'batch':

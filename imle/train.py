@@ -195,6 +195,7 @@ def load_vgg(config: ml_collections.ConfigDict, feature_cfg: features.FeatureCon
   cfg = from_config(vgg19.VGGConfig, config.vgg, 'config.vgg')
   if cfg.weights_path:
     weights = vgg19.load_weights(cfg.weights_path)
+    check_feature_weights(feature_cfg, weights)
     logging.info('VGG19 weights from %s (%s preprocessing).', weights.source, weights.preprocessing)
     return weights
   logging.warning(
@@ -203,6 +204,33 @@ def load_vgg(config: ml_collections.ConfigDict, feature_cfg: features.FeatureCon
       '(Keras) or a .npz converted from torchvision\'s vgg19-dcbb9e9d.pth by `python -m imle.vgg19 convert --pth '
       'vgg19-dcbb9e9d.pth --out vgg19.npz`.')
   return vgg19.random_weights(cfg.random_seed)
+
+
+_PREPROCESSING = {'torch': "torchvision's (RGB, 0-1, ImageNet mean / std)",
+                  'caffe': "Caffe's (BGR, 0-255, minus the ImageNet mean pixel)"}
+_FILE_FOR = {'torch': '`python -m imle.vgg19 convert --pth vgg19-dcbb9e9d.pth --out vgg19_torchvision.npz` '
+                      "(torchvision's weights)",
+             'caffe': "Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"}
+
+
+def check_feature_weights(feature_cfg: features.FeatureConfig, weights: vgg19.VGGWeights) -> None:
+  """Refuses fixed feature weights tuned for one VGG19 preprocessing with a weights file that expects the other.
+
+  Refused, not rescaled: no one factor maps the features of one file onto the other's. The files hold different
+  networks (Keras' is the original Caffe VGG19; torchvision's was trained again), and even for one network the input
+  scale (0-255 against units of the ImageNet std, ~57x at conv1_1) reaches conv2_2 and conv4_4 through biases and
+  ReLUs, not as a constant factor. Untrained weights (no file) are not checked: random features have no scale that
+  tuned weights could match, and the run already warns that its distance is not the paper's.
+  """
+  tuned = feature_cfg.weights_tuned_for
+  if feature_cfg.weights and tuned and tuned != weights.preprocessing:
+    raise UserError(
+        f'config.features.weights={feature_cfg.weights} were tuned for {_PREPROCESSING[tuned]} VGG19 inputs '
+        f"(config.features.weights_tuned_for='{tuned}'), but {weights.source} expects "
+        f'{_PREPROCESSING[weights.preprocessing]} inputs, whose VGG features are of another scale (tens of times '
+        'larger for Caffe\'s 0-255 than for torchvision\'s), so the weights no longer balance the terms. Pass '
+        f'{_FILE_FOR[tuned]} as --config.vgg.weights_path, or keep this file and estimate weights for it with '
+        "--config.features.weights='()'.")
 
 
 def make_frozen(config: ml_collections.ConfigDict, feature_cfg: features.FeatureConfig, sides: list[int],

@@ -15,9 +15,10 @@ import numpy as np
 from common import images
 
 
-def bicubic(lowres: jax.Array, size: int) -> jax.Array:
-  """uint8 (..., h, w, C) -> uint8 (..., size, size, C): antialiased bicubic upsampling, clipped and rounded."""
-  return images.quantize(images.bicubic_upsample(lowres, size))
+def bicubic(lowres: jax.Array, size: int, method: str = 'antialiased') -> jax.Array:
+  """uint8 (..., h, w, C) -> uint8 (..., size, size, C): bicubic upsampling by `method` (config.data.resize: 'tf1'
+  is TF1's resize_bicubic, as the paper's baseline most likely was), clipped and rounded."""
+  return images.quantize(images.bicubic_upsample(lowres, size, method=method))
 
 
 class Neighbours(NamedTuple):

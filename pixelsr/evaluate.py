@@ -81,7 +81,7 @@ def _restore(workdir: str, method: str, data_cfg: ml_collections.ConfigDict) -> 
   if saved.method != method:
     raise UserError(f'{workdir} holds a {saved.method!r} run where a {method!r} run was expected; check --workdir '
                     'and --regression_workdir.')
-  for field in ('lowres_size', 'highres_size', 'antialias'):
+  for field in ('lowres_size', 'highres_size', 'resize'):
     if saved.data[field] != data_cfg[field]:
       raise UserError(f'{workdir} was trained with data.{field}={saved.data[field]}, but --config has '
                       f'{data_cfg[field]}; evaluate with the config the run was trained with.')
@@ -122,11 +122,11 @@ def _nearest_neighbours(config: ml_collections.ConfigDict, cfg: EvaluateConfig, 
   return np.asarray(found.highres)
 
 
-@functools.partial(jax.jit, static_argnames='antialias')
-def _scores(lowres: jax.Array, output: jax.Array, highres: jax.Array, *, antialias: bool) -> dict[str, jax.Array]:
+@functools.partial(jax.jit, static_argnames='resize')
+def _scores(lowres: jax.Array, output: jax.Array, highres: jax.Array, *, resize: str) -> dict[str, jax.Array]:
   return {'psnr': metrics.bounded_psnr(output, highres), 'ssim': metrics.ssim(output, highres),
           'ms_ssim': metrics.ms_ssim(output, highres),
-          'consistency': metrics.consistency(lowres, output, antialias=antialias)}
+          'consistency': metrics.consistency(lowres, output, method=resize)}
 
 
 def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: str = '',
@@ -164,7 +164,7 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
 
   # Row name -> (low-res batch, batch number) -> uint8 output, or the reason the row is skipped.
   methods: dict[str, Callable[[jax.Array, int], jax.Array] | str] = {
-      'Bicubic': lambda x, b: baselines.bicubic(x, config.data.highres_size),
+      'Bicubic': lambda x, b: baselines.bicubic(x, config.data.highres_size, config.data.resize),
       'NN': lambda x, b: put(nn_padded[b * cfg.batch_size:(b + 1) * cfg.batch_size]),
       'Regression': regressor if isinstance(regressor, str) else (
           lambda x, b: regression.predict(regressor.model, regressor.variables, x))}
@@ -184,7 +184,7 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
     x, y = put(lowres_padded[rows]), put(highres_padded[rows])
     for name, method in methods.items():
       output = method(x, b)
-      scores = _scores(x, output, y, antialias=config.data.antialias)
+      scores = _scores(x, output, y, resize=config.data.resize)
       if not isinstance(pixelcnn, str):
         scores['nll_bits_per_dim'] = sampling.bits_per_dim(
             sampling.log_prob(pixelcnn.model, pixelcnn.variables, x, output), output.shape[1:])

@@ -30,9 +30,14 @@ def _batches(cfg, split='train', count=None, **kwargs):
   return list(itertools.islice(data.make_dataset(cfg, split, batch_size=BATCH, **kwargs), count))
 
 
-def _tf_lowres(highres, antialias=True):
-  resized = tf.image.resize(highres.astype(np.float32), (8, 8), 'bicubic', antialias=antialias).numpy()
-  return np.clip(np.round(resized), 0, 255).astype(np.uint8)
+def _tf_lowres(highres, method='antialiased'):
+  """The reference of each config.data.resize, straight from TF's public resizes."""
+  highres = highres.astype(np.float32)
+  if method == 'tf1':
+    resized = tf.compat.v1.image.resize_bicubic(highres, (8, 8), align_corners=False, half_pixel_centers=False)
+  else:
+    resized = tf.image.resize(highres, (8, 8), 'bicubic', antialias=method == 'antialiased')
+  return np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope='module')
@@ -51,10 +56,13 @@ def test_embedded_pairs(stream):
   assert len({b['highres'][i].tobytes() for b in stream for i in range(BATCH)}) == 4 * BATCH
 
 
-def test_non_antialiased_lowres():
-  batch = _batches(_embedded_config(antialias=False), count=1)[0]
-  np.testing.assert_array_equal(batch['lowres'], _tf_lowres(batch['highres'], antialias=False))
+@pytest.mark.parametrize('method', ['no_antialias', 'tf1'])
+def test_other_lowres_operators(method):
+  batch = _batches(_embedded_config(resize=method), count=1)[0]
+  np.testing.assert_array_equal(batch['lowres'], _tf_lowres(batch['highres'], method))
   assert not np.array_equal(batch['lowres'], _tf_lowres(batch['highres']))
+  with pytest.raises(UserError, match="config.data.resize must be one of.*'bilinear'"):
+    data.make_dataset(_embedded_config(resize='bilinear'), 'train', batch_size=4, process_index=0, process_count=1)
 
 
 def test_same_seed_same_stream_and_resume(stream):
@@ -148,9 +156,10 @@ def image_folder(tmp_path):
 
 
 def test_folder_source(image_folder):
-  train, held_out = data.folder_files(str(image_folder), 0.2)
-  assert len(train) == 8 and len(held_out) == 2 and not set(train) & set(held_out)
-  assert data.folder_files(str(image_folder), 0.2) == (train, held_out)
+  splits = data.folder_files(str(image_folder), 0.2)
+  train, held_out = splits['train'], splits['eval']
+  assert len(train) == 8 and len(held_out) == 2 and not set(train) & set(held_out) and splits['eval_unseen'] == []
+  assert data.folder_files(str(image_folder), 0.2) == splits
   cfg = data_config()
   cfg.update(source='folder', folder=str(image_folder), crop='centre', eval_fraction=0.2, num_eval_examples=0)
   batch = _batches(cfg, count=3)[2]
@@ -173,6 +182,112 @@ def test_folder_errors(tmp_path, image_folder):
   cfg.update(folder=str(image_folder), eval_fraction=0.0)
   with pytest.raises(ImageError, match='broken.png'):
     _batches(cfg, count=3)
+
+
+CLASSES = ('ant', 'bee', 'cat', 'dog', 'eel')
+
+
+@pytest.fixture
+def class_folder(tmp_path):
+  """Five class subfolders of tiny one-colour PNGs (some one level deeper); file k is grey level 10 + 7k, so a
+  high-res image names its file. Returns (folder, {class: [levels]})."""
+  levels, k, root = {}, 0, tmp_path / 'classes'
+  for c, name in enumerate(CLASSES):
+    for i in range(3 + c % 2):
+      folder = root / name / ('deeper' if i == 2 else '')
+      folder.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(np.full((6 + i, 9, 3), 10 + 7 * k, np.uint8)).save(folder / f'{i}.png')
+      levels.setdefault(name, []).append(10 + 7 * k)
+      k += 1
+  return root, levels
+
+
+def _levels(batches):
+  """The grey level of each real (unmasked) example, in stream order."""
+  highres = np.concatenate([b['highres'][b['mask']] if 'mask' in b else b['highres'] for b in batches])
+  assert (highres == highres[:, :1, :1]).all()  # One colour each: a whole file, not a blend of two.
+  return highres[:, 0, 0, 0].tolist()
+
+
+def test_unseen_classes_are_held_out_whole(class_folder):
+  folder, levels = class_folder
+  splits = data.folder_files(str(folder), 0.3, 2)
+  unseen = sorted(p for c in ('dog', 'eel') for p in map(str, (folder / c).rglob('*.png')))
+  seen = sorted(p for c in CLASSES[:3] for p in map(str, (folder / c).rglob('*.png')))
+  assert sorted(splits['eval_unseen']) == unseen
+  assert sorted(splits['train'] + splits['eval']) == seen and len(splits['eval']) == 3  # round(10 * 0.3)
+  assert not set(splits['train']) & set(splits['eval'])
+
+  cfg = data_config()
+  cfg.update(source='folder', folder=str(folder), crop='none', eval_fraction=0.3, num_unseen_classes=2,
+             num_eval_examples=0)
+  seen_levels = {v for c in CLASSES[:3] for v in levels[c]}
+  unseen_levels = levels['dog'] + levels['eel']
+  unseen_batches = _batches(cfg, 'eval_unseen')
+  assert len(unseen_batches) == 2 and [b['mask'].tolist() for b in unseen_batches] == [[True] * 4, [True] * 3 + [False]]
+  assert sorted(_levels(unseen_batches)) == sorted(unseen_levels)  # Each unseen image exactly once.
+  assert not unseen_batches[-1]['highres'][3:].any()
+  eval_levels = _levels(_batches(cfg, 'eval'))
+  train_levels = _levels(_batches(cfg, count=5, seed=1))  # 20 examples: two epochs of the 7 training images.
+  assert len(eval_levels) == 3 and set(eval_levels) | set(train_levels) == seen_levels
+  assert not set(eval_levels) & set(train_levels)
+  cfg.num_eval_examples = 2
+  assert len(_levels(_batches(cfg, 'eval_unseen'))) == 2
+
+
+def test_unseen_class_errors(class_folder, image_folder, tmp_path):
+  folder, _ = class_folder
+
+  def make(split='train', **overrides):
+    cfg = data_config()
+    cfg.update(source='folder', folder=str(folder), crop='none', num_unseen_classes=1)
+    cfg.update(overrides)
+    return data.make_dataset(cfg, split, batch_size=BATCH, process_index=0, process_count=1)
+
+  with pytest.raises(UserError, match="num_unseen_classes=1 .*source is 'embedded'.*source=folder"):
+    make(source='embedded')
+  with pytest.raises(UserError, match='num_unseen_classes=5 must be less than the 5 classes'):
+    make(num_unseen_classes=5)
+  with pytest.raises(UserError, match="'eval_unseen' split needs held-out classes"):
+    make('eval_unseen', num_unseen_classes=0)
+  flat = tmp_path / 'flat'
+  flat.mkdir()
+  for i in range(3):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(flat / f'{i}.png')
+  with pytest.raises(UserError, match='has no subfolders with images: put each class in its own subfolder'):
+    make(folder=str(flat))
+  # image_folder has a subfolder and images beside it, which belong to no class.
+  with pytest.raises(UserError, match=r'needs every image in a class subfolder.*holds 4 at its top level'):
+    make(folder=str(image_folder))
+
+
+def _dihedral(image):
+  """The 8 flips and 90-degree rotations of a square image, by numpy."""
+  return [np.rot90(flipped, k) for flipped in (image, image[:, ::-1]) for k in range(4)]
+
+
+def test_flip_rot90_augments_training_pairs_only(stream):
+  augmented = _batches(_embedded_config(augment='flip_rot90'), count=4, seed=3)
+  used = []
+  for plain, aug in zip(stream, augmented):
+    for source, image in zip(plain['highres'], aug['highres']):
+      matches = [k for k, t in enumerate(_dihedral(source)) if np.array_equal(t, image)]
+      assert matches, 'not a flip or rotation of the unaugmented crop'
+      used.append(matches[0])
+    np.testing.assert_array_equal(aug['lowres'], _tf_lowres(aug['highres']))  # Made from the augmented target.
+  assert len(set(used)) >= 4 and used.count(0) < len(used) // 2, used
+  # A function of (seed, example index): resumed and split over processes alike; another seed differs.
+  resumed = _batches(_embedded_config(augment='flip_rot90'), count=2, seed=3, start_index=2 * BATCH)
+  for a, b in zip(resumed, augmented[2:]):
+    np.testing.assert_array_equal(a['highres'], b['highres'])
+  parts = [_batches(_embedded_config(augment='flip_rot90'), count=1, seed=3, start_index=BATCH, process_index=p,
+                    process_count=2)[0] for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate([p['highres'] for p in parts]), augmented[1]['highres'])
+  # Eval is never augmented.
+  for a, b in zip(_batches(_embedded_config(augment='flip_rot90'), 'eval'), _batches(_embedded_config(), 'eval')):
+    np.testing.assert_array_equal(a['highres'], b['highres'])
+  with pytest.raises(UserError, match='config.data.augment must be one of'):
+    _batches(_embedded_config(augment='flip'), count=1)
 
 
 def _tfds_reference_highres(name, crop):

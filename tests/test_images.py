@@ -19,7 +19,25 @@ def _random_images(shape, seed=0):
 def test_resize_equals_tf_bicubic(shape, size, antialias):
   x = _random_images(shape)
   expected = tf.image.resize(x, size, 'bicubic', antialias=antialias).numpy()
-  np.testing.assert_allclose(images.resize(x, size, antialias=antialias), expected, atol=1e-3)
+  method = 'antialiased' if antialias else 'no_antialias'
+  np.testing.assert_allclose(images.resize(x, size, method=method), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize('shape, size', [((2, 32, 32, 3), (8, 8)), ((2, 8, 8, 3), (32, 32)), ((1, 17, 23, 3), (8, 5)),
+                                         ((1, 5, 7, 3), (13, 11)), ((2, 30, 40, 3), (7, 9)), ((1, 9, 9, 3), (10, 29))])
+def test_tf1_resize_equals_tf_compat_v1_resize_bicubic(shape, size):
+  x = _random_images(shape, seed=sum(shape))
+  expected = tf.compat.v1.image.resize_bicubic(x, size, align_corners=False, half_pixel_centers=False).numpy()
+  np.testing.assert_allclose(images.resize(x, size, method='tf1'), expected, rtol=0, atol=1e-4)  # On 0..255.
+  # A different operator from TF2's: no half-pixel centres and a = -0.75 move every value.
+  assert np.abs(np.asarray(images.resize(x, size, method='no_antialias')) - expected).mean() > 1.0
+
+
+def test_tf1_downsampling_by_an_integer_factor_takes_every_fth_pixel():
+  x = _random_images((32, 32, 3))
+  np.testing.assert_array_equal(images.resize(x, 8, method='tf1'), x[::4, ::4])
+  with pytest.raises(ValueError, match='method must be one of'):
+    images.resize(x, 8, method='bilinear')
 
 
 def test_resize_single_image_and_antialias_matters():
@@ -28,7 +46,7 @@ def test_resize_single_image_and_antialias_matters():
   assert smooth.shape == (8, 8, 3)
   np.testing.assert_allclose(smooth, images.resize(x[None], (8, 8))[0], atol=1e-4)
   # On noise, the antialiased kernel averages 4x4 blocks; the plain one samples 2 of 4 pixels.
-  assert np.std(smooth) < 0.7 * np.std(np.asarray(images.resize(x, 8, antialias=False)))
+  assert np.std(smooth) < 0.7 * np.std(np.asarray(images.resize(x, 8, method='no_antialias')))
 
 
 def test_quantize_rounds_half_to_even_and_clips():

@@ -169,10 +169,46 @@ def test_norm_and_activation_choices_and_stage_alone():
   noises = [jnp.ones((1, *models.noise_shape(TINY, 4, s))) for s in range(2)]
   port = dataclasses.replace(TINY, norm='weight', activation='leaky_relu')
   variables = models.SRIM(port).init(jax.random.key(0), lowres01, noises)
-  assert 'batch_stats' not in variables and 'weight_norm1' in variables['params']['stage1']
+  assert 'batch_stats' not in variables and set(variables['params']['stage1']['conv1']) == {'kernel', 'scale', 'bias'}
   full = models.SRIM(port).apply(variables, lowres01, noises)
   alone = models.apply_stage(port, variables, 1, full[0], lowres01, noises[1])
   np.testing.assert_allclose(alone, full[1], atol=1e-6)
+
+
+def _kernels(variables):
+  return np.concatenate([np.asarray(p['kernel']).ravel() for stage in variables['params'].values()
+                         for p in stage.values() if 'kernel' in p])
+
+
+def test_conv_init_choices():
+  cfg = dataclasses.replace(TINY, channels=32, kernel_size=5)  # ~110k kernel entries: std within ~1%.
+  lowres01 = jnp.zeros((1, 4, 4, 3))
+  noises = [jnp.zeros((1, *models.noise_shape(cfg, 4, s))) for s in range(2)]
+  normal = _kernels(models.SRIM(dataclasses.replace(cfg, init='normal', init_stddev=0.1)).init(
+      jax.random.key(0), lowres01, noises))
+  assert normal.size > 100_000
+  assert normal.std() == pytest.approx(0.1, rel=0.02) and abs(normal.mean()) < 1e-3  # Default: ~0.034.
+  # Flax's default, LeCun normal: std 1 / sqrt(fan_in), fan_in = 5 * 5 * (32 + 3) in the middle convs.
+  default = models.SRIM(cfg).init(jax.random.key(0), lowres01, noises)
+  middle = np.asarray(default['params']['stage1']['conv2']['kernel'])
+  assert middle.std() == pytest.approx(1 / np.sqrt(5 * 5 * 35), rel=0.03)
+  with pytest.raises(ValueError, match='init_stddev must be positive'):
+    models.SRIMConfig(init='normal', init_stddev=0.0)
+
+
+def test_weight_norm_starts_at_the_drawn_kernel_as_torch():
+  """torch.nn.utils.weight_norm sets g = ||v||: the first forward pass is the plain conv with kernel v."""
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 4)), jnp.float32)
+  conv = models.WeightNormConv(5, 3, nn.initializers.normal(0.02))
+  params = conv.init(jax.random.key(1), x)['params']
+  np.testing.assert_allclose(params['scale'], np.sqrt(np.square(np.asarray(params['kernel'])).sum((0, 1, 2))),
+                             rtol=1e-6)
+  plain = nn.Conv(5, (3, 3), padding='SAME').apply({'params': {'kernel': params['kernel'], 'bias': params['bias']}}, x)
+  np.testing.assert_allclose(conv.apply({'params': params}, x), plain, atol=1e-6)
+  # Afterwards the direction and the size are separate parameters: doubling v changes nothing, doubling g doubles.
+  doubled = dict(params, kernel=2 * params['kernel'])
+  np.testing.assert_allclose(conv.apply({'params': doubled}, x), plain, atol=1e-6)
+  np.testing.assert_allclose(conv.apply({'params': dict(params, scale=2 * params['scale'])}, x), 2 * plain, atol=1e-6)
 
 
 def test_samples_are_uint8_independent_of_the_other_inputs():

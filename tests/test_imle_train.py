@@ -1,4 +1,5 @@
 """SRIM trained end to end by the common loop: the distance falls, resume is exact, user errors are one line."""
+import dataclasses
 import logging
 import os
 import subprocess
@@ -123,3 +124,28 @@ def test_config_errors_name_the_field():
   bad.features.update(components=('pixels', 'conv4_4'), selection_components=('pixels',))
   with pytest.raises(UserError, match='conv4_4 has no pixels left'):
     train.feature_config(bad, train.stage_sides(bad, train.model_config(bad)))
+
+
+def test_port_feature_weights_refuse_a_caffe_weights_file(monkeypatch):
+  from configs import imagenet_srim
+  from imle import vgg19
+  port = imagenet_srim.get_config('port')
+  assert (port.features.weights_tuned_for, port.data.augment, port.model.init) == ('torch', 'flip_rot90', 'normal')
+  feature_cfg = train.feature_config(port, [64, 128])
+  files = {'keras.h5': 'caffe', 'torchvision.npz': 'torch'}
+  monkeypatch.setattr(vgg19, 'load_weights', lambda path: vgg19.VGGWeights({}, files[path], path))
+
+  def load(path, **feature_overrides):
+    port.vgg.weights_path = path
+    return train.load_vgg(port, dataclasses.replace(feature_cfg, **feature_overrides))
+
+  with pytest.raises(UserError) as error:
+    load('keras.h5')
+  message = str(error.value)
+  assert message.startswith("config.features.weights=(0.001, 1.0, 0.1) were tuned for torchvision's")
+  assert "keras.h5 expects Caffe's (BGR, 0-255" in message
+  assert 'python -m imle.vgg19 convert --pth vgg19-dcbb9e9d.pth' in message
+  assert "--config.features.weights='()'" in message
+  assert load('torchvision.npz').preprocessing == 'torch'
+  assert load('keras.h5', weights=()).preprocessing == 'caffe'  # Estimated weights fit any file.
+  assert load('keras.h5', weights_tuned_for='').preprocessing == 'caffe'
