@@ -25,7 +25,17 @@ def data_config() -> ml_collections.ConfigDict:
   d.random_crop_max = 160
   d.highres_size = 32  # Side of the high-res target y.
   d.lowres_size = 8  # Side of the low-res input x.
-  d.antialias = True  # Antialiased bicubic highres -> lowres, as tf.image.resize (source -> highres always is).
+  # The bicubic highres -> lowres operator (source -> highres is always antialiased): 'antialiased' (tf.image.resize
+  # with antialias=True), 'no_antialias' (the same, antialias=False) or 'tf1' (tf.compat.v1.image.resize_bicubic: Keys
+  # a = -0.75, no half-pixel centres; what the pixel recursive paper's TF1 pipeline most likely used). Consistency and
+  # the Bicubic row of table 1 use it too.
+  d.resize = 'antialiased'
+  # Training examples only, keyed by (seed, example index): 'none' or 'flip_rot90' (one of the 8 flips / 90-degree
+  # rotations of the high-res square, uniformly, before the low-res is made; the SRIM authors' PyTorch port).
+  d.augment = 'none'
+  # source='folder': hold out the last N class subfolders (sorted by name) whole, as the split 'eval_unseen'; 'train'
+  # and 'eval' then use the other classes only. 0 = no classes held out.
+  d.num_unseen_classes = 0
   d.shuffle_buffer = 10_000  # tfds: shuffle buffer re-mixing each epoch (folder/embedded permute whole epochs).
   # mnist_corners: where the digits come from: 'idx' (the raw IDX file in mnist_dir) or 'tfds' (tfds `name`, e.g.
   # 'mnist', with train_split / eval_split).
@@ -48,7 +58,8 @@ def pixelcnn_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(  # Fields of pixelsr.models.PixelSRConfig (documented there).
       num_colours=3, num_levels=256, upsample_factor=4, cond_channels=32, cond_blocks=6, use_prior=True,
       prior_channels=64, prior_layers=20, prior_kernel=5, prior_first_kernel=7, prior_head_channels=1024,
-      init='truncated_normal', init_stddev=0.1, dtype='float32'))
+      init='truncated_normal', init_stddev=0.1, dtype='float32',
+      zero_init_last=False))  # Table 2's init; the regression baselines turn it on (regression_config).
   c.loss = 'O2'  # 'O2' = CE(A+B) + CE(A) (eq. 8); 'O1' = CE(A+B) (eq. 7).
   c.optimizer = ml_collections.ConfigDict(dict(  # Fields of common.optim.OptimizerConfig.
       name='rmsprop', learning_rate=4e-4, lr_halve_every=500_000, lr_halve_at=(), rmsprop_decay=0.95,
@@ -80,7 +91,8 @@ def evaluate_config() -> ml_collections.ConfigDict:
 
 
 # The fields of pixelsr.models.ConditioningConfig: what the regression baseline shares with the pixel recursive model.
-CONDITIONING_FIELDS = ('num_colours', 'upsample_factor', 'cond_channels', 'cond_blocks', 'init', 'init_stddev', 'dtype')
+CONDITIONING_FIELDS = ('num_colours', 'upsample_factor', 'cond_channels', 'cond_blocks', 'init', 'init_stddev',
+                       'zero_init_last', 'dtype')
 
 
 def regression_config(pixelcnn: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -89,6 +101,10 @@ def regression_config(pixelcnn: ml_collections.ConfigDict) -> ml_collections.Con
   c = ml_collections.ConfigDict(pixelcnn.to_dict())
   c.method = 'regression'
   c.model = ml_collections.ConfigDict({k: pixelcnn.model[k] for k in CONDITIONING_FIELDS})
+  # Ours, not table 2's: the residual head and each ResNet block's second conv start at zero, so the untrained model
+  # predicts the bicubic image. At table 2's init alone the trunk's activations reach a std of ~150 at CelebA size,
+  # tanh(residual) starts saturated and the model never leaves bicubic (README, "Initialisation"). False = the paper's.
+  c.model.zero_init_last = True
   for pixelcnn_only in ('loss', 'sample_temperature', 'evaluate'):
     del c[pixelcnn_only]
   return c

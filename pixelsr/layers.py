@@ -2,7 +2,7 @@
 
 Colour groups. Sub-pixels are generated in raster order and, within a pixel, R then G then B. Every feature map of
 the prior is split into `num_colours` contiguous groups (channel c of C belongs to group c * num_colours // C; 64
-channels split 21/21/22); group g of a feature at pixel p may depend on colours < g of p under mask A (the first
+channels split 22/21/21); group g of a feature at pixel p may depend on colours < g of p under mask A (the first
 layer, which sees the image) and on groups <= g of p under mask B (every later layer). Taps on earlier pixels are
 unmasked. A tensor made of several concatenated chunks (the tanh and sigmoid halves of a gate) is grouped chunk by
 chunk, so the gate multiplies features of the same colour.
@@ -140,12 +140,15 @@ class FirstLayer(nn.Module):
 
 
 class ResNetBlock(nn.Module):
-  """conv3x3 - ReLU - conv3x3, added to the input, then ReLU (He et al. 2016)."""
+  """conv3x3 - ReLU - conv3x3, added to the input, then ReLU (He et al. 2016). With `zero_init_last` the second conv
+  starts at zero (Goyal et al. 2017), so the untrained block is the identity on its (non-negative) input."""
   channels: int
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
+  zero_init_last: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = lambda name: nn.Conv(self.channels, (3, 3), kernel_init=self.kernel_init, dtype=self.dtype, name=name)
-    return nn.relu(x + conv('conv2')(nn.relu(conv('conv1')(x))))
+    conv = lambda name, init: nn.Conv(self.channels, (3, 3), kernel_init=init, dtype=self.dtype, name=name)
+    last_init = nn.initializers.zeros if self.zero_init_last else self.kernel_init
+    return nn.relu(x + conv('conv2', last_init)(nn.relu(conv('conv1', self.kernel_init)(x))))

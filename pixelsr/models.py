@@ -26,6 +26,10 @@ class ConditioningConfig:
   cond_blocks: int = 6  # B: ResNet blocks before, between and after the transposed convs (6 CelebA, 10 LSUN).
   init: Literal['truncated_normal', 'lecun_normal'] = 'truncated_normal'  # Weight init; biases are zero.
   init_stddev: float = 0.1  # Standard deviation of 'truncated_normal' (table 2).
+  # Start the second conv of every ResNet block and the output 1x1 conv at zero, so the untrained network is its stem
+  # and upsamplers (blocks are identities) and outputs zeros: uniform logits (A), the bicubic image (regression).
+  # False = table 2's init everywhere, which saturates the regression's tanh and stalls both networks (README).
+  zero_init_last: bool = False
   dtype: Literal['float32', 'bfloat16'] = 'float32'  # Compute dtype; parameters and outputs stay float32.
 
   def __post_init__(self):
@@ -51,6 +55,11 @@ def kernel_init(cfg: ConditioningConfig) -> layers.Initializer:
   return nn.initializers.lecun_normal()
 
 
+def output_init(cfg: ConditioningConfig) -> layers.Initializer:
+  """The conditioning network's output 1x1 conv (A's logits, the regression's residual)."""
+  return nn.initializers.zeros if cfg.zero_init_last else kernel_init(cfg)
+
+
 def conditioning_features(cfg: ConditioningConfig, lowres: jax.Array) -> jax.Array:
   """The conditioning network up to its last ResNet block: uint8 (B, h, w, C) -> (B, H, W, cond_channels).
 
@@ -64,8 +73,10 @@ def conditioning_features(cfg: ConditioningConfig, lowres: jax.Array) -> jax.Arr
   num_upsamples = int(math.log2(cfg.upsample_factor))
   for stage in range(num_upsamples + 1):
     for b in range(cfg.cond_blocks):
-      h = layers.ResNetBlock(cfg.cond_channels, init, dtype, name=f'stage{stage}_block{b}')(h)
+      h = layers.ResNetBlock(cfg.cond_channels, init, dtype, cfg.zero_init_last, name=f'stage{stage}_block{b}')(h)
     if stage < num_upsamples:
+      # Appendix A's table lists no activation after the transposed convs; this ReLU is ours, so that every layer
+      # of the trunk ends in one, as each ResNet block does (README: "Model details the paper leaves open").
       h = nn.relu(nn.ConvTranspose(cfg.cond_channels, (3, 3), strides=(2, 2), padding='SAME', kernel_init=init,
                                    dtype=dtype, name=f'upsample{stage}')(h))
   return h
@@ -80,7 +91,7 @@ class ConditioningNet(nn.Module):
   def __call__(self, lowres: jax.Array) -> jax.Array:
     cfg = self.cfg
     h = conditioning_features(cfg, lowres)
-    logits = nn.Dense(cfg.num_colours * cfg.num_levels, kernel_init=kernel_init(cfg), dtype=jnp.dtype(cfg.dtype),
+    logits = nn.Dense(cfg.num_colours * cfg.num_levels, kernel_init=output_init(cfg), dtype=jnp.dtype(cfg.dtype),
                       name='logits')(h)  # 1x1 conv
     return logits.astype(jnp.float32).reshape(*logits.shape[:-1], cfg.num_colours, cfg.num_levels)
 
@@ -99,7 +110,7 @@ class RegressionSR(nn.Module):
   def __call__(self, lowres: jax.Array) -> jax.Array:
     cfg = self.cfg
     h = conditioning_features(cfg, lowres)
-    residual = nn.Dense(cfg.num_colours, kernel_init=kernel_init(cfg), dtype=jnp.dtype(cfg.dtype), name='residual')(h)
+    residual = nn.Dense(cfg.num_colours, kernel_init=output_init(cfg), dtype=jnp.dtype(cfg.dtype), name='residual')(h)
     upsampled = images.bicubic_upsample(lowres, lowres.shape[-3] * cfg.upsample_factor)
     return images.uint8_to_signed(upsampled) + jnp.tanh(residual.astype(jnp.float32))
 

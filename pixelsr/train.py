@@ -1,6 +1,6 @@
 """Training and evaluation of the pixel recursive model: state, the pure train/eval steps, and the entry point."""
 import functools
-from typing import Any, Iterator
+from typing import Iterator
 
 import flax.linen as nn
 import jax

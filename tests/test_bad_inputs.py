@@ -112,3 +112,13 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monke
   jax.tree.map(np.testing.assert_array_equal, checkpoint_params(workdir, 5), good)
   final = train.train_and_evaluate(tiny_config(num_train_steps=10), workdir)  # Room again: it resumes.
   assert np.isfinite(final['train/loss']) and sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '5']
+
+
+@pytest.mark.parametrize('config', ['configs/demo.py:runlocal', 'configs/demo_regression.py:runlocal'])
+def test_an_impossible_model_value_ends_in_one_error_line(tmp_path, config):
+  """A well-typed value that the model's dataclass refuses in __post_init__ (not only ill-typed ones)."""
+  out = subprocess.run([sys.executable, 'launch/train.py', f'--config={config}', '--config.model.upsample_factor=3',
+                        f'--workdir={tmp_path / "run"}'], capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert out.returncode == 1 and 'Traceback' not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == 'error: config.model.upsample_factor must be a power of two, got 3.'
+  assert not os.path.exists(tmp_path / 'run')

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common import images
-from configs import celeba_cross_entropy, celeba_regression, defaults, demo, lsun_regression
+from common import data, images
+from configs import celeba_cross_entropy, celeba_regression, defaults, demo_regression, lsun_regression
 from pixelsr import baselines, models, regression
 
 
@@ -101,16 +101,54 @@ def test_regression_shares_the_conditioning_trunk():
   assert set(defaults.CONDITIONING_FIELDS) == {f.name for f in dataclasses.fields(models.ConditioningConfig)}
 
 
-def test_regression_training_lowers_the_l2_loss(tmp_path):
-  config = demo.get_config('runlocal').unlock()
-  config = defaults.regression_config(config)
-  config.model.update(cond_blocks=1, cond_channels=8, init_stddev=0.25)  # Starts far worse than bicubic.
-  config.update(num_train_steps=1, eval_every_steps=1, sample_every_steps=0)
-  before = regression.train_and_evaluate(config, str(tmp_path))
-  config.update(num_train_steps=40, eval_every_steps=40, log_every_steps=40, checkpoint_every_steps=40)
-  after = regression.train_and_evaluate(config, str(tmp_path))
-  assert after['eval/l2'] < 0.5 * before['eval/l2'], (before, after)
-  assert after['eval/psnr'] > before['eval/psnr'] + 1
+def test_untrained_regression_starts_at_bicubic_not_saturated():
+  """At table 2's init alone the CelebA-size trunk's activations reach a std of ~150 and tanh(residual) is beyond
+  +-0.99 on almost every sub-pixel, so no gradient reaches the trunk. The configs' zero_init_last starts it at the
+  bicubic image, with the ResNet blocks as identities."""
+  lowres = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8))
+  config = celeba_regression.get_config()
+  assert config.model.zero_init_last and config.model.init == 'truncated_normal' and config.model.init_stddev == 0.1
+
+  def residual_and_trunk(cfg):
+    model = models.RegressionSR(cfg)
+    variables = model.init(jax.random.key(0), lowres)
+    _, state = model.apply(variables, lowres, capture_intermediates=True)
+    trunk = state['intermediates']['stage2_block5']['__call__'][0]
+    return state['intermediates']['residual']['__call__'][0], trunk, variables
+
+  paper = dataclasses.replace(regression.model_config(config), zero_init_last=False)
+  residual, trunk, _ = residual_and_trunk(paper)
+  assert float(jnp.mean(jnp.abs(jnp.tanh(residual)) > 0.99)) > 0.9 and float(trunk.std()) > 50
+  residual, trunk, variables = residual_and_trunk(regression.model_config(config))
+  assert float(jnp.abs(residual).max()) == 0.0 and 0.01 < float(trunk.std()) < 1
+  np.testing.assert_array_equal(regression.predict(models.RegressionSR(regression.model_config(config)), variables,
+                                                   lowres), baselines.bicubic(lowres, 32))
+
+
+def bicubic_l2(data_cfg) -> float:
+  """The bicubic upsample's mean squared error on the [-1, 1] scale over the eval split, as regression's eval/l2."""
+  errors = []
+  for batch in data.make_dataset(data_cfg, 'eval', batch_size=64, process_index=0, process_count=1):
+    upsampled = images.uint8_to_signed(images.bicubic_upsample(batch['lowres'], data_cfg.highres_size))
+    per_example = jnp.mean(jnp.square(upsampled - images.uint8_to_signed(batch['highres'])), axis=(1, 2, 3))
+    errors.append(np.asarray(per_example)[batch['mask']])
+  return float(np.concatenate(errors).mean())
+
+
+STEPS, MARGIN = 300, 0.08
+
+
+def test_regression_learns_to_beat_bicubic(tmp_path):
+  """The demo's regression baseline (the paper's RMSProp and truncated normal init, zero_init_last) on the embedded
+  photos: after STEPS steps its held-out L2 is at least MARGIN below bicubic's (measured on these 64 crops: 0.0105
+  against 0.0124). Before zero_init_last it scored bicubic's L2 to 4 digits (the README's old demo table)."""
+  config = demo_regression.get_config().unlock()
+  config.update(num_train_steps=STEPS, eval_every_steps=STEPS, log_every_steps=STEPS, checkpoint_every_steps=STEPS,
+                sample_every_steps=0)
+  config.data.num_eval_examples = 64
+  bicubic = bicubic_l2(config.data)
+  final = regression.train_and_evaluate(config, str(tmp_path))
+  assert final['eval/l2'] < (1 - MARGIN) * bicubic, (final, bicubic)
 
 
 def test_baseline_configs():
@@ -118,6 +156,6 @@ def test_baseline_configs():
     config = module.get_config()
     assert config.method == 'regression' and config.model.cond_blocks == blocks
     assert config.num_train_steps == steps and config.optimizer.name == 'rmsprop'
-    assert regression.model_config(config) == models.ConditioningConfig(cond_blocks=blocks)
+    assert regression.model_config(config) == models.ConditioningConfig(cond_blocks=blocks, zero_init_last=True)
   cross_entropy = celeba_cross_entropy.get_config()
   assert cross_entropy.method == 'pixelcnn' and not cross_entropy.model.use_prior and cross_entropy.loss == 'O1'
