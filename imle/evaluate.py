@@ -1,68 +1,170 @@
-"""SRIM's evaluation (section 4): luminance pSNR and SSIM of its samples against bicubic upsampling, on the eval split.
+"""SRIM's table 1 and figures 4-6: luminance pSNR and SSIM of bicubic upsampling, SRGAN and SRIM on the same
+held-out images.
 
-Rows: Bicubic, and SRIM scored per sample (the mean over `num_samples` samples of each input, what a user of one
-sample gets). Columns: pSNR and SSIM on Y (common.metrics.psnr_y / ssim_y: ITU-R BT.601, as MATLAB's rgb2ycbcr),
-and the diversity of the samples (mean per-pixel standard deviation across the samples of an input, on [0, 1]).
+Rows: Bicubic; SRGAN (imle/srgan.py, one deterministic output per input) when its run is given; SRIM scored per
+sample (the mean over `num_samples` samples of each input, what a user of one sample gets) when the evaluated run is
+an SRIM run. Columns: pSNR and SSIM on Y (ITU-R BT.601, as MATLAB's rgb2ycbcr: common.metrics.ssim_y, and `psnr_y`
+below), and
+the diversity of the outputs (mean per-pixel standard deviation across the samples of an input, on [0, 1]; 0 for
+the deterministic rows). With `config.data.num_unseen_classes > 0` (an image folder whose last class subfolders are
+held out whole), every row is scored on the held-out images of the training classes ('seen') and on the images of
+the held-out classes ('unseen'), as the paper's test set.
 """
 import os
+from typing import Callable
 
 import jax
 import ml_collections
 import numpy as np
 
-from common import data, images, metrics, user_images
+from common import checkpoint, data, images, metrics, user_images
 from common.errors import UserError
-from imle import models, train
+from imle import models, srgan, train
 
 COLUMNS = ('psnr_y', 'ssim_y', 'diversity')
+BICUBIC, SRGAN, SRIM = 'Bicubic', 'SRGAN', 'SRIM (per sample)'
+# (lowres uint8 (b, h, w, 3), key) -> uint8 (b, n, H, W, 3): n outputs per input.
+Method = Callable[[np.ndarray, jax.Array], np.ndarray]
 
 
-def eval_examples(data_cfg: ml_collections.ConfigDict, num_examples: int) -> tuple[np.ndarray, np.ndarray]:
+def psnr_y(a: np.ndarray, b: np.ndarray) -> jax.Array:
+  """common.metrics.psnr_y with an exact match scored as one pixel off by one level of Y (common.metrics.bounded_psnr,
+  as table 1), so that a flat crop that bicubic upsampling reproduces exactly (a black patch of sky) does not make
+  the mean infinite."""
+  return metrics.bounded_psnr(metrics.luminance(a), metrics.luminance(b))
+
+
+def splits(data_cfg: ml_collections.ConfigDict) -> dict[str, str]:
+  """The eval splits to score, {split: label}: the held-out images, and those of unseen classes if any."""
+  if data_cfg.get('num_unseen_classes', 0) > 0:
+    return {'eval': 'seen', 'eval_unseen': 'unseen'}
+  return {'eval': 'held-out'}
+
+
+def eval_examples(data_cfg: ml_collections.ConfigDict, num_examples: int,
+                  split: str = 'eval') -> tuple[np.ndarray, np.ndarray]:
+  """(lowres, highres) uint8 of the first `num_examples` examples of `split` (0 = all of it)."""
   data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
   data_cfg.num_eval_examples = num_examples
-  batches = list(data.make_dataset(data_cfg, 'eval', batch_size=16, process_index=0, process_count=1))
+  try:
+    batches = list(data.make_dataset(data_cfg, split, batch_size=16, process_index=0, process_count=1))
+  except ValueError as e:  # A data module without the split.
+    raise UserError(f'The data pipeline cannot make the {split!r} split ({e}).') from e
   if not batches:
-    raise UserError(f'The eval split {data_cfg.eval_split!r} yielded no examples; check config.data.eval_split.')
+    raise UserError(f'The {split!r} split of config.data yielded no examples; check config.data.eval_split and '
+                    'config.data.num_unseen_classes.')
   mask = np.concatenate([b['mask'] for b in batches])
   return tuple(np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
 
 
-def table(config: ml_collections.ConfigDict, workdir: str, num_examples: int, num_samples: int = 4,
-          batch_size: int = 16) -> dict[str, dict[str, float]]:
-  """Row -> column -> mean over the first `num_examples` eval examples (0 = all of a tfds split)."""
+def srim_method(config: ml_collections.ConfigDict, workdir: str, num_samples: int) -> Method:
   if num_samples < 2:
     raise UserError(f'--num_samples must be >= 2 for the diversity column, got {num_samples}.')
   model, variables = train.restore_for_sampling(config, workdir)
-  lowres, highres = eval_examples(config.data, num_examples)
-  key = jax.random.key(config.seed)
-  sums = {'Bicubic': dict.fromkeys(COLUMNS, 0.0), 'SRIM (per sample)': dict.fromkeys(COLUMNS, 0.0)}
+  return lambda x, key: np.asarray(models.sample(model, variables, x, key, num_samples))
+
+
+def srgan_method(data_cfg: ml_collections.ConfigDict, workdir: str) -> Method:
+  """The generator of the SRGAN run in `workdir`, checked to map data_cfg's low-res size to its high-res size."""
+  config = checkpoint.load_config(workdir)
+  if config.get('method') != 'srgan':
+    raise UserError(f'{workdir} holds a config.method={config.get("method")!r} run; --srgan_workdir takes a run of '
+                    'configs/*_srgan.py.')
+  sizes = {k: (config.data[k], data_cfg[k]) for k in ('lowres_size', 'highres_size')}
+  if any(a != b for a, b in sizes.values()):
+    raise UserError(f'The SRGAN run in {workdir} maps {sizes["lowres_size"][0]} -> {sizes["highres_size"][0]} '
+                    f'pixels, the evaluated data {sizes["lowres_size"][1]} -> {sizes["highres_size"][1]}; train it on '
+                    'the same data config (configs/imagenet_srgan.py reuses imagenet_srim.py\'s).')
+  model, variables = srgan.restore(config, workdir)
+  return lambda x, key: np.asarray(srgan.predict(model, variables, x))[:, None]
+
+
+def methods(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
+            srgan_workdir: str = '') -> dict[str, Method]:
+  """The table's rows after Bicubic: for an SRIM run, SRGAN (if `srgan_workdir`) and SRIM; for an SRGAN run, it."""
+  if config.method == 'srgan':
+    if srgan_workdir:
+      raise UserError('--srgan_workdir adds the SRGAN row to an SRIM run\'s table; with an SRGAN config, --workdir '
+                      'is already the SRGAN run: drop --srgan_workdir.')
+    return {SRGAN: srgan_method(config.data, workdir)}
+  rows = {SRGAN: srgan_method(config.data, srgan_workdir)} if srgan_workdir else {}
+  rows[SRIM] = srim_method(config, workdir, num_samples)
+  return rows
+
+
+def score(rows: dict[str, Method], lowres: np.ndarray, highres: np.ndarray, key: jax.Array, batch_size: int = 16,
+          figure_rows: int = 0) -> tuple[dict[str, dict[str, float]], np.ndarray | None]:
+  """Row -> column -> mean over the examples, and the figure input | bicubic | each row's outputs | truth of the
+  first `figure_rows` examples (None if 0). Batch `start` of the outputs is drawn with fold_in(key, start)."""
+  sums = {name: dict.fromkeys(COLUMNS, 0.0) for name in [BICUBIC, *rows]}
+  figure = []
   for start in range(0, len(lowres), batch_size):
     x, y = lowres[start:start + batch_size], highres[start:start + batch_size]
-    bicubic = images.quantize(images.bicubic_upsample(x, y.shape[1:3]))
-    samples = models.sample(model, variables, x, jax.random.fold_in(key, start), num_samples)  # (b, n, H, W, 3)
-    flat = samples.reshape(-1, *samples.shape[2:])
-    truth = np.repeat(y, num_samples, axis=0)
-    scores = {'Bicubic': {'psnr_y': metrics.psnr_y(bicubic, y), 'ssim_y': metrics.ssim_y(bicubic, y),
-                          'diversity': np.zeros(len(x))},
-              'SRIM (per sample)': {'psnr_y': metrics.psnr_y(flat, truth) / num_samples,
-                                    'ssim_y': metrics.ssim_y(flat, truth) / num_samples,
-                                    'diversity': metrics.diversity(flat, num_samples)}}
-    for row, columns in scores.items():
-      for column, values in columns.items():
-        sums[row][column] += float(np.sum(np.asarray(values), dtype=np.float64))
-  return {row: {c: v / len(lowres) for c, v in columns.items()} for row, columns in sums.items()}
+    outputs = {BICUBIC: np.asarray(images.quantize(images.bicubic_upsample(x, y.shape[1:3])))[:, None]}
+    outputs.update({name: method(x, jax.random.fold_in(key, start)) for name, method in rows.items()})
+    for name, out in outputs.items():  # out: (b, n, H, W, 3)
+      n = out.shape[1]
+      flat, truth = out.reshape(-1, *out.shape[2:]), np.repeat(y, n, axis=0)
+      values = {'psnr_y': psnr_y(flat, truth) / n, 'ssim_y': metrics.ssim_y(flat, truth) / n,
+                'diversity': metrics.diversity(flat, n) if n > 1 else np.zeros(len(x))}
+      for column, v in values.items():
+        sums[name][column] += float(np.sum(np.asarray(v), dtype=np.float64))
+    if start < figure_rows:
+      keep = slice(0, figure_rows - start)
+      figure.append([x[keep]] + [out[keep, k] for out in outputs.values() for k in range(out.shape[1])] + [y[keep]])
+  table = {name: {c: v / len(lowres) for c, v in columns.items()} for name, columns in sums.items()}
+  if not figure:
+    return table, None
+  return table, images.make_grid([np.concatenate(parts) for parts in zip(*figure)])
 
 
-def write(rows: dict[str, dict[str, float]], workdir: str, note: str) -> list[str]:
-  """table_srim.md and table_srim.csv in `workdir`, both or neither."""
-  md = ['| Method | pSNR (Y) | SSIM (Y) | Diversity |', '|---|---|---|---|']
-  md += [f'| {name} | {r["psnr_y"]:.2f} | {r["ssim_y"]:.3f} | {r["diversity"]:.4f} |' for name, r in rows.items()]
-  csv = ['method,' + ','.join(COLUMNS)] + [f'{name},' + ','.join(repr(r[c]) for c in COLUMNS)
-                                          for name, r in rows.items()]
+def table(config: ml_collections.ConfigDict, workdir: str, num_examples: int, num_samples: int = 4,
+          batch_size: int = 16, *, srgan_workdir: str = '', split: str = 'eval') -> dict[str, dict[str, float]]:
+  """Row -> column -> mean over the first `num_examples` examples of `split` (0 = all of a tfds split)."""
+  rows = methods(config, workdir, num_samples, srgan_workdir)
+  return score(rows, *eval_examples(config.data, num_examples, split), jax.random.key(config.seed), batch_size)[0]
+
+
+def tables(config: ml_collections.ConfigDict, workdir: str, num_examples: int, num_samples: int = 4,
+           batch_size: int = 16, *, srgan_workdir: str = '',
+           figure_rows: int = 8) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, np.ndarray]]:
+  """`table` on every split of `splits(config.data)` with the models restored once: ({label: rows},
+  {label: figure})."""
+  rows = methods(config, workdir, num_samples, srgan_workdir)
+  key = jax.random.key(config.seed)
+  results, figures = {}, {}
+  for split, label in splits(config.data).items():
+    results[label], figure = score(rows, *eval_examples(config.data, num_examples, split), key, batch_size,
+                                   figure_rows)
+    if figure is not None:
+      figures[label] = figure
+  return results, figures
+
+
+def write(results: dict[str, dict[str, dict[str, float]]], workdir: str, note: str,
+          figures: dict[str, np.ndarray] | None = None) -> list[str]:
+  """table_srim.md, table_srim.csv and figure_srim[_<label>].png in `workdir`, all or none. `results` is
+  {split label: rows}; with several splits the table has an 'Images' column."""
+  labelled = len(results) > 1
+  head = '| Method |' + (' Images |' if labelled else '') + ' pSNR (Y) | SSIM (Y) | Diversity |'
+  md = [head, '|---' * head.count(' |') + '|']
+  csv = ['method,images,' + ','.join(COLUMNS)]
+  for name in next(iter(results.values())):
+    for label, rows in results.items():
+      r = rows[name]
+      md.append(f'| {name} |' + (f' {label} |' if labelled else '') +
+                f' {r["psnr_y"]:.2f} | {r["ssim_y"]:.3f} | {r["diversity"]:.4f} |')
+      csv.append(f'{name},{label},' + ','.join(repr(r[c]) for c in COLUMNS))
+  columns = 'input | ' + ' | '.join(n.replace(' (per sample)', ' samples') for n in next(iter(results.values()))) + \
+      ' | truth'
 
   def write_files(folder):
-    for name, lines in (('table_srim.md', md + ['', f'- {note}']), ('table_srim.csv', csv)):
+    for name, lines in (('table_srim.md', md + ['', f'- {note}', f'- Figure columns: {columns}.']),
+                        ('table_srim.csv', csv)):
       with open(os.path.join(folder, name), 'w') as f:
         f.write('\n'.join(lines) + '\n')
+    for label, figure in (figures or {}).items():
+      suffix = '' if label in ('seen', 'held-out') else f'_{label}'
+      images.save_png(os.path.join(folder, f'figure_srim{suffix}.png'), figure)
 
   return [os.path.join(workdir, n) for n in user_images.write_all_or_nothing(workdir, write_files)]

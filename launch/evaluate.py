@@ -1,6 +1,8 @@
 """Table 1 of the pixel recursive paper in one command: pSNR, SSIM, MS-SSIM, consistency and NLL of Bicubic, NN,
 Regression and the model's samples (tau = 1.0, 1.1, 1.2, greedy), written to <workdir>/table1.{md,csv,png}. With an
-SRIM config: luminance pSNR/SSIM of SRIM's samples and of bicubic, in <workdir>/table_srim.{md,csv}.
+SRIM config: SRIM's table 1, luminance pSNR/SSIM and diversity of bicubic, SRGAN (--srgan_workdir) and SRIM's
+samples, and its figures 4-6 (input | bicubic | SRGAN | SRIM samples | truth), in <workdir>/table_srim.{md,csv} and
+figure_srim*.png; with an SRGAN config, the same for bicubic and SRGAN alone.
 
   python launch/evaluate.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--regression_workdir=DIR]
                             [--num_examples=N] [--config.evaluate.field=value ...]
@@ -31,20 +33,28 @@ def define_flags():
   flags.DEFINE_integer('num_examples', None, 'Eval examples to score; default config.evaluate.num_examples '
                        '(SRIM: config.data.num_eval_examples).')
   flags.DEFINE_integer('num_samples', 4, 'SRIM only: samples per input, scored each (table_srim.{md,csv}).')
+  flags.DEFINE_string('srgan_workdir', '', 'SRIM only: an SRGAN run (configs/*_srgan.py) on the same data, for the '
+                      'SRGAN row; empty: no SRGAN row.')
+  flags.DEFINE_integer('num_figure_rows', 8, 'SRIM / SRGAN: examples in figure_srim*.png.', lower_bound=0)
 
 
 def evaluate_srim(config, workdir: str):
   from common.errors import UserError
   try:
     from imle import evaluate
-    num = flags.FLAGS.num_examples if flags.FLAGS.num_examples is not None else config.data.num_eval_examples
-    rows = evaluate.table(config, workdir, num, flags.FLAGS.num_samples)
-    paths = evaluate.write(rows, workdir, f'{num} eval examples, {flags.FLAGS.num_samples} SRIM samples each; '
-                           'pSNR/SSIM on BT.601 luminance (common/metrics.py).')
+    F = flags.FLAGS
+    num = F.num_examples if F.num_examples is not None else config.data.num_eval_examples
+    results, figures = evaluate.tables(config, workdir, num, F.num_samples, srgan_workdir=F.srgan_workdir,
+                                       figure_rows=F.num_figure_rows)
+    samples = f', {F.num_samples} SRIM samples each' if config.method == 'srim' else ''
+    paths = evaluate.write(results, workdir, f'{num or "all"} examples per split{samples}; pSNR/SSIM on BT.601 '
+                           'luminance (common/metrics.py).', figures)
   except UserError as e:
     fail(e, code=1)
-  for name, r in rows.items():
-    print(f'{name}: pSNR(Y) {r["psnr_y"]:.2f} dB, SSIM(Y) {r["ssim_y"]:.3f}, diversity {r["diversity"]:.4f}')
+  for label, rows in results.items():
+    for name, r in rows.items():
+      print(f'{name} ({label}): pSNR(Y) {r["psnr_y"]:.2f} dB, SSIM(Y) {r["ssim_y"]:.3f}, '
+            f'diversity {r["diversity"]:.4f}')
   print('wrote ' + ', '.join(paths))
 
 
@@ -54,14 +64,14 @@ def main(argv):
   from common.errors import UserError  # After flag parsing, so --help stays fast.
   try:
     config = flags.FLAGS.config
-    srim = config.method == 'srim'  # A config file that failed to load raises here.
+    srim = config.method in ('srim', 'srgan')  # A config file that failed to load raises here.
     if not srim:
       config.evaluate  # A regression config has no `evaluate`.
   except OSError as e:
     fail(e)
   except AttributeError:
     fail('--config must be a pixel recursive config (configs/*_pixelcnn.py, configs/demo.py), which has an '
-         '`evaluate` section, or an SRIM config; pass the regression run as --regression_workdir.')
+         '`evaluate` section, or an SRIM or SRGAN config; pass the regression run as --regression_workdir.')
   workdir = flags.FLAGS.workdir or os.path.join('runs', os.path.splitext(os.path.basename(
       config_flags.get_config_filename(flags.FLAGS['config'])))[0])
   if srim:

@@ -1,4 +1,4 @@
-"""Super-resolve your own images with a trained model (pixel recursive or SRIM).
+"""Super-resolve your own images with a trained model (pixel recursive, SRIM or SRGAN).
 
   python launch/sample.py --workdir=runs/celeba --input=photos/ --num_samples=4 --temperature=1.0,1.2 --output=out
 
@@ -6,7 +6,7 @@
 Each input (any format and mode Pillow reads) is centre-cropped to a square and resized, antialiased bicubic, to the
 model's low-res size. Written to --output: each sample as `<input>_tau<t>_<k>.png`, `grid.png` (one row per input:
 input | samples | bicubic), and `nll.csv` with each sample's negative log-likelihood under the model (nan for SRIM,
-which has none; SRIM also has no temperature).
+which has none; SRIM also has no temperature). SRGAN is deterministic: one output per input, no temperature.
 """
 import os
 import sys
@@ -102,7 +102,19 @@ def srim_sampler(config, workdir: str, step: int | None):
   return 3, draw, None
 
 
-SAMPLERS = {'pixelcnn': pixelcnn_sampler, 'srim': srim_sampler}
+def srgan_sampler(config, workdir: str, step: int | None):
+  """The same for an SRGAN run: the generator's one output per input (batch norm in inference mode)."""
+  from imle import srgan
+  model, variables = srgan.restore(config, workdir, step)
+
+  def draw(lowres, key, temperature, num_samples):
+    del key, temperature, num_samples  # Deterministic; super_resolve asks for one output.
+    return srgan.predict(model, variables, lowres)
+
+  return 3, draw, None
+
+
+SAMPLERS = {'pixelcnn': pixelcnn_sampler, 'srim': srim_sampler, 'srgan': srgan_sampler}
 
 
 def super_resolve(*, workdir, step, expected_config, files, output, num_samples, temperatures, seed, batch_size):
@@ -120,6 +132,10 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
   if config.method == 'srim' and temperatures != [1.0]:
     print('SRIM has no temperature: --temperature is ignored.')
     temperatures = [1.0]
+  if config.method == 'srgan' and (temperatures != [1.0] or num_samples != 1):
+    print('SRGAN is deterministic (one output per input, no temperature): --num_samples and --temperature are '
+          'ignored.')
+    temperatures, num_samples = [1.0], 1
   colours, draw, nll = SAMPLERS[config.method](config, workdir, step)
   names, lowres = [], []
   for path in files:
@@ -150,7 +166,8 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
     samples.append(np.concatenate(drawn))
 
   for r in rows:
-    nll_text = f'NLL {r["bits"]:.3f} bits/dim ({r["nats"]:,.1f} nats)' if nll else 'no likelihood (SRIM)'
+    nll_text = (f'NLL {r["bits"]:.3f} bits/dim ({r["nats"]:,.1f} nats)' if nll
+                else f'no likelihood ({config.method.upper()})')
     print(f'{r["input"]} tau={r["temperature"]:g} sample {r["sample"]}: {nll_text} -> {r["file"]}')
   bicubic = np.asarray(images.quantize(images.bicubic_upsample(lowres, samples[0].shape[2:4])))
   columns = [lowres] + [s[:, k] for s in samples for k in range(num_samples)] + [bicubic]

@@ -58,9 +58,11 @@ def main(argv):
       from pixelsr import regression as train
     elif config.method == 'srim':
       from imle import train
+    elif config.method == 'srgan':
+      from imle import srgan as train
     else:
       raise UserError(f"config.method={config.method!r} is not a method of this library; use 'pixelcnn', "
-                      "'regression' or 'srim'.")
+                      "'regression', 'srim' or 'srgan'.")
     metrics = train.train_and_evaluate(config, workdir)
   except preemption.Preempted as e:
     if jax.process_index() == 0:

@@ -1,0 +1,468 @@
+"""SRGAN (Ledig et al. 2017), SRIM's comparison baseline: the SRResNet generator, the discriminator, their losses and
+updates, and training by the common loop (`config.method = 'srgan'`).
+
+Scales, as the SRGAN paper: the low-res input is RGB in [0, 1]; the generator's output and the images the
+discriminator sees are in [-1, 1] (tanh); the pixel MSE is taken on [-1, 1]; VGG19 sees [0, 1] images prepared as
+its weights expect (imle.vgg19.preprocess).
+
+One run reproduces the paper's two trainings. Its first `config.srgan.pretrain_steps` updates train the generator
+alone on the pixel MSE (SRResNet-MSE, the paper's 1e6 updates); the rest are GAN updates from that SRResNet, with
+the generator's Adam started afresh, as a second run initialised from the first would. We chose this over a field
+pointing at an SRResNet workdir because the boundary is then just a step number in one state: a run stopped anywhere,
+inside either phase or across the boundary, resumes exactly (tested), and no run depends on another directory that
+can move, change or be deleted.
+
+The train state holds both networks, each with its parameters, batch norm averages and Adam state. A GAN step is
+Goodfellow et al.'s alternation with k = 1, as the paper: `discriminator_update` on real images and the current
+generator's outputs, then `generator_update` against the updated discriminator. Each is a pure function that
+changes only its own network. Batch norm normalises with batch statistics in training steps and with its running
+averages in evaluation and `predict`; the discriminator's averages move only in its own update.
+"""
+import dataclasses
+import functools
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+
+from common import checkpoint, data, images, metrics, sharding, train_loop
+from common.config import from_config
+from common.errors import UserError
+from imle import features, vgg19
+from imle import train as srim_train
+
+_DISCRIMINATOR_PAPER = (64, 64, 128, 128, 256, 256, 512, 512)
+
+
+@dataclasses.dataclass(frozen=True)
+class SRGANConfig:
+  """Built from config.model; the defaults are the paper's (figure 4 of Ledig et al.)."""
+  upsample_factor: int = 4  # A power of 2: one sub-pixel convolution x2 per factor of 2.
+  generator_blocks: int = 16  # Residual blocks (B).
+  generator_channels: int = 64  # Feature maps of every generator conv but the upsamplers' (4x) and the last (3).
+  discriminator_channels: tuple[int, ...] = _DISCRIMINATOR_PAPER  # 3x3 convs; stride 2 at every second one.
+  discriminator_dense: int = 1024  # Units of the dense layer before the logit.
+  leaky_relu_slope: float = 0.2  # Discriminator activations.
+  batch_norm_momentum: float = 0.9  # Running-average decay (torch's momentum 0.1, as SRIM).
+  batch_norm_epsilon: float = 1e-5
+
+  def __post_init__(self):
+    f = self.upsample_factor
+    if f < 2 or f & (f - 1):
+      raise ValueError(f'config.model.upsample_factor must be a power of 2 >= 2, got {f}.')
+    if min(self.generator_blocks, self.generator_channels, self.discriminator_dense, *self.discriminator_channels,
+           1) < 1 or not self.discriminator_channels:
+      raise ValueError(f'config.model sizes must be positive, got {self}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Built from config.srgan: the two phases, their optimiser and the losses (the paper's values by default)."""
+  pretrain_steps: int = 1_000_000  # SRResNet updates on the pixel MSE before the GAN phase; 0 = none.
+  pretrain_learning_rate: float = 1e-4
+  learning_rate: float = 1e-4  # GAN phase, both networks...
+  lr_decay_after: int = 100_000  # ...for this many GAN updates, then learning_rate * lr_decay_factor.
+  lr_decay_factor: float = 0.1
+  adam_b1: float = 0.9
+  adam_b2: float = 0.999
+  adam_eps: float = 1e-8
+  content_layer: str = 'conv5_4'  # VGG19 feature map of the content loss, after its ReLU (VGG54).
+  content_scale: float = 1 / 12.75  # Features times this before the MSE: the loss times ~0.006, as the paper.
+  adversarial_weight: float = 1e-3  # Weight of -log D(G(x)) in the generator's loss.
+
+  def __post_init__(self):
+    if self.content_layer not in vgg19.LAYERS:
+      raise UserError(f'config.srgan.content_layer must be one of {", ".join(vgg19.LAYERS)}, '
+                      f'got {self.content_layer!r}.')
+    if self.pretrain_steps < 0 or self.lr_decay_after < 0:
+      raise UserError('config.srgan.pretrain_steps and lr_decay_after must be >= 0.')
+    if min(self.pretrain_learning_rate, self.learning_rate, self.lr_decay_factor, self.content_scale) <= 0:
+      raise UserError('config.srgan learning rates, lr_decay_factor and content_scale must be positive.')
+
+
+def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
+  """(B, H, W, r*r*C) -> (B, rH, rW, C) with out[b, r*h + i, r*w + j, c] = x[b, h, w, (r*i + j)*C + c]: the
+  sub-pixel convolution's rearrangement, in tf.nn.depth_to_space's channel order."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, factor, factor, c // factor ** 2)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * factor, w * factor, c // factor ** 2)
+
+
+class PReLU(nn.Module):
+  """One learnt negative slope per channel, starting at 0.25 (He et al. 2015, Caffe's PReLU)."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    slope = self.param('negative_slope', nn.initializers.constant(0.25), (x.shape[-1],))
+    return jnp.where(x >= 0, x, slope * x)
+
+
+def _batch_norm(cfg: SRGANConfig, train: bool, name: str) -> nn.BatchNorm:
+  # The convs it follows have no bias, which its own bias would make redundant (as the reference implementations).
+  return nn.BatchNorm(use_running_average=not train, momentum=cfg.batch_norm_momentum,
+                      epsilon=cfg.batch_norm_epsilon, name=name)
+
+
+class ResidualBlock(nn.Module):
+  cfg: SRGANConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    c = self.cfg.generator_channels
+    h = _batch_norm(self.cfg, train, 'batch_norm1')(nn.Conv(c, (3, 3), use_bias=False, name='conv1')(x))
+    h = PReLU(name='prelu')(h)
+    return x + _batch_norm(self.cfg, train, 'batch_norm2')(nn.Conv(c, (3, 3), use_bias=False, name='conv2')(h))
+
+
+class Generator(nn.Module):
+  """SRResNet: low-res RGB (B, h, w, 3) in [0, 1] -> (B, f*h, f*w, 3) in [-1, 1]."""
+  cfg: SRGANConfig
+
+  @nn.compact
+  def __call__(self, lowres01: jax.Array, train: bool = False) -> jax.Array:
+    cfg, c = self.cfg, self.cfg.generator_channels
+    h = PReLU(name='prelu_in')(nn.Conv(c, (9, 9), name='conv_in')(lowres01))
+    trunk = h
+    for i in range(cfg.generator_blocks):
+      trunk = ResidualBlock(cfg, name=f'block{i + 1}')(trunk, train)
+    h = h + _batch_norm(cfg, train, 'batch_norm_trunk')(nn.Conv(c, (3, 3), use_bias=False, name='conv_trunk')(trunk))
+    for u in range(cfg.upsample_factor.bit_length() - 1):
+      h = pixel_shuffle(nn.Conv(4 * c, (3, 3), name=f'upsample{u + 1}_conv')(h), 2)
+      h = PReLU(name=f'upsample{u + 1}_prelu')(h)
+    return jnp.tanh(nn.Conv(3, (9, 9), name='conv_out')(h))
+
+
+class Discriminator(nn.Module):
+  """High-res RGB (B, H, W, 3) in [-1, 1] -> the logit of 'real' (B,); D = sigmoid(logit)."""
+  cfg: SRGANConfig
+
+  @nn.compact
+  def __call__(self, highres_signed: jax.Array, train: bool = False) -> jax.Array:
+    cfg = self.cfg
+    h = highres_signed
+    for i, c in enumerate(cfg.discriminator_channels):
+      h = nn.Conv(c, (3, 3), strides=1 + i % 2, use_bias=not i, name=f'conv{i + 1}')(h)
+      if i:
+        h = _batch_norm(cfg, train, f'batch_norm{i + 1}')(h)
+      h = nn.leaky_relu(h, cfg.leaky_relu_slope)
+    h = nn.leaky_relu(nn.Dense(cfg.discriminator_dense, name='dense1')(h.reshape(h.shape[0], -1)),
+                      cfg.leaky_relu_slope)
+    return nn.Dense(1, name='dense2')(h)[:, 0]
+
+
+class NetState(struct.PyTreeNode):
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array  # Updates taken (pretraining and GAN steps together).
+  generator: NetState
+  discriminator: NetState
+
+
+def model_config(config: ml_collections.ConfigDict) -> SRGANConfig:
+  """The typed model config, checked against the data sizes."""
+  try:
+    cfg = from_config(SRGANConfig, config.model, 'config.model')
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  d = config.data
+  if d.highres_size != d.lowres_size * cfg.upsample_factor:
+    raise UserError(f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
+                    f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.')
+  return cfg
+
+
+def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
+  cfg = from_config(TrainConfig, config.srgan, 'config.srgan')
+  if vgg19.output_side(config.data.highres_size, cfg.content_layer) < 1:
+    raise UserError(f'VGG19 layer {cfg.content_layer} has no pixels left for {config.data.highres_size}-pixel '
+                    'images; use larger images or a shallower config.srgan.content_layer.')
+  return cfg
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+  """Adam's direction; the step multiplies it by `learning_rate(step)`, a function of the global step."""
+  return optax.scale_by_adam(b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps)
+
+
+def learning_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:
+  gan_step = step - cfg.pretrain_steps
+  return jnp.where(gan_step < 0, cfg.pretrain_learning_rate,
+                   jnp.where(gan_step < cfg.lr_decay_after, cfg.learning_rate, cfg.learning_rate * cfg.lr_decay_factor))
+
+
+def create_train_state(cfg: SRGANConfig, tx: optax.GradientTransformation, data_cfg: ml_collections.ConfigDict,
+                       rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
+  """The initial state, built directly with its shardings (no host copy of the parameters)."""
+  lowres = jnp.zeros((1, data_cfg.lowres_size, data_cfg.lowres_size, 3))
+  highres = jnp.zeros((1, data_cfg.highres_size, data_cfg.highres_size, 3))
+
+  def net(module, x, rng):
+    variables = module.init(rng, x, train=False)
+    return NetState(variables['params'], variables.get('batch_stats', {}), tx.init(variables['params']))
+
+  def init(rng):
+    g_rng, d_rng = jax.random.split(rng)
+    return TrainState(jnp.zeros((), jnp.int32), net(Generator(cfg), lowres, g_rng),
+                      net(Discriminator(cfg), highres, d_rng))
+
+  shardings = sharding.state_shardings(jax.eval_shape(init, rng), mesh)
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def _adam_step(net: NetState, grads: Any, batch_stats: Any, lr: jax.Array,
+               tx: optax.GradientTransformation) -> NetState:
+  direction, opt_state = tx.update(grads, net.opt_state, net.params)
+  params = optax.apply_updates(net.params, jax.tree.map(lambda u: -lr * u, direction))
+  return NetState(params, batch_stats, opt_state)
+
+
+def _inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """(low-res in [0, 1], high-res in [-1, 1])."""
+  return jnp.asarray(batch['lowres'], jnp.float32) / 255.0, images.uint8_to_signed(batch['highres'])
+
+
+def _generate(cfg: SRGANConfig, net: NetState, lowres01: jax.Array, params: Any | None = None):
+  """The generator in training mode: (output, its new batch_stats)."""
+  out, updates = Generator(cfg).apply({'params': net.params if params is None else params,
+                                       'batch_stats': net.batch_stats}, lowres01, train=True, mutable=['batch_stats'])
+  return out, updates['batch_stats']
+
+
+def content_features(vgg_params: dict, images_signed: jax.Array, *, layer: str, preprocessing: str,
+                     scale: float) -> jax.Array:
+  """scale * ReLU(VGG19 `layer`) of images in [-1, 1]: phi_{5,4} of the paper, after the activation."""
+  vgg = vgg19.VGG19(outputs=(layer,), preprocessing=preprocessing)
+  return scale * nn.relu(vgg.apply({'params': vgg_params}, (images_signed + 1.0) / 2.0)[layer])
+
+
+def content_loss(vgg_params: dict, fake_signed: jax.Array, real_signed: jax.Array, *, layer: str,
+                 preprocessing: str, scale: float) -> jax.Array:
+  """Mean over the batch, positions and channels of the squared difference of `content_features`."""
+  both = content_features(vgg_params, jnp.concatenate([fake_signed, real_signed]), layer=layer,
+                          preprocessing=preprocessing, scale=scale)
+  fake, real = jnp.split(both, 2)
+  return jnp.mean(jnp.square(fake - jax.lax.stop_gradient(real)))
+
+
+def generator_adversarial_loss(fake_logits: jax.Array) -> jax.Array:
+  """Mean of -log D(G(x)) = softplus(-logit): the paper's non-saturating generator loss."""
+  return jnp.mean(jax.nn.softplus(-fake_logits))
+
+
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+  """Mean of -log D(y) plus mean of -log(1 - D(G(x))), from logits (-log(1 - sigmoid(l)) = softplus(l))."""
+  return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
+
+
+def pretrain_update(state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGANConfig,
+                    tx: optax.GradientTransformation, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SRResNet-MSE update of the generator: pixel MSE on [-1, 1]."""
+  lowres01, real = _inputs(batch)
+
+  def loss_fn(params):
+    out, stats = _generate(cfg, state.generator, lowres01, params)
+    return jnp.mean(jnp.square(out - real)), stats
+
+  (mse, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.generator.params)
+  generator = _adam_step(state.generator, grads, stats, lr, tx)
+  return state.replace(generator=generator), dict(loss=mse, mse=mse, grad_norm=optax.global_norm(grads))
+
+
+def discriminator_update(state: TrainState, batch: dict[str, jax.Array], fake_signed: jax.Array, *,
+                         cfg: SRGANConfig, tx: optax.GradientTransformation,
+                         lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update of the discriminator on the batch's real images and the generator's `fake_signed` (one pass each,
+  both in training mode, as separate real and fake batches in the reference implementations)."""
+  _, real = _inputs(batch)
+  fake = jax.lax.stop_gradient(fake_signed)
+  disc, d = Discriminator(cfg), state.discriminator
+
+  def loss_fn(params):
+    real_logits, s = disc.apply({'params': params, 'batch_stats': d.batch_stats}, real, train=True,
+                                mutable=['batch_stats'])
+    fake_logits, s = disc.apply({'params': params, 'batch_stats': s['batch_stats']}, fake, train=True,
+                                mutable=['batch_stats'])
+    return discriminator_loss(real_logits, fake_logits), (s['batch_stats'], real_logits, fake_logits)
+
+  (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d.params)
+  step_metrics = dict(d_loss=loss, d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
+                      d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)), d_grad_norm=optax.global_norm(grads))
+  return state.replace(discriminator=_adam_step(d, grads, stats, lr, tx)), step_metrics
+
+
+def generator_update(state: TrainState, batch: dict[str, jax.Array], frozen: dict, *, cfg: SRGANConfig,
+                     train_cfg: TrainConfig, preprocessing: str, tx: optax.GradientTransformation,
+                     lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update of the generator on content + adversarial_weight * adversarial loss. The discriminator judges in
+  training mode (batch statistics, as in its own update); its running averages are left as they were."""
+  lowres01, real = _inputs(batch)
+  d = state.discriminator
+
+  def loss_fn(params):
+    fake, stats = _generate(cfg, state.generator, lowres01, params)
+    logits, _ = Discriminator(cfg).apply({'params': d.params, 'batch_stats': d.batch_stats}, fake, train=True,
+                                         mutable=['batch_stats'])
+    content = content_loss(frozen['vgg'], fake, real, layer=train_cfg.content_layer, preprocessing=preprocessing,
+                           scale=train_cfg.content_scale)
+    adversarial = generator_adversarial_loss(logits)
+    mse = jnp.mean(jnp.square(jax.lax.stop_gradient(fake) - real))
+    return content + train_cfg.adversarial_weight * adversarial, (stats, content, adversarial, mse)
+
+  (loss, (stats, content, adversarial, mse)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.generator.params)
+  step_metrics = dict(loss=loss, content_loss=content, adversarial_loss=adversarial, mse=mse,
+                      grad_norm=optax.global_norm(grads))
+  return state.replace(generator=_adam_step(state.generator, grads, stats, lr, tx)), step_metrics
+
+
+def gan_update(state: TrainState, batch: dict[str, jax.Array], frozen: dict, *, cfg: SRGANConfig,
+               train_cfg: TrainConfig, preprocessing: str, tx: optax.GradientTransformation,
+               lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The discriminator's update, then the generator's against the updated discriminator. The generator's Adam
+  starts afresh at the first GAN step, as in a run initialised from the pretrained SRResNet."""
+  fresh = tx.init(state.generator.params)
+  restart = state.step == train_cfg.pretrain_steps
+  state = state.replace(generator=state.generator.replace(
+      opt_state=jax.tree.map(lambda new, old: jnp.where(restart, new, old), fresh, state.generator.opt_state)))
+  fake, _ = _generate(cfg, state.generator, _inputs(batch)[0])
+  state, d_metrics = discriminator_update(state, batch, fake, cfg=cfg, tx=tx, lr=lr)
+  state, g_metrics = generator_update(state, batch, frozen, cfg=cfg, train_cfg=train_cfg, preprocessing=preprocessing,
+                                      tx=tx, lr=lr)
+  return state, {**d_metrics, **g_metrics}
+
+
+_METRICS = ('loss', 'mse', 'content_loss', 'adversarial_loss', 'grad_norm', 'd_loss', 'd_real', 'd_fake',
+            'd_grad_norm')
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, frozen: dict, *, cfg: SRGANConfig,
+               train_cfg: TrainConfig, preprocessing: str,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The loop's step: a pretraining update before step `pretrain_steps`, a GAN update from then on. Metrics of the
+  other phase are 0, so that every step logs the same names. Nothing is random: `rng` is unused."""
+  del rng
+  lr = learning_rate(train_cfg, state.step)
+
+  def padded(update):
+    def run(state):
+      state, step_metrics = update(state)
+      return state, {k: jnp.asarray(step_metrics.get(k, 0.0), jnp.float32) for k in _METRICS}
+    return run
+
+  pretrain = padded(functools.partial(pretrain_update, batch=batch, cfg=cfg, tx=tx, lr=lr))
+  gan = padded(functools.partial(gan_update, batch=batch, frozen=frozen, cfg=cfg, train_cfg=train_cfg,
+                                 preprocessing=preprocessing, tx=tx, lr=lr))
+  state, step_metrics = jax.lax.cond(state.step < train_cfg.pretrain_steps, pretrain, gan, state)
+  return state.replace(step=state.step + 1), {**step_metrics, 'learning_rate': lr}
+
+
+def _variables(net: NetState) -> dict:
+  return {'params': net.params, 'batch_stats': net.batch_stats}
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGANConfig) -> dict[str, jax.Array]:
+  """Sums over the real (mask == True) examples: pixel MSE on [-1, 1], and pSNR / SSIM on luminance of the
+  rounded output (SRIM's table's metrics)."""
+  lowres01, real = _inputs(batch)
+  out = Generator(cfg).apply(_variables(state.generator), lowres01, train=False)
+  pred = images.signed_to_uint8(out)
+  per_example = {'mse': jnp.mean(jnp.square(out - real), axis=(1, 2, 3)),
+                 'psnr_y': metrics.psnr_y(pred, batch['highres']), 'ssim_y': metrics.ssim_y(pred, batch['highres'])}
+  mask = batch['mask'].astype(jnp.float32)
+  sums = {k: (v * mask).sum() for k, v in per_example.items()}
+  sums['count'] = mask.sum()
+  return sums
+
+
+def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], step_fn, mesh) -> dict[str, float]:
+  """Means over the whole eval set, each example counted once (padding is masked out)."""
+  totals: dict[str, float] = {}
+  for batch in eval_batches:
+    for k, v in jax.device_get(step_fn(state, sharding.to_global(batch, mesh))).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  count = totals.pop('count', 0.0)
+  if not count:
+    raise UserError('The eval split yielded no examples; check config.data.eval_split / num_eval_examples.')
+  return {k: v / count for k, v in totals.items()}
+
+
+def load_vgg(config: ml_collections.ConfigDict, train_cfg: TrainConfig) -> vgg19.VGGWeights:
+  """config.vgg's weights (SRIM's loader: a missing file is one error line, untrained weights one warning)."""
+  layer = (train_cfg.content_layer,)
+  return srim_train.load_vgg(config, features.FeatureConfig(components=layer, selection_components=layer))
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[Generator, dict]:
+  """The generator of a training run and its variables (params, batch_stats) at `step` (default: the latest
+  checkpoint), replicated. Pass them to `predict`."""
+  cfg, train_cfg = model_config(config), train_config(config)
+  mesh = sharding.data_mesh()
+  tx = make_optimizer(train_cfg)
+  abstract = jax.eval_shape(lambda rng: create_train_state(cfg, tx, config.data, rng, mesh), jax.random.key(0))
+  state = checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
+  return Generator(cfg), _variables(state.generator)
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def predict(model: Generator, variables: dict, lowres: jax.Array) -> jax.Array:
+  """uint8 low-res (B, h, w, 3) -> the generator's uint8 high-res (B, H, W, 3), batch norm in inference mode."""
+  return images.signed_to_uint8(model.apply(variables, jnp.asarray(lowres, jnp.float32) / 255.0, train=False))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains SRResNet, then SRGAN from it, in `workdir` (resuming if it holds checkpoints); returns the final metrics
+  ('train/loss', 'train/d_loss', 'eval/psnr_y', ...)."""
+  cfg, train_cfg = model_config(config), train_config(config)
+  mesh = sharding.data_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  tx = make_optimizer(train_cfg)
+  state = create_train_state(cfg, tx, config.data, jax.random.key(config.seed), mesh)
+  logging.info('SRGAN: generator %s parameters, discriminator %s; %d pretraining (MSE) steps, then GAN steps.',
+               *(f'{sum(x.size for x in jax.tree.leaves(n.params)):,}' for n in (state.generator,
+                                                                                 state.discriminator)),
+               train_cfg.pretrain_steps)
+  weights = load_vgg(config, train_cfg)
+  frozen = {'vgg': jax.device_put(weights.up_to((train_cfg.content_layer,)), sharding.replicated(mesh))}
+  state_sh = jax.tree.map(lambda x: x.sharding, state)
+  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+  batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  step = jax.jit(functools.partial(train_step, cfg=cfg, train_cfg=train_cfg, preprocessing=weights.preprocessing,
+                                   tx=tx), in_shardings=(state_sh, batch_sh, rep, frozen_sh),
+                 out_shardings=(state_sh, rep), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, cfg=cfg), in_shardings=(state_sh, batch_sh), out_shardings=rep)
+  # Fail on a missing dataset now, not after compiling. Every process draws the same grids, of the global batch.
+  first_eval = sharding.gather(next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size,
+                                                      seed=config.seed)))
+
+  def train_batches(start_step: int):
+    return data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=config.seed,
+                             start_index=start_step * config.batch_size)
+
+  def run_eval(state):
+    batches = data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed)
+    return evaluate(state, batches, eval_fn, mesh)
+
+  num_grid = min(config.num_sample_images, int(first_eval['mask'].sum()))
+  grid_lowres, grid_highres = first_eval['lowres'][:num_grid], first_eval['highres'][:num_grid]
+  model = Generator(cfg)
+
+  def make_grids(state, step):
+    del step
+    out = predict(model, _variables(state.generator), sharding.replicate(grid_lowres, mesh))
+    return {'lowres_prediction_truth': images.make_grid([grid_lowres, np.asarray(out), grid_highres])}
+
+  _, final = train_loop.run(config, workdir, state=state, mesh=mesh,
+                            train_step=lambda state, batch, rng: step(state, batch, rng, frozen),
+                            train_batches=train_batches, evaluate=run_eval, make_grids=make_grids,
+                            checked_metrics=('loss', 'grad_norm', 'd_loss', 'd_grad_norm'))
+  return final
