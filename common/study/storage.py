@@ -1,0 +1,276 @@
+"""The study's database: SQLite in WAL mode beside the manifest, every answer committed before it is acknowledged.
+
+A session is composed whole when it starts (its trials, sides and per-trial random image tokens are rows), so a
+server killed at any point and restarted resumes it where its last committed answer left it. Every rule of the
+protocol is checked here, inside one transaction per request: the session token, the trial belongs to the session
+and is its next unanswered one, one answer per trial (also a primary key), the display time. One connection behind
+a lock serialises the writes, which SQLite would serialise anyway.
+"""
+import contextlib
+import math
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+import urllib.parse
+
+import numpy as np
+
+from common.study import protocols
+from common.study.manifest import FOOLED, Manifest
+
+DATABASE = 'study.sqlite'
+WORKER_ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}')
+TOKEN = re.compile(r'[0-9a-f]{32}')
+ACTIVE, COMPLETE, DISCARDED = 'active', 'complete', 'discarded'
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions(
+  id INTEGER PRIMARY KEY, token TEXT UNIQUE NOT NULL, worker TEXT UNIQUE NOT NULL, arm TEXT NOT NULL,
+  status TEXT NOT NULL, golden_missed INTEGER NOT NULL DEFAULT 0, num_trials INTEGER NOT NULL,
+  answered INTEGER NOT NULL DEFAULT 0, code TEXT NOT NULL, user_agent TEXT, created REAL NOT NULL,
+  updated REAL NOT NULL, finished REAL);
+CREATE TABLE IF NOT EXISTS trials(
+  id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id), position INTEGER NOT NULL,
+  token TEXT UNIQUE NOT NULL, phase TEXT NOT NULL, kind TEXT NOT NULL, example INTEGER NOT NULL,
+  left_label TEXT NOT NULL, right_label TEXT NOT NULL, left_image TEXT NOT NULL, right_image TEXT NOT NULL,
+  left_token TEXT UNIQUE NOT NULL, right_token TEXT UNIQUE NOT NULL, test TEXT NOT NULL, split TEXT NOT NULL,
+  issued REAL, shown INTEGER NOT NULL DEFAULT 0, UNIQUE(session_id, position));
+CREATE TABLE IF NOT EXISTS answers(
+  trial_id INTEGER PRIMARY KEY REFERENCES trials(id), session_id INTEGER NOT NULL REFERENCES sessions(id),
+  position INTEGER NOT NULL, choice TEXT NOT NULL, display_ms REAL NOT NULL, server_ms REAL NOT NULL,
+  answered REAL NOT NULL);
+"""
+
+
+def _is_token(value) -> bool:
+  """One of our random tokens' shape (ASCII hex, so that secrets.compare_digest accepts it)."""
+  return isinstance(value, str) and TOKEN.fullmatch(value) is not None
+
+
+class Refused(Exception):
+  """A request the protocol refuses: the HTTP status and a message for the worker."""
+
+  def __init__(self, status: int, message: str):
+    super().__init__(message)
+    self.status, self.message = status, message
+
+
+def connect(path: str) -> sqlite3.Connection:
+  db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+  db.execute('PRAGMA journal_mode=WAL')
+  # FULL: a commit is on disk before the answer is acknowledged (kill -9 alone would not need it; a power cut does).
+  db.execute('PRAGMA synchronous=FULL')
+  db.execute('PRAGMA foreign_keys=ON')
+  db.row_factory = sqlite3.Row
+  return db
+
+
+class Store:
+  """The answers of one study. `registry`: an optional SQLite file shared by several studies, so that a worker takes
+  part in only one of them. `abandon_after_s`: an active session idle this long no longer holds its arm's place."""
+
+  def __init__(self, study: str, manifest: Manifest, *, registry: str = '', abandon_after_s: float = 1800,
+               seed: int | None = None):
+    self.manifest, self.abandon_after_s = manifest, abandon_after_s
+    self._lock = threading.Lock()
+    self._rng = np.random.default_rng(seed)
+    self.db = connect(os.path.join(study, DATABASE))
+    self.db.executescript(_SCHEMA)
+    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('study_id', ?)", (secrets.token_hex(16),))
+    self.study_id = self.db.execute("SELECT value FROM meta WHERE key = 'study_id'").fetchone()[0]
+    self.registry = None
+    if registry:
+      self.registry = connect(registry)
+      self.registry.execute('CREATE TABLE IF NOT EXISTS workers(worker TEXT PRIMARY KEY, study TEXT NOT NULL, '
+                            'created REAL NOT NULL)')
+
+  def close(self):
+    for db in (self.db, self.registry):
+      if db is not None:
+        db.close()
+
+  @contextlib.contextmanager
+  def _transaction(self):
+    """One request's reads and writes, atomically; a refusal (any exception) rolls back all of them."""
+    with self._lock:
+      self.db.execute('BEGIN IMMEDIATE')
+      try:
+        yield self.db
+      except BaseException:
+        self.db.execute('ROLLBACK')
+        raise
+      self.db.execute('COMMIT')
+
+  def _session(self, db, token) -> sqlite3.Row:
+    if not _is_token(token):
+      raise Refused(403, 'Unknown session.')
+    row = db.execute('SELECT * FROM sessions WHERE token = ?', (token,)).fetchone()
+    if row is None:
+      raise Refused(403, 'Unknown session.')
+    return row
+
+  def start(self, worker, token=None, user_agent: str = '') -> dict:
+    """A new session for `worker`, or the worker's session in progress when `token` is its token."""
+    if not isinstance(worker, str) or not WORKER_ID.fullmatch(worker):
+      raise Refused(400, 'The link needs a worker id (?worker=ID: letters, digits, _ . : @ -, at most 128).')
+    now = time.time()
+    with self._transaction() as db:
+      row = db.execute('SELECT * FROM sessions WHERE worker = ?', (worker,)).fetchone()
+      if row is not None:
+        if row['status'] == ACTIVE and _is_token(token) and secrets.compare_digest(token, row['token']):
+          return self._describe(row)
+        raise Refused(409, 'This worker id has already taken part in this study; each worker takes part once.')
+      valid, active = self._counts(db, now)
+      arm = protocols.choose_arm(self.manifest, valid, active, self._rng)
+      if arm is None:
+        raise Refused(410, 'This study is complete; thank you for your interest.')
+      if self.registry is not None:  # Claimed first, then read: of two studies racing, one wins.
+        self.registry.execute('INSERT OR IGNORE INTO workers VALUES (?, ?, ?)', (worker, self.study_id, now))
+        owner = self.registry.execute('SELECT study FROM workers WHERE worker = ?', (worker,)).fetchone()[0]
+        if owner != self.study_id:
+          raise Refused(409, 'This worker id has already taken part in one of our studies; each worker takes part '
+                        'once.')
+      trials = protocols.compose_session(self.manifest, arm, self._rng)
+      cursor = db.execute(
+          'INSERT INTO sessions(token, worker, arm, status, num_trials, code, user_agent, created, updated) '
+          'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+          (secrets.token_hex(16), worker, arm, ACTIVE, len(trials), secrets.token_hex(6).upper(), user_agent[:300],
+           now, now))
+      db.executemany(
+          'INSERT INTO trials(session_id, position, token, phase, kind, example, left_label, right_label, left_image,'
+          ' right_image, left_token, right_token, test, split) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+          [(cursor.lastrowid, k, secrets.token_hex(16), t.phase, t.kind, t.example, t.left_label, t.right_label,
+            t.left_image, t.right_image, secrets.token_hex(16), secrets.token_hex(16), t.test, t.split)
+           for k, t in enumerate(trials)])
+      return self._describe(db.execute('SELECT * FROM sessions WHERE id = ?', (cursor.lastrowid,)).fetchone())
+
+  def _describe(self, row) -> dict:
+    m = self.manifest
+    return {'token': row['token'], 'kind': m.kind, 'question': m.question, 'display_ms': m.display_ms,
+            'image_size': list(m.image_size), 'practice': m.practice_pairs if m.kind == FOOLED else 0,
+            'total': row['num_trials'], 'answered': row['answered']}
+
+  def _counts(self, db, now) -> tuple[dict, dict]:
+    valid = dict(db.execute('SELECT arm, COUNT(*) FROM sessions WHERE status = ? GROUP BY arm', (COMPLETE,)))
+    active = dict(db.execute('SELECT arm, COUNT(*) FROM sessions WHERE status = ? AND updated > ? GROUP BY arm',
+                             (ACTIVE, now - self.abandon_after_s)))
+    return valid, active
+
+  def _current(self, db, session) -> sqlite3.Row | None:
+    return db.execute('SELECT * FROM trials WHERE session_id = ? AND position = ?',
+                      (session['id'], session['answered'])).fetchone()
+
+  def next_trial(self, token) -> dict:
+    """The session's next unanswered pair (again after a reload or a restart), or its end."""
+    now = time.time()
+    with self._transaction() as db:
+      session = self._session(db, token)
+      if session['status'] != ACTIVE:
+        return {'done': True, 'code': session['code']}
+      trial = self._current(db, session)
+      # Issued now: the answer must come at least the display time later.
+      db.execute('UPDATE trials SET issued = ?, shown = shown + 1 WHERE id = ?', (now, trial['id']))
+      return {'done': False, 'trial': trial['token'], 'position': trial['position'], 'phase': trial['phase'],
+              'left': f'/img/{trial["left_token"]}', 'right': f'/img/{trial["right_token"]}'}
+
+  def image(self, image_token) -> str | None:
+    """The manifest image id behind a token of the current pair of an active session; None for anything else."""
+    if not _is_token(image_token):
+      return None
+    with self._lock:
+      row = self.db.execute(
+          'SELECT t.left_token, t.left_image, t.right_image FROM trials t JOIN sessions s ON s.id = t.session_id '
+          'WHERE (t.left_token = ? OR t.right_token = ?) AND s.status = ? AND t.position = s.answered',
+          (image_token, image_token, ACTIVE)).fetchone()
+    if row is None:
+      return None
+    return row['left_image'] if row['left_token'] == image_token else row['right_image']
+
+  def answer(self, token, trial_token, choice, display_ms) -> dict:
+    """Records the answer to the session's current pair; feedback for a practice pair."""
+    if choice not in (protocols.LEFT, protocols.RIGHT):
+      raise Refused(400, "choice must be 'left' or 'right'.")
+    if isinstance(display_ms, bool) or not isinstance(display_ms, (int, float)) or not math.isfinite(display_ms):
+      raise Refused(400, 'display_ms must be a number.')
+    now = time.time()
+    with self._transaction() as db:
+      session = self._session(db, token)
+      if session['status'] != ACTIVE:
+        raise Refused(409, 'This session is finished.')
+      trial = self._current(db, session)
+      if not _is_token(trial_token) or not secrets.compare_digest(trial_token, trial['token']):
+        known = db.execute('SELECT position FROM trials WHERE token = ? AND session_id = ?',
+                           (trial_token if _is_token(trial_token) else '', session['id'])).fetchone()
+        if known is not None and known[0] < session['answered']:
+          raise Refused(409, 'This pair is already answered.')
+        raise Refused(409, 'Not the current pair of this session; answer the pairs in order.')
+      if trial['issued'] is None:
+        raise Refused(409, 'This pair has not been shown yet.')
+      server_ms = (now - trial['issued']) * 1000
+      self._check_display(display_ms, server_ms)
+      db.execute('INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)',
+                 (trial['id'], session['id'], trial['position'], choice, float(display_ms), server_ms, now))
+      truth = protocols.truth_side(trial['left_label'], trial['right_label'])
+      missed = int(trial['kind'] == protocols.GOLDEN and choice != truth)
+      done = trial['position'] + 1 == session['num_trials']
+      status = ACTIVE if not done else DISCARDED if session['golden_missed'] + missed else COMPLETE
+      db.execute('UPDATE sessions SET answered = answered + 1, golden_missed = golden_missed + ?, status = ?, '
+                 'updated = ?, finished = ? WHERE id = ?', (missed, status, now, now if done else None, session['id']))
+      result = {'done': done}
+      if trial['phase'] == protocols.PRACTICE:
+        result |= {'feedback': 'right' if choice == truth else 'wrong', 'camera': truth}
+      if done:
+        result['code'] = session['code']
+      return result
+
+  def _check_display(self, display_ms: float, server_ms: float) -> None:
+    target = self.manifest.display_ms
+    if target and not 0.9 * target <= display_ms <= target + max(target, 1000):
+      raise Refused(422, f'The pair was shown for {display_ms:.0f} ms instead of {target} ms (was the page hidden?); '
+                    'it will be shown again.')
+    if display_ms < 0 or server_ms < 0.9 * max(target, display_ms) - 50:
+      raise Refused(422, 'The answer came sooner than the pair could have been shown; it will be shown again.')
+
+  def status(self) -> dict:
+    """Sessions per arm and status (the admin view)."""
+    with self._lock:
+      rows = self.db.execute('SELECT arm, status, COUNT(*) FROM sessions GROUP BY arm, status').fetchall()
+      answers = self.db.execute('SELECT COUNT(*) FROM answers').fetchone()[0]
+    arms = {a: {ACTIVE: 0, COMPLETE: 0, DISCARDED: 0} for a in self.manifest.arms}
+    for arm, status, count in rows:
+      arms.setdefault(arm, {})[status] = count
+    return {'arms': arms, 'answers': answers, 'workers_per_arm': self.manifest.workers_per_arm}
+
+
+def read_answers(study: str) -> list[dict]:
+  """Every answer with its trial and session, for the report (read-only; a running server may keep writing)."""
+  path = os.path.join(study, DATABASE)
+  if not os.path.exists(path):
+    return []
+  db = sqlite3.connect(f'file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro', uri=True)
+  db.row_factory = sqlite3.Row
+  try:
+    rows = db.execute(
+        'SELECT s.id AS session, s.worker, s.arm, s.status, t.position, t.phase, t.kind, t.example, t.left_label, '
+        't.right_label, t.test, t.split, a.choice, a.display_ms, a.server_ms FROM answers a '
+        'JOIN trials t ON t.id = a.trial_id JOIN sessions s ON s.id = a.session_id ORDER BY s.id, t.position')
+    return [dict(r) for r in rows]
+  finally:
+    db.close()
+
+
+def read_sessions(study: str) -> list[dict]:
+  path = os.path.join(study, DATABASE)
+  if not os.path.exists(path):
+    return []
+  db = sqlite3.connect(f'file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro', uri=True)
+  db.row_factory = sqlite3.Row
+  try:
+    return [dict(r) for r in db.execute('SELECT id, worker, arm, status, golden_missed, answered, num_trials '
+                                        'FROM sessions ORDER BY id')]
+  finally:
+    db.close()

@@ -1,0 +1,291 @@
+"""The study's real server (`launch/study.py serve`, uvicorn) over HTTP on 127.0.0.1: what strangers can send and
+see, a simulated crowd with known fool rates, 50 concurrent workers, and kill -9 with a restart."""
+import concurrent.futures
+import http.client
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip('starlette', reason="the study server needs pip install -e '.[study]'")
+pytest.importorskip('uvicorn', reason="the study server needs pip install -e '.[study]'")
+
+from common.study import manifest, report, storage  # noqa: E402
+from tests.test_study_support import (REPO, Server, api, continue_worker, make_fooled, make_preference,  # noqa: E402
+                                      raw_http, request, run_worker)
+
+
+def _honest(kind, left, right):
+  return 'left' if left == manifest.TRUTH else 'right'
+
+
+@pytest.fixture(scope='module')
+def served(tmp_path_factory):
+  study = tmp_path_factory.mktemp('sec') / 's'
+  make_fooled(study, display_ms=150, workers_per_arm=50)
+  server = Server(study)
+  yield study, server
+  server.stop()
+  assert 'Traceback' not in ''.join(server.output)  # no request made it fail (a 500 logs its traceback)
+
+
+def _start(server, worker):
+  status, session = api(server.url, '/api/session', {'worker': worker})
+  assert status == 200, session
+  return session['token']
+
+
+def test_nothing_sent_tells_which_image_is_real(served):
+  study, server = served
+  token = _start(server, 'looker')
+  status, page, headers = request(server.url + '/')
+  assert status == 200 and b'<script src="/study.js"' in page
+  assert "default-src 'none'" in headers['content-security-policy'] and headers['x-content-type-options'] == 'nosniff'
+  m = manifest.load(str(study))
+  secrets_ = m.image_ids() | {'truth', 'Bicubic', 'A', 'B'}
+  seen_tokens = set()
+  for _ in range(3):
+    trial = api(server.url, '/api/trial', {'token': token})[1]
+    text = json.dumps(trial)
+    assert set(trial) == {'done', 'trial', 'position', 'phase', 'left', 'right'}
+    assert not any(s in text for s in secrets_), text
+    pngs = []
+    for side in ('left', 'right'):
+      status, data, headers = request(server.url + trial[side])
+      assert status == 200 and headers['content-type'] == 'image/png' and headers['cache-control'] == 'no-store'
+      assert not any(h.lower() in ('last-modified', 'etag', 'content-disposition') for h in headers)
+      pngs.append(data)
+      seen_tokens.add(trial[side])
+    # Same encoding and size: 8-bit RGB 32x32, IHDR / IDAT / IEND only.
+    assert pngs[0][12:29] == pngs[1][12:29]
+    assert all(b'tEXt' not in p and b'iTXt' not in p and b'tIME' not in p and b'iCCP' not in p for p in pngs)
+    time.sleep(0.16)
+    assert api(server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left',
+                                           'display_ms': 155})[0] == 200
+  assert len(seen_tokens) == 6  # fresh tokens per pair and side
+
+
+def test_no_path_traversal(served):
+  study, server = served
+  image_id = next(iter(manifest.load(str(study)).image_ids()))
+  for path in ('/img/' + image_id, '/img/..%2Fmanifest.json', '/img/../manifest.json', '/manifest.json',
+               '/study.sqlite', '/images/' + image_id + '.png', '/admin_token', '/study.js/../admin_token',
+               '/%2e%2e/%2e%2e/etc/passwd', '/img/' + '0' * 32):
+    status, body, _ = request(server.url + path)
+    assert status == 404, (path, status)
+    assert b'PNG' not in body and b'workers_per_arm' not in body
+  reply = raw_http(server.port, b'GET /../../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n')
+  assert reply.split(b' ')[1] in (b'400', b'404') and b'root:' not in reply
+
+
+def test_malformed_and_oversized_requests_get_4xx(served):
+  study, server = served
+  token = _start(server, 'fuzzer')
+  cases = [('/api/session', b'not json'), ('/api/session', b'[1, 2]'), ('/api/session', b'\xff\xfe'),
+           ('/api/session', b'{"worker": {"a": 1}}'), ('/api/trial', b'{"token": 5}'), ('/api/trial', b'{}'),
+           ('/api/answer', json.dumps({'token': token, 'trial': None, 'choice': 'left', 'display_ms': 1}).encode()),
+           ('/api/answer', json.dumps({'token': token, 'trial': 't', 'choice': 'left', 'display_ms': 'x'}).encode()),
+           ('/api/answer', json.dumps({'token': [token]}).encode()),
+           ('/api/answer', json.dumps({'token': token, 'trial': 'é' * 32, 'choice': 'left', 'display_ms': 1}).encode()),
+           ('/api/session', json.dumps({'worker': 'fuzzer', 'token': 'é' * 32}).encode()), ('/api/session', b'{"worker": "' + b'w' * 5000
+                                                                        + b'"}')]
+  for path, body in cases:
+    status, data, _ = request(server.url + path, 'POST', raw=body)
+    assert 400 <= status < 500, (path, body[:40], status, data)
+    assert 'error' in json.loads(data)
+  assert request(server.url + '/api/session', 'GET')[0] == 405
+  # A declared or streamed body over 4 KB is refused before it is read whole.
+  big = b'POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n'
+  assert raw_http(server.port, big + b'{').startswith(b'HTTP/1.1 413')
+  chunked = (b'POST /api/session HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+             + b'1000\r\n' + b'a' * 4096 + b'\r\n' + b'1000\r\n' + b'a' * 4096 + b'\r\n0\r\n\r\n')
+  assert raw_http(server.port, chunked).startswith(b'HTTP/1.1 413')
+  bad_length = b'POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n'
+  assert raw_http(server.port, bad_length).split(b' ')[1].startswith(b'4')
+  huge_header = b'GET / HTTP/1.1\r\nHost: x\r\nX-Big: ' + b'a' * 100_000 + b'\r\n\r\n'
+  assert raw_http(server.port, huge_header).split(b' ')[1].startswith(b'4')
+  assert raw_http(server.port, b'\x16\x03\x01 garbage\r\n\r\n').split(b' ')[1].startswith(b'4')
+  assert request(server.url + '/healthz')[0] == 200  # still serving
+
+
+def test_answers_are_checked_on_the_server(served):
+  study, server = served
+  token, other = _start(server, 'checked'), _start(server, 'other')
+  trial = api(server.url, '/api/trial', {'token': token})[1]
+  theirs = api(server.url, '/api/trial', {'token': other})[1]
+  answer = lambda **kw: api(server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left',
+                                                        'display_ms': 150} | kw)
+  assert answer()[0] == 422  # sooner than the pair could have been shown
+  time.sleep(0.16)
+  assert answer(display_ms=10)[0] == 422  # a display time the page cannot have measured
+  assert answer(token='0' * 32)[0] == 403  # forged session
+  assert answer(trial=theirs['trial'])[0] == 409  # another session's pair
+  assert answer()[0] == 200
+  status, replay = answer()
+  assert status == 409 and 'already answered' in replay['error']  # replayed
+  assert api(server.url, '/api/session', {'worker': 'checked'})[0] == 409  # one session per worker
+  assert api(server.url, '/api/session', {'worker': 'checked', 'token': token})[1]['token'] == token  # resumed
+  assert api(server.url, '/api/session', {})[0] == 400  # no worker id
+
+
+def test_admin_views_need_the_token(served):
+  study, server = served
+  for headers in ({}, {'Authorization': 'Bearer wrong'}, {'Authorization': server.admin_token}):
+    for path in ('/admin/status', '/admin/report'):
+      status, body, _ = request(server.url + path, headers=headers)
+      assert status == 401 and b'complete' not in body
+  status, body, _ = request(server.url + '/admin/status', headers={'Authorization': f'Bearer {server.admin_token}'})
+  assert status == 200 and set(json.loads(body)['arms']) == {'A', 'B'}
+  with open(study / 'admin_token') as f:
+    assert f.read().strip() == server.admin_token
+  assert os.stat(study / 'admin_token').st_mode & 0o077 == 0  # readable by its owner only
+
+
+def test_simulated_crowd_recovers_its_fool_rates(tmp_path):
+  """Workers fooled with probability 0.3 by A and 0.1 by B (independently per pair), plus careless workers who miss
+  golden questions: the report's intervals contain the true rates and the careless are discarded."""
+  study = tmp_path / 's'
+  m = make_fooled(study, arms=('A', 'B'), workers_per_arm=12, display_ms=0)
+  server = Server(study, '--serve_seed=0')
+  rates = {'A': 0.3, 'B': 0.1}
+  try:
+    for k in range(26):
+      rng = np.random.default_rng(k)
+      careless = k in (3, 17)
+
+      def choose(kind, left, right):
+        truth = 'left' if left == manifest.TRUTH else 'right'
+        other = 'right' if truth == 'left' else 'left'
+        arm = right if truth == 'left' else left
+        if kind == 'golden':
+          return other if careless else truth
+        return other if rng.random() < rates.get(arm, 0.5) else truth
+      run_worker(server.url, study, f'crowd{k}', choose)
+    assert api(server.url, '/api/session', {'worker': 'late'})[0] == 410
+    status, text, _ = request(server.url + '/admin/report', headers={'Authorization': f'Bearer {server.admin_token}'})
+    assert status == 200
+  finally:
+    server.stop()
+  rows = report.fooled_rows(str(study), m)
+  for arm, rate in rates.items():
+    r = rows[arm]
+    assert r['valid'] == 12 and r['answers'] == 480
+    assert r['lo'] <= rate <= r['hi'], (arm, r)
+    assert r['hi'] - r['lo'] < 0.15
+  assert rows['A']['discarded'] + rows['B']['discarded'] == 2
+  assert text.decode().startswith('| Algorithm | % Fooled |')
+  # The command line: report.md, fooled.csv, figure7.png, and the column merged into the run's table1.md.
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / 'table1.md').write_text('| Method | pSNR |\n|---|---|\n| A | 20.00 |\n| B | 21.00 |\n')
+  out = subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'study.py'), 'report', f'--study={study}',
+                        f'--table1_dir={tmp_path / "run"}'], capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert out.returncode == 0, out.stderr
+  table1 = (tmp_path / 'run' / 'table1.md').read_text().split('\n')
+  assert table1[0] == '| Method | pSNR | % Fooled |'
+  assert table1[2] == f'| A | 20.00 | {report.fooled_cell(rows["A"])} |'
+  for name in ('report.md', 'fooled.csv', 'figure7.png'):
+    assert (study / name).exists()
+
+
+def test_fifty_concurrent_workers_lose_and_duplicate_nothing(tmp_path):
+  study = tmp_path / 's'
+  make_fooled(study, arms=('A', 'B'), workers_per_arm=25, display_ms=20)
+  server = Server(study)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+      futures = [pool.submit(run_worker, server.url, study, f'load{k}', _honest, 20, k % 10 == 0)
+                 for k in range(50)]
+      results = [f.result(timeout=240) for f in futures]
+  finally:
+    server.stop()
+  assert all(r['answers'] == 55 and r['code'] for r in results)
+  db = sqlite3.connect(study / storage.DATABASE)
+  assert db.execute('SELECT COUNT(*), COUNT(DISTINCT trial_id) FROM answers').fetchone() == (2750, 2750)
+  assert db.execute("SELECT COUNT(*) FROM sessions WHERE status = 'complete' AND answered = 55").fetchone()[0] == 50
+  assert db.execute('SELECT arm, COUNT(*) FROM sessions GROUP BY arm').fetchall() == [('A', 25), ('B', 25)]
+  # Each session's answers are its positions 0..54, once each.
+  assert db.execute('SELECT COUNT(*) FROM (SELECT session_id FROM answers GROUP BY session_id '
+                    'HAVING COUNT(*) = 55 AND MIN(position) = 0 AND MAX(position) = 54)').fetchone()[0] == 50
+
+
+def test_kill9_and_restart_lose_nothing_and_resume(tmp_path):
+  study = tmp_path / 's'
+  make_fooled(study, display_ms=0)
+  server = Server(study)
+  first = run_worker(server.url, study, 'steady', _honest, stop_after=20)
+  # Workers keep answering while the server is killed: every acknowledged answer must survive.
+  acknowledged, stop = [], threading.Event()
+
+  def hammer(k):
+    try:
+      for n in range(1000):
+        token = api(server.url, '/api/session', {'worker': f'busy{k}-{n}'})[1]['token']
+        while not stop.is_set():
+          trial = api(server.url, '/api/trial', {'token': token})[1]
+          if trial['done']:
+            break
+          if api(server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left',
+                                             'display_ms': 0})[0] == 200:
+            acknowledged.append(trial['trial'])
+    except (OSError, http.client.HTTPException):  # the server is gone, perhaps in the middle of a reply
+      pass
+  threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+  for t in threads:
+    t.start()
+  time.sleep(1.0)
+  server.kill9()
+  stop.set()
+  for t in threads:
+    t.join(30)
+  db = sqlite3.connect(f'file:{study / storage.DATABASE}?mode=ro', uri=True)
+  stored = {r[0] for r in db.execute('SELECT t.token FROM answers a JOIN trials t ON t.id = a.trial_id')}
+  db.close()
+  assert len(acknowledged) > 10 and set(acknowledged) <= stored
+  server.start()
+  try:
+    assert api(server.url, '/api/session', {'worker': 'steady', 'token': first['token']})[1]['answered'] == 20
+    assert api(server.url, '/api/trial', {'token': first['token']})[1]['position'] == 20
+    done = continue_worker(server.url, study, first['token'], _honest)
+    assert done['answers'] == 35 and done['code']
+  finally:
+    server.stop()
+  db = sqlite3.connect(study / storage.DATABASE)
+  assert db.execute("SELECT status, answered FROM sessions WHERE worker = 'steady'").fetchone() == ('complete', 55)
+
+
+def test_preference_study_over_http(tmp_path):
+  study = tmp_path / 'p'
+  m = make_preference(study, participants=2)
+  server = Server(study)
+  try:
+    for k in range(2):
+      result = run_worker(server.url, study, f'p{k}', lambda kind, left, right: 'left' if left == 'SRIM' else 'right')
+      assert result['answers'] == 60
+  finally:
+    server.stop()
+  table = report.preference_rows(str(study), m)
+  assert table[('all', 'SRIM vs SRGAN')]['SRIM'] == (1.0, 0.0)
+  assert table[('all', 'SRIM vs Bicubic')]['SRIM'] == (1.0, 0.0)
+  assert 'Test 1: SRIM' in report.summary(str(study))
+
+
+def test_serve_without_the_web_packages_names_the_install(tmp_path):
+  make_fooled(tmp_path / 's')
+  blocker = tmp_path / 'block'
+  blocker.mkdir()
+  (blocker / 'sitecustomize.py').write_text(
+      'import sys\nclass _Block:\n  def find_spec(self, name, *a):\n'
+      '    if name.split(".")[0] in ("starlette", "uvicorn"):\n      raise ImportError(name=name)\n'
+      'sys.meta_path.insert(0, _Block())\n')
+  env = dict(os.environ, PYTHONPATH=f'{blocker}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
+  out = subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'study.py'), 'serve',
+                        f'--study={tmp_path / "s"}'], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith('error: serve needs the web server packages')
+  assert "pip install -e '.[study]'" in out.stderr

@@ -1,0 +1,154 @@
+"""The study's database rules, straight through common.study.storage (the server adds only HTTP around them)."""
+import sqlite3
+import time
+
+import pytest
+
+from common.study import manifest, protocols, storage
+from tests.test_study_support import make_fooled
+
+
+def _truth(store, trial_token):
+  row = store.db.execute('SELECT left_label FROM trials WHERE token = ?', (trial_token,)).fetchone()
+  return 'left' if row[0] == manifest.TRUTH else 'right'
+
+
+def _refused(status, fn, *args):
+  with pytest.raises(storage.Refused) as e:
+    fn(*args)
+  assert e.value.status == status, e.value.message
+  return e.value.message
+
+
+def test_answers_are_validated(tmp_path):
+  m = make_fooled(tmp_path / 's', display_ms=100)
+  store = storage.Store(str(tmp_path / 's'), m, seed=0)
+  a, b = store.start('alice')['token'], store.start('bob')['token']
+  trial = store.next_trial(a)
+  other = store.next_trial(b)
+  assert trial['position'] == 0 and trial['phase'] == protocols.PRACTICE
+  # Answered before the pair could have been shown, or claiming a display time the protocol does not allow.
+  _refused(422, store.answer, a, trial['trial'], 'left', 100)
+  time.sleep(0.12)
+  _refused(422, store.answer, a, trial['trial'], 'left', 20)
+  _refused(422, store.answer, a, trial['trial'], 'left', 5000)
+  # Forged or foreign: a made-up session, another session's pair, a pair further on, bad values.
+  _refused(403, store.answer, 'f' * 32, trial['trial'], 'left', 100)
+  _refused(403, store.answer, '../etc', trial['trial'], 'left', 100)
+  _refused(409, store.answer, a, other['trial'], 'left', 100)
+  later = store.db.execute('SELECT t.token FROM trials t JOIN sessions s ON s.id = t.session_id '
+                           'WHERE s.token = ? AND t.position = 3', (a,)).fetchone()[0]
+  _refused(409, store.answer, a, later, 'left', 100)
+  _refused(400, store.answer, a, trial['trial'], 'middle', 100)
+  _refused(400, store.answer, a, trial['trial'], 'left', float('nan'))
+  _refused(400, store.answer, a, trial['trial'], 'left', True)
+  result = store.answer(a, trial['trial'], _truth(store, trial['trial']), 104.5)
+  assert result == {'done': False, 'feedback': 'right', 'camera': _truth(store, trial['trial'])}
+  # One answer per pair: a replay is refused and nothing changes.
+  assert 'already answered' in _refused(409, store.answer, a, trial['trial'], 'left', 104.5)
+  rows = store.db.execute('SELECT position, display_ms, server_ms FROM answers').fetchall()
+  assert len(rows) == 1 and rows[0][0] == 0 and rows[0][1] == 104.5 and rows[0][2] >= 100
+  # A wrong practice answer gets its feedback.
+  second = store.next_trial(a)
+  time.sleep(0.12)
+  wrong = 'left' if _truth(store, second['trial']) == 'right' else 'right'
+  assert store.answer(a, second['trial'], wrong, 100)['feedback'] == 'wrong'
+  store.close()
+
+
+def test_images_only_for_the_current_pair(tmp_path):
+  m = make_fooled(tmp_path / 's', display_ms=0)
+  store = storage.Store(str(tmp_path / 's'), m, seed=0)
+  token = store.start('w')['token']
+  trial = store.next_trial(token)
+  left = trial['left'].removeprefix('/img/')
+  row = store.db.execute('SELECT left_image, left_token, right_token FROM trials WHERE token = ?',
+                         (trial['trial'],)).fetchone()
+  assert store.image(left) == row['left_image'] and left != row['left_image']
+  assert store.image(row['left_image']) is None  # a manifest id is not a token
+  nxt = store.db.execute('SELECT left_token FROM trials WHERE position = 1').fetchone()[0]
+  assert store.image(nxt) is None  # not yet
+  store.answer(token, trial['trial'], 'left', 0)
+  assert store.image(left) is None  # no longer
+  assert store.image('../manifest.json') is None and store.image(None) is None
+  store.close()
+
+
+def _finish(store, token, miss_golden=False):
+  while not (trial := store.next_trial(token))['done']:
+    kind = store.db.execute('SELECT kind FROM trials WHERE token = ?', (trial['trial'],)).fetchone()[0]
+    truth = _truth(store, trial['trial'])
+    choice = ('right' if truth == 'left' else 'left') if miss_golden and kind == protocols.GOLDEN else truth
+    result = store.answer(token, trial['trial'], choice, 0)
+  return result
+
+
+def test_assignment_until_enough_valid_workers_per_algorithm(tmp_path):
+  m = make_fooled(tmp_path / 's', arms=('A', 'B', 'C'), workers_per_arm=2, display_ms=0)
+  store = storage.Store(str(tmp_path / 's'), m, seed=0, abandon_after_s=3600)
+  # Two inattentive workers are discarded and do not fill their arm.
+  for k in range(2):
+    assert 'code' in _finish(store, store.start(f'careless{k}')['token'], miss_golden=True)
+  arms = []
+  for k in range(6):
+    session = store.start(f'w{k}')
+    arms.append(store.db.execute('SELECT arm FROM sessions WHERE token = ?', (session['token'],)).fetchone()[0])
+    assert session['total'] == 55 and session['practice'] == 10
+    _finish(store, session['token'])
+  assert sorted(arms) == ['A', 'A', 'B', 'B', 'C', 'C']
+  status = store.status()
+  assert {a: s[storage.COMPLETE] for a, s in status['arms'].items()} == {'A': 2, 'B': 2, 'C': 2}
+  assert sum(s[storage.DISCARDED] for s in status['arms'].values()) == 2
+  assert status['answers'] == 8 * 55
+  assert 'complete' in _refused(410, store.start, 'late')
+  store.close()
+
+
+def test_active_sessions_hold_places_until_abandoned(tmp_path):
+  m = make_fooled(tmp_path / 's', arms=('A', 'B'), workers_per_arm=5, display_ms=0)
+  store = storage.Store(str(tmp_path / 's'), m, seed=0, abandon_after_s=3600)
+  arms = [store.db.execute('SELECT arm FROM sessions WHERE token = ?', (store.start(f'w{k}')['token'],)).fetchone()[0]
+          for k in range(4)]
+  assert sorted(arms) == ['A', 'A', 'B', 'B']  # in progress, they balance the arms
+  store.abandon_after_s = 0
+  store.db.execute("UPDATE sessions SET status = 'complete' WHERE worker = 'w0'")
+  first = store.db.execute("SELECT arm FROM sessions WHERE worker = 'w0'").fetchone()[0]
+  arm = store.db.execute('SELECT arm FROM sessions WHERE token = ?', (store.start('w9')['token'],)).fetchone()[0]
+  assert arm != first  # abandoned sessions no longer count; the other arm has fewer valid ones
+  store.close()
+
+
+def test_sessions_survive_reopening_and_workers_take_part_once(tmp_path):
+  m = make_fooled(tmp_path / 's', display_ms=0)
+  store = storage.Store(str(tmp_path / 's'), m, seed=0)
+  token = store.start('w')['token']
+  for _ in range(7):
+    trial = store.next_trial(token)
+    store.answer(token, trial['trial'], 'left', 0)
+  store.close()  # as a killed server: everything acknowledged was committed
+  store = storage.Store(str(tmp_path / 's'), m)
+  assert 'already taken part' in _refused(409, store.start, 'w')
+  assert 'already taken part' in _refused(409, store.start, 'w', '0' * 32)
+  resumed = store.start('w', token)
+  assert resumed['token'] == token and resumed['answered'] == 7
+  assert store.next_trial(token)['position'] == 7
+  _finish(store, token)
+  assert 'already taken part' in _refused(409, store.start, 'w', token)
+  assert store.next_trial(token)['done']
+  for bad in ('', 'a b', 'x' * 200, '../w', None, 7, '<script>'):
+    _refused(400, store.start, bad)
+  store.close()
+  db = sqlite3.connect(tmp_path / 's' / storage.DATABASE)
+  assert db.execute('PRAGMA journal_mode').fetchone()[0] == 'wal'
+  assert db.execute('SELECT COUNT(*), COUNT(DISTINCT trial_id) FROM answers').fetchone() == (55, 55)
+
+
+def test_registry_lets_a_worker_into_one_study_only(tmp_path):
+  registry = str(tmp_path / 'workers.sqlite')
+  one = storage.Store(str(tmp_path / 'one'), make_fooled(tmp_path / 'one', display_ms=0), registry=registry)
+  two = storage.Store(str(tmp_path / 'two'), make_fooled(tmp_path / 'two', display_ms=0), registry=registry)
+  one.start('w')
+  assert 'one of our studies' in _refused(409, two.start, 'w')
+  two.start('v')
+  one.close()
+  two.close()
