@@ -10,14 +10,15 @@ from common.config import from_config
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
+  """config.optimizer; the defaults are appendix A's RMSProp, but for the schedule (a constant rate here)."""
   name: Literal['rmsprop', 'adam'] = 'rmsprop'
-  learning_rate: float = 4e-4
+  learning_rate: float = 4e-4  # Initial rate, before any halving.
   lr_halve_every: int = 0  # Halve the learning rate every this many steps (staircase); 0 = never.
   lr_halve_at: tuple[int, ...] = ()  # ...and/or at these steps.
-  rmsprop_decay: float = 0.95
+  rmsprop_decay: float = 0.95  # Decay of RMSProp's running mean square.
   rmsprop_initial_scale: float = 1.0  # Start of RMSProp's mean square: 1 in TF1's RMSPropOptimizer (the paper's).
   momentum: float = 0.9  # RMSProp momentum; Adam's b1.
-  adam_b2: float = 0.999
+  adam_b2: float = 0.999  # Adam's second-moment decay.
   eps: float = 1e-8  # RMSProp: inside the square root, as TF's; Adam: outside.
   grad_clip_norm: float = 0.0  # Clip gradients to this global norm; 0 = off.
 

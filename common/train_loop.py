@@ -25,6 +25,16 @@ from common.errors import UserError
 Batch = dict[str, np.ndarray]
 
 
+# One stream per use of the seed, each `fold_in(key(seed), constant)`, so that no key is drawn from twice (the init's
+# split must not share a key with the loop's step keys, nor SRIM's fixed evaluation noises with its pools).
+SEED_STREAMS = {'init': 1, 'train': 2, 'samples': 3, 'eval': 4}
+
+
+def seed_key(seed: int, stream: str) -> jax.Array:
+  """The key of `stream` (a name in SEED_STREAMS) for `config.seed`."""
+  return jax.random.fold_in(jax.random.key(seed), SEED_STREAMS[stream])
+
+
 class TrainingDivergedError(UserError):
   """The loss or gradient norm stopped being finite."""
 
@@ -38,21 +48,53 @@ class LoopConfig:
   checkpoint_every_steps: int
   keep_checkpoints: int
   sample_every_steps: int
+  profile_steps: tuple[int, ...]
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'LoopConfig':
     loop = from_config(cls, {f.name: config[f.name] for f in dataclasses.fields(cls)}, 'config')
     for f in dataclasses.fields(cls):
       never_ok = f.name in ('eval_every_steps', 'sample_every_steps')
-      if getattr(loop, f.name) < (0 if never_ok or f.name == 'num_train_steps' else 1):
+      if f.type is int and getattr(loop, f.name) < (0 if never_ok or f.name == 'num_train_steps' else 1):
         raise UserError(f'config.{f.name} must be {"non-negative (0 = never)" if never_ok else "positive"}, '
                         f'got {getattr(loop, f.name)}.')
+    first_last = loop.profile_steps
+    if first_last and (len(first_last) != 2 or not 1 <= first_last[0] <= first_last[1]):
+      raise UserError(f'config.profile_steps must be () (off) or (first, last) with 1 <= first <= last, '
+                      f'got {first_last}.')
     return loop
 
 
 def _due(step: int, every: int, last_step: int) -> bool:
   """Every `every` steps and at the last one; never if `every` is 0."""
   return every > 0 and (step % every == 0 or step == last_step)
+
+
+class _Profiler:
+  """A jax.profiler trace of the steps config.profile_steps = (first, last) into <workdir>/profile, for TensorBoard's
+  profile plugin or Perfetto. A run resumed inside the range traces its remaining steps."""
+
+  def __init__(self, workdir: str, steps: tuple[int, ...]):
+    self._dir = os.path.join(workdir, 'profile')
+    self._first, self._last = steps or (0, -1)
+    self._active = False
+
+  def before(self, step: int):
+    if not self._active and self._first <= step <= self._last:
+      jax.profiler.start_trace(self._dir, create_perfetto_trace=True)  # Also a file ui.perfetto.dev opens.
+      self._active = True
+
+  def after(self, step: int, outputs: Any):
+    if self._active and step >= self._last:
+      self.stop(outputs)
+
+  def stop(self, outputs: Any = None):
+    """Ends the trace once the traced steps' device work is done, so that the trace holds all of it."""
+    if self._active:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self._active = False
+      logging.info('Profile of steps %d..%d written to %s.', self._first, self._last, self._dir)
 
 
 class _MetricWindow:
@@ -105,7 +147,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: ja
   if start_step:
     logging.info('Resumed from the checkpoint of step %d in %s.', start_step, workdir)
   last_step = loop.num_train_steps
-  base_rng = jax.random.key(config.seed)
+  base_rng = seed_key(config.seed, 'train')
+  profiler = _Profiler(workdir, loop.profile_steps)
   report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer,
                                            every_steps=loop.log_every_steps)
   window, final = _MetricWindow(), {}
@@ -128,7 +171,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: ja
     with preemption.Watcher() as watcher:
       for step in range(start_step + 1, last_step + 1):
         batch = sharding.to_global(next(batches), mesh)
+        profiler.before(step)
         state, metrics = train_step(state, batch, base_rng)
+        profiler.after(step, metrics)
         window.add(step, metrics)
         report(step)
         log_now, stop = _due(step, loop.log_every_steps, last_step), watcher.reached(step)
@@ -143,6 +188,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: ja
           break
         evaluate_and_draw(step)
   finally:  # Whatever stopped the loop, saves already started hold good states: let them finish.
+    profiler.stop()
     getattr(batches, 'close', lambda: None)()  # Now, not at interpreter exit (see common.data._numpy_batches).
     checkpoint.finish(manager)
     writer.flush()

@@ -1,10 +1,17 @@
-"""Shared defaults for the experiment configs: every field of a pixel recursive SR run, commented.
+"""Shared defaults for the experiment configs: every field of a pixel recursive SR run, commented. The model and
+optimiser sections are their dataclasses' fields with the dataclasses' defaults (pixelsr.models.PixelSRConfig,
+common.optim.OptimizerConfig: one source, commented there); only what appendix A sets otherwise is set here.
 
 Experiment files (celeba_pixelcnn.py, lsun_pixelcnn.py, demo.py, ...) start from `pixelcnn_config()` and change what
 their experiment changes, so each file reads as the list of its differences from the paper's appendix A. The
 regression baselines (*_regression.py) are `regression_config(<the pixelcnn experiment's config>)`.
 """
+import dataclasses
+
 import ml_collections
+
+from common import optim
+from pixelsr import models
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -55,15 +62,11 @@ def pixelcnn_config() -> ml_collections.ConfigDict:
   c.method = 'pixelcnn'  # Which package trains it: 'pixelcnn' (pixelsr.train) or 'regression' (pixelsr.regression).
   c.seed = 0  # Parameter init, data order and sample draws all derive from it.
   c.data = data_config()
-  c.model = ml_collections.ConfigDict(dict(  # Fields of pixelsr.models.PixelSRConfig (documented there).
-      num_colours=3, num_levels=256, upsample_factor=4, cond_channels=32, cond_blocks=6, use_prior=True,
-      prior_channels=64, prior_layers=20, prior_kernel=5, prior_first_kernel=7, prior_head_channels=1024,
-      init='truncated_normal', init_stddev=0.1, dtype='float32',
-      zero_init_last=False))  # Table 2's init; the regression baselines turn it on (regression_config).
+  # Every field of pixelsr.models.PixelSRConfig, with its default (appendix A's value, documented there).
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(models.PixelSRConfig()))
   c.loss = 'O2'  # 'O2' = CE(A+B) + CE(A) (eq. 8); 'O1' = CE(A+B) (eq. 7).
-  c.optimizer = ml_collections.ConfigDict(dict(  # Fields of common.optim.OptimizerConfig.
-      name='rmsprop', learning_rate=4e-4, lr_halve_every=500_000, lr_halve_at=(), rmsprop_decay=0.95,
-      rmsprop_initial_scale=1.0, momentum=0.9, adam_b2=0.999, eps=1e-8, grad_clip_norm=0.0))
+  c.optimizer = ml_collections.ConfigDict(dataclasses.asdict(optim.OptimizerConfig()))  # Documented there.
+  c.optimizer.lr_halve_every = 500_000  # Appendix A (OptimizerConfig's default is 0 = never).
   c.batch_size = 32  # Global batch, split over all devices of all hosts.
   c.num_train_steps = 200_000  # 200k for faces, 2M for bedrooms.
   c.log_every_steps = 100  # Train metrics and progress (steps/s, ETA).
@@ -73,6 +76,7 @@ def pixelcnn_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 20_000  # PNG grid low-res | sample | truth (<workdir>/samples, TensorBoard); 0 = never.
   c.num_sample_images = 8  # Rows of that grid.
   c.sample_temperature = 1.0  # tau of the grid's samples (multiplies the logits; inf = greedy).
+  c.profile_steps = ()  # (first, last): jax.profiler trace of those steps into <workdir>/profile; () = off.
   c.evaluate = evaluate_config()
   return c
 
@@ -91,8 +95,7 @@ def evaluate_config() -> ml_collections.ConfigDict:
 
 
 # The fields of pixelsr.models.ConditioningConfig: what the regression baseline shares with the pixel recursive model.
-CONDITIONING_FIELDS = ('num_colours', 'upsample_factor', 'cond_channels', 'cond_blocks', 'init', 'init_stddev',
-                       'zero_init_last', 'dtype')
+CONDITIONING_FIELDS = tuple(f.name for f in dataclasses.fields(models.ConditioningConfig))
 
 
 def regression_config(pixelcnn: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -57,6 +57,7 @@ def srgan_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.sample_every_steps = 20_000  # PNG grid low-res | output | truth (<workdir>/samples, TensorBoard); 0 = never.
   c.num_sample_images = 8  # Rows of that grid.
+  c.profile_steps = ()  # (first, last): jax.profiler trace of those steps into <workdir>/profile; () = off.
   return c
 
 

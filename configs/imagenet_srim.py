@@ -1,6 +1,7 @@
 """SRIM (conditional IMLE) on the paper's ImageNet subset, 32x32 -> 64x64 -> 128x128 (x4): section 3.
 
-  python launch/train.py --config=configs/imagenet_srim.py --workdir=runs/srim --config.data.folder=/data/srim_imagenet \
+  python launch/train.py --config=configs/imagenet_srim.py --workdir=runs/srim \
+      --config.data.folder=/data/srim_imagenet \
       --config.vgg.weights_path=vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5
   python launch/train.py --config=configs/imagenet_srim.py:port ...           # the authors' PyTorch port's choices
   python launch/train.py --config=configs/imagenet_srim.py:runlocal ...       # tiny smoke run (still needs the folder)
@@ -25,8 +26,11 @@ unseen classes are the split 'eval_unseen'. The full tfds dataset instead: --con
 
 Without --config.vgg.weights_path the distance uses untrained VGG19 features (the run says so once).
 """
+import dataclasses
+
 import ml_collections
 
+from common import optim
 from configs import defaults
 
 
@@ -78,9 +82,9 @@ def srim_config() -> ml_collections.ConfigDict:
       candidates_per_chunk=25,  # Memory of the search: up to rows_per_chunk x this images at once per device.
       rows_per_chunk=8,
       eval_num_candidates=100))  # m of eval/distance_stage*: nearest of m samples to each held-out image.
-  c.optimizer = ml_collections.ConfigDict(dict(  # Fields of common.optim.OptimizerConfig; Adam as the port.
-      name='adam', learning_rate=1e-4, lr_halve_every=0, lr_halve_at=(80_000, 160_000, 240_000, 320_000),
-      rmsprop_decay=0.95, rmsprop_initial_scale=1.0, momentum=0.9, adam_b2=0.999, eps=1e-8, grad_clip_norm=0.0))
+  # Every field of common.optim.OptimizerConfig (documented there): Adam as the port, lr 1e-4 halved at 80k, 160k, ...
+  c.optimizer = ml_collections.ConfigDict(dataclasses.asdict(optim.OptimizerConfig(
+      name='adam', learning_rate=1e-4, lr_halve_at=(80_000, 160_000, 240_000, 320_000))))
   c.batch_size = 16  # Global batch of pool rows per step (port), split over all devices.
   c.num_train_steps = 500_000  # Port.
   c.log_every_steps = 100  # Train metrics and progress (steps/s, ETA).
@@ -90,6 +94,7 @@ def srim_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 20_000  # PNG grid low-res | samples | truth (<workdir>/samples, TensorBoard); 0 = never.
   c.num_sample_images = 8  # Rows of that grid.
   c.num_samples_per_image = 4  # Samples per row (figure 7 shows several per input).
+  c.profile_steps = ()  # (first, last): jax.profiler trace of those steps into <workdir>/profile; () = off.
   return c
 
 

@@ -2,11 +2,12 @@
 
 For every image of a pool: draw m noises for the first stage, keep the one whose output is nearest to the ground
 truth downsampled to that stage's side; with it fixed, draw m noises for the second stage and keep the one nearest
-to the ground truth; and so on (stages are numbered from 0 in the code, from 1 in the logs). The search is exact (every candidate's distance is computed; m is ~100), on the device, and
-bounded in memory: each device walks its rows `rows_per_chunk` at a time (`lax.map`) and, for each stage, the
-candidates `candidates_per_chunk` at a time (`lax.scan`) keeping a running minimum, so at most rows x candidates
-images are alive at once. `sharded_select` splits the rows over the data mesh with `shard_map`; no device talks to
-another (batch norm uses its running averages in selection, see models.py).
+to the ground truth; and so on (stages are numbered from 0 in the code, from 1 in the logs). The search is exact
+(every candidate's distance is computed; m is ~100), on the device, and bounded in memory: each device walks its
+rows `rows_per_chunk` at a time (`lax.map`) and, for each stage, the candidates `candidates_per_chunk` at a time
+(`lax.scan`) keeping a running minimum, so at most rows x candidates images are alive at once. `sharded_select`
+splits the rows over the data mesh with `shard_map`; no device talks to another (batch norm uses its running
+averages in selection, see models.py).
 
 Every noise is a fixed function of (key, row, stage, candidate) (`candidate_noise`), so a selection is stored as the
 index of the chosen candidate and the noise is drawn again where it is needed. Ties go to the lowest index.

@@ -426,7 +426,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.data_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   tx = make_optimizer(train_cfg)
-  state = create_train_state(cfg, tx, config.data, jax.random.key(config.seed), mesh)
+  state = create_train_state(cfg, tx, config.data, train_loop.seed_key(config.seed, 'init'), mesh)
   logging.info('SRGAN: generator %s parameters, discriminator %s; %d pretraining (MSE) steps, then GAN steps.',
                *(f'{sum(x.size for x in jax.tree.leaves(n.params)):,}' for n in (state.generator,
                                                                                  state.discriminator)),

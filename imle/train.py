@@ -309,8 +309,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   imle_cfg = imle_config(config, mesh)
   model = models.SRIM(cfg)
   tx, schedule = optim.make_optimizer(config.optimizer)
-  init_rng, grid_rng = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(model, cfg, imle_cfg.pool_size, tx, config.data.lowres_size, init_rng, mesh)
+  grid_rng = train_loop.seed_key(config.seed, 'samples')
+  state = create_train_state(model, cfg, imle_cfg.pool_size, tx, config.data.lowres_size,
+                             train_loop.seed_key(config.seed, 'init'), mesh)
   logging.info('Model: %s parameters.', f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
   feature_map, frozen = make_frozen(config, feature_cfg, sides, mesh)
   search_fn, train_fn = compile_steps(state, mesh, frozen, cfg=cfg, feature_map=feature_map, imle_cfg=imle_cfg,
@@ -318,14 +319,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Every process draws the same grids, of the global batch.
   first_eval = sharding.gather(next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size,
                                                       seed=config.seed)))
-  base_rng = jax.random.key(config.seed)
+  eval_rng = imle.eval_key(train_loop.seed_key(config.seed, 'eval'))
 
   def train_batches(start_step: int):
     return pool_batches(config, imle_cfg, start_step, jax.process_index(), jax.process_count())
 
   def run_eval(state):
     batches = data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed)
-    return evaluate(state, batches, search_fn, mesh, imle.eval_key(base_rng), frozen, imle_cfg.eval_num_candidates)
+    return evaluate(state, batches, search_fn, mesh, eval_rng, frozen, imle_cfg.eval_num_candidates)
 
   num_grid = min(config.num_sample_images, int(first_eval['mask'].sum()))
   grid_lowres, grid_highres = first_eval['lowres'][:num_grid], first_eval['highres'][:num_grid]
@@ -338,6 +339,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {'lowres_samples_truth': images.make_grid(columns)}
 
   _, metrics = train_loop.run(config, workdir, state=state, mesh=mesh,
-                              train_step=PoolTrainStep(search_fn, train_fn, frozen, imle_cfg), train_batches=train_batches,
+                              train_step=PoolTrainStep(search_fn, train_fn, frozen, imle_cfg),
+                              train_batches=train_batches,
                               evaluate=run_eval, make_grids=make_grids)
   return metrics

@@ -113,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding.check_batch_size(config.batch_size, mesh)
   model = models.RegressionSR(cfg)
   tx, schedule = optim.make_optimizer(config.optimizer)
-  state = create_train_state(model, cfg, tx, config.data, jax.random.key(config.seed), mesh)
+  state = create_train_state(model, cfg, tx, config.data, train_loop.seed_key(config.seed, 'init'), mesh)
   logging.info('Regression model: %s parameters.', f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
   state_sh = jax.tree.map(lambda x: x.sharding, state)
   batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)

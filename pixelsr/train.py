@@ -116,8 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding.check_batch_size(config.batch_size, mesh)
   model = models.PixelRecursiveSR(cfg)
   tx, schedule = optim.make_optimizer(config.optimizer)
-  init_rng, sample_rng = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(model, cfg, tx, config.data, init_rng, mesh)
+  sample_rng = train_loop.seed_key(config.seed, 'samples')
+  state = create_train_state(model, cfg, tx, config.data, train_loop.seed_key(config.seed, 'init'), mesh)
   logging.info('Model: %s parameters.', f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
   train_fn, eval_fn = compile_steps(config, schedule, state, mesh)
   # Fail on a missing dataset now, not after compiling. Every process draws the same grids, of the global batch.

@@ -28,6 +28,7 @@ def shell_env():
   return {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_split_over_the_devices(tmp_path):
   out = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/demo.py:runlocal', '--config.batch_size=8',
                         f'--workdir={tmp_path / "run"}'], capture_output=True, text=True, timeout=300, cwd=REPO,
@@ -39,6 +40,7 @@ def test_a_batch_that_does_not_split_over_the_devices(tmp_path):
   assert not os.path.exists(tmp_path / 'run')
 
 
+@pytest.mark.slow
 def test_an_unreadable_image_in_a_training_folder_stops_the_run_naming_it(tmp_path):
   folder = tmp_path / 'photos'
   folder.mkdir()
@@ -49,7 +51,8 @@ def test_an_unreadable_image_in_a_training_folder_stops_the_run_naming_it(tmp_pa
   # in-flight image decodes.
   out = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/demo.py:runlocal',
                         '--config.data.source=folder', f'--config.data.folder={folder}',
-                        '--config.eval_every_steps=0', '--config.sample_every_steps=0', f'--workdir={tmp_path / "run"}'],
+                        '--config.eval_every_steps=0', '--config.sample_every_steps=0',
+                        f'--workdir={tmp_path / "run"}'],
                        capture_output=True, text=True, timeout=240, cwd=REPO, env=shell_env())
   assert out.returncode == 1, out.stderr[-3000:]
   assert out.stderr.strip().splitlines()[-1].startswith(f"error: Cannot read image file '{folder / 'broken.jpg'}'")
@@ -114,6 +117,7 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monke
   assert np.isfinite(final['train/loss']) and sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['10', '5']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config', ['configs/demo.py:runlocal', 'configs/demo_regression.py:runlocal'])
 def test_an_impossible_model_value_ends_in_one_error_line(tmp_path, config):
   """A well-typed value that the model's dataclass refuses in __post_init__ (not only ill-typed ones)."""

@@ -107,6 +107,7 @@ def run_cli(*flags):
                         capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_rows_without_a_checkpoint_are_skipped_with_a_message(tmp_path):
   workdir, untrained = str(tmp_path / 'never_trained'), str(tmp_path / 'regression')
   os.makedirs(untrained)
@@ -122,6 +123,7 @@ def test_rows_without_a_checkpoint_are_skipped_with_a_message(tmp_path):
   assert sorted(os.listdir(workdir)) == ['table1.csv', 'table1.md', 'table1.png']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flag, needle', [
     ('--num_examples=-1', 'config.evaluate.num_examples must be >= 0'),
     ('--config.evaluate.temperatures=(0.0,)', 'config.evaluate.temperatures must be finite and > 0'),

@@ -111,6 +111,7 @@ _SHARDED = textwrap.dedent('''
     ''')
 
 
+@pytest.mark.slow
 def test_selection_sharded_over_four_devices_equals_one_device():
   out = subprocess.run([sys.executable, '-c', _SHARDED, REPO], capture_output=True, text=True, timeout=300, cwd=REPO)
   assert out.returncode == 0 and 'SAME' in out.stdout, out.stderr[-3000:]

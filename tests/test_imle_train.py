@@ -100,6 +100,7 @@ def test_resume_inside_a_pool_is_exact_and_restores_for_sampling(tmp_path):
   assert rows['SRIM (per sample)']['diversity'] > 0
 
 
+@pytest.mark.slow
 def test_a_missing_weights_file_ends_in_one_error_line(tmp_path):
   flag = '--config.vgg.weights_path=/no/such/vgg19.h5'
   out = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/demo_srim.py:runlocal',

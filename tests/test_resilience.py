@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # Launches processes (pyproject.toml's markers).
 
 PIXELCNN = ['--config=configs/demo.py:runlocal', '--config.model.cond_blocks=1', '--config.model.cond_channels=8',
             '--config.model.prior_layers=1', '--config.model.prior_channels=6', '--config.model.prior_head_channels=12',
@@ -23,9 +24,11 @@ PIXELCNN = ['--config=configs/demo.py:runlocal', '--config.model.cond_blocks=1',
             '--config.sample_every_steps=0']
 SRIM = ['--config=configs/demo_srim.py:runlocal', '--config.data.num_eval_examples=8',
         '--config.data.random_crop_min=24', '--config.data.random_crop_max=48', '--config.model.num_convs=3',
-        '--config.model.channels=8', '--config.model.kernel_size=3', "--config.features.components=('pixels','conv2_2')",
+        '--config.model.channels=8', '--config.model.kernel_size=3',
+        "--config.features.components=('pixels','conv2_2')",
         "--config.features.selection_components=('pixels','conv2_2')", '--config.features.projection_dim=32',
-        '--config.features.num_weight_estimation_images=8', '--config.imle.pool_size=8', '--config.imle.steps_per_pool=3',
+        '--config.features.num_weight_estimation_images=8', '--config.imle.pool_size=8',
+        '--config.imle.steps_per_pool=3',
         '--config.imle.num_candidates=4', '--config.imle.candidates_per_chunk=4', '--config.imle.rows_per_chunk=8',
         '--config.imle.eval_num_candidates=4', '--config.batch_size=8', '--config.eval_every_steps=0',
         '--config.sample_every_steps=0']
@@ -180,7 +183,8 @@ def test_two_processes_of_two_devices_reach_one_process_of_four(tmp_path, env, f
   assert 'final metrics' in outs[0][1] and 'final metrics' not in outs[1][1]
   assert len(glob.glob(os.path.join(two, 'events.out.tfevents.*'))) == (2 if preempt else 1)
   assert len(os.listdir(os.path.join(two, 'samples'))) == 1
-  assert {'ocdbt.process_0', 'ocdbt.process_1'} <= set(os.listdir(os.path.join(two, 'checkpoints', str(steps), 'default')))
+  shards = os.listdir(os.path.join(two, 'checkpoints', str(steps), 'default'))
+  assert {'ocdbt.process_0', 'ocdbt.process_1'} <= set(shards)
   # The same parameters up to float rounding: the two all-reduce over gloo in another order than one process's.
   # Except where the loss has no gradient: a conv's bias before batch norm is cancelled by it, so its gradient is
   # rounding noise, which Adam scales up to full-size steps (the running mean absorbs it): those are left out.

@@ -129,6 +129,7 @@ def test_greedy_sample_is_the_argmax_of_every_conditional():
   np.testing.assert_array_equal(y, jnp.argmax(cond + prior, -1))
 
 
+@pytest.mark.slow
 def test_sharded_batch_samples_per_device_and_match_one_device():
   script = textwrap.dedent("""
       import os, re

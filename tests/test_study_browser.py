@@ -25,6 +25,8 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from common.study import manifest, storage  # noqa: E402
 from tests.test_study_support import Server  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Drives the real server in a browser (pyproject.toml's markers).
+
 PROBE = """
 window.__shown = [];
 let last = 0, since = 0;

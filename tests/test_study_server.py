@@ -20,6 +20,8 @@ from common.study import manifest, report, storage  # noqa: E402
 from tests.test_study_support import (REPO, Server, api, continue_worker, make_fooled, make_preference,  # noqa: E402
                                       raw_http, request, run_worker)
 
+pytestmark = pytest.mark.slow  # The real server in a process (pyproject.toml's markers).
+
 
 def _honest(kind, left, right):
   return 'left' if left == manifest.TRUTH else 'right'
@@ -93,8 +95,8 @@ def test_malformed_and_oversized_requests_get_4xx(served):
            ('/api/answer', json.dumps({'token': token, 'trial': 't', 'choice': 'left', 'display_ms': 'x'}).encode()),
            ('/api/answer', json.dumps({'token': [token]}).encode()),
            ('/api/answer', json.dumps({'token': token, 'trial': 'é' * 32, 'choice': 'left', 'display_ms': 1}).encode()),
-           ('/api/session', json.dumps({'worker': 'fuzzer', 'token': 'é' * 32}).encode()), ('/api/session', b'{"worker": "' + b'w' * 5000
-                                                                        + b'"}')]
+           ('/api/session', json.dumps({'worker': 'fuzzer', 'token': 'é' * 32}).encode()),
+           ('/api/session', b'{"worker": "' + b'w' * 5000 + b'"}')]
   for path, body in cases:
     status, data, _ = request(server.url + path, 'POST', raw=body)
     assert 400 <= status < 500, (path, body[:40], status, data)

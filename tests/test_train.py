@@ -97,6 +97,7 @@ _SHARDED = textwrap.dedent('''
     ''')
 
 
+@pytest.mark.slow
 def test_eight_devices_reach_the_one_device_loss():
   out = subprocess.run([sys.executable, '-c', _SHARDED, REPO], capture_output=True, text=True, timeout=600,
                        cwd=REPO)
@@ -119,6 +120,7 @@ def test_model_config_errors_name_the_field():
     train.model_config(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flag,needle', [
     ('--config.batch_sise=8', 'batch_sise'),
     ('--config.batch_size=eight', 'batch_size'),

@@ -105,6 +105,7 @@ def torchvision_vgg19_features(torch):
   return torch.nn.Sequential(*layers)
 
 
+@pytest.mark.slow
 def test_converted_torchvision_weights_equal_torch(tmp_path):
   torch = pytest.importorskip('torch')
   torch.manual_seed(0)
