@@ -1,4 +1,4 @@
-"""What the launch/ scripts share: one-line user errors, flag parsing that reports them, quiet orbax logs."""
+"""What the launch/ scripts share: one-line user errors, flag parsing that reports them, quiet library logs."""
 import os
 import re
 import sys
@@ -31,10 +31,48 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(e)
 
 
-def quiet_orbax():
-  """Orbax logs every phase of every save at INFO, and a failed write as a dozen ERROR tracebacks that
-  common.checkpoint turns into one message: keep only its critical records."""
+_OWN = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
+             for d in ('common', 'pixelsr', 'imle', 'launch', 'configs'))
+# clu writes the run's metrics and its steps/s and ETA ("Setting work unit notes"): the run's own progress.
+_PROGRESS_LIBRARIES = (os.sep + 'clu' + os.sep,)
+# TensorFlow's C++ INFO lines at import ("oneDNN custom operations are on", twice, each after "WARNING: All log
+# messages before absl::InitializeLog() ..."): absl's C++ logging ignores TF_CPP_MIN_LOG_LEVEL before it is set up.
+_NATIVE_INFO = re.compile(r'^(I\d{4} .*|WARNING: All log messages before absl::InitializeLog\(\) is called .*)$')
+
+
+def quiet_logs(imports_tensorflow: bool = True):
+  """The run's own log lines only: INFO records of the libraries (JAX's "Unable to initialize backend 'tpu'", orbax's
+  every save phase, TensorFlow's oneDNN notice, when the command `imports_tensorflow`) are dropped unless
+  --verbosity >= 1 (absl's flag; -v 1 shows them, and DEBUG lines too). Orbax's failed writes, a dozen ERROR
+  tracebacks that common.checkpoint turns into one message, are dropped whatever the verbosity: only its critical
+  records stay."""
+  everything = logging.get_verbosity() >= 1
+
   class _Filter(logging.logging.Filter):
     def filter(self, record):
-      return record.levelno >= logging.logging.CRITICAL or '/orbax/' not in record.pathname
+      if '/orbax/' in record.pathname:
+        return record.levelno >= logging.logging.CRITICAL
+      return (everything or record.levelno >= logging.logging.WARNING or record.pathname.startswith(_OWN)
+              or any(lib in record.pathname for lib in _PROGRESS_LIBRARIES))
   logging.get_absl_handler().addFilter(_Filter())
+  if imports_tensorflow and not everything:
+    _import_tensorflow_quietly()
+
+
+def _import_tensorflow_quietly():
+  """Imports TensorFlow with the C++ stderr (fd 2) caught, and writes back all but its INFO lines."""
+  if 'tensorflow' in sys.modules:
+    return
+  import tempfile
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode='w+') as caught:
+    os.dup2(caught.fileno(), 2)
+    try:
+      import tensorflow  # noqa: F401
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      caught.seek(0)
+      sys.stderr.writelines(line for line in caught if not _NATIVE_INFO.match(line.rstrip('\n')))
+      sys.stderr.flush()

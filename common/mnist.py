@@ -2,7 +2,8 @@
 scaled into the upper-left or the upper-right corner, each with probability 1/2.
 
 Digits come from the raw IDX files (config.data.mnist_source='idx': the official t10k file, 10,000 digits, of which
-the last config.data.mnist_eval_digits are held out) or from tfds 'mnist' ('tfds': train_split / eval_split). Each
+the last config.data.mnist_eval_digits are held out) or from tfds 'mnist' ('tfds': train_split / eval_split). Where
+config.data.mnist_dir does not exist (a clone without the lab's shared data), 'idx' falls back to tfds. Each
 pair is uint8 with one grey channel, white ink on black as in MNIST:
 
   lowres:  the 28x28 digit, antialiased bicubic resize to lowres_size, rounded.
@@ -24,6 +25,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from common import streams
 from common.errors import UserError
@@ -71,19 +73,41 @@ def load_digits(data_cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
     return _tfds_digits(data_cfg, split)
   if data_cfg.mnist_source != 'idx':
     raise UserError(f"config.data.mnist_source must be 'idx' or 'tfds', got {data_cfg.mnist_source!r}")
-  path = os.path.join(mnist_dir(data_cfg), IDX_IMAGES)
+  folder = mnist_dir(data_cfg)
+  if not os.path.isdir(folder):
+    return _fallback_digits(data_cfg, split, folder)
+  path = os.path.join(folder, IDX_IMAGES)
   try:
     digits = read_idx(path)
     if digits.ndim != 3:
       raise ValueError(f'{path} holds an array of shape {digits.shape}, not images (N, height, width)')
   except (OSError, ValueError) as e:
-    raise UserError(f'Cannot read the MNIST digits: {e}. Set config.data.mnist_dir to the folder holding {IDX_IMAGES}'
-                    f' (a relative path starts at {REPO}), or use tfds mnist: --config.data.mnist_source=tfds') from e
+    raise UserError(f'Cannot read the MNIST digits: {e}. Pass --config.data.mnist_dir=<the folder holding '
+                    f'{IDX_IMAGES}> (a relative path starts at {REPO}), or use tfds mnist: '
+                    '--config.data.mnist_source=tfds') from e
   held_out = data_cfg.mnist_eval_digits
   if not 0 < held_out < len(digits):
     raise UserError(f'config.data.mnist_eval_digits must be in [1, {len(digits) - 1}] (the file holds {len(digits)} '
                     f'digits), got {held_out}')
   return digits[-held_out:] if split == 'eval' else digits[:-held_out]
+
+
+def _fallback_digits(data_cfg: ml_collections.ConfigDict, split: str, folder: str) -> np.ndarray:
+  """tfds mnist, for a clone without the shared folder of IDX files (the default mnist_dir is the lab's)."""
+  logging.warning('MNIST: %s (config.data.mnist_dir) does not exist; reading tfds %r instead.', folder, data_cfg.name)
+  try:
+    return _tfds_digits(data_cfg, split)
+  except streams.DatasetNotFoundError as e:
+    data_dir = os.fspath(tfds.builder(data_cfg.name, data_dir=data_cfg.tfds_data_dir or None).data_dir_root)
+    # tfds 4.9's command line imports apache_beam, which tensorflow-datasets does not install; the Python call
+    # needs nothing more.
+    raise streams.DatasetNotFoundError(
+        f'No MNIST digits: {folder} (config.data.mnist_dir) does not exist, and tfds {data_cfg.name!r}, the '
+        f'fallback, is not prepared in {data_dir}. Prepare it once, on a machine with internet: `python -c "import '
+        f"tensorflow_datasets as tfds; tfds.builder('{data_cfg.name}', data_dir='{data_dir}').download_and_prepare()"
+        f'"`, or `tfds build {data_cfg.name} --data_dir={data_dir}` (its command line needs `pip install '
+        f'apache-beam`); or pass --config.data.mnist_dir=<the folder holding {IDX_IMAGES}>, or '
+        f'--config.data.tfds_data_dir=<a data_dir where it is prepared>.') from e
 
 
 def _tfds_digits(data_cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from ml_collections import config_flags
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)  # configs/ import configs.defaults when run from a checkout without `pip install -e`.
 
-from common.cli import fail, parse_flags, quiet_orbax  # noqa: E402  (after the path)
+from common.cli import fail, parse_flags, quiet_logs  # noqa: E402  (after the path)
 
 COMMANDS = ('build', 'serve', 'report')
 INSTALL = "pip install -e '.[study]'"
@@ -138,7 +138,7 @@ def report():
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     fail(f'usage: launch/study.py {{{"|".join(COMMANDS)}}} [--flags]; got {" ".join(argv[1:]) or "no command"}.')
-  quiet_orbax()
+  quiet_logs(imports_tensorflow=argv[1] == 'build')  # serve and report never load TensorFlow.
   {'build': build, 'serve': serve, 'report': report}[argv[1]]()
 
 

@@ -14,7 +14,7 @@ from ml_collections import config_flags
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)  # configs/ import configs.defaults when run from a checkout without `pip install -e`.
 
-from common.cli import fail, parse_flags, quiet_orbax  # noqa: E402  (after the path)
+from common.cli import fail, parse_flags, quiet_logs  # noqa: E402  (after the path)
 
 
 def define_flags():
@@ -32,7 +32,7 @@ def define_flags():
 
 def main(argv):
   del argv
-  quiet_orbax()
+  quiet_logs()
   from common import distributed, preemption  # After flag parsing, so --help stays fast.
   from common.errors import UserError
   try:

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from common import data, images
+from common import data, images, progress
 from pixelsr import evaluate, regression, sampling, train
 
 SINGLE_MODE_SHARE = 0.9  # The share of the corners' ink that one corner must hold.
@@ -107,7 +107,8 @@ def model_outputs(configs: dict[str, ml_collections.ConfigDict], workdir: str, l
       'Cross-entropy, samples': lambda x, k: sampling.sample(ce_model, ce_variables, x, k, 1.0, num_samples),
       'PixelCNN, samples': lambda x, k: sampling.sample(pixelcnn, pixelcnn_variables, x, k, 1.0, num_samples)}
   outputs = {name: [] for name in methods}
-  for b, start in enumerate(range(0, len(lowres), batch_size)):
+  starts = progress.track(range(0, len(lowres), batch_size), desc='Figure 2 outputs', unit='batch')
+  for b, start in enumerate(starts):
     x = lowres[start:start + batch_size]
     for name, method in methods.items():
       outputs[name].append(np.asarray(method(x, jax.random.fold_in(key, b))))

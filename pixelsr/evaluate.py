@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from common import checkpoint, data, images, metrics, sharding
+from common import checkpoint, data, images, metrics, progress, sharding
 from common.config import from_config
 from common.errors import UserError
 from pixelsr import baselines, regression, sampling, train
@@ -178,7 +178,7 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
   num_fig = min(cfg.num_figure_rows, num)
   sums = {name: {} for name in methods}
   figure_rows = {name: [] for name in methods}
-  for b in range(len(lowres_padded) // cfg.batch_size):
+  for b in progress.track(range(len(lowres_padded) // cfg.batch_size), desc='Table 1', unit='batch'):
     rows = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
     count = min(cfg.batch_size, num - rows.start)
     x, y = put(lowres_padded[rows]), put(highres_padded[rows])
@@ -192,7 +192,6 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
         sums[name][column] = sums[name].get(column, 0.0) + float(np.sum(values[:count], dtype=np.float64))
       if rows.start < num_fig:
         figure_rows[name].append(np.asarray(output[:count]))
-    logging.info('Scored examples %d..%d of %d.', rows.start, rows.start + count - 1, num)
 
   columns = [lowres[:num_fig]] + [np.concatenate(figure_rows[n])[:num_fig] for n in methods] + [highres[:num_fig]]
   notes = [f'{num} examples of the {config.data.eval_split!r} split of {_data_name(config.data)}; '

@@ -33,6 +33,7 @@ def runs(tmp_path_factory):
   return config, root
 
 
+@pytest.mark.slow
 def test_build_fooled_from_trained_runs(runs, tmp_path):
   config, root = runs
   out = tmp_path / 'study'
@@ -60,6 +61,7 @@ def test_build_fooled_from_trained_runs(runs, tmp_path):
       'already holds a study (its answers live there too); choose a new --out.')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flags, needle', [
     (['build', '--out=/tmp/x'], 'error: build needs --workdir.'),
     (['report'], 'error: report needs --study.'),
@@ -71,6 +73,7 @@ def test_bad_commands_end_in_one_error_line(flags, needle):
   assert result.returncode != 0 and needle in result.stderr.strip().splitlines()[-1], result.stderr
 
 
+@pytest.mark.slow
 def test_build_refuses_a_run_of_another_method(runs, tmp_path):
   _, root = runs
   result = _study('build', '--kind=fooled', f'--workdir={root / "regression"}', f'--out={tmp_path / "s"}')

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import checkpoint, data
+from common import checkpoint, data, progress
 from common.errors import UserError
 from common.study import manifest as manifest_lib
 
@@ -105,7 +105,8 @@ def build_preference(out: str, srim_workdir: str, srgan_workdir: str, *, per_cla
   srim_model, srim_vars = imle_train.restore_for_sampling(config, srim_workdir)
   srgan_model, srgan_vars = srgan.restore(srgan_config, srgan_workdir)
   outputs, classes, splits = {'SRIM': [], 'SRGAN': [], 'Bicubic': []}, [], []
-  for split, name in (('eval', 'seen'), ('eval_unseen', 'unseen')):
+  for split, name in progress.track((('eval', 'seen'), ('eval_unseen', 'unseen')), desc='Study images',
+                                    unit='split'):
     lowres, names = _split_by_class(config.data, split, per_class)
     key = jax.random.fold_in(jax.random.key(seed), len(splits))
     outputs['SRIM'].append(np.asarray(imle_models.sample(srim_model, srim_vars, lowres, key, 1))[:, 0])
