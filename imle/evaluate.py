@@ -17,11 +17,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import checkpoint, data, images, metrics, user_images
+from common import checkpoint, data, images, lpips, metrics, progress, user_images
 from common.errors import UserError
 from imle import models, srgan, train
 
 COLUMNS = ('psnr_y', 'ssim_y', 'diversity')
+LPIPS_NET = 'alexnet'  # The official default backbone.
 BICUBIC, SRGAN, SRIM = 'Bicubic', 'SRGAN', 'SRIM (per sample)'
 # (lowres uint8 (b, h, w, 3), key) -> uint8 (b, n, H, W, 3): n outputs per input.
 Method = Callable[[np.ndarray, jax.Array], np.ndarray]
@@ -92,13 +93,20 @@ def methods(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
   return rows
 
 
+def columns(side: int) -> tuple[str, ...]:
+  """The table's columns for images of `side` pixels: LPIPS (common/lpips.py) too when its optional package is
+  installed and the images are large enough for its network."""
+  return COLUMNS + (('lpips',) if lpips.available() and side >= lpips.MIN_SIDE[LPIPS_NET] else ())
+
+
 def score(rows: dict[str, Method], lowres: np.ndarray, highres: np.ndarray, key: jax.Array, batch_size: int = 16,
-          figure_rows: int = 0) -> tuple[dict[str, dict[str, float]], np.ndarray | None]:
+          figure_rows: int = 0, desc: str = 'Scoring') -> tuple[dict[str, dict[str, float]], np.ndarray | None]:
   """Row -> column -> mean over the examples, and the figure input | bicubic | each row's outputs | truth of the
-  first `figure_rows` examples (None if 0). Batch `start` of the outputs is drawn with fold_in(key, start)."""
-  sums = {name: dict.fromkeys(COLUMNS, 0.0) for name in [BICUBIC, *rows]}
+  first `figure_rows` examples (None if 0). Batch `start` of the outputs is drawn with fold_in(key, start). `desc`
+  names the progress lines."""
+  sums = {name: dict.fromkeys(columns(min(highres.shape[1:3])), 0.0) for name in [BICUBIC, *rows]}
   figure = []
-  for start in range(0, len(lowres), batch_size):
+  for start in progress.track(range(0, len(lowres), batch_size), desc=desc, unit='batch'):
     x, y = lowres[start:start + batch_size], highres[start:start + batch_size]
     outputs = {BICUBIC: np.asarray(images.quantize(images.bicubic_upsample(x, y.shape[1:3])))[:, None]}
     outputs.update({name: method(x, jax.random.fold_in(key, start)) for name, method in rows.items()})
@@ -107,6 +115,8 @@ def score(rows: dict[str, Method], lowres: np.ndarray, highres: np.ndarray, key:
       flat, truth = out.reshape(-1, *out.shape[2:]), np.repeat(y, n, axis=0)
       values = {'psnr_y': psnr_y(flat, truth) / n, 'ssim_y': metrics.ssim_y(flat, truth) / n,
                 'diversity': metrics.diversity(flat, n) if n > 1 else np.zeros(len(x))}
+      if 'lpips' in sums[name]:
+        values['lpips'] = lpips.distance(flat, truth, LPIPS_NET) / n
       for column, v in values.items():
         sums[name][column] += float(np.sum(np.asarray(v), dtype=np.float64))
     if start < figure_rows:
@@ -135,7 +145,7 @@ def tables(config: ml_collections.ConfigDict, workdir: str, num_examples: int, n
   results, figures = {}, {}
   for split, label in splits(config.data).items():
     results[label], figure = score(rows, *eval_examples(config.data, num_examples, split), key, batch_size,
-                                   figure_rows)
+                                   figure_rows, desc=f'{config.method.upper()} table, {label}')
     if figure is not None:
       figures[label] = figure
   return results, figures
@@ -146,15 +156,24 @@ def write(results: dict[str, dict[str, dict[str, float]]], workdir: str, note: s
   """table_srim.md, table_srim.csv and figure_srim[_<label>].png in `workdir`, all or none. `results` is
   {split label: rows}; with several splits the table has an 'Images' column."""
   labelled = len(results) > 1
-  head = '| Method |' + (' Images |' if labelled else '') + ' pSNR (Y) | SSIM (Y) | Diversity |'
+  cols = [c for c in (*COLUMNS, 'lpips') if c in next(iter(next(iter(results.values())).values()))]
+  titles = {'psnr_y': ('pSNR (Y)', '.2f'), 'ssim_y': ('SSIM (Y)', '.3f'), 'diversity': ('Diversity', '.4f'),
+            'lpips': ('LPIPS', '.4f')}
+  head = '| Method |' + (' Images |' if labelled else '') + ''.join(f' {titles[c][0]} |' for c in cols)
   md = [head, '|---' * head.count(' |') + '|']
-  csv = ['method,images,' + ','.join(COLUMNS)]
+  csv = ['method,images,' + ','.join(cols)]
   for name in next(iter(results.values())):
     for label, rows in results.items():
       r = rows[name]
       md.append(f'| {name} |' + (f' {label} |' if labelled else '') +
-                f' {r["psnr_y"]:.2f} | {r["ssim_y"]:.3f} | {r["diversity"]:.4f} |')
-      csv.append(f'{name},{label},' + ','.join(repr(r[c]) for c in COLUMNS))
+                ''.join(f' {r[c]:{titles[c][1]}} |' for c in cols))
+      csv.append(f'{name},{label},' + ','.join(repr(r[c]) for c in cols))
+  if 'lpips' in cols:
+    note += f' LPIPS: {LPIPS_NET} v0.1 (lower is closer), per sample for SRIM.'
+  elif not lpips.available():
+    note += " No LPIPS column: pip install -e '.[lpips]' adds it."
+  else:
+    note += f' No LPIPS column: {LPIPS_NET} needs images of at least {lpips.MIN_SIDE[LPIPS_NET]} pixels a side.'
   columns = 'input | ' + ' | '.join(n.replace(' (per sample)', ' samples') for n in next(iter(results.values()))) + \
       ' | truth'
 

@@ -54,9 +54,11 @@ class SRIMConfig:
     return nn.initializers.normal(self.init_stddev) if self.init == 'normal' else nn.linear.default_kernel_init
 
 
-def upsample(images01: jax.Array, side: int) -> jax.Array:
-  """Bilinear, half-pixel centres (torch's Upsample(mode='bilinear'), align_corners=False)."""
-  return jax.image.resize(images01, images01.shape[:-3] + (side, side, images01.shape[-1]), 'bilinear')
+def upsample(images01: jax.Array, size: int | tuple[int, int]) -> jax.Array:
+  """Bilinear to `size` (a side, or (height, width)), half-pixel centres (torch's Upsample(mode='bilinear'),
+  align_corners=False)."""
+  height, width = (size, size) if isinstance(size, int) else size
+  return jax.image.resize(images01, images01.shape[:-3] + (height, width, images01.shape[-1]), 'bilinear')
 
 
 def noise_shape(cfg: SRIMConfig, lowres_side: int, stage: int) -> tuple[int, int, int]:
@@ -92,7 +94,7 @@ class Stage(nn.Module):
   @nn.compact
   def __call__(self, image01: jax.Array, skip01: jax.Array, noise: jax.Array, train: bool) -> jax.Array:
     cfg = self.cfg
-    h = jnp.concatenate([upsample(image01, noise.shape[-2]), noise], axis=-1)
+    h = jnp.concatenate([upsample(image01, noise.shape[-3:-1]), noise], axis=-1)
     for i in range(1, cfg.num_convs + 1):
       if i > 1:
         h = jnp.concatenate([h, skip01], axis=-1)
@@ -119,7 +121,7 @@ class SRIM(nn.Module):
   def __call__(self, lowres01: jax.Array, noises: Sequence[jax.Array], train: bool = False) -> list[jax.Array]:
     outputs, image = [], lowres01
     for s, noise in enumerate(noises):
-      image = Stage(self.cfg, name=f'stage{s + 1}')(image, upsample(lowres01, noise.shape[-2]), noise, train)
+      image = Stage(self.cfg, name=f'stage{s + 1}')(image, upsample(lowres01, noise.shape[-3:-1]), noise, train)
       outputs.append(image)
     return outputs
 
@@ -129,7 +131,7 @@ def apply_stage(cfg: SRIMConfig, variables: dict, stage: int, image01: jax.Array
   """Stage `stage` alone, in inference mode (batch norm with running averages): what sample selection runs."""
   name = f'stage{stage + 1}'
   stage_variables = {collection: tree[name] for collection, tree in variables.items() if name in tree}
-  return Stage(cfg).apply(stage_variables, image01, upsample(lowres01, noise.shape[-2]), noise, train=False)
+  return Stage(cfg).apply(stage_variables, image01, upsample(lowres01, noise.shape[-3:-1]), noise, train=False)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_samples'))

@@ -7,6 +7,12 @@ Each input (any format and mode Pillow reads) is centre-cropped to a square and 
 model's low-res size. Written to --output: each sample as `<input>_tau<t>_<k>.png`, `grid.png` (one row per input:
 input | samples | bicubic), and `nll.csv` with each sample's negative log-likelihood under the model (nan for SRIM,
 which has none; SRIM also has no temperature). SRGAN is deterministic: one output per input, no temperature.
+
+  python launch/sample.py --workdir=runs/srim --input=photo.jpg --output=out --whole_image [--tile=64 --overlap=-1]
+
+--whole_image (SRIM and SRGAN): each input at its own size, x4, in overlapping tiles (imle/whole_image.py): memory
+is one tile's whatever the image's size, and with --overlap at least the receptive radius (the default) the output
+equals the untiled network's. SRIM's noise is one field per stage for the whole image. Written: `<input>_x4_<k>.png`.
 """
 import os
 import sys
@@ -17,7 +23,7 @@ from ml_collections import config_flags
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
-from common.cli import fail, parse_flags, quiet_orbax  # noqa: E402  (after the path)
+from common.cli import fail, parse_flags, quiet_logs  # noqa: E402  (after the path)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
@@ -34,6 +40,12 @@ def define_flags():
   flags.DEFINE_integer('seed', 0, 'Random seed of the draws.')
   flags.DEFINE_integer('batch_size', 32, 'Inputs per sampler call (each call draws batch_size * num_samples).',
                        lower_bound=1)
+  flags.DEFINE_bool('whole_image', False, 'SRIM and SRGAN: super-resolve each input at its own size (x4 of the whole '
+                    'image, no crop or resize), in overlapping tiles.')
+  flags.DEFINE_integer('tile', 64, '--whole_image: low-res pixels per tile side (memory grows with its square).',
+                       lower_bound=1)
+  flags.DEFINE_integer('overlap', -1, '--whole_image: low-res pixels of context around each tile; -1 = the '
+                       "network's receptive radius, with which the output equals the untiled one.", lower_bound=-1)
 
 
 def input_files(path: str) -> list[str]:
@@ -120,7 +132,7 @@ SAMPLERS = {'pixelcnn': pixelcnn_sampler, 'srim': srim_sampler, 'srgan': srgan_s
 def super_resolve(*, workdir, step, expected_config, files, output, num_samples, temperatures, seed, batch_size):
   import jax
   import numpy as np
-  from common import checkpoint, images, sharding, user_images
+  from common import checkpoint, images, progress, sharding, user_images
   from common.errors import UserError
 
   config = checkpoint.load_config(workdir)
@@ -148,22 +160,25 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
   per_call = -(-min(batch_size, len(lowres)) // mesh.size) * mesh.size  # a multiple of the device count
 
   samples, rows = [], []  # samples[t]: (inputs, num_samples, H, W, C)
-  for t, tau in enumerate(temperatures):
-    drawn = []
-    for start in range(0, len(lowres), per_call):
-      chunk = lowres[start:start + per_call]
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], per_call - len(chunk), 0)])
-      x = jax.device_put(padded, sharding.batch_sharding(mesh))
-      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), start)
-      y = draw(x, key, tau, num_samples)
-      bits, nats = nll(jax.numpy.repeat(x, num_samples, axis=0), y) if nll else (np.full(len(y), np.nan),) * 2
-      keep = len(chunk) * num_samples
-      drawn.append(np.asarray(y)[:keep].reshape(len(chunk), num_samples, *y.shape[1:]))
-      for i in range(keep):
-        n, k = start + i // num_samples, i % num_samples
-        rows.append(dict(input=names[n], temperature=tau, sample=k, file=f'{names[n]}_tau{tau:g}_{k}.png',
-                         bits=float(bits[i]), nats=float(nats[i]), image=(t, n, k)))
-    samples.append(np.concatenate(drawn))
+  calls = [(t, start) for t in range(len(temperatures)) for start in range(0, len(lowres), per_call)]
+  for t, start in progress.track(calls, desc='Sampling', unit='batch'):
+    tau = temperatures[t]
+    if start == 0:
+      drawn = []
+    chunk = lowres[start:start + per_call]
+    padded = np.concatenate([chunk, np.repeat(chunk[-1:], per_call - len(chunk), 0)])
+    x = jax.device_put(padded, sharding.batch_sharding(mesh))
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), start)
+    y = draw(x, key, tau, num_samples)
+    bits, nats = nll(jax.numpy.repeat(x, num_samples, axis=0), y) if nll else (np.full(len(y), np.nan),) * 2
+    keep = len(chunk) * num_samples
+    drawn.append(np.asarray(y)[:keep].reshape(len(chunk), num_samples, *y.shape[1:]))
+    for i in range(keep):
+      n, k = start + i // num_samples, i % num_samples
+      rows.append(dict(input=names[n], temperature=tau, sample=k, file=f'{names[n]}_tau{tau:g}_{k}.png',
+                       bits=float(bits[i]), nats=float(nats[i]), image=(t, n, k)))
+    if start + per_call >= len(lowres):
+      samples.append(np.concatenate(drawn))
 
   for r in rows:
     nll_text = (f'NLL {r["bits"]:.3f} bits/dim ({r["nats"]:,.1f} nats)' if nll
@@ -186,13 +201,58 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
   print(f'{len(written)} files in {output}: grid.png (input | samples by temperature | bicubic), nll.csv.')
 
 
+def whole_images(*, workdir, step, expected_config, files, output, num_samples, seed, tile, overlap):
+  """Each input super-resolved at its own size by an SRIM or SRGAN run: `<input>_x<f>_<k>.png` per sample."""
+  import jax
+  from common import checkpoint, images, progress, user_images
+  from common.errors import UserError
+  from imle import whole_image
+
+  config = checkpoint.load_config(workdir)
+  if expected_config is not None:
+    checkpoint.check_config(workdir, expected_config, record=False)
+  if config.method not in ('srim', 'srgan'):
+    raise UserError(f'--whole_image takes SRIM and SRGAN runs (fully convolutional, tiled); {workdir} is a '
+                    f'config.method={config.method!r} run: drop --whole_image to sample its training size.')
+  if config.method == 'srgan' and num_samples != 1:
+    print('SRGAN is deterministic (one output per input): --num_samples is ignored.')
+    num_samples = 1
+  fn, factor, radius, noises = whole_image.for_run(config, workdir, step)
+  if overlap < 0:
+    overlap = radius
+  elif overlap < radius:
+    print(f'--overlap={overlap} is below the receptive radius ({radius} low-res pixels): seams between tiles will '
+          'differ from the untiled output.')
+  results = {}
+  for n, path in enumerate(files):
+    x = images.load_image(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    height, width = x.shape[:2]
+    print(f'{path}: {width}x{height} -> {width * factor}x{height * factor}, tiles of {tile} + {overlap} px context')
+    for k in progress.track(range(num_samples), desc=f'{name}', unit='sample'):
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), n), k)
+      results[f'{name}_x{factor}_{k}.png'] = whole_image.super_resolve(
+          fn, x, factor, tile=tile, overlap=overlap, noises=noises(key))
+
+  def write(folder):
+    for file, image in results.items():
+      images.save_png(os.path.join(folder, file), image)
+
+  written = user_images.write_all_or_nothing(output, write)
+  print(f'{len(written)} files in {output}.')
+
+
 def main(argv):
   del argv
-  quiet_orbax()
+  quiet_logs()
   from common.errors import UserError
   F = flags.FLAGS
   try:
     workdir, step = run_dir_and_step(F.checkpoint, F.workdir)
+    if F.whole_image:
+      whole_images(workdir=workdir, step=step, expected_config=F.config, files=input_files(F.input), output=F.output,
+                   num_samples=F.num_samples, seed=F.seed, tile=F.tile, overlap=F.overlap)
+      return
     super_resolve(workdir=workdir, step=step, expected_config=F.config, files=input_files(F.input),
                   output=F.output, num_samples=F.num_samples, temperatures=parse_temperatures(F.temperature),
                   seed=F.seed, batch_size=F.batch_size)

@@ -30,6 +30,7 @@ def cli(*args):
   return subprocess.run([sys.executable, SAMPLE, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_samples_grid_and_nll_of_a_folder_of_images(run_dir, tmp_path):
   inputs = tmp_path / 'in'
   inputs.mkdir()
@@ -69,6 +70,7 @@ def test_samples_grid_and_nll_of_a_folder_of_images(run_dir, tmp_path):
       np.testing.assert_array_equal(y, jnp.argmax(cond + prior, -1))
 
 
+@pytest.mark.slow
 def test_a_non_image_file_ends_in_one_line_and_writes_nothing(run_dir, tmp_path):
   bad = tmp_path / 'photo.png'
   bad.write_bytes(b'\x89PNG\r\n\x1a\n' + b'truncated')
@@ -80,6 +82,7 @@ def test_a_non_image_file_ends_in_one_line_and_writes_nothing(run_dir, tmp_path)
   assert not out.exists() and os.listdir(tmp_path) == ['photo.png']
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_config_is_refused(run_dir, tmp_path):
   out = tmp_path / 'out'
   result = cli(f'--checkpoint={run_dir}/checkpoints/5', '--config=configs/demo.py', f'--input={REPO}/README.md',
@@ -105,6 +108,10 @@ def test_user_errors_name_the_problem(run_dir, tmp_path):
   with pytest.raises(UserError, match='has no config.json'):
     sample.super_resolve(workdir=str(tmp_path), step=None, expected_config=None, files=[],
                          output=str(tmp_path / 'o'), num_samples=1, temperatures=[1.0], seed=0, batch_size=1)
+  with pytest.raises(UserError, match="--whole_image takes SRIM and SRGAN runs .* config.method='pixelcnn' run"):
+    sample.whole_images(workdir=run_dir, step=None, expected_config=None, files=[], output=str(tmp_path / 'o'),
+                        num_samples=1, seed=0, tile=8, overlap=-1)
+  assert not os.path.exists(tmp_path / 'o')
   with pytest.raises(UserError, match='has no checkpoint 7; it has \\[5\\]'):
     train.restore_for_sampling(tiny_config(), run_dir, step=7)
   other = tiny_config()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import checkpoint, images, metrics, sharding, user_images
+from common import checkpoint, images, metrics, sharding, train_loop, user_images
 from common.errors import UserError
 from configs import demo_srgan, imagenet_srgan
 from imle import evaluate, models, srgan, train, vgg19
@@ -184,8 +184,8 @@ def test_resume_across_the_pretraining_boundary_is_exact(srgan_run):
 
   config = tiny_config()
   tx = srgan.make_optimizer(srgan.train_config(config))
-  init = srgan.create_train_state(srgan.model_config(config), tx, config.data, jax.random.key(config.seed),
-                                  sharding.data_mesh())
+  init = srgan.create_train_state(srgan.model_config(config), tx, config.data,
+                                  train_loop.seed_key(config.seed, 'init'), sharding.data_mesh())
   at2, at4 = restored(config, straight, 2), restored(config, straight, 4)
   jax.tree.map(np.testing.assert_array_equal, at2.discriminator, init.discriminator)  # Untouched in pretraining.
   assert int(at2.generator.opt_state.count) == 2
@@ -214,6 +214,24 @@ def test_restore_predict_and_sample_cli(srgan_run, tmp_path):
                            output=str(tmp_path / 'out'), num_samples=3, temperatures=[1.0], seed=3, batch_size=4)
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'out' / 'photo_tau1_0.png')), expected)
   assert not (tmp_path / 'out' / 'photo_tau1_1.png').exists()  # Deterministic: one output.
+
+
+@pytest.mark.slow
+def test_whole_image_through_the_launcher_equals_the_untiled_generator(srgan_run, tmp_path):
+  """launch/sample.py --whole_image: a 21x13 photo (odd, not a multiple of the tile) -> 84x52, in tiles of 8 with the
+  receptive radius as context, equal to the generator run on the whole image at once."""
+  straight = srgan_run[0]
+  photo = np.random.default_rng(1).integers(0, 256, (13, 21, 3), np.uint8)
+  Image.fromarray(photo).save(tmp_path / 'photo.png')
+  out = subprocess.run([sys.executable, 'launch/sample.py', f'--workdir={straight}',
+                        f'--input={tmp_path / "photo.png"}', f'--output={tmp_path / "out"}', '--whole_image',
+                        '--tile=8'],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert out.returncode == 0, out.stderr
+  assert 'photo.png: 21x13 -> 84x52' in out.stdout
+  model, variables = srgan.restore(tiny_config(), straight)
+  expected = np.asarray(srgan.predict(model, variables, photo[None]))[0]
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / 'out' / 'photo_x4_0.png')), expected)
 
 
 def test_srim_table_has_bicubic_srgan_and_srim_rows(srgan_run, tmp_path):
@@ -262,6 +280,7 @@ def test_srim_table_has_bicubic_srgan_and_srim_rows(srgan_run, tmp_path):
   assert list(alone) == ['Bicubic', 'SRGAN'] and alone['SRGAN'] == pytest.approx(rows['SRGAN'])
 
 
+@pytest.mark.slow
 def test_launch_train_runs_the_srgan_demo_and_writes_checkpoints(tmp_path):
   # The runlocal demo through both phases.
   out = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/demo_srgan.py:runlocal',
