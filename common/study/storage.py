@@ -246,31 +246,27 @@ class Store:
     return {'arms': arms, 'answers': answers, 'workers_per_arm': self.manifest.workers_per_arm}
 
 
-def read_answers(study: str) -> list[dict]:
-  """Every answer with its trial and session, for the report (read-only; a running server may keep writing)."""
+def _read_only(study: str, query: str) -> list[dict]:
+  """The rows of `query` on the study's database opened read-only (a running server may keep writing); [] if none."""
   path = os.path.join(study, DATABASE)
   if not os.path.exists(path):
     return []
   db = sqlite3.connect(f'file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro', uri=True)
   db.row_factory = sqlite3.Row
   try:
-    rows = db.execute(
-        'SELECT s.id AS session, s.worker, s.arm, s.status, t.position, t.phase, t.kind, t.example, t.left_label, '
-        't.right_label, t.test, t.split, a.choice, a.display_ms, a.server_ms FROM answers a '
-        'JOIN trials t ON t.id = a.trial_id JOIN sessions s ON s.id = a.session_id ORDER BY s.id, t.position')
-    return [dict(r) for r in rows]
+    return [dict(r) for r in db.execute(query)]
   finally:
     db.close()
+
+
+def read_answers(study: str) -> list[dict]:
+  """Every answer with its trial and session, for the report."""
+  return _read_only(study, 'SELECT s.id AS session, s.worker, s.arm, s.status, t.position, t.phase, t.kind, '
+                    't.example, t.left_label, t.right_label, t.test, t.split, a.choice, a.display_ms, a.server_ms '
+                    'FROM answers a JOIN trials t ON t.id = a.trial_id JOIN sessions s ON s.id = a.session_id '
+                    'ORDER BY s.id, t.position')
 
 
 def read_sessions(study: str) -> list[dict]:
-  path = os.path.join(study, DATABASE)
-  if not os.path.exists(path):
-    return []
-  db = sqlite3.connect(f'file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro', uri=True)
-  db.row_factory = sqlite3.Row
-  try:
-    return [dict(r) for r in db.execute('SELECT id, worker, arm, status, golden_missed, answered, num_trials '
-                                        'FROM sessions ORDER BY id')]
-  finally:
-    db.close()
+  return _read_only(study, 'SELECT id, worker, arm, status, golden_missed, answered, num_trials FROM sessions '
+                    'ORDER BY id')
