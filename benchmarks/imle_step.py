@@ -31,8 +31,8 @@ from ml_collections import config_flags
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
-from common import optim, sharding  # noqa: E402  (after the path)
-from imle import imle, models, train  # noqa: E402
+from common import sharding  # noqa: E402  (after the path)
+from imle import imle, train  # noqa: E402
 
 config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'imagenet_srim.py'), 'SRIM config.',
                                 lock_config=False)
@@ -98,13 +98,10 @@ def measure(config, steps: int, repeats: int) -> dict:
   mesh = sharding.data_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   imle_cfg = train.imle_config(config, mesh)
-  model = models.SRIM(cfg)
-  tx, schedule = optim.make_optimizer(config.optimizer)
-  state = train.create_train_state(model, cfg, imle_cfg.pool_size, tx, config.data.lowres_size, jax.random.key(0),
-                                   mesh)
+  state = train.create_train_state(config, jax.random.key(0), mesh)
   feature_map, frozen = train.make_frozen(config, feature_cfg, sides, mesh)
-  search_fn, train_fn = train.compile_steps(state, mesh, frozen, cfg=cfg, feature_map=feature_map,
-                                            imle_cfg=imle_cfg, sides=sides, schedule=schedule)
+  pool_step, _ = train.compile_steps(config, state, mesh, feature_map, frozen)
+  search_fn, train_fn = pool_step.search, pool_step.train
   rng, key = np.random.default_rng(0), jax.random.key(0)
   size, low, high = imle_cfg.pool_size, config.data.lowres_size, config.data.highres_size
   pool = {'lowres': rng.integers(0, 256, (size, low, low, 3), np.uint8),

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from common import optim, sharding
-from pixelsr import models, train
+from common import sharding
+from pixelsr import train
 
 flags.DEFINE_list('configs', ['celeba_pixelcnn', 'lsun_pixelcnn'], 'Config modules under configs/.')
 flags.DEFINE_integer('batch_size', 32, 'Global batch size.')
@@ -40,11 +40,9 @@ def measure(name: str, batch_size: int, steps: int, num_devices: int) -> dict:
   config = importlib.import_module(f'configs.{name}').get_config()
   cfg = train.model_config(config)
   mesh = sharding.data_mesh(jax.devices()[:num_devices])
-  model = models.PixelRecursiveSR(cfg)
-  tx, schedule = optim.make_optimizer(config.optimizer)
-  state = train.create_train_state(model, cfg, tx, config.data, jax.random.key(0), mesh)
+  state = train.create_train_state(config, jax.random.key(0), mesh)
   config.unlock().batch_size = batch_size
-  step, _ = train.compile_steps(config, schedule, state, mesh)
+  step, _ = train.compile_steps(config, state, mesh)
   rng = np.random.default_rng(0)
   d = config.data
   batch = sharding.to_global({

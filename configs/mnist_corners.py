@@ -4,11 +4,12 @@
   python launch/train.py --config=configs/mnist_corners.py:pixelcnn --workdir=runs/mnist_corners/pixelcnn
   python launch/train.py --config=configs/mnist_corners.py:ce,runlocal --workdir=/tmp/smoke   # tiny smoke run
 
-The argument picks the model: 'l2' (L2 regression: the conditioning network with one output and tanh, as table 1's
-baseline), 'ce' (per-pixel cross-entropy: the conditioning network alone, eq. 4) or 'pixelcnn' (conditioning network
-+ PixelCNN prior, loss O2, as the paper's model; the default); add ',runlocal' for a tiny smoke run. Meant for a
-2-core CPU: launch/corners.py trains the three in minutes (README, "MNIST corners"). Compare with figure 2: L2 draws
-two blurry digits, cross-entropy two crisper ones, PixelCNN samples one digit in one corner.
+The argument picks the model: 'l2' (L2 regression: the conditioning network with one output, as table 1's baseline
+but predicting the output itself, not a tanh residual over the input: model.residual=False), 'ce' (per-pixel
+cross-entropy: the conditioning network alone, eq. 4) or 'pixelcnn' (conditioning network + PixelCNN prior, loss O2,
+as the paper's model; the default); add ',runlocal' for a tiny smoke run. Meant for a 2-core CPU: launch/corners.py
+trains the three in minutes (README, "MNIST corners"). Compare with figure 2: L2 draws two blurry digits,
+cross-entropy two crisper ones, PixelCNN samples one digit in one corner.
 
 Data (common/mnist.py): the input is the 28x28 digit resized (antialiased bicubic) to 16x16; the output is a 16x16
 black canvas with the digit resized to 8x8 in its upper-left or upper-right quadrant, each with probability 1/2, so
@@ -52,7 +53,8 @@ def get_config(arg: str | None = None):
   if 'runlocal' in options:
     defaults.shrink_for_smoke_run(c)
   if model == 'l2':
-    c = defaults.regression_config(c)
-    # Figure 2's L2 column in the README was measured with table 2's init; kept until figure 2 is retrained.
-    c.model.zero_init_last = False
+    c = defaults.regression_config(c)  # With its zero_init_last=True the untrained model outputs 0: mid-grey.
+    # The paper's L2 model predicts the output (per-pixel squared error on it), not a residual over the input: the
+    # input digit is not in the output, and a white input pixel + tanh(residual) can never go below mid-grey.
+    c.model.residual = False
   return c.lock()

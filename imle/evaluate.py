@@ -17,7 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from common import checkpoint, data, images, lpips, metrics, progress, user_images
+from common import checkpoint, data, images, lpips, metrics, progress, train_loop, user_images
 from common.errors import UserError
 from imle import models, srgan, train
 
@@ -61,7 +61,7 @@ def eval_examples(data_cfg: ml_collections.ConfigDict, num_examples: int,
 def srim_method(config: ml_collections.ConfigDict, workdir: str, num_samples: int) -> Method:
   if num_samples < 2:
     raise UserError(f'--num_samples must be >= 2 for the diversity column, got {num_samples}.')
-  model, variables = train.restore_for_sampling(config, workdir)
+  model, variables = train.restore(config, workdir)
   return lambda x, key: np.asarray(models.sample(model, variables, x, key, num_samples))
 
 
@@ -83,6 +83,7 @@ def srgan_method(data_cfg: ml_collections.ConfigDict, workdir: str) -> Method:
 def methods(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
             srgan_workdir: str = '') -> dict[str, Method]:
   """The table's rows after Bicubic: for an SRIM run, SRGAN (if `srgan_workdir`) and SRIM; for an SRGAN run, it."""
+  (srgan if config.method == 'srgan' else train).check_config(config)  # Before any run is read.
   if config.method == 'srgan':
     if srgan_workdir:
       raise UserError('--srgan_workdir adds the SRGAN row to an SRIM run\'s table; with an SRGAN config, --workdir '
@@ -132,7 +133,8 @@ def table(config: ml_collections.ConfigDict, workdir: str, num_examples: int, nu
           batch_size: int = 16, *, srgan_workdir: str = '', split: str = 'eval') -> dict[str, dict[str, float]]:
   """Row -> column -> mean over the first `num_examples` examples of `split` (0 = all of a tfds split)."""
   rows = methods(config, workdir, num_samples, srgan_workdir)
-  return score(rows, *eval_examples(config.data, num_examples, split), jax.random.key(config.seed), batch_size)[0]
+  return score(rows, *eval_examples(config.data, num_examples, split), train_loop.seed_key(config.seed, 'evaluate'),
+               batch_size)[0]
 
 
 def tables(config: ml_collections.ConfigDict, workdir: str, num_examples: int, num_samples: int = 4,
@@ -141,7 +143,7 @@ def tables(config: ml_collections.ConfigDict, workdir: str, num_examples: int, n
   """`table` on every split of `splits(config.data)` with the models restored once: ({label: rows},
   {label: figure})."""
   rows = methods(config, workdir, num_samples, srgan_workdir)
-  key = jax.random.key(config.seed)
+  key = train_loop.seed_key(config.seed, 'evaluate')
   results, figures = {}, {}
   for split, label in splits(config.data).items():
     results[label], figure = score(rows, *eval_examples(config.data, num_examples, split), key, batch_size,

@@ -18,9 +18,12 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import logging
 
 from common import sharding
+from common.config import from_config
 from common.errors import UserError
 from imle import vgg19
 
@@ -38,7 +41,7 @@ class FeatureConfig:
   projection_seed: int = 0  # The projection matrix is a fixed function of this seed.
   num_weight_estimation_images: int = 64  # Training images `estimate_weights` averages over.
   # The VGG19 preprocessing fixed `weights` were tuned for ('caffe', 'torch'; '' = not tied to one): a weights file
-  # that expects the other is refused (imle.train.load_vgg). Ignored when the weights are estimated.
+  # that expects the other is refused (load_vgg). Ignored when the weights are estimated.
   weights_tuned_for: Literal['', 'caffe', 'torch'] = ''
 
   def __post_init__(self):
@@ -54,8 +57,11 @@ class FeatureConfig:
     if self.weights and (len(self.weights) != len(self.components) or min(self.weights) <= 0):
       raise UserError(f'config.features.weights must be () (estimate them) or one positive weight per component of '
                       f'{self.components}, got {self.weights}.')
-    if self.projection_dim < 0 or self.num_weight_estimation_images < 1:
-      raise UserError('config.features.projection_dim must be >= 0 and num_weight_estimation_images >= 1.')
+    if self.projection_dim < 0:
+      raise UserError(f'config.features.projection_dim must be >= 0 (0 = no projection), got {self.projection_dim}.')
+    if self.num_weight_estimation_images < 1:
+      raise UserError('config.features.num_weight_estimation_images must be >= 1, got '
+                      f'{self.num_weight_estimation_images}.')
 
   @property
   def vgg_layers(self) -> tuple[str, ...]:
@@ -160,3 +166,48 @@ def estimate_weights(feature_map: FeatureMap, vgg_params: dict, images01: np.nda
     raise UserError(f'Cannot estimate config.features.weights: mean |component| of {components} is {values} on the '
                     'training images; set config.features.weights explicitly.')
   return tuple(1.0 / m for m in values)
+
+
+def load_vgg(config: ml_collections.ConfigDict, feature_cfg: FeatureConfig) -> vgg19.VGGWeights | None:
+  """The VGG19 weights of config.vgg (None if phi has no VGG component); warns once when they are untrained."""
+  if not feature_cfg.vgg_layers:
+    return None
+  cfg = from_config(vgg19.VGGConfig, config.vgg, 'config.vgg')
+  if cfg.weights_path:
+    weights = vgg19.load_weights(cfg.weights_path)
+    check_feature_weights(feature_cfg, weights)
+    logging.info('VGG19 weights from %s (%s preprocessing).', weights.source, weights.preprocessing)
+    return weights
+  logging.warning(
+      'config.vgg.weights_path is empty: the feature distance uses UNTRAINED (random) VGG19 features, not the '
+      "paper's perceptual ones. Pass --config.vgg.weights_path=vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 "
+      '(Keras) or a .npz converted from torchvision\'s vgg19-dcbb9e9d.pth by `python -m imle.vgg19 convert --pth '
+      'vgg19-dcbb9e9d.pth --out vgg19.npz`.')
+  return vgg19.random_weights(cfg.random_seed)
+
+
+_PREPROCESSING = {'torch': "torchvision's (RGB, 0-1, ImageNet mean / std)",
+                  'caffe': "Caffe's (BGR, 0-255, minus the ImageNet mean pixel)"}
+_FILE_FOR = {'torch': '`python -m imle.vgg19 convert --pth vgg19-dcbb9e9d.pth --out vgg19_torchvision.npz` '
+                      "(torchvision's weights)",
+             'caffe': "Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"}
+
+
+def check_feature_weights(feature_cfg: FeatureConfig, weights: vgg19.VGGWeights) -> None:
+  """Refuses fixed feature weights tuned for one VGG19 preprocessing with a weights file that expects the other.
+
+  Refused, not rescaled: no one factor maps the features of one file onto the other's. The files hold different
+  networks (Keras' is the original Caffe VGG19; torchvision's was trained again), and even for one network the input
+  scale (0-255 against units of the ImageNet std, ~57x at conv1_1) reaches conv2_2 and conv4_4 through biases and
+  ReLUs, not as a constant factor. Untrained weights (no file) are not checked: random features have no scale that
+  tuned weights could match, and the run already warns that its distance is not the paper's.
+  """
+  tuned = feature_cfg.weights_tuned_for
+  if feature_cfg.weights and tuned and tuned != weights.preprocessing:
+    raise UserError(
+        f'config.features.weights={feature_cfg.weights} were tuned for {_PREPROCESSING[tuned]} VGG19 inputs '
+        f"(config.features.weights_tuned_for='{tuned}'), but {weights.source} expects "
+        f'{_PREPROCESSING[weights.preprocessing]} inputs, whose VGG features are of another scale (tens of times '
+        'larger for Caffe\'s 0-255 than for torchvision\'s), so the weights no longer balance the terms. Pass '
+        f'{_FILE_FOR[tuned]} as --config.vgg.weights_path, or keep this file and estimate weights for it with '
+        "--config.features.weights='()'.")

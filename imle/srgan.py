@@ -31,11 +31,10 @@ import optax
 from absl import logging
 from flax import struct
 
-from common import checkpoint, data, images, metrics, sharding, train_loop
+from common import images, metrics, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from imle import features, vgg19
-from imle import train as srim_train
 
 _DISCRIMINATOR_PAPER = (64, 64, 128, 128, 256, 256, 512, 512)
 
@@ -80,10 +79,12 @@ class TrainConfig:
     if self.content_layer not in vgg19.LAYERS:
       raise UserError(f'config.srgan.content_layer must be one of {", ".join(vgg19.LAYERS)}, '
                       f'got {self.content_layer!r}.')
-    if self.pretrain_steps < 0 or self.lr_decay_after < 0:
-      raise UserError('config.srgan.pretrain_steps and lr_decay_after must be >= 0.')
-    if min(self.pretrain_learning_rate, self.learning_rate, self.lr_decay_factor, self.content_scale) <= 0:
-      raise UserError('config.srgan learning rates, lr_decay_factor and content_scale must be positive.')
+    for name in ('pretrain_steps', 'lr_decay_after'):
+      if getattr(self, name) < 0:
+        raise UserError(f'config.srgan.{name} must be >= 0, got {getattr(self, name)}.')
+    for name in ('pretrain_learning_rate', 'learning_rate', 'lr_decay_factor', 'content_scale'):
+      if getattr(self, name) <= 0:
+        raise UserError(f'config.srgan.{name} must be positive, got {getattr(self, name)}.')
 
 
 def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
@@ -170,10 +171,7 @@ class TrainState(struct.PyTreeNode):
 
 def model_config(config: ml_collections.ConfigDict) -> SRGANConfig:
   """The typed model config, checked against the data sizes."""
-  try:
-    cfg = from_config(SRGANConfig, config.model, 'config.model')
-  except ValueError as e:
-    raise UserError(str(e)) from e
+  cfg = from_config(SRGANConfig, config.model, 'config.model')
   d = config.data
   if d.highres_size != d.lowres_size * cfg.upsample_factor:
     raise UserError(f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
@@ -189,6 +187,15 @@ def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
   return cfg
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every value of `config` that training, sampling or evaluation uses, checked before anything is read, built or
+  written: a UserError naming the first bad field."""
+  validation.check_common(config)
+  model_config(config)
+  train_config(config)
+  from_config(vgg19.VGGConfig, config.vgg, 'config.vgg')
+
+
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   """Adam's direction; the step multiplies it by `learning_rate(step)`, a function of the global step."""
   return optax.scale_by_adam(b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps)
@@ -200,11 +207,12 @@ def learning_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:
                    jnp.where(gan_step < cfg.lr_decay_after, cfg.learning_rate, cfg.learning_rate * cfg.lr_decay_factor))
 
 
-def create_train_state(cfg: SRGANConfig, tx: optax.GradientTransformation, data_cfg: ml_collections.ConfigDict,
-                       rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
-  """The initial state, built directly with its shardings (no host copy of the parameters)."""
-  lowres = jnp.zeros((1, data_cfg.lowres_size, data_cfg.lowres_size, 3))
-  highres = jnp.zeros((1, data_cfg.highres_size, data_cfg.highres_size, 3))
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
+  """The initial state of both networks and their Adam states, built directly with its shardings."""
+  cfg, tx = model_config(config), make_optimizer(train_config(config))
+  d = config.data
+  lowres = jnp.zeros((1, d.lowres_size, d.lowres_size, 3))
+  highres = jnp.zeros((1, d.highres_size, d.highres_size, 3))
 
   def net(module, x, rng):
     variables = module.init(rng, x, train=False)
@@ -215,8 +223,7 @@ def create_train_state(cfg: SRGANConfig, tx: optax.GradientTransformation, data_
     return TrainState(jnp.zeros((), jnp.int32), net(Generator(cfg), lowres, g_rng),
                       net(Discriminator(cfg), highres, d_rng))
 
-  shardings = sharding.state_shardings(jax.eval_shape(init, rng), mesh)
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return trainer.create_sharded(init, rng, mesh)
 
 
 def _adam_step(net: NetState, grads: Any, batch_stats: Any, lr: jax.Array,
@@ -378,39 +385,38 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGANConfi
   pred = images.signed_to_uint8(out)
   per_example = {'mse': jnp.mean(jnp.square(out - real), axis=(1, 2, 3)),
                  'psnr_y': metrics.psnr_y(pred, batch['highres']), 'ssim_y': metrics.ssim_y(pred, batch['highres'])}
-  mask = batch['mask'].astype(jnp.float32)
-  sums = {k: (v * mask).sum() for k, v in per_example.items()}
-  sums['count'] = mask.sum()
-  return sums
+  return trainer.masked_sums(per_example, batch['mask'])
 
 
-def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], step_fn, mesh) -> dict[str, float]:
+def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh, frozen: dict,
+                  preprocessing: str):
+  """(train_fn, eval_fn): the loop's step `train_fn(state, batch, rng)` (jitted, donating the state, with the frozen
+  VGG19 parameters) and the jitted `eval_step`, with explicit shardings."""
+  cfg, train_cfg = model_config(config), train_config(config)
+  step = trainer.jit_train_step(functools.partial(train_step, cfg=cfg, train_cfg=train_cfg,
+                                                  preprocessing=preprocessing, tx=make_optimizer(train_cfg)),
+                                state, mesh, frozen)
+  return (lambda state, batch, rng: step(state, batch, rng, frozen),
+          trainer.jit_eval_step(functools.partial(eval_step, cfg=cfg), state, mesh))
+
+
+def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn,
+             mesh: jax.sharding.Mesh) -> dict[str, float]:
   """Means over the whole eval set, each example counted once (padding is masked out)."""
-  totals: dict[str, float] = {}
-  for batch in eval_batches:
-    for k, v in jax.device_get(step_fn(state, sharding.to_global(batch, mesh))).items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  count = totals.pop('count', 0.0)
-  if not count:
-    raise UserError('The eval split yielded no examples; check config.data.eval_split / num_eval_examples.')
-  return {k: v / count for k, v in totals.items()}
+  return trainer.masked_means(state, eval_batches, eval_fn, mesh)
 
 
 def load_vgg(config: ml_collections.ConfigDict, train_cfg: TrainConfig) -> vgg19.VGGWeights:
   """config.vgg's weights (SRIM's loader: a missing file is one error line, untrained weights one warning)."""
   layer = (train_cfg.content_layer,)
-  return srim_train.load_vgg(config, features.FeatureConfig(components=layer, selection_components=layer))
+  return features.load_vgg(config, features.FeatureConfig(components=layer, selection_components=layer))
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[Generator, dict]:
   """The generator of a training run and its variables (params, batch_stats) at `step` (default: the latest
   checkpoint), replicated. Pass them to `predict`."""
-  cfg, train_cfg = model_config(config), train_config(config)
-  mesh = sharding.data_mesh()
-  tx = make_optimizer(train_cfg)
-  abstract = jax.eval_shape(lambda rng: create_train_state(cfg, tx, config.data, rng, mesh), jax.random.key(0))
-  state = checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
-  return Generator(cfg), _variables(state.generator)
+  state = trainer.restore_state(functools.partial(create_train_state, config), workdir, step)
+  return Generator(model_config(config)), _variables(state.generator)
 
 
 @functools.partial(jax.jit, static_argnames='model')
@@ -422,38 +428,18 @@ def predict(model: Generator, variables: dict, lowres: jax.Array) -> jax.Array:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains SRResNet, then SRGAN from it, in `workdir` (resuming if it holds checkpoints); returns the final metrics
   ('train/loss', 'train/d_loss', 'eval/psnr_y', ...)."""
+  check_config(config)
   cfg, train_cfg = model_config(config), train_config(config)
   mesh = sharding.data_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
-  tx = make_optimizer(train_cfg)
-  state = create_train_state(cfg, tx, config.data, train_loop.seed_key(config.seed, 'init'), mesh)
+  state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
   logging.info('SRGAN: generator %s parameters, discriminator %s; %d pretraining (MSE) steps, then GAN steps.',
-               *(f'{sum(x.size for x in jax.tree.leaves(n.params)):,}' for n in (state.generator,
-                                                                                 state.discriminator)),
+               trainer.num_params(state.generator.params), trainer.num_params(state.discriminator.params),
                train_cfg.pretrain_steps)
   weights = load_vgg(config, train_cfg)
   frozen = {'vgg': jax.device_put(weights.up_to((train_cfg.content_layer,)), sharding.replicated(mesh))}
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
-  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
-  batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  step = jax.jit(functools.partial(train_step, cfg=cfg, train_cfg=train_cfg, preprocessing=weights.preprocessing,
-                                   tx=tx), in_shardings=(state_sh, batch_sh, rep, frozen_sh),
-                 out_shardings=(state_sh, rep), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, cfg=cfg), in_shardings=(state_sh, batch_sh), out_shardings=rep)
-  # Fail on a missing dataset now, not after compiling. Every process draws the same grids, of the global batch.
-  first_eval = sharding.gather(next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size,
-                                                      seed=config.seed)))
-
-  def train_batches(start_step: int):
-    return data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=config.seed,
-                             start_index=start_step * config.batch_size)
-
-  def run_eval(state):
-    batches = data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed)
-    return evaluate(state, batches, eval_fn, mesh)
-
-  num_grid = min(config.num_sample_images, int(first_eval['mask'].sum()))
-  grid_lowres, grid_highres = first_eval['lowres'][:num_grid], first_eval['highres'][:num_grid]
+  train_fn, eval_fn = compile_steps(config, state, mesh, frozen, weights.preprocessing)
+  grid_lowres, grid_highres = trainer.grid_inputs(config)
   model = Generator(cfg)
 
   def make_grids(state, step):
@@ -461,8 +447,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     out = predict(model, _variables(state.generator), sharding.replicate(grid_lowres, mesh))
     return {'lowres_prediction_truth': images.make_grid([grid_lowres, np.asarray(out), grid_highres])}
 
-  _, final = train_loop.run(config, workdir, state=state, mesh=mesh,
-                            train_step=lambda state, batch, rng: step(state, batch, rng, frozen),
-                            train_batches=train_batches, evaluate=run_eval, make_grids=make_grids,
-                            checked_metrics=('loss', 'grad_norm', 'd_loss', 'd_grad_norm'))
+  _, final = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
+                            train_batches=trainer.train_batches(config),
+                            evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
+                            make_grids=make_grids, checked_metrics=('loss', 'grad_norm', 'd_loss', 'd_grad_norm'))
   return final

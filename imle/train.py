@@ -4,7 +4,7 @@ How the IMLE pools fit the functional loop (common/train_loop.py). With K = step
 is trained on by steps p*K + 1 ... (p+1)*K. Its images are examples p*P ... (p+1)*P - 1 of the training stream, and
 the noise candidates of row i are fixed functions of (seed, p, i, stage, candidate) (imle.candidate_noise), so all a
 pool adds to the parameters is which candidate each row chose: `state.pool_choice` (P, stages), checkpointed with
-them. `pool_batches` adds the whole pool to the first batch of each pool; the loop's step (`PoolTrainStep`) then
+them. `pools.pool_batches` adds the whole pool to the first batch of each pool; the loop's step (`PoolTrainStep`) then
 selects with the parameters of that moment before taking the step. A run resumed inside a pool re-reads the pool's
 images and finds its choices in the checkpoint, so it trains exactly as an uninterrupted run; nothing random is
 saved. The chosen noises are perturbed (0.1 N(0, 1), the port) once per pool, by a noise keyed the same way.
@@ -13,7 +13,6 @@ Frozen inputs (VGG19 parameters, feature weights, projection matrices) are an ar
 never part of the state or the optimiser.
 """
 import functools
-import itertools
 import time
 from typing import Any, Iterator
 
@@ -25,10 +24,10 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import checkpoint, data, images, optim, sharding, train_loop
+from common import data, images, optim, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
-from imle import features, imle, models, vgg19
+from imle import features, imle, models, pools, vgg19
 
 
 class TrainState(train_state.TrainState):
@@ -39,10 +38,7 @@ class TrainState(train_state.TrainState):
 
 def model_config(config: ml_collections.ConfigDict) -> models.SRIMConfig:
   """The typed model config, checked against the data sizes and the VGG layers it must fit."""
-  try:
-    cfg = from_config(models.SRIMConfig, config.model, 'config.model')
-  except ValueError as e:
-    raise UserError(str(e)) from e
+  cfg = from_config(models.SRIMConfig, config.model, 'config.model')
   d = config.data
   if d.highres_size != d.lowres_size * 2 ** cfg.num_stages:
     raise UserError(f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
@@ -69,15 +65,29 @@ def imle_config(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> i
   return cfg
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every value of `config` that training, sampling or evaluation uses, checked before anything is read, built or
+  written: a UserError naming the first bad field."""
+  validation.check_common(config)
+  cfg = model_config(config)
+  feature_config(config, stage_sides(config, cfg))
+  from_config(imle.IMLEConfig, config.imle, 'config.imle')
+  from_config(vgg19.VGGConfig, config.vgg, 'config.vgg')
+
+
 def stage_targets(highres: jax.Array, sides: list[int]) -> list[jax.Array]:
   """The ground truth at each stage's side, RGB in [0, 1]: antialiased bicubic, the data pipeline's downsampling."""
   return [jnp.clip(images.resize(highres, side), 0.0, 255.0) / 255.0 for side in sides[:-1]] + [
       jnp.asarray(highres, jnp.float32) / 255.0]
 
 
-def create_train_state(model: models.SRIM, cfg: models.SRIMConfig, pool_size: int, tx: optax.GradientTransformation,
-                       lowres_size: int, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
-  """The initial state, built directly with its shardings (no host copy of the parameters)."""
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
+  """The initial state of `config`'s model, optimiser and pool choices, built directly with its shardings."""
+  cfg = model_config(config)
+  model = models.SRIM(cfg)
+  tx, _ = optim.make_optimizer(config.optimizer)
+  pool_size = from_config(imle.IMLEConfig, config.imle, 'config.imle').pool_size
+  lowres_size = config.data.lowres_size
   lowres = jnp.zeros((1, lowres_size, lowres_size, 3))
   noises = [jnp.zeros((1, *models.noise_shape(cfg, lowres_size, s))) for s in range(cfg.num_stages)]
 
@@ -88,8 +98,7 @@ def create_train_state(model: models.SRIM, cfg: models.SRIMConfig, pool_size: in
                              pool_choice=jnp.zeros((pool_size, cfg.num_stages), jnp.int32),
                              pool_distance=jnp.zeros((cfg.num_stages,), jnp.float32))
 
-  shardings = sharding.state_shardings(jax.eval_shape(init, rng), mesh)
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return trainer.create_sharded(init, rng, mesh)
 
 
 def _variables(state: TrainState) -> dict:
@@ -149,95 +158,27 @@ class PoolTrainStep:
   """The loop's step: selects the pool's noises when the batch brings a new pool, then trains one step."""
 
   def __init__(self, search_fn, train_fn, frozen: dict, imle_cfg: imle.IMLEConfig):
-    self._search, self._train, self._frozen, self._imle_cfg = search_fn, train_fn, frozen, imle_cfg
+    self.search, self.train, self._frozen, self._imle_cfg = search_fn, train_fn, frozen, imle_cfg
 
   def __call__(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
     if 'pool_lowres' in batch:
       pool = {k: batch.pop(f'pool_{k}') for k in ('lowres', 'highres', 'row')}
       number = int(state.step) // self._imle_cfg.steps_per_pool  # Once per pool: the wait costs nothing.
       t0 = time.time()
-      choice, distance = self._search(state, pool, imle.pool_key(rng, number), self._frozen,
+      choice, distance = self.search(state, pool, imle.pool_key(rng, number), self._frozen,
                                       self._imle_cfg.num_candidates)
       distance = jax.block_until_ready(jax.device_put(distance.mean(0), state.pool_distance.sharding))
       logging.info('Selected the noises of pool %d (%d images) in %.1f s; mean distance per stage %s.', number,
                    choice.shape[0], time.time() - t0, np.round(np.asarray(distance), 5).tolist())
       state = state.replace(pool_choice=choice, pool_distance=distance)
-    return self._train(state, batch, rng, self._frozen)
-
-
-def pool_batches(config: ml_collections.ConfigDict, imle_cfg: imle.IMLEConfig, start_step: int,
-                 process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
-  """This process's rows of each step's batch: pool rows (images + 'pool_index'), plus the whole pool's rows
-  ('pool_lowres', 'pool_highres', 'pool_row') at the first step of each pool. Every process reads the whole pool."""
-  size, per_pool = imle_cfg.pool_size, imle_cfg.steps_per_pool
-  batch, pool_part = config.batch_size // process_count, slice(
-      process_index * size // process_count, (process_index + 1) * size // process_count)
-  stream = data.make_dataset(config.data, 'train', batch_size=size, seed=config.seed,
-                             start_index=start_step // per_pool * size, process_index=0, process_count=1)
-  pool = None
-  for step in itertools.count(start_step):  # `step` = state.step before the step.
-    number, local_step = divmod(step, per_pool)
-    if pool is None or local_step == 0:
-      pool = next(stream)
-    rows = imle.pool_rows(config.seed, number, local_step, config.batch_size, size)
-    rows = rows[process_index * batch:(process_index + 1) * batch]
-    out = {'lowres': pool['lowres'][rows], 'highres': pool['highres'][rows], 'pool_index': rows}
-    if local_step == 0:
-      out.update(pool_lowres=pool['lowres'][pool_part], pool_highres=pool['highres'][pool_part],
-                 pool_row=np.arange(size, dtype=np.int32)[pool_part])
-    yield out
-
-
-def load_vgg(config: ml_collections.ConfigDict, feature_cfg: features.FeatureConfig) -> vgg19.VGGWeights | None:
-  """The VGG19 weights of config.vgg (None if phi has no VGG component); warns once when they are untrained."""
-  if not feature_cfg.vgg_layers:
-    return None
-  cfg = from_config(vgg19.VGGConfig, config.vgg, 'config.vgg')
-  if cfg.weights_path:
-    weights = vgg19.load_weights(cfg.weights_path)
-    check_feature_weights(feature_cfg, weights)
-    logging.info('VGG19 weights from %s (%s preprocessing).', weights.source, weights.preprocessing)
-    return weights
-  logging.warning(
-      'config.vgg.weights_path is empty: the feature distance uses UNTRAINED (random) VGG19 features, not the '
-      "paper's perceptual ones. Pass --config.vgg.weights_path=vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 "
-      '(Keras) or a .npz converted from torchvision\'s vgg19-dcbb9e9d.pth by `python -m imle.vgg19 convert --pth '
-      'vgg19-dcbb9e9d.pth --out vgg19.npz`.')
-  return vgg19.random_weights(cfg.random_seed)
-
-
-_PREPROCESSING = {'torch': "torchvision's (RGB, 0-1, ImageNet mean / std)",
-                  'caffe': "Caffe's (BGR, 0-255, minus the ImageNet mean pixel)"}
-_FILE_FOR = {'torch': '`python -m imle.vgg19 convert --pth vgg19-dcbb9e9d.pth --out vgg19_torchvision.npz` '
-                      "(torchvision's weights)",
-             'caffe': "Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"}
-
-
-def check_feature_weights(feature_cfg: features.FeatureConfig, weights: vgg19.VGGWeights) -> None:
-  """Refuses fixed feature weights tuned for one VGG19 preprocessing with a weights file that expects the other.
-
-  Refused, not rescaled: no one factor maps the features of one file onto the other's. The files hold different
-  networks (Keras' is the original Caffe VGG19; torchvision's was trained again), and even for one network the input
-  scale (0-255 against units of the ImageNet std, ~57x at conv1_1) reaches conv2_2 and conv4_4 through biases and
-  ReLUs, not as a constant factor. Untrained weights (no file) are not checked: random features have no scale that
-  tuned weights could match, and the run already warns that its distance is not the paper's.
-  """
-  tuned = feature_cfg.weights_tuned_for
-  if feature_cfg.weights and tuned and tuned != weights.preprocessing:
-    raise UserError(
-        f'config.features.weights={feature_cfg.weights} were tuned for {_PREPROCESSING[tuned]} VGG19 inputs '
-        f"(config.features.weights_tuned_for='{tuned}'), but {weights.source} expects "
-        f'{_PREPROCESSING[weights.preprocessing]} inputs, whose VGG features are of another scale (tens of times '
-        'larger for Caffe\'s 0-255 than for torchvision\'s), so the weights no longer balance the terms. Pass '
-        f'{_FILE_FOR[tuned]} as --config.vgg.weights_path, or keep this file and estimate weights for it with '
-        "--config.features.weights='()'.")
+    return self.train(state, batch, rng, self._frozen)
 
 
 def make_frozen(config: ml_collections.ConfigDict, feature_cfg: features.FeatureConfig, sides: list[int],
                 mesh: jax.sharding.Mesh) -> tuple[features.FeatureMap, dict]:
   """The feature map and its frozen parameters, replicated: VGG19, the weights w_i (estimated if not configured)
   and the projection matrices."""
-  weights = load_vgg(config, feature_cfg)
+  weights = features.load_vgg(config, feature_cfg)
   feature_map = features.FeatureMap(feature_cfg, weights.preprocessing if weights else 'caffe')
   vgg_params = jax.device_put(weights.up_to(feature_cfg.vgg_layers) if weights else {}, sharding.replicated(mesh))
   w = feature_cfg.weights
@@ -253,54 +194,57 @@ def make_frozen(config: ml_collections.ConfigDict, feature_cfg: features.Feature
   return feature_map, frozen
 
 
-def compile_steps(state: TrainState, mesh: jax.sharding.Mesh, frozen: dict, *, cfg: models.SRIMConfig,
-                  feature_map: features.FeatureMap, imle_cfg: imle.IMLEConfig, sides: list[int],
-                  schedule: optax.Schedule):
-  """jit-compiled search and train steps with explicit shardings; the train step donates the state."""
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
-  frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
-  batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  common = dict(cfg=cfg, feature_map=feature_map, imle_cfg=imle_cfg, sides=sides)
-  search = jax.jit(functools.partial(search_step, mesh=mesh, **common), static_argnums=4,
-                   in_shardings=(state_sh, batch_sh, rep, frozen_sh), out_shardings=(rep, rep))
-  train = jax.jit(functools.partial(train_step, schedule=schedule, **common),
-                  in_shardings=(state_sh, batch_sh, rep, frozen_sh), out_shardings=(state_sh, rep), donate_argnums=0)
-  return search, train
+def eval_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, frozen: dict, *, num_candidates: int,
+              **search_args) -> dict[str, jax.Array]:
+  """Sums over the real (mask == True) rows of the distance from each truth to the nearest of `num_candidates`
+  samples (hierarchical selection with the fixed evaluation noises of `key`), per stage."""
+  _, distance = search_step(state, batch, key, frozen, num_candidates, **search_args)
+  return trainer.masked_sums({f'distance_stage{s + 1}': distance[:, s] for s in range(distance.shape[1])},
+                             batch['mask'])
 
 
-def evaluate(state: TrainState, batches: Iterator[dict[str, np.ndarray]], search_fn, mesh, key, frozen,
-             num_candidates: int) -> dict[str, float]:
-  """Mean distance from each held-out truth to the nearest of m samples, per stage (padding masked out)."""
-  sums, count = 0.0, 0.0
-  for i, batch in enumerate(batches):
-    n = len(batch['mask'])  # Rows of this process; they key the eval noises.
-    batch['row'] = ((i * jax.process_count() + jax.process_index()) * n + np.arange(n)).astype(np.int32)
-    batch = sharding.to_global(batch, mesh)
-    mask = batch.pop('mask').astype(jnp.float32)
-    _, distance = search_fn(state, batch, key, frozen, num_candidates)
-    sums += np.asarray(jax.device_get((distance * mask[:, None]).sum(0)), np.float64)
-    count += float(jax.device_get(mask.sum()))
-  if not count:
-    raise UserError('The eval split yielded no examples; check config.data.eval_split / num_eval_examples.')
-  return {f'distance_stage{s + 1}': float(v) / count for s, v in enumerate(sums)}
-
-
-def restore_for_sampling(config: ml_collections.ConfigDict, workdir: str,
-                         step: int | None = None) -> tuple[models.SRIM, dict]:
-  """The model of a training run and its variables (params, batch_stats) at `step` (default: latest), replicated."""
+def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh,
+                  feature_map: features.FeatureMap, frozen: dict) -> tuple['PoolTrainStep', Any]:
+  """(train_fn, eval_fn): the loop's step (pool selection, then the jitted train step, which donates the state) and
+  `eval_fn(state, batch)`, the jitted `eval_step` with the fixed evaluation noises, both with explicit shardings."""
   cfg = model_config(config)
-  model = models.SRIM(cfg)
-  mesh = sharding.data_mesh()
-  tx, _ = optim.make_optimizer(config.optimizer)
-  pool_size = from_config(imle.IMLEConfig, config.imle, 'config.imle').pool_size
-  abstract = jax.eval_shape(lambda rng: create_train_state(model, cfg, pool_size, tx, config.data.lowres_size, rng,
-                                                           mesh), jax.random.key(0))
-  state = checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
-  return model, _variables(state)
+  imle_cfg = imle_config(config, mesh)
+  _, schedule = optim.make_optimizer(config.optimizer)
+  state_sh, frozen_sh = trainer.shardings_of(state), trainer.shardings_of(frozen)
+  batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  search_args = dict(cfg=cfg, feature_map=feature_map, imle_cfg=imle_cfg, sides=stage_sides(config, cfg))
+  search = jax.jit(functools.partial(search_step, mesh=mesh, **search_args), static_argnums=4,
+                   in_shardings=(state_sh, batch_sh, rep, frozen_sh), out_shardings=(rep, rep))
+  train = trainer.jit_train_step(functools.partial(train_step, schedule=schedule, **search_args), state, mesh, frozen)
+  eval_jit = jax.jit(functools.partial(eval_step, num_candidates=imle_cfg.eval_num_candidates, mesh=mesh,
+                                       **search_args),
+                     in_shardings=(state_sh, batch_sh, rep, frozen_sh), out_shardings=rep)
+  eval_key = imle.eval_key(train_loop.seed_key(config.seed, 'eval'))
+  return PoolTrainStep(search, train, frozen, imle_cfg), lambda state, batch: eval_jit(state, batch, eval_key, frozen)
+
+
+def _with_rows(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+  """Each eval batch with the global index of its rows ('row'), which keys their evaluation noises."""
+  for i, batch in enumerate(batches):
+    n = len(batch['mask'])  # Rows of this process.
+    yield {**batch, 'row': ((i * jax.process_count() + jax.process_index()) * n + np.arange(n)).astype(np.int32)}
+
+
+def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn,
+             mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Mean distance from each held-out truth to the nearest of m samples, per stage (padding masked out)."""
+  return trainer.masked_means(state, _with_rows(eval_batches), eval_fn, mesh)
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[models.SRIM, dict]:
+  """The model of a training run and its variables (params, batch_stats) at `step` (default: latest), replicated."""
+  state = trainer.restore_state(functools.partial(create_train_state, config), workdir, step)
+  return models.SRIM(model_config(config)), _variables(state)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the SRIM model of `config` in `workdir` (resuming if it holds checkpoints); returns the final metrics."""
+  check_config(config)
   cfg = model_config(config)
   sides = stage_sides(config, cfg)
   feature_cfg = feature_config(config, sides)
@@ -308,28 +252,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding.check_batch_size(config.batch_size, mesh)
   imle_cfg = imle_config(config, mesh)
   model = models.SRIM(cfg)
-  tx, schedule = optim.make_optimizer(config.optimizer)
   grid_rng = train_loop.seed_key(config.seed, 'samples')
-  state = create_train_state(model, cfg, imle_cfg.pool_size, tx, config.data.lowres_size,
-                             train_loop.seed_key(config.seed, 'init'), mesh)
-  logging.info('Model: %s parameters.', f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
+  state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
+  logging.info('Model: %s parameters.', trainer.num_params(state.params))
   feature_map, frozen = make_frozen(config, feature_cfg, sides, mesh)
-  search_fn, train_fn = compile_steps(state, mesh, frozen, cfg=cfg, feature_map=feature_map, imle_cfg=imle_cfg,
-                                      sides=sides, schedule=schedule)
-  # Every process draws the same grids, of the global batch.
-  first_eval = sharding.gather(next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size,
-                                                      seed=config.seed)))
-  eval_rng = imle.eval_key(train_loop.seed_key(config.seed, 'eval'))
+  train_fn, eval_fn = compile_steps(config, state, mesh, feature_map, frozen)
+  grid_lowres, grid_highres = trainer.grid_inputs(config)
 
   def train_batches(start_step: int):
-    return pool_batches(config, imle_cfg, start_step, jax.process_index(), jax.process_count())
-
-  def run_eval(state):
-    batches = data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed)
-    return evaluate(state, batches, search_fn, mesh, eval_rng, frozen, imle_cfg.eval_num_candidates)
-
-  num_grid = min(config.num_sample_images, int(first_eval['mask'].sum()))
-  grid_lowres, grid_highres = first_eval['lowres'][:num_grid], first_eval['highres'][:num_grid]
+    return pools.pool_batches(config, imle_cfg, start_step, jax.process_index(), jax.process_count())
 
   def make_grids(state, step):
     del step  # The same noises at every grid, so that the grids show the model changing.
@@ -338,8 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     columns = [grid_lowres] + [samples[:, k] for k in range(samples.shape[1])] + [grid_highres]
     return {'lowres_samples_truth': images.make_grid(columns)}
 
-  _, metrics = train_loop.run(config, workdir, state=state, mesh=mesh,
-                              train_step=PoolTrainStep(search_fn, train_fn, frozen, imle_cfg),
+  _, metrics = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
                               train_batches=train_batches,
-                              evaluate=run_eval, make_grids=make_grids)
+                              evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
+                              make_grids=make_grids)
   return metrics

@@ -103,7 +103,7 @@ def for_run(config, workdir: str, step: int | None = None):
   """(tile_fn, upsampling factor, receptive radius, key -> NoiseFn) of an SRIM or SRGAN run."""
   from imle import train  # Restoring needs the training module; the tiling above does not.
   if config.method == 'srim':
-    model, variables = train.restore_for_sampling(config, workdir, step)
+    model, variables = train.restore(config, workdir, step)
     return (srim_tile_fn(model, variables), 2 ** model.cfg.num_stages, srim_receptive_radius(model.cfg),
             lambda key: srim_noises(model.cfg, key))
   model, variables = srgan.restore(config, workdir, step)

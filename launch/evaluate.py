@@ -38,15 +38,15 @@ def define_flags():
   flags.DEFINE_integer('num_figure_rows', 8, 'SRIM / SRGAN: examples in figure_srim*.png.', lower_bound=0)
 
 
-def evaluate_srim(config, workdir: str):
+def evaluate_srim(config, workdir: str, *, num_examples: int | None, num_samples: int, srgan_workdir: str,
+                  num_figure_rows: int):
   from common.errors import UserError
   try:
     from imle import evaluate
-    F = flags.FLAGS
-    num = F.num_examples if F.num_examples is not None else config.data.num_eval_examples
-    results, figures = evaluate.tables(config, workdir, num, F.num_samples, srgan_workdir=F.srgan_workdir,
-                                       figure_rows=F.num_figure_rows)
-    samples = f', {F.num_samples} SRIM samples each' if config.method == 'srim' else ''
+    num = num_examples if num_examples is not None else config.data.num_eval_examples
+    results, figures = evaluate.tables(config, workdir, num, num_samples, srgan_workdir=srgan_workdir,
+                                       figure_rows=num_figure_rows)
+    samples = f', {num_samples} SRIM samples each' if config.method == 'srim' else ''
     paths = evaluate.write(results, workdir, f'{num or "all"} examples per split{samples}; pSNR/SSIM on BT.601 '
                            'luminance (common/metrics.py).', figures)
   except UserError as e:
@@ -61,25 +61,37 @@ def evaluate_srim(config, workdir: str):
 def main(argv):
   del argv
   quiet_logs()
-  from common.errors import UserError  # After flag parsing, so --help stays fast.
   try:
     config = flags.FLAGS.config
-    srim = config.method in ('srim', 'srgan')  # A config file that failed to load raises here.
-    if not srim:
-      config.evaluate  # A regression config has no `evaluate`.
+    config.method  # A config file that failed to load raises here.
   except OSError as e:
     fail(e)
-  except AttributeError:
+  F = flags.FLAGS
+  workdir = F.workdir or os.path.join('runs', os.path.splitext(os.path.basename(
+      config_flags.get_config_filename(F['config'])))[0])
+  run(config, workdir, regression_workdir=F.regression_workdir, num_examples=F.num_examples,
+      num_samples=F.num_samples, srgan_workdir=F.srgan_workdir, num_figure_rows=F.num_figure_rows)
+
+
+def run(config, workdir: str, *, regression_workdir: str = '', num_examples: int | None = None, num_samples: int = 4,
+        srgan_workdir: str = '', num_figure_rows: int = 8):
+  """Writes the tables of `config`'s method for the run in `workdir`; a user error ends in one `error:` line."""
+  from common import trainer
+  from common.errors import UserError  # After flag parsing, so --help stays fast.
+  try:
+    trainer.method_module(config.method)  # An unknown method, named.
+  except UserError as e:
+    fail(e, code=1)
+  if config.method not in ('srim', 'srgan') and 'evaluate' not in config:  # A regression config has no `evaluate`.
     fail('--config must be a pixel recursive config (configs/*_pixelcnn.py, configs/demo.py), which has an '
          '`evaluate` section, or an SRIM or SRGAN config; pass the regression run as --regression_workdir.')
-  workdir = flags.FLAGS.workdir or os.path.join('runs', os.path.splitext(os.path.basename(
-      config_flags.get_config_filename(flags.FLAGS['config'])))[0])
-  if srim:
-    evaluate_srim(config, workdir)
+  if config.method in ('srim', 'srgan'):
+    evaluate_srim(config, workdir, num_examples=num_examples, num_samples=num_samples, srgan_workdir=srgan_workdir,
+                  num_figure_rows=num_figure_rows)
     return
   try:
     from pixelsr import evaluate
-    table = evaluate.table1(config, workdir, flags.FLAGS.regression_workdir, flags.FLAGS.num_examples)
+    table = evaluate.table1(config, workdir, regression_workdir, num_examples)
     paths = evaluate.write(table, workdir)
   except UserError as e:
     fail(e, code=1)

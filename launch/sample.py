@@ -13,6 +13,12 @@ which has none; SRIM also has no temperature). SRGAN is deterministic: one outpu
 --whole_image (SRIM and SRGAN): each input at its own size, x4, in overlapping tiles (imle/whole_image.py): memory
 is one tile's whatever the image's size, and with --overlap at least the receptive radius (the default) the output
 equals the untiled network's. SRIM's noise is one field per stage for the whole image. Written: `<input>_x4_<k>.png`.
+
+  python launch/sample.py --workdir=runs/celeba --input=photo.png --output=out --whole_image [--max_pixels=262144]
+
+--whole_image (pixel recursive): each input at its own size is the low-res image; the cached sampler draws the x4
+output sub-pixel by sub-pixel (pixelsr/whole_image.py). It prints the sub-pixels and a time estimated from a timed
+strip first, and refuses an output of more than --max_pixels pixels. Written: `<input>_x4_tau<t>_<k>.png`.
 """
 import os
 import sys
@@ -26,6 +32,7 @@ sys.path.insert(0, _REPO)
 from common.cli import fail, parse_flags, quiet_logs  # noqa: E402  (after the path)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+MAX_PIXELS = 512 * 512  # --whole_image's default guard on the pixel recursive model's output size
 
 
 def define_flags():
@@ -40,8 +47,13 @@ def define_flags():
   flags.DEFINE_integer('seed', 0, 'Random seed of the draws.')
   flags.DEFINE_integer('batch_size', 32, 'Inputs per sampler call (each call draws batch_size * num_samples).',
                        lower_bound=1)
-  flags.DEFINE_bool('whole_image', False, 'SRIM and SRGAN: super-resolve each input at its own size (x4 of the whole '
-                    'image, no crop or resize), in overlapping tiles.')
+  flags.DEFINE_bool('whole_image', False, 'Super-resolve each input at its own size (x4 of the whole image, no crop '
+                    'or resize): SRIM and SRGAN in overlapping tiles, the pixel recursive model with its cached '
+                    'sampler, sub-pixel by sub-pixel.')
+  flags.DEFINE_integer('max_pixels', MAX_PIXELS, '--whole_image, pixel recursive: the largest output (pixels) it '
+                       'samples. Time and memory grow with it: one sequential step per sub-pixel, and 3 KiB of '
+                       'logits per pixel and sample (512x512, 4 samples: 3 GiB, minutes on a 2-core CPU).',
+                       lower_bound=1)
   flags.DEFINE_integer('tile', 64, '--whole_image: low-res pixels per tile side (memory grows with its square).',
                        lower_bound=1)
   flags.DEFINE_integer('overlap', -1, '--whole_image: low-res pixels of context around each tile; -1 = the '
@@ -89,7 +101,7 @@ def pixelcnn_sampler(config, workdir: str, step: int | None):
   """(colours, draw(lowres, key, tau, n) -> uint8 samples, nll(lowres, y) -> (bits/dim, nats)) of a pixelsr run."""
   import numpy as np
   from pixelsr import sampling, train
-  model, variables = train.restore_for_sampling(config, workdir, step)
+  model, variables = train.restore(config, workdir, step)
 
   def draw(lowres, key, temperature, num_samples):
     return sampling.sample(model, variables, lowres, key, temperature, num_samples)
@@ -104,7 +116,7 @@ def pixelcnn_sampler(config, workdir: str, step: int | None):
 def srim_sampler(config, workdir: str, step: int | None):
   """The same for an SRIM run: samples f(x, z) for fresh noises z; SRIM has no temperature and no likelihood."""
   from imle import models, train
-  model, variables = train.restore_for_sampling(config, workdir, step)
+  model, variables = train.restore(config, workdir, step)
 
   def draw(lowres, key, temperature, num_samples):
     del temperature
@@ -201,8 +213,61 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
   print(f'{len(written)} files in {output}: grid.png (input | samples by temperature | bicubic), nll.csv.')
 
 
-def whole_images(*, workdir, step, expected_config, files, output, num_samples, seed, tile, overlap):
-  """Each input super-resolved at its own size by an SRIM or SRGAN run: `<input>_x<f>_<k>.png` per sample."""
+def pixelcnn_whole_images(*, config, workdir, step, files, output, num_samples, temperatures, seed, max_pixels):
+  """Each input at its own size as the low-res image of a pixel recursive run, its x<f> output drawn by the cached
+  sampler: `<input>_x<f>_tau<t>_<k>.png`, sample k of temperature t of input n drawn with the key
+  fold_in(fold_in(key(seed), n), t). Every input is measured against max_pixels before anything is drawn."""
+  import jax
+  import numpy as np
+  from common import images, progress, user_images
+  from common.errors import UserError
+  from pixelsr import sampling, train
+  from pixelsr import whole_image as pixel_whole_image
+
+  model, variables = train.restore(config, workdir, step)
+  cfg = model.cfg
+  inputs = []
+  for path in files:
+    x = images.load_image(path)
+    if cfg.num_colours == 1:  # ITU-R 601 luma, as Pillow's 'L' and user_images.to_model_input
+      x = np.round(x.astype(np.float64) @ np.array([299, 587, 114]) / 1000).astype(np.uint8)[..., None]
+    inputs.append((path, os.path.splitext(os.path.basename(path))[0], x))
+  timing = pixel_whole_image.time_per_pixel(model, variables, inputs[0][2], temperatures[0], num_samples,
+                                            jax.random.key(seed))
+  print(f'Timed on a strip: {1e3 * timing.seconds_per_pixel:.2f} ms per output pixel ({num_samples} samples side by '
+        f'side), {timing.compile_seconds:.0f} s to compile.')
+  for path, _, x in inputs:
+    height, width = x.shape[:2]
+    out_h, out_w = pixel_whole_image.output_size(cfg, height, width)
+    seconds = pixel_whole_image.estimate(cfg, timing, height, width, len(temperatures))
+    figures = (f'{width}x{height} -> {out_w}x{out_h}: {out_h * out_w * cfg.num_colours:,} sub-pixels drawn one after '
+               f'another ({num_samples} samples side by side, {len(temperatures)} temperature(s)), estimated '
+               f'{pixel_whole_image.duration(seconds)}')
+    if out_h * out_w > max_pixels:
+      raise UserError(f'{path}: {figures}; its {out_h * out_w:,} output pixels are over --max_pixels={max_pixels:,}. '
+                      'Pass a smaller image, or a larger --max_pixels to draw it anyway.')
+    print(f'{path}: {figures}.')
+  results = {}
+  calls = [(n, t) for n in range(len(inputs)) for t in range(len(temperatures))]
+  for n, t in progress.track(calls, desc='Sampling', unit='image'):
+    _, name, x = inputs[n]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), n), t)
+    y = np.asarray(sampling.sample(model, variables, x[None], key, temperatures[t], num_samples))
+    for k in range(num_samples):
+      results[f'{name}_x{cfg.upsample_factor}_tau{temperatures[t]:g}_{k}.png'] = y[k]
+
+  def write(folder):
+    for file, image in results.items():
+      images.save_png(os.path.join(folder, file), image)
+
+  written = user_images.write_all_or_nothing(output, write)
+  print(f'{len(written)} files in {output}.')
+
+
+def whole_images(*, workdir, step, expected_config, files, output, num_samples, seed, tile, overlap,
+                 temperatures=(1.0,), max_pixels=MAX_PIXELS):
+  """Each input super-resolved at its own size: by an SRIM or SRGAN run in tiles, `<input>_x<f>_<k>.png` per sample;
+  by a pixel recursive run with the cached sampler (`pixelcnn_whole_images`)."""
   import jax
   from common import checkpoint, images, progress, user_images
   from common.errors import UserError
@@ -211,8 +276,11 @@ def whole_images(*, workdir, step, expected_config, files, output, num_samples, 
   config = checkpoint.load_config(workdir)
   if expected_config is not None:
     checkpoint.check_config(workdir, expected_config, record=False)
+  if config.method == 'pixelcnn':
+    return pixelcnn_whole_images(config=config, workdir=workdir, step=step, files=files, output=output,
+                                 num_samples=num_samples, temperatures=temperatures, seed=seed, max_pixels=max_pixels)
   if config.method not in ('srim', 'srgan'):
-    raise UserError(f'--whole_image takes SRIM and SRGAN runs (fully convolutional, tiled); {workdir} is a '
+    raise UserError(f'--whole_image takes pixel recursive, SRIM and SRGAN runs (fully convolutional); {workdir} is a '
                     f'config.method={config.method!r} run: drop --whole_image to sample its training size.')
   if config.method == 'srgan' and num_samples != 1:
     print('SRGAN is deterministic (one output per input): --num_samples is ignored.')
@@ -245,17 +313,30 @@ def whole_images(*, workdir, step, expected_config, files, output, num_samples, 
 def main(argv):
   del argv
   quiet_logs()
-  from common.errors import UserError
   F = flags.FLAGS
+  run(workdir=F.workdir, checkpoint=F.checkpoint, config=F.config, input=F.input, output=F.output,
+      num_samples=F.num_samples, temperature=F.temperature, seed=F.seed, batch_size=F.batch_size,
+      whole_image=F.whole_image, tile=F.tile, overlap=F.overlap, max_pixels=F.max_pixels)
+
+
+def run(*, workdir: str | None, checkpoint: str | None, config, input: str, output: str, num_samples: int = 4,
+        temperature: list[str] = ('1.0',), seed: int = 0, batch_size: int = 32, whole_image: bool = False,
+        tile: int = 64, overlap: int = -1, max_pixels: int = MAX_PIXELS):
+  """The flags' values -> samples in `output`; a user error ends in one `error:` line and exit 1, writing nothing."""
+  from common import trainer
+  from common.errors import UserError
   try:
-    workdir, step = run_dir_and_step(F.checkpoint, F.workdir)
-    if F.whole_image:
-      whole_images(workdir=workdir, step=step, expected_config=F.config, files=input_files(F.input), output=F.output,
-                   num_samples=F.num_samples, seed=F.seed, tile=F.tile, overlap=F.overlap)
+    if config is not None:  # Checked whole, naming the bad field, before any run is read.
+      trainer.method_module(config.method).check_config(config)
+    workdir, step = run_dir_and_step(checkpoint, workdir)
+    if whole_image:
+      whole_images(workdir=workdir, step=step, expected_config=config, files=input_files(input), output=output,
+                   num_samples=num_samples, seed=seed, tile=tile, overlap=overlap,
+                   temperatures=parse_temperatures(list(temperature)), max_pixels=max_pixels)
       return
-    super_resolve(workdir=workdir, step=step, expected_config=F.config, files=input_files(F.input),
-                  output=F.output, num_samples=F.num_samples, temperatures=parse_temperatures(F.temperature),
-                  seed=F.seed, batch_size=F.batch_size)
+    super_resolve(workdir=workdir, step=step, expected_config=config, files=input_files(input), output=output,
+                  num_samples=num_samples, temperatures=parse_temperatures(list(temperature)), seed=seed,
+                  batch_size=batch_size)
   except UserError as e:
     fail(e, code=1)
 

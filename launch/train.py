@@ -33,7 +33,7 @@ def define_flags():
 def main(argv):
   del argv
   quiet_logs()
-  from common import distributed, preemption  # After flag parsing, so --help stays fast.
+  from common import distributed  # After flag parsing, so --help stays fast.
   from common.errors import UserError
   try:
     config = flags.FLAGS.config
@@ -51,19 +51,16 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   workdir = flags.FLAGS.workdir or os.path.join('runs', os.path.splitext(os.path.basename(
       config_flags.get_config_filename(flags.FLAGS['config'])))[0])
+  run(config, workdir)
+
+
+def run(config, workdir: str):
+  """Trains `config` in `workdir` with the method it names; a user error ends in one `error:` line and exit 1."""
+  import jax
+  from common import preemption, trainer
+  from common.errors import UserError
   try:
-    if config.method == 'pixelcnn':
-      from pixelsr import train
-    elif config.method == 'regression':
-      from pixelsr import regression as train
-    elif config.method == 'srim':
-      from imle import train
-    elif config.method == 'srgan':
-      from imle import srgan as train
-    else:
-      raise UserError(f"config.method={config.method!r} is not a method of this library; use 'pixelcnn', "
-                      "'regression', 'srim' or 'srgan'.")
-    metrics = train.train_and_evaluate(config, workdir)
+    metrics = trainer.method_module(config.method).train_and_evaluate(config, workdir)
   except preemption.Preempted as e:
     if jax.process_index() == 0:
       print(e)
@@ -74,6 +71,11 @@ def main(argv):
     return
   print('final metrics: ' + ', '.join(f'{k}={v:.4g}' for k, v in sorted(metrics.items())))
   print(f'workdir: {workdir} (TensorBoard: tensorboard --logdir={workdir}; sample grids in {workdir}/samples)')
+  if 'heldout/bits_per_dim' in metrics:  # pixelcnn: where the model stands against bicubic, and how to go on.
+    from pixelsr import summary
+    steps = config.num_train_steps
+    print('\n'.join(summary.summary_lines({k: v for k, v in metrics.items() if k.startswith('heldout/')}, steps,
+                                          summary.continue_command(sys.argv, workdir, 2 * steps))))
 
 
 if __name__ == '__main__':

@@ -98,8 +98,8 @@ def model_outputs(configs: dict[str, ml_collections.ConfigDict], workdir: str, l
   (N, ...); 'Cross-entropy, samples' and 'PixelCNN, samples' (N * num_samples, ...), the samples of input n in rows
   n * num_samples ... (tau = 1, batch b drawn with the key fold_in(key(seed), b))."""
   l2_model, l2_variables = regression.restore(configs['l2'], os.path.join(workdir, 'l2'))
-  ce_model, ce_variables = train.restore_for_sampling(configs['ce'], os.path.join(workdir, 'ce'))
-  pixelcnn, pixelcnn_variables = train.restore_for_sampling(configs['pixelcnn'], os.path.join(workdir, 'pixelcnn'))
+  ce_model, ce_variables = train.restore(configs['ce'], os.path.join(workdir, 'ce'))
+  pixelcnn, pixelcnn_variables = train.restore(configs['pixelcnn'], os.path.join(workdir, 'pixelcnn'))
   key = jax.random.key(configs['pixelcnn'].seed)
   methods = {
       'L2 regression': lambda x, k: regression.predict(l2_model, l2_variables, x),

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from common import checkpoint, data, images, metrics, progress, sharding
+from common import checkpoint, data, images, metrics, progress, sharding, train_loop
 from common.config import from_config
 from common.errors import UserError
 from pixelsr import baselines, regression, sampling, train
@@ -91,7 +91,7 @@ def _restore(workdir: str, method: str, data_cfg: ml_collections.ConfigDict) -> 
     return str(e).rstrip('.')
   step = manager.latest_step()
   manager.close()
-  model, variables = (train.restore_for_sampling if method == 'pixelcnn' else regression.restore)(saved, workdir, step)
+  model, variables = (train.restore if method == 'pixelcnn' else regression.restore)(saved, workdir, step)
   logging.info('Restored the %s model of %s at step %d.', method, workdir, step)
   return _Restored(model, variables, step)
 
@@ -129,6 +129,14 @@ def _scores(lowres: jax.Array, output: jax.Array, highres: jax.Array, *, resize:
           'consistency': metrics.consistency(lowres, output, method=resize)}
 
 
+def evaluate_config(config: ml_collections.ConfigDict, num_examples: int | None = None) -> EvaluateConfig:
+  """config.evaluate, typed and checked; `num_examples` (--num_examples) overrides its num_examples."""
+  section = dict(config.evaluate)
+  if num_examples is not None:
+    section['num_examples'] = num_examples
+  return from_config(EvaluateConfig, section, 'config.evaluate')
+
+
 def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: str = '',
            num_examples: int | None = None) -> Table:
   """Scores every row of table 1 on the eval split of `config.data`.
@@ -139,10 +147,8 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
     regression_workdir: the regression baseline's run ('' = none: the row is skipped).
     num_examples: overrides config.evaluate.num_examples.
   """
-  section = dict(config.evaluate)
-  if num_examples is not None:
-    section['num_examples'] = num_examples
-  cfg = from_config(EvaluateConfig, section, 'config.evaluate')
+  train.check_config(config)
+  cfg = evaluate_config(config, num_examples)
   mesh = sharding.data_mesh(jax.local_devices())
   sharding.check_batch_size(cfg.batch_size, mesh, 'config.evaluate.batch_size')
   pixelcnn = _restore(workdir, 'pixelcnn', config.data)
@@ -156,7 +162,7 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
   lowres_padded, highres_padded, nn_padded = (
       np.pad(a, [(0, -num % cfg.batch_size)] + [(0, 0)] * 3) for a in (lowres, highres, nn_highres))
   put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
-  base_key = jax.random.key(config.seed)
+  base_key = train_loop.seed_key(config.seed, 'evaluate')
 
   def sampler(tau: float) -> Callable[[jax.Array, int], jax.Array]:
     # Every temperature draws batch b with the same key, so the rows differ by tau only.

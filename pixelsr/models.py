@@ -30,6 +30,13 @@ class ConditioningConfig:
   # and upsamplers (blocks are identities) and outputs zeros: uniform logits (A), the bicubic image (regression).
   # False = table 2's init everywhere, which saturates the regression's tanh and stalls both networks (README).
   zero_init_last: bool = False
+  # The regression baseline's output (RegressionSR; the pixel recursive model ignores it). True: the bicubic upsample
+  # of x + tanh(residual) (Kim et al. 2016; table 1's baseline). False: the 1x1 conv's output itself, the image on the
+  # [-1, 1] scale whatever the input's pixel (clipped only when rounded to uint8): figure 2's L2 model, whose output
+  # must erase the input digit, which a white input pixel + tanh(residual) cannot (it never goes below mid-grey). No
+  # tanh there: on MNIST corners, where most target pixels are black, tanh(output) saturated at -1 everywhere within
+  # 15 steps and its gradient was exactly 0 from then on.
+  residual: bool = True
   dtype: Literal['float32', 'bfloat16'] = 'float32'  # Compute dtype; parameters and outputs stay float32.
 
   def __post_init__(self):
@@ -91,17 +98,19 @@ class ConditioningNet(nn.Module):
   def __call__(self, lowres: jax.Array) -> jax.Array:
     cfg = self.cfg
     h = conditioning_features(cfg, lowres)
+    # A 1x1 conv, applied to the (positions, channels) matrix: see `layers.pointwise`.
     logits = nn.Dense(cfg.num_colours * cfg.num_levels, kernel_init=output_init(cfg), dtype=jnp.dtype(cfg.dtype),
-                      name='logits')(h)  # 1x1 conv
-    return logits.astype(jnp.float32).reshape(*logits.shape[:-1], cfg.num_colours, cfg.num_levels)
+                      name='logits')(h.reshape(-1, h.shape[-1]))
+    return logits.astype(jnp.float32).reshape(*h.shape[:-1], cfg.num_colours, cfg.num_levels)
 
 
 class RegressionSR(nn.Module):
   """The regression baseline (section 5): the conditioning trunk, a 1x1 conv to C outputs and tanh, predicting the
-  residual over the bicubic upsample of x (Kim et al. 2016), trained with L2.
+  residual over the bicubic upsample of x (Kim et al. 2016), trained with L2; with `cfg.residual=False` the 1x1 conv
+  predicts the output itself (no tanh, no input added). Fully convolutional: any input height and width.
 
   `__call__(lowres)` returns the prediction on the [-1, 1] scale of `images.uint8_to_signed`, (B, H, W, C) float32:
-  bicubic + tanh(residual), not clipped (the L2 loss keeps its gradient at the range's edges);
+  bicubic + tanh(residual), or the output, not clipped (the L2 loss keeps its gradient at the range's edges);
   `images.signed_to_uint8` clips and rounds it to an image.
   """
   cfg: ConditioningConfig
@@ -110,9 +119,13 @@ class RegressionSR(nn.Module):
   def __call__(self, lowres: jax.Array) -> jax.Array:
     cfg = self.cfg
     h = conditioning_features(cfg, lowres)
-    residual = nn.Dense(cfg.num_colours, kernel_init=output_init(cfg), dtype=jnp.dtype(cfg.dtype), name='residual')(h)
-    upsampled = images.bicubic_upsample(lowres, lowres.shape[-3] * cfg.upsample_factor)
-    return images.uint8_to_signed(upsampled) + jnp.tanh(residual.astype(jnp.float32))
+    out = nn.Dense(cfg.num_colours, kernel_init=output_init(cfg), dtype=jnp.dtype(cfg.dtype),
+                   name='residual' if cfg.residual else 'output')(h).astype(jnp.float32)
+    if not cfg.residual:
+      return out
+    upsampled = images.bicubic_upsample(lowres, (lowres.shape[-3] * cfg.upsample_factor,
+                                                 lowres.shape[-2] * cfg.upsample_factor))
+    return images.uint8_to_signed(upsampled) + jnp.tanh(out)
 
 
 class PixelCNNPrior(nn.Module):

@@ -6,7 +6,6 @@ with the mean squared error on the [-1, 1] scale between the prediction and the 
 import functools
 from typing import Iterator
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,7 +14,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import checkpoint, data, images, metrics, optim, sharding, train_loop
+from common import images, metrics, optim, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from pixelsr import models
@@ -33,16 +32,24 @@ def model_config(config: ml_collections.ConfigDict) -> models.ConditioningConfig
   return cfg
 
 
-def create_train_state(model: nn.Module, cfg: models.ConditioningConfig, tx: optax.GradientTransformation,
-                       data_cfg: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
-  """The initial state, built directly with its shardings (no host copy of the parameters)."""
-  lowres = jnp.zeros((1, data_cfg.lowres_size, data_cfg.lowres_size, cfg.num_colours), jnp.uint8)
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every value of `config` that training, sampling or evaluation uses, checked before anything is read, built or
+  written: a UserError naming the first bad field."""
+  validation.check_common(config)
+  model_config(config)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
+  """The initial state of `config`'s model and optimiser, built directly with its shardings."""
+  cfg = model_config(config)
+  model = models.RegressionSR(cfg)
+  tx, _ = optim.make_optimizer(config.optimizer)
+  lowres = np.zeros((1, config.data.lowres_size, config.data.lowres_size, cfg.num_colours), np.uint8)
 
   def init(rng):
     return TrainState.create(apply_fn=model.apply, params=model.init(rng, lowres)['params'], tx=tx)
 
-  shardings = sharding.state_shardings(jax.eval_shape(init, rng), mesh)
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return trainer.create_sharded(init, rng, mesh)
 
 
 def _squared_errors(prediction: jax.Array, highres: jax.Array) -> jax.Array:
@@ -68,35 +75,27 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
   prediction = state.apply_fn({'params': state.params}, batch['lowres'])
   per_example = {'l2': _squared_errors(prediction, batch['highres']),
                  'psnr': metrics.bounded_psnr(images.signed_to_uint8(prediction), batch['highres'])}
-  mask = batch['mask'].astype(jnp.float32)
-  sums = {k: (v * mask).sum() for k, v in per_example.items()}
-  sums['count'] = mask.sum()
-  return sums
+  return trainer.masked_sums(per_example, batch['mask'])
 
 
-def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], step_fn, mesh) -> dict[str, float]:
+def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh):
+  """(train_fn, eval_fn): the steps jitted with explicit shardings; the train step donates the state."""
+  _, schedule = optim.make_optimizer(config.optimizer)
+  return (trainer.jit_train_step(functools.partial(train_step, schedule=schedule), state, mesh),
+          trainer.jit_eval_step(eval_step, state, mesh))
+
+
+def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn,
+             mesh: jax.sharding.Mesh) -> dict[str, float]:
   """Means over the whole eval set, each example counted once (padding is masked out)."""
-  totals: dict[str, float] = {}
-  for batch in eval_batches:
-    sums = jax.device_get(step_fn(state, sharding.to_global(batch, mesh)))
-    for k, v in sums.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  count = totals.pop('count', 0.0)
-  if not count:
-    raise UserError('The eval split yielded no examples; check config.data.eval_split / num_eval_examples.')
-  return {k: v / count for k, v in totals.items()}
+  return trainer.masked_means(state, eval_batches, eval_fn, mesh)
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str,
             step: int | None = None) -> tuple[models.RegressionSR, dict]:
   """The model of a training run and its parameters at `step` (default: the latest checkpoint), replicated."""
-  cfg = model_config(config)
-  model = models.RegressionSR(cfg)
-  mesh = sharding.data_mesh()
-  tx, _ = optim.make_optimizer(config.optimizer)
-  abstract = jax.eval_shape(lambda rng: create_train_state(model, cfg, tx, config.data, rng, mesh), jax.random.key(0))
-  state = checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
-  return model, {'params': state.params}
+  state = trainer.restore_state(functools.partial(create_train_state, config), workdir, step)
+  return models.RegressionSR(model_config(config)), {'params': state.params}
 
 
 @functools.partial(jax.jit, static_argnames='model')
@@ -108,32 +107,15 @@ def predict(model: models.RegressionSR, variables: dict, lowres: jax.Array) -> j
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the regression baseline of `config` in `workdir` (resuming if it holds checkpoints); returns the final
   metrics ('train/loss', 'eval/l2', 'eval/psnr', ...)."""
+  check_config(config)
   cfg = model_config(config)
   mesh = sharding.data_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   model = models.RegressionSR(cfg)
-  tx, schedule = optim.make_optimizer(config.optimizer)
-  state = create_train_state(model, cfg, tx, config.data, train_loop.seed_key(config.seed, 'init'), mesh)
-  logging.info('Regression model: %s parameters.', f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
-  batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  train_fn = jax.jit(functools.partial(train_step, schedule=schedule), in_shardings=(state_sh, batch_sh, rep),
-                     out_shardings=(state_sh, rep), donate_argnums=0)
-  eval_fn = jax.jit(eval_step, in_shardings=(state_sh, batch_sh), out_shardings=rep)
-  # Fail on a missing dataset now, not after compiling. Every process draws the same grids, of the global batch.
-  first_eval = sharding.gather(next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size,
-                                                      seed=config.seed)))
-
-  def train_batches(start_step: int):
-    return data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=config.seed,
-                             start_index=start_step * config.batch_size)
-
-  def run_eval(state):
-    batches = data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed)
-    return evaluate(state, batches, eval_fn, mesh)
-
-  num_grid = min(config.num_sample_images, int(first_eval['mask'].sum()))
-  grid_lowres, grid_highres = first_eval['lowres'][:num_grid], first_eval['highres'][:num_grid]
+  state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
+  logging.info('Regression model: %s parameters.', trainer.num_params(state.params))
+  train_fn, eval_fn = compile_steps(config, state, mesh)
+  grid_lowres, grid_highres = trainer.grid_inputs(config)
 
   def make_grids(state, step):
     del step
@@ -141,5 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {'lowres_prediction_truth': images.make_grid([grid_lowres, np.asarray(prediction), grid_highres])}
 
   _, final = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
-                            train_batches=train_batches, evaluate=run_eval, make_grids=make_grids)
+                            train_batches=trainer.train_batches(config),
+                            evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
+                            make_grids=make_grids)
   return final

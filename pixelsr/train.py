@@ -1,20 +1,23 @@
-"""Training and evaluation of the pixel recursive model: state, the pure train/eval steps, and the entry point."""
+"""Training and evaluation of the pixel recursive model: state, the pure train/eval steps, and the entry point.
+
+The shape every method shares (common/trainer.py): model_config, create_train_state, train_step, eval_step,
+compile_steps, evaluate, restore, train_and_evaluate.
+"""
 import functools
+import math
 from typing import Iterator
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from absl import logging
 from flax.training import train_state
 
-from common import checkpoint, data, images, optim, sharding, train_loop
+from common import optim, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
-from pixelsr import losses, models, sampling
+from pixelsr import losses, models, summary
 
 TrainState = train_state.TrainState
 
@@ -31,18 +34,28 @@ def model_config(config: ml_collections.ConfigDict) -> models.PixelSRConfig:
   return cfg
 
 
-def create_train_state(model: nn.Module, cfg: models.PixelSRConfig, tx: optax.GradientTransformation,
-                       data_cfg: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
-  """The initial state, built directly with its shardings (no host copy of the parameters)."""
-  lowres = jnp.zeros((1, data_cfg.lowres_size, data_cfg.lowres_size, cfg.num_colours), jnp.uint8)
-  highres = jnp.zeros((1, data_cfg.highres_size, data_cfg.highres_size, cfg.num_colours), jnp.uint8)
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Every value of `config` that training, sampling or evaluation uses, checked before anything is read, built or
+  written: a UserError naming the first bad field."""
+  validation.check_common(config)
+  model_config(config)
+  from pixelsr import evaluate  # It imports this module.
+  evaluate.evaluate_config(config)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
+  """The initial state of `config`'s model and optimiser, built directly with its shardings."""
+  cfg = model_config(config)
+  model = models.PixelRecursiveSR(cfg)
+  tx, _ = optim.make_optimizer(config.optimizer)
+  d = config.data
+  lowres = np.zeros((1, d.lowres_size, d.lowres_size, cfg.num_colours), np.uint8)
+  highres = np.zeros((1, d.highres_size, d.highres_size, cfg.num_colours), np.uint8)
 
   def init(rng):
-    params = model.init(rng, lowres, highres)['params']
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return TrainState.create(apply_fn=model.apply, params=model.init(rng, lowres, highres)['params'], tx=tx)
 
-  shardings = sharding.state_shardings(jax.eval_shape(init, rng), mesh)
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return trainer.create_sharded(init, rng, mesh)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, loss_kind: str,
@@ -64,83 +77,60 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_kind: str)
   cond_logits, prior_logits = state.apply_fn({'params': state.params}, batch['lowres'], batch['highres'])
   per_example = losses.per_example_losses(cond_logits, prior_logits, batch['highres'])
   per_example[loss_kind] = losses.objective(per_example['ce_joint'], per_example['ce_cond'], loss_kind)
-  mask = batch['mask'].astype(jnp.float32)
-  sums = {k: (v * mask).sum() for k, v in per_example.items()}
-  sums['count'] = mask.sum()
-  return sums
+  return trainer.masked_sums(per_example, batch['mask'])
 
 
-def compile_steps(config: ml_collections.ConfigDict, schedule: optax.Schedule, state: TrainState,
-                  mesh: jax.sharding.Mesh):
-  """jit-compiled train and eval steps with explicit shardings; the train state is donated."""
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
-  batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  train = jax.jit(functools.partial(train_step, loss_kind=config.loss, schedule=schedule),
-                  in_shardings=(state_sh, batch_sh, rep), out_shardings=(state_sh, rep), donate_argnums=0)
-  evaluate = jax.jit(functools.partial(eval_step, loss_kind=config.loss), in_shardings=(state_sh, batch_sh),
-                     out_shardings=rep)
-  return train, evaluate
+def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh):
+  """(train_fn, eval_fn): the steps jitted with explicit shardings; the train step donates the state."""
+  _, schedule = optim.make_optimizer(config.optimizer)
+  train_fn = trainer.jit_train_step(functools.partial(train_step, loss_kind=config.loss, schedule=schedule), state,
+                                    mesh)
+  eval_fn = trainer.jit_eval_step(functools.partial(eval_step, loss_kind=config.loss), state, mesh)
+  return train_fn, eval_fn
 
 
-def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], step_fn, mesh) -> dict[str, float]:
+def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn,
+             mesh: jax.sharding.Mesh) -> dict[str, float]:
   """Metrics over the whole eval set, each example counted once (padding is masked out)."""
-  totals: dict[str, float] = {}
-  for batch in eval_batches:
-    sums = jax.device_get(step_fn(state, sharding.to_global(batch, mesh)))
-    for k, v in sums.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  count = totals.pop('count', 0.0)
-  if not count:
-    raise UserError('The eval split yielded no examples; check config.data.eval_split / num_eval_examples.')
-  metrics = {k: v / count for k, v in totals.items()}
+  metrics = trainer.masked_means(state, eval_batches, eval_fn, mesh)
   metrics['bits_per_dim'] = metrics['ce_joint'] / losses.LN2
   return metrics
 
 
-def restore_for_sampling(config: ml_collections.ConfigDict, workdir: str,
-                         step: int | None = None) -> tuple[models.PixelRecursiveSR, dict]:
+def restore(config: ml_collections.ConfigDict, workdir: str,
+            step: int | None = None) -> tuple[models.PixelRecursiveSR, dict]:
   """The model of a training run and its parameters at `step` (default: the latest checkpoint), replicated."""
-  cfg = model_config(config)
-  model = models.PixelRecursiveSR(cfg)
-  mesh = sharding.data_mesh()
-  tx, _ = optim.make_optimizer(config.optimizer)
-  abstract = jax.eval_shape(lambda rng: create_train_state(model, cfg, tx, config.data, rng, mesh), jax.random.key(0))
-  state = checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
-  return model, {'params': state.params}
+  state = trainer.restore_state(functools.partial(create_train_state, config), workdir, step)
+  return models.PixelRecursiveSR(model_config(config)), {'params': state.params}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the model of `config` in `workdir` (resuming if it holds checkpoints); returns the final metrics."""
+  check_config(config)
   cfg = model_config(config)
   mesh = sharding.data_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   model = models.PixelRecursiveSR(cfg)
-  tx, schedule = optim.make_optimizer(config.optimizer)
   sample_rng = train_loop.seed_key(config.seed, 'samples')
-  state = create_train_state(model, cfg, tx, config.data, train_loop.seed_key(config.seed, 'init'), mesh)
-  logging.info('Model: %s parameters.', f'{sum(x.size for x in jax.tree.leaves(state.params)):,}')
-  train_fn, eval_fn = compile_steps(config, schedule, state, mesh)
-  # Fail on a missing dataset now, not after compiling. Every process draws the same grids, of the global batch.
-  first_eval = sharding.gather(next(data.make_dataset(config.data, 'eval', batch_size=config.batch_size,
-                                                      seed=config.seed)))
-
-  def train_batches(start_step: int):
-    return data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=config.seed,
-                             start_index=start_step * config.batch_size)
-
-  def run_eval(state):
-    batches = data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed)
-    return evaluate(state, batches, eval_fn, mesh)
-
-  num_grid = min(config.num_sample_images, int(first_eval['mask'].sum()))
-  grid_lowres = first_eval['lowres'][:num_grid]
-  grid_highres = first_eval['highres'][:num_grid]
+  state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
+  logging.info('Model: %s parameters.', trainer.num_params(state.params))
+  train_fn, eval_fn = compile_steps(config, state, mesh)
+  grid_lowres, grid_highres = trainer.grid_inputs(config)
 
   def make_grids(state, step):
-    samples = sampling.sample(model, {'params': state.params}, sharding.replicate(grid_lowres, mesh),
-                              jax.random.fold_in(sample_rng, step), temperature=config.sample_temperature)
-    return {'lowres_sample_truth': images.make_grid([grid_lowres, np.asarray(samples), grid_highres])}
+    # input | bicubic | tau = config.sample_temperature, 1.2, greedy | truth, labelled (pixelsr/summary.py).
+    columns = summary.grid_columns(model, {'params': state.params}, sharding.replicate(grid_lowres, mesh),
+                                   grid_highres, jax.random.fold_in(sample_rng, step),
+                                   temperatures=sorted({config.sample_temperature, 1.2, math.inf}),
+                                   resize_method=config.data.resize)
+    return {'lowres_sample_truth': summary.labelled_grid(columns)}
 
-  _, metrics = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
-                              train_batches=train_batches, evaluate=run_eval, make_grids=make_grids)
+  state, metrics = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
+                                  train_batches=trainer.train_batches(config),
+                                  evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
+                                  make_grids=make_grids)
+  if config.eval_every_steps:  # Where the model stands against bicubic: launch/train.py prints it.
+    figures = summary.heldout_figures(model, {'params': state.params}, trainer.eval_batches(config), mesh=mesh,
+                                      resize_method=config.data.resize)
+    metrics.update({f'heldout/{k}': v for k, v in figures.items()})
   return metrics

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from common import data, images
-from configs import celeba_cross_entropy, celeba_regression, defaults, demo_regression, lsun_regression
+from configs import (celeba_cross_entropy, celeba_pixelcnn, celeba_regression, defaults, demo, demo_regression,
+                     lsun_pixelcnn, lsun_regression)
 from pixelsr import baselines, models, regression
 
 
@@ -98,7 +99,17 @@ def test_regression_shares_the_conditioning_trunk():
   trunk = lambda params: {k: jax.tree.map(jnp.shape, v) for k, v in params.items() if k not in ('logits', 'residual')}
   assert trunk(pixel) == trunk(reg) and 'stage2_block0' in trunk(reg)
   assert reg['residual']['kernel'].shape == (8, 3)
-  assert set(defaults.CONDITIONING_FIELDS) == {f.name for f in dataclasses.fields(models.ConditioningConfig)}
+
+  # Each regression config is its pixel recursive experiment's conditioning network: the same value of every field
+  # the two models share (zero_init_last aside, the baseline's own init), and nothing the pixelcnn has alone.
+  shared = set(defaults.CONDITIONING_FIELDS) - {'zero_init_last'}
+  assert shared < {f.name for f in dataclasses.fields(models.PixelSRConfig)}
+  for pixelcnn, baseline in ((celeba_pixelcnn, celeba_regression), (lsun_pixelcnn, lsun_regression),
+                             (demo, demo_regression)):
+    p, r = pixelcnn.get_config(), baseline.get_config()
+    assert set(r.model) == set(defaults.CONDITIONING_FIELDS)
+    assert {k: r.model[k] for k in shared} == {k: p.model[k] for k in shared}, baseline.__name__
+    assert r.data.to_dict() == p.data.to_dict(), baseline.__name__
 
 
 def test_untrained_regression_starts_at_bicubic_not_saturated():

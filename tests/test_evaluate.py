@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import checkpoint, data, metrics
+from common import checkpoint, data, metrics, train_loop
 from common.errors import UserError
 from configs import defaults
 from pixelsr import baselines, evaluate, losses, regression, sampling, train
@@ -67,16 +67,18 @@ def test_table1_values_are_the_metrics_of_each_methods_outputs(runs):
   eval_data = ml_collections.ConfigDict(config.data.to_dict() | {'num_eval_examples': 6})
   batch = next(data.make_dataset(eval_data, 'eval', batch_size=6))
   lowres, highres = batch['lowres'], batch['highres']
-  model, variables = train.restore_for_sampling(config, pixelcnn_dir)
+  model, variables = train.restore(config, pixelcnn_dir)
   database = next(data.make_dataset(config.data, 'train', batch_size=300, seed=config.seed))
   index = ((lowres.reshape(6, 1, -1).astype(int) - database['lowres'].reshape(1, 300, -1)) ** 2).sum(-1).argmin(1)
   reg_model, reg_variables = regression.restore(defaults.regression_config(config), regression_dir)
-  # The sampled rows draw batch b (of 4, zero-padded) with fold_in(key(seed), b).
+  # The sampled rows draw batch b (of 4, zero-padded) with fold_in(seed_key(seed, 'evaluate'), b).
   padded = np.concatenate([lowres, np.zeros_like(lowres[:2])])
 
+  key = train_loop.seed_key(0, 'evaluate')
+
   def sampled(tau):
-    batches = [sampling.sample(model, variables, padded[4 * b:4 * b + 4], jax.random.fold_in(jax.random.key(0), b),
-                               tau) for b in (0, 1)]
+    batches = [sampling.sample(model, variables, padded[4 * b:4 * b + 4], jax.random.fold_in(key, b), tau)
+               for b in (0, 1)]
     return np.concatenate(batches)[:6]
 
   outputs = {'Bicubic': baselines.bicubic(lowres, 32), 'NN': database['highres'][index],

@@ -16,9 +16,8 @@ import pytest
 from common import optim, sharding, train_loop
 from configs import demo, demo_regression, demo_srgan, demo_srim
 from imle import imle, srgan
-from imle import models as srim_models
 from imle import train as srim_train
-from pixelsr import models, regression
+from pixelsr import regression
 from pixelsr import train as pixelsr_train
 
 # Float32 on CPU: the same program on the same inputs repeats bit for bit; the tolerance covers CPUs and XLA builds
@@ -60,12 +59,9 @@ def check(method: str, step: int, metrics: dict, params):
 def test_pixelcnn_step():
   config = demo.get_config('runlocal')
   config.model.update(cond_blocks=1, cond_channels=8, prior_layers=2, prior_channels=8, prior_head_channels=16)
-  cfg = pixelsr_train.model_config(config)
   mesh = sharding.data_mesh()
-  tx, schedule = optim.make_optimizer(config.optimizer)
-  state = pixelsr_train.create_train_state(models.PixelRecursiveSR(cfg), cfg, tx, config.data,
-                                           train_loop.seed_key(config.seed, 'init'), mesh)
-  train_fn, _ = pixelsr_train.compile_steps(config, schedule, state, mesh)
+  state = pixelsr_train.create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
+  train_fn, _ = pixelsr_train.compile_steps(config, state, mesh)
   batch = synthetic_batch(4, config.data.lowres_size, config.data.highres_size)
   state, metrics = train_fn(state, sharding.to_global(batch, mesh), train_loop.seed_key(config.seed, 'train'))
   check('pixelcnn', 1, metrics, state.params)
@@ -74,11 +70,9 @@ def test_pixelcnn_step():
 def test_regression_step():
   config = demo_regression.get_config('runlocal')
   config.model.update(cond_blocks=1, cond_channels=8)
-  cfg = regression.model_config(config)
   mesh = sharding.data_mesh()
-  tx, schedule = optim.make_optimizer(config.optimizer)
-  state = regression.create_train_state(models.RegressionSR(cfg), cfg, tx, config.data,
-                                        train_loop.seed_key(config.seed, 'init'), mesh)
+  _, schedule = optim.make_optimizer(config.optimizer)
+  state = regression.create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
   batch = synthetic_batch(4, config.data.lowres_size, config.data.highres_size)
   step = jax.jit(functools.partial(regression.train_step, schedule=schedule))
   state, metrics = step(state, sharding.to_global(batch, mesh), train_loop.seed_key(config.seed, 'train'))
@@ -95,23 +89,18 @@ def test_srim_step():
                          projection_dim=16, weights=(1.0, 0.1))
   config.imle.update(pool_size=8, num_candidates=4, candidates_per_chunk=4, rows_per_chunk=8)
   config.batch_size = 4
-  cfg = srim_train.model_config(config)
-  sides = srim_train.stage_sides(config, cfg)
+  sides = srim_train.stage_sides(config, srim_train.model_config(config))
   feature_cfg = srim_train.feature_config(config, sides)
   mesh = sharding.data_mesh()
   imle_cfg = srim_train.imle_config(config, mesh)
-  tx, schedule = optim.make_optimizer(config.optimizer)
-  state = srim_train.create_train_state(srim_models.SRIM(cfg), cfg, imle_cfg.pool_size, tx, config.data.lowres_size,
-                                        train_loop.seed_key(config.seed, 'init'), mesh)
+  state = srim_train.create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
   feature_map, frozen = srim_train.make_frozen(config, feature_cfg, sides, mesh)
-  search_fn, train_fn = srim_train.compile_steps(state, mesh, frozen, cfg=cfg, feature_map=feature_map,
-                                                 imle_cfg=imle_cfg, sides=sides, schedule=schedule)
+  step, _ = srim_train.compile_steps(config, state, mesh, feature_map, frozen)
   pool = synthetic_batch(imle_cfg.pool_size, config.data.lowres_size, config.data.highres_size)
   rows = imle.pool_rows(config.seed, 0, 0, config.batch_size, imle_cfg.pool_size)
   batch = {'lowres': pool['lowres'][rows], 'highres': pool['highres'][rows], 'pool_index': rows,
            'pool_lowres': pool['lowres'], 'pool_highres': pool['highres'],
            'pool_row': np.arange(imle_cfg.pool_size, dtype=np.int32)}
-  step = srim_train.PoolTrainStep(search_fn, train_fn, frozen, imle_cfg)
   state, metrics = step(state, sharding.to_global(batch, mesh), train_loop.seed_key(config.seed, 'train'))
   check('srim', 1, metrics, (state.params, state.batch_stats))
 
@@ -124,7 +113,7 @@ def test_srgan_pretrain_then_gan_step():
   cfg, train_cfg = srgan.model_config(config), srgan.train_config(config)
   mesh = sharding.data_mesh()
   tx = srgan.make_optimizer(train_cfg)
-  state = srgan.create_train_state(cfg, tx, config.data, train_loop.seed_key(config.seed, 'init'), mesh)
+  state = srgan.create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
   weights = srgan.load_vgg(config, train_cfg)
   frozen = {'vgg': weights.up_to((train_cfg.content_layer,))}
   step = jax.jit(functools.partial(srgan.train_step, cfg=cfg, train_cfg=train_cfg, preprocessing=weights.preprocessing,

@@ -11,10 +11,10 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from common import images, metrics, sharding, user_images
+from common import images, metrics, sharding, train_loop, user_images
 from common.errors import UserError
 from configs import demo_srim
-from imle import evaluate, models, train
+from imle import evaluate, features, models, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures('compile_once')  # tests/conftest.py
@@ -71,7 +71,7 @@ def test_resume_inside_a_pool_is_exact_and_restores_for_sampling(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, a[part], b[part])
   assert not np.array_equal(a['pool_choice'], checkpoint_state(interrupted, 6)['pool_choice'])
 
-  model, variables = train.restore_for_sampling(tiny_config(), straight)
+  model, variables = train.restore(tiny_config(), straight)
   jax.tree.map(np.testing.assert_array_equal, variables, {'params': a['params'], 'batch_stats': a['batch_stats']})
   lowres = np.zeros((2, 6, 6, 3), np.uint8)
   assert models.sample(model, variables, lowres, jax.random.key(0), 3).shape == (2, 3, 24, 24, 3)
@@ -94,7 +94,8 @@ def test_resume_inside_a_pool_is_exact_and_restores_for_sampling(tmp_path):
   x, y = evaluate.eval_examples(tiny_config().data, 4)
   bicubic = images.quantize(images.bicubic_upsample(x, y.shape[1:3]))
   assert rows['Bicubic']['psnr_y'] == pytest.approx(float(np.mean(metrics.psnr_y(bicubic, y))), rel=1e-5)
-  drawn = np.asarray(models.sample(model, variables, x, jax.random.fold_in(jax.random.key(tiny_config().seed), 0), 2))
+  key = train_loop.seed_key(tiny_config().seed, 'evaluate')
+  drawn = np.asarray(models.sample(model, variables, x, jax.random.fold_in(key, 0), 2))
   assert rows['SRIM (per sample)']['ssim_y'] == pytest.approx(
       float(np.mean(metrics.ssim_y(drawn.reshape(-1, *drawn.shape[2:]), np.repeat(y, 2, 0)))), rel=1e-5)
   assert rows['SRIM (per sample)']['diversity'] > 0
@@ -138,7 +139,7 @@ def test_port_feature_weights_refuse_a_caffe_weights_file(monkeypatch):
 
   def load(path, **feature_overrides):
     port.vgg.weights_path = path
-    return train.load_vgg(port, dataclasses.replace(feature_cfg, **feature_overrides))
+    return features.load_vgg(port, dataclasses.replace(feature_cfg, **feature_overrides))
 
   with pytest.raises(UserError) as error:
     load('keras.h5')

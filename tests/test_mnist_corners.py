@@ -17,7 +17,7 @@ from PIL import Image
 from common import data, mnist
 from common.errors import UserError
 from configs import defaults, mnist_corners
-from pixelsr import corners, sampling, train
+from pixelsr import corners, regression, sampling, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(REPO, '..', 'shared', 'data', 'mnist')
@@ -244,11 +244,50 @@ def test_the_three_configs_share_data_and_conditioning_network():
   assert [c.method for c in configs.values()] == ['regression', 'pixelcnn', 'pixelcnn']
   assert configs['ce'].model.use_prior is False and configs['pixelcnn'].model.use_prior is True
   assert configs['l2'].data == configs['ce'].data == configs['pixelcnn'].data
+  # The L2 model's own: it predicts the output, not a residual over the input (issue 16), from a zero output layer.
+  l2_only = {'residual': False, 'zero_init_last': True}
   for field in defaults.CONDITIONING_FIELDS:
-    assert configs['l2'].model[field] == configs['ce'].model[field] == configs['pixelcnn'].model[field], field
+    if field in l2_only:
+      assert configs['l2'].model[field] == l2_only[field], field
+    else:
+      assert configs['l2'].model[field] == configs['ce'].model[field] == configs['pixelcnn'].model[field], field
   assert mnist_corners.get_config().model == configs['pixelcnn'].model
   with pytest.raises(ValueError, match="takes 'l2', 'ce' or 'pixelcnn'"):
     mnist_corners.get_config('pixelcnn,fast')
+
+
+@pytest.mark.parametrize('residual', [False, True])
+def test_the_l2_model_erases_the_input_and_splits_the_ink_between_the_corners(digits, tmp_path, residual):
+  """Figure 2's L2 column (issue 16): trained on the pairs, the L2 model (residual=False, as its config) draws the
+  lower half black, as every target is, and about half of the digit's ink in each upper quadrant: the mean of the
+  two modes. Table 1's formulation (residual=True: the input + tanh(residual)) cannot erase the input digit, whose
+  white pixels never go below mid-grey: it fails the same check."""
+  steps = 800
+  config = mnist_corners.get_config('l2')  # The figure's model (3 blocks: 7 pixels of context); ~20 s on a CPU.
+  config.data.update(mnist_dir=digits[0], mnist_eval_digits=NUM_EVAL)
+  config.model.residual = residual
+  config.optimizer.lr_halve_at = (400, 650)
+  config.update(num_train_steps=steps, eval_every_steps=0, sample_every_steps=0, checkpoint_every_steps=steps)
+  regression.train_and_evaluate(config, str(tmp_path))
+  lowres, highres = corners.held_out_pairs(config.data, 0)
+  outputs = np.asarray(regression.predict(*regression.restore(config, str(tmp_path)), lowres))
+  lower_ink = outputs[:, 8:].sum((1, 2, 3)) / 255
+  left, right = corners.corner_ink(outputs)
+  half = sum(corners.corner_ink(highres)) / 2  # half the target digit's ink, which lies in one upper quadrant
+  input_lower_ink = lowres[:, 8:].sum((1, 2, 3)) / 255
+  print(f'residual={residual}: lower-half ink: inputs {input_lower_ink.round(1)}, outputs {lower_ink.round(2)}, '
+        f'darkest {outputs[:, 8:].max()}; quadrant ink / half the digit: left {(left / half).round(2)}, '
+        f'right {(right / half).round(2)}')
+  # Black: under 2 white pixels' worth of ink over the lower half's 128 pixels (a mean grey of 4 / 255), no pixel
+  # above a quarter of white.
+  black = lower_ink.max() < 2 and outputs[:, 8:].max() < 64
+  if not residual:
+    assert black, (lower_ink, outputs[:, 8:].max())
+    share = left / (left + right)
+    assert np.all((share > 0.3) & (share < 0.7)), share  # both corners drawn, about equally: the modes' mean
+    assert 0.7 < (left + right).sum() / (2 * half.sum()) < 1.5  # ... each about half the digit's ink
+  else:
+    assert not black and outputs[:, 8:].max() >= 127  # white input pixels show through at mid-grey or above
 
 
 def test_reproduce_writes_the_figure_and_the_table(digits, tmp_path):
@@ -265,7 +304,7 @@ def test_reproduce_writes_the_figure_and_the_table(digits, tmp_path):
   with open(paths[1]) as f:
     assert f.readline() == 'output,n,left,right,both,blank,single_mode,left_share\n'
   # The figure's cells are the models' outputs: PixelCNN sample k of input n is row n * 3 + k of batch 0's draw.
-  model, variables = train.restore_for_sampling(configs['pixelcnn'], str(tmp_path / 'pixelcnn'))
+  model, variables = train.restore(configs['pixelcnn'], str(tmp_path / 'pixelcnn'))
   lowres, _ = corners.held_out_pairs(configs['pixelcnn'].data, 6)
   samples = np.asarray(sampling.sample(model, variables, lowres, jax.random.fold_in(jax.random.key(0), 0), 1.0, 3))
   assert corners.ModeCounts.of(samples) == rows['PixelCNN, samples']

@@ -54,7 +54,7 @@ def test_samples_grid_and_nll_of_a_folder_of_images(run_dir, tmp_path):
   assert grid.shape == (4 * 34 + 2, 6 * 34 + 2, 3)  # 4 inputs x (input, 2 x 2 samples, bicubic), padding 2
 
   # The written samples are the model's: NLLs recomputed from the PNGs, greedy samples are argmax everywhere.
-  model, variables = train.restore_for_sampling(tiny_config(), run_dir)
+  model, variables = train.restore(tiny_config(), run_dir)
   rows = list(csv.DictReader(open(out / 'nll.csv')))
   assert len(rows) == 16
   lowres = {n: user_images.to_model_input(images.load_image(inputs / f), tiny_config().data, 3)[0]
@@ -108,16 +108,19 @@ def test_user_errors_name_the_problem(run_dir, tmp_path):
   with pytest.raises(UserError, match='has no config.json'):
     sample.super_resolve(workdir=str(tmp_path), step=None, expected_config=None, files=[],
                          output=str(tmp_path / 'o'), num_samples=1, temperatures=[1.0], seed=0, batch_size=1)
-  with pytest.raises(UserError, match="--whole_image takes SRIM and SRGAN runs .* config.method='pixelcnn' run"):
-    sample.whole_images(workdir=run_dir, step=None, expected_config=None, files=[], output=str(tmp_path / 'o'),
-                        num_samples=1, seed=0, tile=8, overlap=-1)
+  (tmp_path / 'regression').mkdir()
+  (tmp_path / 'regression' / 'config.json').write_text(json.dumps({'method': 'regression'}))
+  with pytest.raises(UserError, match="--whole_image takes pixel recursive, SRIM and SRGAN runs .* "
+                                      "config.method='regression' run"):
+    sample.whole_images(workdir=str(tmp_path / 'regression'), step=None, expected_config=None, files=[],
+                        output=str(tmp_path / 'o'), num_samples=1, seed=0, tile=8, overlap=-1)
   assert not os.path.exists(tmp_path / 'o')
   with pytest.raises(UserError, match='has no checkpoint 7; it has \\[5\\]'):
-    train.restore_for_sampling(tiny_config(), run_dir, step=7)
+    train.restore(tiny_config(), run_dir, step=7)
   other = tiny_config()
   other.model.prior_channels = 9  # the checkpoint's arrays do not fit this model
   with pytest.raises(UserError, match='does not fit this model'):
-    train.restore_for_sampling(other, run_dir)
+    train.restore(other, run_dir)
   assert json.load(open(os.path.join(run_dir, 'config.json')))['model']['prior_channels'] == 6  # not rewritten
 
 

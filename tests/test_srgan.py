@@ -1,5 +1,7 @@
 """SRGAN (imle/srgan.py): the networks' layout, pixel shuffle, the losses by hand, updates that touch only their own
 network, exact resume across the pretraining/GAN boundary, the launchers, and SRIM's table with its SRGAN row."""
+import dataclasses
+import functools
 import math
 import os
 import subprocess
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import checkpoint, images, metrics, sharding, train_loop, user_images
+from common import checkpoint, images, metrics, sharding, train_loop, trainer, user_images
 from common.errors import UserError
 from configs import demo_srgan, imagenet_srgan
 from imle import evaluate, models, srgan, train, vgg19
@@ -130,8 +132,9 @@ def test_each_update_changes_only_its_own_network():
   cfg = TINY
   train_cfg = srgan.TrainConfig(content_layer='conv2_2')
   tx = srgan.make_optimizer(train_cfg)
-  data_cfg = tiny_config().data
-  state = srgan.create_train_state(cfg, tx, data_cfg, jax.random.key(0), sharding.data_mesh())
+  config = tiny_config()
+  config.model.update(**dataclasses.asdict(cfg))
+  state = srgan.create_train_state(config, jax.random.key(0), sharding.data_mesh())
   rng = np.random.default_rng(0)
   batch = {'lowres': rng.integers(0, 256, (4, 6, 6, 3), np.uint8),
            'highres': rng.integers(0, 256, (4, 24, 24, 3), np.uint8)}
@@ -159,10 +162,7 @@ def test_each_update_changes_only_its_own_network():
 
 
 def restored(config, workdir, step):
-  cfg, train_cfg = srgan.model_config(config), srgan.train_config(config)
-  tx, mesh = srgan.make_optimizer(train_cfg), sharding.data_mesh()
-  abstract = jax.eval_shape(lambda rng: srgan.create_train_state(cfg, tx, config.data, rng, mesh), jax.random.key(0))
-  return checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
+  return trainer.restore_state(functools.partial(srgan.create_train_state, config), workdir, step)
 
 
 @pytest.fixture(scope='module')
@@ -183,9 +183,7 @@ def test_resume_across_the_pretraining_boundary_is_exact(srgan_run):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
   config = tiny_config()
-  tx = srgan.make_optimizer(srgan.train_config(config))
-  init = srgan.create_train_state(srgan.model_config(config), tx, config.data,
-                                  train_loop.seed_key(config.seed, 'init'), sharding.data_mesh())
+  init = srgan.create_train_state(config, train_loop.seed_key(config.seed, 'init'), sharding.data_mesh())
   at2, at4 = restored(config, straight, 2), restored(config, straight, 4)
   jax.tree.map(np.testing.assert_array_equal, at2.discriminator, init.discriminator)  # Untouched in pretraining.
   assert int(at2.generator.opt_state.count) == 2
@@ -248,8 +246,8 @@ def test_srim_table_has_bicubic_srgan_and_srim_rows(srgan_run, tmp_path):
   bicubic = np.asarray(images.quantize(images.bicubic_upsample(x, (24, 24))))
   model, variables = srgan.restore(tiny_config(), srgan_dir)
   predicted = np.asarray(srgan.predict(model, variables, x))
-  key = jax.random.key(srim_config.seed)
-  srim_model, srim_variables = train.restore_for_sampling(srim_config, srim_dir)
+  key = train_loop.seed_key(srim_config.seed, 'evaluate')
+  srim_model, srim_variables = train.restore(srim_config, srim_dir)
   drawn = np.asarray(models.sample(srim_model, srim_variables, x, jax.random.fold_in(key, 0), 2))
   flat = drawn.reshape(-1, 24, 24, 3)
   truth = np.repeat(y, 2, 0)

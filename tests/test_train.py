@@ -76,18 +76,15 @@ _SHARDED = textwrap.dedent('''
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
     sys.path.insert(0, sys.argv[1])
     import jax, numpy as np
-    from common import data, optim, sharding
-    from pixelsr import models, train
+    from common import data, sharding
+    from pixelsr import train
     from tests.test_train import tiny_config
     config = tiny_config()
-    cfg = train.model_config(config)
-    model = models.PixelRecursiveSR(cfg)
     losses = {}
     for n in (1, 8):
       mesh = sharding.data_mesh(jax.devices()[:n])
-      tx, schedule = optim.make_optimizer(config.optimizer)
-      state = train.create_train_state(model, cfg, tx, config.data, jax.random.key(0), mesh)
-      step, _ = train.compile_steps(config, schedule, state, mesh)
+      state = train.create_train_state(config, jax.random.key(0), mesh)
+      step, _ = train.compile_steps(config, state, mesh)
       batches = data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=0)
       for _ in range(4):
         state, metrics = step(state, sharding.to_global(next(batches), mesh), jax.random.key(0))

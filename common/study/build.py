@@ -102,7 +102,7 @@ def build_preference(out: str, srim_workdir: str, srgan_workdir: str, *, per_cla
     raise UserError(f'The SRIM run of {srim_workdir} holds out no classes (config.data.num_unseen_classes = 0), so '
                     'there are no unseen classes to show; train it with --config.data.num_unseen_classes=N.')
   srgan_config = checkpoint.load_config(srgan_workdir)
-  srim_model, srim_vars = imle_train.restore_for_sampling(config, srim_workdir)
+  srim_model, srim_vars = imle_train.restore(config, srim_workdir)
   srgan_model, srgan_vars = srgan.restore(srgan_config, srgan_workdir)
   outputs, classes, splits = {'SRIM': [], 'SRGAN': [], 'Bicubic': []}, [], []
   for split, name in progress.track((('eval', 'seen'), ('eval_unseen', 'unseen')), desc='Study images',

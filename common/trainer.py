@@ -1,0 +1,117 @@
+"""What the four trainers (pixelsr.train, pixelsr.regression, imle.train, imle.srgan) share, as plain functions.
+
+Each method module has the same public names for the same things: `check_config(config)` (every field checked before
+anything runs: common/validation.py, then the method's own sections), `model_config(config)` (the typed model config,
+checked against the data), `create_train_state(config, rng, mesh)`, the pure `train_step` and `eval_step`,
+`compile_steps(config, state, mesh, ...)` -> (train_fn, eval_fn), the loop's step and the jitted eval step,
+`evaluate(state, eval_batches, eval_fn, mesh)` (means over the eval set), `restore(config, workdir, step=None)` ->
+(model, variables) for inference, and `train_and_evaluate(config, workdir)`. What they have in common is here:
+building a state with its shardings, jitting the steps, the masked eval sums, the data streams of the loop, the
+sample grid's inputs and restoring the latest checkpoint. No registry and no base class: each method calls these.
+"""
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from common import checkpoint, data, sharding
+from common.errors import UserError
+
+Batch = dict[str, np.ndarray]
+
+
+def create_sharded(init: Callable[[jax.Array], Any], rng: jax.Array, mesh: jax.sharding.Mesh) -> Any:
+  """`init(rng)` built directly with its shardings (eval_shape -> shardings -> jitted init): no host copy."""
+  shardings = sharding.state_shardings(jax.eval_shape(init, rng), mesh)
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def num_params(params: Any) -> str:
+  """The parameter count, with thousands separators, for the logs."""
+  return f'{sum(x.size for x in jax.tree.leaves(params)):,}'
+
+
+def shardings_of(tree: Any) -> Any:
+  """The sharding of every leaf of a tree of arrays (a state, frozen inputs), as jit's in/out_shardings take."""
+  return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def jit_train_step(step: Callable, state: Any, mesh: jax.sharding.Mesh, frozen: dict | None = None) -> Callable:
+  """`step(state, batch, rng[, frozen]) -> (state, metrics)` jitted with explicit shardings; the state is donated."""
+  batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  extra = () if frozen is None else (shardings_of(frozen),)
+  return jax.jit(step, in_shardings=(shardings_of(state), batch_sh, rep, *extra),
+                 out_shardings=(shardings_of(state), rep), donate_argnums=0)
+
+
+def jit_eval_step(step: Callable, state: Any, mesh: jax.sharding.Mesh) -> Callable:
+  """`step(state, batch) -> sums` jitted with explicit shardings (the state is kept)."""
+  return jax.jit(step, in_shardings=(shardings_of(state), sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def masked_sums(per_example: dict[str, jax.Array], mask: jax.Array) -> dict[str, jax.Array]:
+  """Sums over the real (mask == True) examples of a batch, and their 'count', so batches add up exactly."""
+  mask = mask.astype(jnp.float32)
+  sums = {k: (v * mask).sum() for k, v in per_example.items()}
+  sums['count'] = mask.sum()
+  return sums
+
+
+def masked_means(state: Any, eval_batches: Iterator[Batch], eval_fn: Callable, mesh: jax.sharding.Mesh) -> dict:
+  """Means over the whole eval set of `eval_fn(state, global batch)`'s `masked_sums`, each example counted once."""
+  totals: dict[str, float] = {}
+  for batch in eval_batches:
+    for k, v in jax.device_get(eval_fn(state, sharding.to_global(batch, mesh))).items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  count = totals.pop('count', 0.0)
+  if not count:
+    raise UserError('The eval split yielded no examples; check config.data.eval_split / num_eval_examples.')
+  return {k: v / count for k, v in totals.items()}
+
+
+def train_batches(config: ml_collections.ConfigDict) -> Callable[[int], Iterator[Batch]]:
+  """The loop's `train_batches(start_step)`: this process's rows of the training stream from that step on."""
+  def batches(start_step: int) -> Iterator[Batch]:
+    return data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=config.seed,
+                             start_index=start_step * config.batch_size)
+  return batches
+
+
+def eval_batches(config: ml_collections.ConfigDict) -> Iterator[Batch]:
+  """One pass over this process's rows of the eval split, padded to whole batches with a mask."""
+  return data.make_dataset(config.data, 'eval', batch_size=config.batch_size, seed=config.seed)
+
+
+def grid_inputs(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
+  """(low-res, high-res) of the sample grids: the first `config.num_sample_images` eval examples of the global batch,
+  the same on every process. Read before compiling, so that a missing dataset fails at once."""
+  first_eval = sharding.gather(next(eval_batches(config)))
+  num = min(config.num_sample_images, int(first_eval['mask'].sum()))
+  return first_eval['lowres'][:num], first_eval['highres'][:num]
+
+
+def restore_state(create: Callable[[jax.Array, jax.sharding.Mesh], Any], workdir: str, step: int | None = None) -> Any:
+  """The train state of `workdir`'s latest checkpoint (or `step`'s), shaped and sharded as `create(rng, mesh)`'s,
+  replicated over this host's devices. Nothing is initialised: only the shapes of `create` are traced."""
+  mesh = sharding.data_mesh()
+  abstract = jax.eval_shape(lambda rng: create(rng, mesh), jax.random.key(0))
+  return checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
+
+
+def method_module(method: str):
+  """The module that trains `config.method` (each has the names of this module's docstring), imported on demand."""
+  if method == 'pixelcnn':
+    from pixelsr import train as module
+  elif method == 'regression':
+    from pixelsr import regression as module
+  elif method == 'srim':
+    from imle import train as module
+  elif method == 'srgan':
+    from imle import srgan as module
+  else:
+    raise UserError(f"config.method={method!r} is not a method of this library; use 'pixelcnn', 'regression', 'srim' "
+                    "or 'srgan'.")
+  return module
