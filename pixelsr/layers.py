@@ -53,6 +53,15 @@ def masked_kernel(kernel: jax.Array, mask_type: Literal['A', 'B'], num_colours: 
                            channel_groups(cout, num_colours, out_chunks), mask_type)
 
 
+def pointwise(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """x (..., C) @ kernel (C, D) + bias as one matmul over a (positions, C) matrix. XLA:CPU runs its gradients 2-4x
+  faster than those of the same product over (B, H, W, C) (a 1x1 convolution or an einsum), whose weight gradient
+  it computes with a transposed copy of the activations. bfloat16 inputs are summed in float32 (XLA:CPU's bf16
+  matmul kernels run 2-3x faster when they accumulate in f32 than when they round every sum to bf16)."""
+  y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+  return (y + bias).astype(dtype).reshape(*x.shape[:-1], kernel.shape[-1])
+
+
 def down_shift(x: jax.Array) -> jax.Array:
   """Moves rows down by one (row 0 becomes zeros): row i then holds what row i-1 held."""
   return jnp.pad(x, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
@@ -76,12 +85,24 @@ class MaskedConv(nn.Module):
     kernel = masked_kernel(self.param('kernel', self.kernel_init, shape), self.mask_type, self.num_colours,
                            self.in_chunks, self.out_chunks)
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    if self.width == 1:
+      return pointwise(x, kernel[0, 0], bias, self.dtype)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if self.width == 1:  # A matmul: XLA:CPU differentiates it twice as fast as the equivalent 1x1 convolution.
-      return jnp.einsum('...c,cd->...d', x, kernel[0, 0]) + bias.astype(self.dtype)
     y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((0, 0), (self.width - 1, 0)),
                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return y + bias.astype(self.dtype)
+
+
+class Pointwise(nn.Module):
+  """A 1x1 convolution (kernel (1, 1, C_in, C_out), as `nn.Conv`'s) computed by `pointwise`."""
+  features: int
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features))
+    return pointwise(x, kernel[0, 0], self.param('bias', nn.initializers.zeros, (self.features,)), self.dtype)
 
 
 def gate(x: jax.Array) -> jax.Array:
@@ -108,7 +129,7 @@ class GatedLayer(nn.Module):
     h_pre = MaskedConv(2 * p, k // 2 + 1, 'B', self.num_colours, out_chunks=2, kernel_init=self.kernel_init,
                        dtype=self.dtype, name='horizontal')(h)
     # The vertical stack has seen all of row i; shifted, it tells row i only about rows above.
-    h_pre = h_pre + conv(2 * p, (1, 1), name='vertical_to_horizontal')(down_shift(v_pre))
+    h_pre = h_pre + Pointwise(2 * p, self.kernel_init, self.dtype, name='vertical_to_horizontal')(down_shift(v_pre))
     h_out = MaskedConv(p, 1, 'B', self.num_colours, kernel_init=self.kernel_init, dtype=self.dtype,
                        name='horizontal_out')(gate(h_pre))
     return gate(v_pre), h + h_out

@@ -37,6 +37,16 @@ def _draw(keys_R: jax.Array, logits_RK: jax.Array, index: jax.Array, temperature
   return jax.vmap(jax.random.categorical)(step_keys, temperature * logits_RK).astype(jnp.uint8)
 
 
+def _row_noise(keys_R: jax.Array, first_index: jax.Array, width: int, colours: int, levels: int) -> jax.Array:
+  """(W, R, C, K): the Gumbel noise `jax.random.categorical` adds to the logits of each sub-pixel of an image row
+  (raster indices first_index ...), drawn for the whole row at once: one large vectorised threefry call instead of
+  one small call per sub-pixel. argmax(noise + tau * logits) is then exactly `_draw`'s categorical draw."""
+  indices = first_index + jnp.arange(width * colours)
+  noise = lambda key, i: jax.random.gumbel(jax.random.fold_in(key, i), (levels,))
+  noise_RIK = jax.vmap(lambda key: jax.vmap(lambda i: noise(key, i))(indices))(keys_R)
+  return jnp.moveaxis(noise_RIK.reshape(len(keys_R), width, colours, levels), 1, 0)
+
+
 def _condition(model: nn.Module, variables: dict, lowres: jax.Array, key: jax.Array, num_samples: int):
   lowres = jnp.repeat(lowres, num_samples, axis=0)
   cond_logits = model.apply(variables, lowres, method='condition')
@@ -59,7 +69,7 @@ def sample(model: nn.Module, variables: dict, lowres: jax.Array, key: jax.Array,
 @functools.partial(jax.jit, static_argnames=('model', 'greedy', 'num_samples'))
 def _sample_cached(model, variables, lowres, key, temperature, *, greedy, num_samples):
   cond_logits, keys = _condition(model, variables, lowres, key, num_samples)
-  rows, height, width, colours, _ = cond_logits.shape
+  rows, height, width, colours, levels = cond_logits.shape
   draw = functools.partial(_draw, keys, temperature=temperature, greedy=greedy)
   if not model.cfg.use_prior:  # Sub-pixels are independent given x: draw them all at once.
     flat = cond_logits.reshape(rows, height * width * colours, -1)
@@ -70,19 +80,23 @@ def _sample_cached(model, variables, lowres, key, temperature, *, greedy, num_sa
 
   def row_step(row_cache, xs):
     r, cond_row_RWCK = xs
+    noise_WRCK = None if greedy else _row_noise(keys, r * width * colours, width, colours, levels)
 
     def pixel_step(pixel_cache, xs):
-      c, cond_pixel_RCK = xs
+      c, cond_pixel_RCK, noise_RCK = xs
       pixel = jnp.zeros((rows, colours), jnp.uint8)
+      start = prior.pixel_start(row_cache, c, pixel_cache)
       for colour in range(colours):
-        logits, inputs = prior.pixel_logits(row_cache, c, pixel_cache, pixel, colour)
-        index = (r * width + c) * colours + colour
-        pixel = pixel.at[:, colour].set(draw(cond_pixel_RCK[:, colour] + logits, index))
+        logits, inputs = prior.pixel_logits(row_cache, c, pixel_cache, start, pixel, colour)
+        logits = cond_pixel_RCK[:, colour] + logits
+        if not greedy:
+          logits = noise_RCK[:, colour] + temperature * logits
+        pixel = pixel.at[:, colour].set(jnp.argmax(logits, axis=-1).astype(jnp.uint8))
       # The last colour's pass saw every colour its inputs may depend on: they are final for this pixel.
       return prior.advance_pixel(pixel_cache, pixel, inputs), pixel
 
     _, row_WRC = jax.lax.scan(pixel_step, prior.init_pixel_cache(rows),
-                              (jnp.arange(width), jnp.moveaxis(cond_row_RWCK, 1, 0)))
+                              (jnp.arange(width), jnp.moveaxis(cond_row_RWCK, 1, 0), noise_WRCK))
     row_RWC = jnp.moveaxis(row_WRC, 0, 1)
     return prior.advance_row(row_cache, row_RWC), row_RWC
 

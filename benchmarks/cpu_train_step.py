@@ -1,0 +1,135 @@
+"""The paper's CelebA train step on this machine's CPU: our jitted JAX step against a plain PyTorch eager port of the
+same network (benchmarks/torch_pixelsr.py), timed side by side in one process, with the machine's dense-matmul rate.
+
+  pip install -e '.[bench]'
+  python benchmarks/cpu_train_step.py [--config=celeba_pixelcnn] [--batch_size=32] [--rounds=2] [--steps=3] \
+      [--dtypes=float32,bfloat16]
+
+Both start from the same parameters (the JAX init copied into torch) on the same uint8 batch, and their first losses
+are printed side by side (they agree to float rounding: the two compute the same function). Each round runs a block
+of steps of each contender in turn; a block's first step is untimed (stepping the two alternately left torch's
+spinning OpenMP threads on the cores while the next JAX step started). The median over all timed steps is reported,
+with the minimum; several rounds spread a change of machine load over all contenders. Both use every core
+(torch.set_num_threads(os.cpu_count())). FLOPs are XLA's count of the compiled JAX step, used for both.
+`--dtypes=float32,bfloat16` also times `config.model.dtype='bfloat16'` (bf16 matmul and convolution inputs; matmuls
+summed in f32; parameters, logits, softmax and loss in f32). Results go in benchmarks/README.md.
+"""
+import importlib
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from absl import app, flags
+
+import torch_pixelsr
+from common import sharding
+from pixelsr import train
+
+flags.DEFINE_string('config', 'celeba_pixelcnn', 'Config module under configs/ (its model and data sizes).')
+flags.DEFINE_integer('batch_size', 32, 'Batch size of both steps.')
+flags.DEFINE_integer('rounds', 2, 'Rounds; each runs a block of steps of every contender in turn.')
+flags.DEFINE_integer('steps', 3, 'Timed steps per block, after one untimed warm-up step.')
+flags.DEFINE_list('dtypes', ['float32'], "JAX compute dtypes to time ('float32', 'bfloat16'); torch runs float32.")
+FLAGS = flags.FLAGS
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+  """The machine's dense n x n x n matmul rate through JAX (f32; bf16 inputs with f32 accumulation) and torch."""
+  def best(fn):
+    fn()
+    times = []
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times) / 1e9
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+  b = a.astype(jnp.bfloat16)
+  f32 = jax.jit(lambda a: a @ a)
+  bf16 = jax.jit(lambda b: jnp.matmul(b, b, preferred_element_type=jnp.float32))
+  t = torch.from_numpy(np.asarray(a))
+  return {'jax f32': best(lambda: f32(a).block_until_ready()),
+          'jax bf16 in, f32 out': best(lambda: bf16(b).block_until_ready()),
+          'torch f32': best(lambda: t @ t)}
+
+
+def jax_step(config, batch_size: int, dtype: str):
+  config.unlock()
+  config.model.dtype = dtype
+  config.batch_size = batch_size
+  cfg = train.model_config(config)
+  mesh = sharding.data_mesh(jax.devices()[:1])
+  state = train.create_train_state(config, jax.random.key(0), mesh)
+  step, _ = train.compile_steps(config, state, mesh)
+  return cfg, state, step
+
+
+def main(argv):
+  del argv
+  torch.set_num_threads(os.cpu_count())
+  config = importlib.import_module(f'configs.{FLAGS.config}').get_config()
+  d, b = config.data, FLAGS.batch_size
+  rng = np.random.default_rng(0)
+  lowres = rng.integers(0, 256, (b, d.lowres_size, d.lowres_size, 3), np.uint8)
+  highres = rng.integers(0, 256, (b, d.highres_size, d.highres_size, 3), np.uint8)
+  print(f'CPU: {os.cpu_count()} cores; jax {jax.__version__} ({jax.devices()[0].device_kind}), '
+        f'torch {torch.__version__}; {FLAGS.config}, batch {b}')
+  for name, rate in matmul_gflops().items():
+    print(f'dense 2048^3 matmul, {name}: {rate:.0f} GFLOP/s')
+
+  steps = {}
+  for dtype in FLAGS.dtypes:
+    cfg, state, step = jax_step(config, b, dtype)
+    batch = {'lowres': jnp.asarray(lowres), 'highres': jnp.asarray(highres)}
+    cost = step.lower(state, batch, jax.random.key(0)).compile().cost_analysis()
+    flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])
+    steps[dtype] = dict(state=state, step=step, batch=batch, flops=flops, times=[])
+  torch_model = torch_pixelsr.PixelRecursiveSR(cfg)
+  torch_pixelsr.load_flax_params(torch_model, jax.device_get(steps[FLAGS.dtypes[0]]['state'].params))
+  torch_step = torch_pixelsr.make_train_step(torch_model)
+  nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  torch_batch = nchw(lowres), nchw(highres)
+  torch_times = []
+
+  def jax_block(s):
+    times = []
+    for _ in range(FLAGS.steps + 1):
+      t0 = time.perf_counter()
+      s['state'], metrics = s['step'](s['state'], s['batch'], jax.random.key(0))
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - t0)
+      s.setdefault('first_loss', float(metrics['loss']))
+    s['times'] += times[1:]
+
+  def torch_block():
+    times = []
+    for _ in range(FLAGS.steps + 1):
+      t0 = time.perf_counter()
+      loss = torch_step(*torch_batch)
+      times.append(time.perf_counter() - t0)
+      losses.append(float(loss))
+    torch_times.extend(times[1:])
+
+  losses = []
+  for _ in range(FLAGS.rounds):
+    for s in steps.values():
+      jax_block(s)
+    torch_block()
+  torch_first_loss = losses[0]
+
+  torch_s = statistics.median(torch_times)
+  print(f'torch eager f32: {torch_s:.2f} s/step (min {min(torch_times):.2f}), first loss {torch_first_loss:.5f}, '
+        f'{steps[FLAGS.dtypes[0]]["flops"] / 1e9 / torch_s:.0f} GFLOP/s')
+  for dtype, s in steps.items():
+    jax_s = statistics.median(s['times'])
+    print(f'jax {dtype}: {jax_s:.2f} s/step (min {min(s["times"]):.2f}), first loss {s["first_loss"]:.5f}, '
+          f'{s["flops"] / 1e9:.1f} GFLOP/step, {s["flops"] / 1e9 / jax_s:.0f} GFLOP/s | torch / jax = '
+          f'{torch_s / jax_s:.2f}x', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

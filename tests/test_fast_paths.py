@@ -1,0 +1,72 @@
+"""The formulations chosen for speed compute what the plain ones do (benchmarks/README.md, "CPU train step").
+
+`layers.pointwise` computes every 1x1 convolution of the model as one (positions, C) x (C, D) matmul, because
+XLA:CPU differentiates that 2-4x faster than a 1x1 convolution. Swapped back for the plain 1x1 convolution, the
+loss and every gradient of a train step must be the same up to float rounding. (The sampler's fast paths are checked
+by tests/test_sampling.py: its samples equal the naive sampler's.)
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pixelsr import layers, losses, models
+
+SMALL = models.PixelSRConfig(cond_blocks=1, cond_channels=8, prior_channels=12, prior_layers=3,
+                             prior_head_channels=48, init='lecun_normal')
+
+
+def convolution_1x1(x, kernel, bias, dtype):
+  y = jax.lax.conv_general_dilated(x.astype(dtype), kernel[None, None].astype(dtype), (1, 1), 'VALID',
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y + bias.astype(dtype)
+
+
+def loss_and_grads(params, lowres, highres):
+  model = models.PixelRecursiveSR(SMALL)
+
+  def loss(params):
+    cond_logits, prior_logits = model.apply({'params': params}, lowres, highres)
+    return losses.loss_and_metrics(cond_logits, prior_logits, highres, 'O2')[0]
+  return jax.value_and_grad(loss)(params)
+
+
+def test_matmul_1x1s_give_the_convolutions_loss_and_gradients(monkeypatch):
+  rng = np.random.default_rng(0)
+  lowres = rng.integers(0, 256, (2, 4, 4, 3), np.uint8)
+  highres = rng.integers(0, 256, (2, 16, 16, 3), np.uint8)
+  params = models.PixelRecursiveSR(SMALL).init(jax.random.key(0), lowres, highres)['params']
+  fast_loss, fast_grads = loss_and_grads(params, lowres, highres)
+  calls = []
+  monkeypatch.setattr(layers, 'pointwise', lambda *a: calls.append(1) or convolution_1x1(*a))
+  plain_loss, plain_grads = loss_and_grads(params, lowres, highres)
+  assert len(calls) == 2 * SMALL.prior_layers + 2  # vertical_to_horizontal and horizontal_out per layer, head, logits
+  np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-6)
+  flat_fast = jax.tree_util.tree_leaves_with_path(fast_grads)
+  flat_plain = dict(jax.tree_util.tree_leaves_with_path(plain_grads))
+  for path, grad in flat_fast:
+    scale = float(jnp.abs(flat_plain[path]).max()) + 1e-12
+    np.testing.assert_allclose(grad, flat_plain[path], rtol=0, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+def test_bfloat16_mode_keeps_parameters_logits_and_loss_in_float32():
+  # config.model.dtype='bfloat16': matmul and convolution inputs in bf16 (matmuls summed in f32), parameters, the
+  # 256-way logits, the softmax and the loss in f32. Its loss and gradients stay those of f32 to bf16's precision.
+  rng = np.random.default_rng(1)
+  lowres = rng.integers(0, 256, (2, 4, 4, 3), np.uint8)
+  highres = rng.integers(0, 256, (2, 16, 16, 3), np.uint8)
+  bf16 = models.PixelRecursiveSR(models.PixelSRConfig(**{**SMALL.__dict__, 'dtype': 'bfloat16'}))
+  params = bf16.init(jax.random.key(0), lowres, highres)['params']
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  cond_logits, prior_logits = bf16.apply({'params': params}, lowres, highres)
+  assert cond_logits.dtype == prior_logits.dtype == jnp.float32
+
+  def loss(model, params):
+    return losses.loss_and_metrics(*model.apply({'params': params}, lowres, highres), highres, 'O2')[0]
+  f32_loss, f32_grads = jax.value_and_grad(lambda p: loss(models.PixelRecursiveSR(SMALL), p))(params)
+  bf16_loss, bf16_grads = jax.value_and_grad(lambda p: loss(bf16, p))(params)
+  assert bf16_loss.dtype == jnp.float32
+  np.testing.assert_allclose(bf16_loss, f32_loss, rtol=1e-2)
+  a, b = (jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)]) for g in (f32_grads, bf16_grads))
+  assert {x.dtype for x in jax.tree.leaves(bf16_grads)} == {jnp.dtype(jnp.float32)}
+  assert float(a @ b / jnp.linalg.norm(a) / jnp.linalg.norm(b)) > 0.99
+  assert float(jnp.abs(a - b).max()) > 0  # it did compute in bf16
