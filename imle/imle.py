@@ -88,6 +88,16 @@ def largest_divisor(n: int, at_most: int) -> int:
   return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
 
 
+def search_chunks(pool_size: int, num_devices: int, rows_per_chunk: int, at_most: int = 10) -> int:
+  """Into how many equal parts the host splits a pool's selection, to report progress between them (at most
+  `at_most`). Rows are independent and keyed by their number, and each part keeps the rows per device a multiple of
+  the rows `select` computes at once, so the chosen candidates are those of one call over the pool (their distances
+  differ only by float rounding)."""
+  per_device = pool_size // num_devices
+  block = largest_divisor(per_device, rows_per_chunk)
+  return largest_divisor(per_device // block, at_most)
+
+
 def _select_block(stage_fn: StageFn, vector_fn: VectorFn, params, lowres01, targets01, rows, key, *,
                   noise_shapes, num_candidates, chunk):
   """Hierarchical selection for r rows: (choice (r, S) int32, squared distance (r, S))."""

@@ -24,7 +24,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import data, images, optim, sharding, train_loop, trainer, validation
+from common import data, images, optim, progress, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from imle import features, imle, models, pools, vgg19
@@ -155,18 +155,29 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, f
 
 
 class PoolTrainStep:
-  """The loop's step: selects the pool's noises when the batch brings a new pool, then trains one step."""
+  """The loop's step: selects the pool's noises when the batch brings a new pool, then trains one step.
 
-  def __init__(self, search_fn, train_fn, frozen: dict, imle_cfg: imle.IMLEConfig):
+  The selection runs in `num_chunks` calls of `search` over equal parts of the pool, so that a progress bar can
+  report it (on the paper's sizes a round is ~30 s on an H100 and far longer on a CPU); `imle.search_chunks` picks
+  parts that leave the chosen candidates those of one call."""
+
+  def __init__(self, search_fn, train_fn, frozen: dict, imle_cfg: imle.IMLEConfig, num_chunks: int = 1,
+               rows_of=None):
     self.search, self.train, self._frozen, self._imle_cfg = search_fn, train_fn, frozen, imle_cfg
+    self._num_chunks, self._rows_of = num_chunks, rows_of
 
   def __call__(self, state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
     if 'pool_lowres' in batch:
       pool = {k: batch.pop(f'pool_{k}') for k in ('lowres', 'highres', 'row')}
       number = int(state.step) // self._imle_cfg.steps_per_pool  # Once per pool: the wait costs nothing.
+      key, size = imle.pool_key(rng, number), pool['row'].shape[0] // self._num_chunks
       t0 = time.time()
-      choice, distance = self.search(state, pool, imle.pool_key(rng, number), self._frozen,
-                                      self._imle_cfg.num_candidates)
+      parts = []
+      for i in progress.track(range(self._num_chunks), desc=f'Selecting pool {number}', unit='part'):
+        part = pool if self._num_chunks == 1 else self._rows_of(pool, i * size, size)
+        parts.append(jax.block_until_ready(self.search(state, part, key, self._frozen,
+                                                       self._imle_cfg.num_candidates)))
+      choice, distance = (jnp.concatenate([p[j] for p in parts]) for j in (0, 1))
       distance = jax.block_until_ready(jax.device_put(distance.mean(0), state.pool_distance.sharding))
       logging.info('Selected the noises of pool %d (%d images) in %.1f s; mean distance per stage %s.', number,
                    choice.shape[0], time.time() - t0, np.round(np.asarray(distance), 5).tolist())
@@ -220,7 +231,12 @@ def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: ja
                                        **search_args),
                      in_shardings=(state_sh, batch_sh, rep, frozen_sh), out_shardings=rep)
   eval_key = imle.eval_key(train_loop.seed_key(config.seed, 'eval'))
-  return PoolTrainStep(search, train, frozen, imle_cfg), lambda state, batch: eval_jit(state, batch, eval_key, frozen)
+  # Rows start .. start + size of the pool, sharded as a batch (in jit: the pool is a global array).
+  rows_of = jax.jit(lambda pool, start, size: jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size),
+                                                            pool), static_argnums=2, out_shardings=batch_sh)
+  num_chunks = imle.search_chunks(imle_cfg.pool_size, mesh.size, imle_cfg.rows_per_chunk)
+  return (PoolTrainStep(search, train, frozen, imle_cfg, num_chunks, rows_of),
+          lambda state, batch: eval_jit(state, batch, eval_key, frozen))
 
 
 def _with_rows(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:

@@ -14,7 +14,7 @@ from PIL import Image
 from common import images, metrics, sharding, train_loop, user_images
 from common.errors import UserError
 from configs import demo_srim
-from imle import evaluate, features, models, train
+from imle import evaluate, features, models, pools, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures('compile_once')  # tests/conftest.py
@@ -151,3 +151,25 @@ def test_port_feature_weights_refuse_a_caffe_weights_file(monkeypatch):
   assert load('torchvision.npz').preprocessing == 'torch'
   assert load('keras.h5', weights=()).preprocessing == 'caffe'  # Estimated weights fit any file.
   assert load('keras.h5', weights_tuned_for='').preprocessing == 'caffe'
+
+
+def test_pool_selection_in_parts_for_a_progress_bar_equals_one_call(capsys):
+  config = tiny_config()
+  config.imle.rows_per_chunk = 2  # select() computes 2 rows at once, so the pool of 8 goes in 4 parts of 2 blocks
+  mesh = sharding.data_mesh()
+  cfg = train.model_config(config)
+  sides = train.stage_sides(config, cfg)
+  feature_map, frozen = train.make_frozen(config, train.feature_config(config, sides), sides, mesh)
+  state = train.create_train_state(config, jax.random.key(0), mesh)
+  in_parts, _ = train.compile_steps(config, state, mesh, feature_map, frozen)
+  one_call = train.PoolTrainStep(in_parts.search, in_parts.train, frozen, train.imle_config(config, mesh))
+  batch = next(pools.pool_batches(config, train.imle_config(config, mesh), 0, 0, 1))
+  results = []
+  for step in (in_parts, one_call):
+    copy = jax.tree.map(lambda x: x.copy(), state)  # the step donates its state
+    results.append(jax.device_get(step(copy, sharding.to_global(dict(batch), mesh), jax.random.key(1))[0]))
+  assert in_parts._num_chunks == 4 and one_call._num_chunks == 1
+  np.testing.assert_array_equal(results[0].pool_choice, results[1].pool_choice)
+  np.testing.assert_allclose(results[0].pool_distance, results[1].pool_distance, rtol=1e-6)
+  assert len(set(results[0].pool_choice[:, 0].tolist())) > 1  # the candidates chosen differ between rows
+  assert 'Selecting pool 0' in capsys.readouterr().err
