@@ -2,8 +2,6 @@
 sampler is exact on a non-square output of any size, and the command estimates the time, refuses what is too large
 in one line, and writes the sampler's draws."""
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +10,11 @@ import pytest
 from PIL import Image
 
 from pixelsr import models, sampling, train, whole_image
+from tests import test_sample_cli
 from tests.test_train import tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(REPO, 'launch', 'sample.py')
+cli = test_sample_cli.cli
+run_dir = test_sample_cli.run_dir  # the fixture: a tiny trained pixel recursive workdir
 TINY = dict(cond_blocks=1, cond_channels=8, prior_layers=2, prior_channels=12, prior_head_channels=24,
             init='lecun_normal')
 
@@ -43,17 +42,6 @@ def test_the_estimate_scales_with_the_output_pixels():
   assert large == pytest.approx(100 * small) and small == pytest.approx(240 * timing.seconds_per_pixel)
   assert whole_image.output_size(cfg, 3, 5) == (12, 20)
   assert [whole_image.duration(s) for s in (44.6, 600, 3 * 3600)] == ['45 s', '10 min', '3.0 h']
-
-
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('run'))
-  train.train_and_evaluate(tiny_config(num_train_steps=5), workdir)
-  return workdir
-
-
-def cli(*args):
-  return subprocess.run([sys.executable, SAMPLE, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
