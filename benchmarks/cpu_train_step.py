@@ -3,7 +3,7 @@ same network (benchmarks/torch_pixelsr.py), timed side by side in one process, w
 
   pip install -e '.[bench]'
   python benchmarks/cpu_train_step.py [--config=celeba_pixelcnn] [--batch_size=32] [--rounds=2] [--steps=3] \
-      [--dtypes=float32,bfloat16]
+      [--dtypes=float32,bfloat16] [--parts=1,4]
 
 Both start from the same parameters (the JAX init copied into torch) on the same uint8 batch, and their first losses
 are printed side by side (they agree to float rounding: the two compute the same function). Each round runs a block
@@ -12,7 +12,8 @@ spinning OpenMP threads on the cores while the next JAX step started). The media
 with the minimum; several rounds spread a change of machine load over all contenders. Both use every core
 (torch.set_num_threads(os.cpu_count())). FLOPs are XLA's count of the compiled JAX step, used for both.
 `--dtypes=float32,bfloat16` also times `config.model.dtype='bfloat16'` (bf16 matmul and convolution inputs; matmuls
-summed in f32; parameters, logits, softmax and loss in f32). Results go in benchmarks/README.md.
+summed in f32; parameters, logits, softmax and loss in f32). `--parts` times the step with the batch differentiated
+in that many parts (`config.train_batch_parts`; 0 = the library's choice). Results go in benchmarks/README.md.
 """
 import importlib
 import os
@@ -26,7 +27,7 @@ import torch
 from absl import app, flags
 
 import torch_pixelsr
-from common import sharding
+from common import cli, sharding, trainer
 from pixelsr import train
 
 flags.DEFINE_string('config', 'celeba_pixelcnn', 'Config module under configs/ (its model and data sizes).')
@@ -34,6 +35,7 @@ flags.DEFINE_integer('batch_size', 32, 'Batch size of both steps.')
 flags.DEFINE_integer('rounds', 2, 'Rounds; each runs a block of steps of every contender in turn.')
 flags.DEFINE_integer('steps', 3, 'Timed steps per block, after one untimed warm-up step.')
 flags.DEFINE_list('dtypes', ['float32'], "JAX compute dtypes to time ('float32', 'bfloat16'); torch runs float32.")
+flags.DEFINE_list('parts', ['0'], 'config.train_batch_parts values to time (0 = auto: 4 on a CPU at batch 32).')
 FLAGS = flags.FLAGS
 
 
@@ -57,10 +59,11 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
           'torch f32': best(lambda: t @ t)}
 
 
-def jax_step(config, batch_size: int, dtype: str):
+def jax_step(config, batch_size: int, dtype: str, parts: int):
   config.unlock()
   config.model.dtype = dtype
   config.batch_size = batch_size
+  config.train_batch_parts = parts
   cfg = train.model_config(config)
   mesh = sharding.data_mesh(jax.devices()[:1])
   state = train.create_train_state(config, jax.random.key(0), mesh)
@@ -77,19 +80,22 @@ def main(argv):
   lowres = rng.integers(0, 256, (b, d.lowres_size, d.lowres_size, 3), np.uint8)
   highres = rng.integers(0, 256, (b, d.highres_size, d.highres_size, 3), np.uint8)
   print(f'CPU: {os.cpu_count()} cores; jax {jax.__version__} ({jax.devices()[0].device_kind}), '
-        f'torch {torch.__version__}; {FLAGS.config}, batch {b}')
+        f'torch {torch.__version__}; {FLAGS.config}, batch {b}; GLIBC_TUNABLES={os.environ.get("GLIBC_TUNABLES")}')
   for name, rate in matmul_gflops().items():
     print(f'dense 2048^3 matmul, {name}: {rate:.0f} GFLOP/s')
 
   steps = {}
   for dtype in FLAGS.dtypes:
-    cfg, state, step = jax_step(config, b, dtype)
-    batch = {'lowres': jnp.asarray(lowres), 'highres': jnp.asarray(highres)}
-    cost = step.lower(state, batch, jax.random.key(0)).compile().cost_analysis()
-    flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])
-    steps[dtype] = dict(state=state, step=step, batch=batch, flops=flops, times=[])
+    for parts in map(int, FLAGS.parts):
+      cfg, state, step = jax_step(config, b, dtype, parts)
+      batch = {'lowres': jnp.asarray(lowres), 'highres': jnp.asarray(highres)}
+      cost = step.lower(state, batch, jax.random.key(0)).compile().cost_analysis()
+      flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])
+      name = f'{dtype}, {trainer.batch_parts(parts, b, sharding.data_mesh(jax.devices()[:1]))} parts'
+      steps[name] = dict(state=state, step=step, batch=batch, flops=flops, times=[])
+  first = next(iter(steps.values()))
   torch_model = torch_pixelsr.PixelRecursiveSR(cfg)
-  torch_pixelsr.load_flax_params(torch_model, jax.device_get(steps[FLAGS.dtypes[0]]['state'].params))
+  torch_pixelsr.load_flax_params(torch_model, jax.device_get(first['state'].params))
   torch_step = torch_pixelsr.make_train_step(torch_model)
   nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   torch_batch = nchw(lowres), nchw(highres)
@@ -123,13 +129,14 @@ def main(argv):
 
   torch_s = statistics.median(torch_times)
   print(f'torch eager f32: {torch_s:.2f} s/step (min {min(torch_times):.2f}), first loss {torch_first_loss:.5f}, '
-        f'{steps[FLAGS.dtypes[0]]["flops"] / 1e9 / torch_s:.0f} GFLOP/s')
-  for dtype, s in steps.items():
+        f'{first["flops"] / 1e9 / torch_s:.0f} GFLOP/s')
+  for name, s in steps.items():
     jax_s = statistics.median(s['times'])
-    print(f'jax {dtype}: {jax_s:.2f} s/step (min {min(s["times"]):.2f}), first loss {s["first_loss"]:.5f}, '
+    print(f'jax {name}: {jax_s:.2f} s/step (min {min(s["times"]):.2f}), first loss {s["first_loss"]:.5f}, '
           f'{s["flops"] / 1e9:.1f} GFLOP/step, {s["flops"] / 1e9 / jax_s:.0f} GFLOP/s | torch / jax = '
           f'{torch_s / jax_s:.2f}x', flush=True)
 
 
 if __name__ == '__main__':
+  cli.use_huge_pages()  # As the launchers do; GLIBC_TUNABLES=glibc.malloc.hugetlb=0 measures 4 KiB pages.
   app.run(main)

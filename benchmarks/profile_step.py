@@ -21,11 +21,13 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from common import cli, sharding, trainer
 from pixelsr import losses, models, train
 
 flags.DEFINE_string('config', 'celeba_pixelcnn', 'Config module under configs/ (its model and data sizes).')
 flags.DEFINE_integer('batch_size', 32, 'Batch size.')
 flags.DEFINE_integer('top', 30, 'Rows of the table.')
+flags.DEFINE_integer('parts', 0, 'config.train_batch_parts (0 = auto: 4 on a CPU at batch 32).')
 FLAGS = flags.FLAGS
 
 
@@ -57,13 +59,17 @@ def main(argv):
   model = models.PixelRecursiveSR(cfg)
   params = model.init(jax.random.key(0), lowres[:1], highres[:1])['params']
 
-  def loss(params):
-    return losses.loss_and_metrics(*model.apply({'params': params}, lowres, highres), highres, config.loss)[0]
-  step = jax.jit(jax.grad(loss))
+  def loss(params, batch):
+    return losses.loss_and_metrics(*model.apply({'params': params}, batch['lowres'], batch['highres']),
+                                   batch['highres'], config.loss)
+  parts = trainer.batch_parts(FLAGS.parts, b, sharding.data_mesh(jax.devices()[:1]))
+  batch = {'lowres': lowres, 'highres': highres}
+  step = jax.jit(lambda params: trainer.value_and_grad_in_parts(loss, params, batch, parts)[1])
   jax.block_until_ready(step(params))
   t0 = time.perf_counter()
   jax.block_until_ready(step(params))
-  print(f'{FLAGS.config}, batch {b}: {time.perf_counter() - t0:.2f} s for loss and gradients (untraced)')
+  print(f'{FLAGS.config}, batch {b} in {parts} parts: {time.perf_counter() - t0:.2f} s for loss and gradients '
+        '(untraced)')
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       jax.block_until_ready(step(params))
@@ -84,4 +90,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.use_huge_pages()  # As the launchers do; GLIBC_TUNABLES=glibc.malloc.hugetlb=0 measures 4 KiB pages.
   app.run(main)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from common import sharding
+from common import cli, sharding
 from pixelsr import train
 
 flags.DEFINE_list('configs', ['celeba_pixelcnn', 'lsun_pixelcnn'], 'Config modules under configs/.')
@@ -89,4 +89,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  cli.use_huge_pages()  # As the launchers do; GLIBC_TUNABLES=glibc.malloc.hugetlb=0 measures 4 KiB pages.
   app.run(main)

@@ -9,6 +9,25 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import flags, logging
 
+# glibc's malloc (>= 2.35) asks for transparent huge pages for its large blocks; older and other C libraries ignore it.
+HUGE_PAGES = 'glibc.malloc.hugetlb=1'
+
+
+def use_huge_pages() -> None:
+  """Restarts this process (same pid, same arguments) with HUGE_PAGES added to GLIBC_TUNABLES, unless the variable
+  already sets glibc.malloc.hugetlb (=0 keeps 4 KiB pages). Call it first thing in a launcher's __main__.
+
+  XLA:CPU allocates a step's temporaries afresh at every call (2.3 GB for the CelebA train step), which the kernel
+  maps and zeroes page by page: in 4 KiB pages that was 550,000 page faults and 0.8 s of kernel time per 3 s step on
+  2 cores; in 2 MiB pages, 3,000 faults and 0.13 s, and the step ran 1.15x faster (benchmarks/README.md). The
+  tunable is read once, when the process starts, hence the restart. Where the kernel disables transparent huge
+  pages (/sys/kernel/mm/transparent_hugepage/enabled = never) nothing changes."""
+  tunables = os.environ.get('GLIBC_TUNABLES', '')
+  if sys.platform != 'linux' or 'glibc.malloc.hugetlb' in tunables:
+    return
+  env = dict(os.environ, GLIBC_TUNABLES=f'{tunables}:{HUGE_PAGES}' if tunables else HUGE_PAGES)
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
 
 def fail(error: Exception | str, code: int = 2):
   """One line on stderr and a non-zero exit; config_flags' errors are rewritten without their traceback."""

@@ -46,6 +46,44 @@ def jit_train_step(step: Callable, state: Any, mesh: jax.sharding.Mesh, frozen: 
                  out_shardings=(shardings_of(state), rep), donate_argnums=0)
 
 
+def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """The global batch splits over the devices, and each device's batch into `config.train_batch_parts` parts."""
+  sharding.check_batch_size(config.batch_size, mesh)
+  batch_parts(config.train_batch_parts, config.batch_size, mesh)
+
+
+def batch_parts(requested: int, batch_size: int, mesh: jax.sharding.Mesh) -> int:
+  """How many parts the train step splits each device's batch into (`config.train_batch_parts`). 0 = auto: on CPU
+  the most, up to 4, that divide the device's batch into parts of >= 8 examples (the CelebA step at batch 32 ran
+  1.2x faster in 4 parts of 8; the demo's small model at batch 8 ran 1.2x slower in 2 or 4 parts); 1 on GPU/TPU,
+  where splitting was not measured."""
+  per_device = batch_size // mesh.devices.size
+  if requested == 0:
+    if mesh.devices.flat[0].platform != 'cpu':
+      return 1
+    return max((n for n in range(2, 5) if per_device % n == 0 and per_device // n >= 8), default=1)
+  if per_device % requested:
+    n = mesh.devices.size
+    raise UserError(f'config.train_batch_parts={requested} does not divide the {per_device} examples of each device '
+                    f'(config.batch_size={batch_size} over {n} device{"s" if n > 1 else ""}); set it to a divisor of '
+                    f'{per_device}, or 0 to choose.')
+  return requested
+
+
+def value_and_grad_in_parts(loss_fn: Callable, params: Any, batch: dict[str, jax.Array], num_parts: int) -> Any:
+  """`jax.value_and_grad(loss_fn, has_aux=True)(params, batch)` for a `loss_fn(params, batch) -> (loss, metrics)`
+  that averages over the batch's examples, computed as the mean over `num_parts` equal parts of the batch, each
+  differentiated on its own: the same values, summed in another order. XLA:CPU runs the parts' independent ops
+  concurrently on its cores, where the whole batch's convolution gradients kept the second core idle
+  (benchmarks/README.md). Part i holds examples i, i + n, ...: the same number of every device's own rows, so no
+  part crosses devices."""
+  if num_parts == 1:
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
+  parts = [jax.tree.map(lambda x: x.reshape(-1, num_parts, *x.shape[1:])[:, i], batch) for i in range(num_parts)]
+  results = [jax.value_and_grad(loss_fn, has_aux=True)(params, part) for part in parts]
+  return jax.tree.map(lambda *xs: sum(xs) / num_parts, *results)
+
+
 def jit_eval_step(step: Callable, state: Any, mesh: jax.sharding.Mesh) -> Callable:
   """`step(state, batch) -> sums` jitted with explicit shardings (the state is kept)."""
   return jax.jit(step, in_shardings=(shardings_of(state), sharding.batch_sharding(mesh)),

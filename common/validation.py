@@ -32,6 +32,7 @@ def between(low: float, high: float) -> Rule:
 # Values: a rule for the field, or ('each', rule) for every item of a tuple field.
 RULES: dict[str, Rule | tuple[str, Rule]] = {
     'batch_size': POSITIVE,
+    'train_batch_parts': NON_NEGATIVE,
     'num_sample_images': POSITIVE,
     'num_samples_per_image': POSITIVE,
     'sample_temperature': (lambda v: v > 0 and not math.isnan(v), '> 0 (inf = greedy)'),

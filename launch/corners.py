@@ -16,7 +16,7 @@ from absl import app, flags
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)  # configs/ import configs.defaults when run from a checkout without `pip install -e`.
 
-from common.cli import fail, parse_flags, quiet_logs  # noqa: E402  (after the path)
+from common.cli import fail, parse_flags, quiet_logs, use_huge_pages  # noqa: E402  (after the path)
 
 
 DATA_FLAGS = ('mnist_source', 'mnist_dir', 'tfds_data_dir')  # config.data fields this command takes as flags
@@ -72,6 +72,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  use_huge_pages()
   try:
     define_flags()
   except Exception as e:

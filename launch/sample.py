@@ -29,7 +29,7 @@ from ml_collections import config_flags
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
-from common.cli import fail, parse_flags, quiet_logs  # noqa: E402  (after the path)
+from common.cli import fail, parse_flags, quiet_logs, use_huge_pages  # noqa: E402  (after the path)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 MAX_PIXELS = 512 * 512  # --whole_image's default guard on the pixel recursive model's output size
@@ -342,6 +342,7 @@ def run(*, workdir: str | None, checkpoint: str | None, config, input: str, outp
 
 
 if __name__ == '__main__':
+  use_huge_pages()
   try:
     define_flags()
   except Exception as e:

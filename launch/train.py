@@ -14,7 +14,7 @@ from ml_collections import config_flags
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)  # configs/ import configs.defaults when run from a checkout without `pip install -e`.
 
-from common.cli import fail, parse_flags, quiet_logs  # noqa: E402  (after the path)
+from common.cli import fail, parse_flags, quiet_logs, use_huge_pages  # noqa: E402  (after the path)
 
 
 def define_flags():
@@ -79,6 +79,7 @@ def run(config, workdir: str):
 
 
 if __name__ == '__main__':
+  use_huge_pages()
   try:
     define_flags()  # config_flags applies --config.* overrides of the default config file here.
   except Exception as e:

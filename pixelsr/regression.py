@@ -57,15 +57,16 @@ def _squared_errors(prediction: jax.Array, highres: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(prediction - images.uint8_to_signed(highres)), axis=(1, 2, 3))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One synchronous data-parallel step. The model is deterministic, so `rng` is unused (kept for the loop)."""
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, schedule: optax.Schedule,
+               num_parts: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One synchronous data-parallel step, the batch differentiated in `num_parts` parts (`trainer.batch_parts`). The
+  model is deterministic, so `rng` is unused (kept for the loop)."""
   del rng
 
-  def loss_fn(params):
-    return _squared_errors(state.apply_fn({'params': params}, batch['lowres']), batch['highres']).mean()
+  def loss_fn(params, batch):
+    return _squared_errors(state.apply_fn({'params': params}, batch['lowres']), batch['highres']).mean(), {}
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (loss, _), grads = trainer.value_and_grad_in_parts(loss_fn, state.params, batch, num_parts)
   step_metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
   return state.apply_gradients(grads=grads), step_metrics
 
@@ -81,7 +82,8 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
 def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh):
   """(train_fn, eval_fn): the steps jitted with explicit shardings; the train step donates the state."""
   _, schedule = optim.make_optimizer(config.optimizer)
-  return (trainer.jit_train_step(functools.partial(train_step, schedule=schedule), state, mesh),
+  num_parts = trainer.batch_parts(config.train_batch_parts, config.batch_size, mesh)
+  return (trainer.jit_train_step(functools.partial(train_step, schedule=schedule, num_parts=num_parts), state, mesh),
           trainer.jit_eval_step(eval_step, state, mesh))
 
 
@@ -110,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_config(config)
   cfg = model_config(config)
   mesh = sharding.data_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
+  trainer.check_batch(config, mesh)
   model = models.RegressionSR(cfg)
   state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
   logging.info('Regression model: %s parameters.', trainer.num_params(state.params))

@@ -59,15 +59,16 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: 
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, loss_kind: str,
-               schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One synchronous data-parallel step. The model is deterministic, so `rng` is unused (kept for the loop)."""
+               schedule: optax.Schedule, num_parts: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One synchronous data-parallel step, the batch differentiated in `num_parts` parts (`trainer.batch_parts`). The
+  model is deterministic, so `rng` is unused (kept for the loop)."""
   del rng
 
-  def loss_fn(params):
+  def loss_fn(params, batch):
     cond_logits, prior_logits = state.apply_fn({'params': params}, batch['lowres'], batch['highres'])
     return losses.loss_and_metrics(cond_logits, prior_logits, batch['highres'], loss_kind)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, metrics), grads = trainer.value_and_grad_in_parts(loss_fn, state.params, batch, num_parts)
   metrics.update(loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
   return state.apply_gradients(grads=grads), metrics
 
@@ -83,8 +84,9 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_kind: str)
 def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh):
   """(train_fn, eval_fn): the steps jitted with explicit shardings; the train step donates the state."""
   _, schedule = optim.make_optimizer(config.optimizer)
-  train_fn = trainer.jit_train_step(functools.partial(train_step, loss_kind=config.loss, schedule=schedule), state,
-                                    mesh)
+  num_parts = trainer.batch_parts(config.train_batch_parts, config.batch_size, mesh)
+  train_fn = trainer.jit_train_step(functools.partial(train_step, loss_kind=config.loss, schedule=schedule,
+                                                      num_parts=num_parts), state, mesh)
   eval_fn = trainer.jit_eval_step(functools.partial(eval_step, loss_kind=config.loss), state, mesh)
   return train_fn, eval_fn
 
@@ -109,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_config(config)
   cfg = model_config(config)
   mesh = sharding.data_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
+  trainer.check_batch(config, mesh)
   model = models.PixelRecursiveSR(cfg)
   sample_rng = train_loop.seed_key(config.seed, 'samples')
   state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)

@@ -41,7 +41,7 @@ EXEMPT = {
     'vgg.weights_path': "a path; '' = untrained weights: checked when loaded (tests/test_vgg19.py)",
 }
 # Int fields where 0 is meaningful (the comment in configs/defaults.py or the dataclass says what it means).
-ZERO_OK = {'num_train_steps', 'eval_every_steps', 'sample_every_steps', 'data.num_eval_examples',
+ZERO_OK = {'num_train_steps', 'train_batch_parts', 'eval_every_steps', 'sample_every_steps', 'data.num_eval_examples',
            'data.num_unseen_classes', 'optimizer.lr_halve_every', 'features.projection_dim', 'srgan.pretrain_steps',
            'srgan.lr_decay_after', 'evaluate.num_examples'}
 # Fields whose default gives no invalid value by rule (empty tuples): theirs.

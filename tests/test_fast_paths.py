@@ -1,5 +1,7 @@
 """The formulations chosen for speed compute what the plain ones do (benchmarks/README.md, "CPU train step").
 
+The train step differentiates each device's batch in parts (`trainer.value_and_grad_in_parts`; 4 at CelebA's batch on
+a CPU), which XLA:CPU runs concurrently: the loss, metrics and gradients must be the whole batch's.
 `layers.pointwise` computes every 1x1 convolution of the model as one (positions, C) x (C, D) matmul, because
 XLA:CPU differentiates that 2-4x faster than a 1x1 convolution. Swapped back for the plain 1x1 convolution, the
 loss and every gradient of a train step must be the same up to float rounding. (The sampler's fast paths are checked
@@ -8,7 +10,10 @@ by tests/test_sampling.py: its samples equal the naive sampler's.)
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from common import sharding, trainer
+from common.errors import UserError
 from pixelsr import layers, losses, models
 
 SMALL = models.PixelSRConfig(cond_blocks=1, cond_channels=8, prior_channels=12, prior_layers=3,
@@ -70,3 +75,36 @@ def test_bfloat16_mode_keeps_parameters_logits_and_loss_in_float32():
   assert {x.dtype for x in jax.tree.leaves(bf16_grads)} == {jnp.dtype(jnp.float32)}
   assert float(a @ b / jnp.linalg.norm(a) / jnp.linalg.norm(b)) > 0.99
   assert float(jnp.abs(a - b).max()) > 0  # it did compute in bf16
+
+
+def test_the_batch_in_parts_gives_the_whole_batch_loss_metrics_and_gradients():
+  rng = np.random.default_rng(2)
+  batch = {'lowres': rng.integers(0, 256, (8, 4, 4, 3), np.uint8),
+           'highres': rng.integers(0, 256, (8, 16, 16, 3), np.uint8)}
+  model = models.PixelRecursiveSR(SMALL)
+  params = model.init(jax.random.key(0), batch['lowres'][:1], batch['highres'][:1])['params']
+
+  def loss_fn(params, batch):
+    return losses.loss_and_metrics(*model.apply({'params': params}, batch['lowres'], batch['highres']),
+                                   batch['highres'], 'O2')
+  step = jax.jit(trainer.value_and_grad_in_parts, static_argnums=(0, 3))
+  (whole_loss, whole_metrics), whole_grads = step(loss_fn, params, batch, 1)
+  (loss, metrics), grads = step(loss_fn, params, batch, 4)
+  # A part's examples: 0, 4 | 1, 5 | ... Its loss alone differs from the whole batch's.
+  (part_loss, _), _ = step(loss_fn, params, jax.tree.map(lambda x: x[::4], batch), 1)
+  assert abs(float(part_loss) - float(whole_loss)) > 1e-3
+  np.testing.assert_allclose(loss, whole_loss, rtol=1e-6)
+  for name, value in whole_metrics.items():
+    np.testing.assert_allclose(metrics[name], value, rtol=1e-6, err_msg=name)
+  for (path, grad), want in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(whole_grads)):
+    scale = float(jnp.abs(want).max()) + 1e-12
+    np.testing.assert_allclose(grad, want, rtol=0, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+def test_batch_parts_auto_and_explicit():
+  mesh = sharding.data_mesh(jax.devices()[:1])  # the tests' CPU
+  # Parts of >= 8 examples, at most 4.
+  assert [trainer.batch_parts(0, b, mesh) for b in (1, 8, 12, 16, 20, 24, 32, 64)] == [1, 1, 1, 2, 2, 3, 4, 4]
+  assert trainer.batch_parts(8, 32, mesh) == 8
+  with pytest.raises(UserError, match=r'config.train_batch_parts=3 does not divide the 32 examples'):
+    trainer.batch_parts(3, 32, mesh)

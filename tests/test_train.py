@@ -81,8 +81,9 @@ _SHARDED = textwrap.dedent('''
     from tests.test_train import tiny_config
     config = tiny_config()
     losses = {}
-    for n in (1, 8):
+    for n in (1, 2, 8):
       mesh = sharding.data_mesh(jax.devices()[:n])
+      config.train_batch_parts = 2 if n < 8 else 1
       state = train.create_train_state(config, jax.random.key(0), mesh)
       step, _ = train.compile_steps(config, state, mesh)
       batches = data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=0)
@@ -90,7 +91,11 @@ _SHARDED = textwrap.dedent('''
         state, metrics = step(state, sharding.to_global(next(batches), mesh), jax.random.key(0))
       losses[n] = float(metrics['loss'])
       assert len(state.params['conditioning']['stem']['kernel'].sharding.device_set) == n
-    print('LOSSES', losses[1], losses[8])
+      # Each device's batch in 2 parts: no part crosses devices, so the only collectives are the gradients' and
+      # the metrics' all-reduces.
+      hlo = step.lower(state, sharding.to_global(next(batches), mesh), jax.random.key(0)).compile().as_text()
+      assert not any(op in hlo for op in ('all-to-all', 'collective-permute', 'all-gather')), n
+    print('LOSSES', losses[1], losses[2], losses[8])
     ''')
 
 
@@ -99,9 +104,9 @@ def test_eight_devices_reach_the_one_device_loss():
   out = subprocess.run([sys.executable, '-c', _SHARDED, REPO], capture_output=True, text=True, timeout=600,
                        cwd=REPO)
   assert out.returncode == 0, out.stderr[-3000:]
-  one, eight = map(float, out.stdout.split('LOSSES')[1].split())
-  # Same data and params; only the order of the cross-device reductions differs.
-  assert eight == pytest.approx(one, rel=1e-4)
+  one, two, eight = map(float, out.stdout.split('LOSSES')[1].split())
+  # Same data and params; only the order of the cross-device reductions and the parts' sums differs.
+  assert two == pytest.approx(one, rel=1e-4) and eight == pytest.approx(one, rel=1e-4)
 
 
 def test_model_config_errors_name_the_field():
