@@ -1,4 +1,5 @@
 """The training loop end to end on the embedded photos: loss falls, resume is exact, sharding changes nothing."""
+import json
 import os
 import subprocess
 import sys
@@ -69,6 +70,21 @@ def test_a_workdir_of_another_model_is_refused(tmp_path):
   other.model.prior_channels = 9
   with pytest.raises(UserError, match='different config.model'):
     train.train_and_evaluate(other, str(tmp_path))
+
+
+def test_a_workdir_recorded_before_a_new_model_field_resumes_at_its_default(tmp_path):
+  # A run recorded before `residual` existed trained the model that the field's default describes.
+  train.train_and_evaluate(tiny_config(num_train_steps=5), str(tmp_path))
+  path = tmp_path / 'config.json'
+  recorded = json.loads(path.read_text())
+  del recorded['model']['residual']
+  path.write_text(json.dumps(recorded))
+  other = tiny_config(num_train_steps=10)
+  other.model.residual = False
+  with pytest.raises(UserError, match='different config.model'):
+    train.train_and_evaluate(other, str(tmp_path))
+  assert train.train_and_evaluate(tiny_config(num_train_steps=10), str(tmp_path))['train/loss'] > 0
+  assert json.loads(path.read_text())['model']['residual'] is True  # recorded from now on
 
 
 _SHARDED = textwrap.dedent('''
