@@ -16,7 +16,19 @@ feature weights (the config's estimate needs data and changes nothing here). Rep
 - train step: mean time of a step on pool rows (batch_size, forward + backward through both stages and VGG19);
 - peak memory: the device's peak_bytes_in_use where the backend reports it (GPU/TPU), else the process's peak RSS.
 Results go in benchmarks/README.md with the device.
+
+  python benchmarks/imle_step.py --agreement --photos --config.imle.pool_size=64 --repeats=0
+  python benchmarks/imle_step.py --agreement --config=configs/demo_srim.py --workdir=runs/demo_srim
+
+--agreement instead runs the selection round in float32, with bf16 VGG features (config.features.selection_dtype)
+and with bf16 candidates too (config.imle.candidate_dtype) on the same pool, state and noises, and compares the
+choices with float32's: the share of rows choosing the same candidate per stage and at every stage, and the float32
+selection distance of each run's chosen path (stage 1 output, then stage 2 from it), so that a different choice is
+priced in the distance float32 minimises. --workdir selects with the model of a training run (its latest
+checkpoint) instead of an untrained one, on images of its data; --photos takes the pool from random crops of
+scikit-image's photos instead of uniform noise.
 """
+import copy
 import os
 import resource
 import sys
@@ -31,13 +43,18 @@ from ml_collections import config_flags
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
-from common import sharding  # noqa: E402  (after the path)
-from imle import imle, train  # noqa: E402
+from common import checkpoint, data, sharding  # noqa: E402  (after the path)
+from imle import imle, models, train  # noqa: E402
 
 config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'imagenet_srim.py'), 'SRIM config.',
                                 lock_config=False)
 flags.DEFINE_integer('steps', 20, 'Timed train steps (after a compiling one).')
-flags.DEFINE_integer('repeats', 2, 'Timed selection rounds and search runs (after a compiling one).')
+flags.DEFINE_integer('repeats', 2, 'Timed selection rounds and search runs (after a compiling one); with '
+                     '--agreement 0 = one call each, compile included.')
+flags.DEFINE_bool('agreement', False, 'Compare the float32 and bfloat16 selections instead (see the module doc).')
+flags.DEFINE_string('workdir', '', 'With --agreement: select with the latest checkpoint of this run.')
+flags.DEFINE_bool('photos', False, "The pool from random crops of scikit-image's photos instead of uniform noise "
+                  '(and the feature weights estimated on them, as a run does).')
 FLAGS = flags.FLAGS
 
 
@@ -49,14 +66,14 @@ def peak_memory_gib() -> tuple[float, str]:
 
 
 def timed(fn, *args, repeats: int) -> tuple[float, float, object]:
-  """(compile + first call seconds, mean seconds of `repeats` further calls, last result)."""
+  """(compile + first call seconds, mean seconds of `repeats` further calls (0 if none), last result)."""
   t0 = time.perf_counter()
   out = jax.block_until_ready(fn(*args))
   first = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(repeats):
     out = jax.block_until_ready(fn(*args))
-  return first, (time.perf_counter() - t0) / max(repeats, 1), out
+  return first, (time.perf_counter() - t0) / repeats if repeats else 0.0, out
 
 
 def search_only(mesh, num_rows: int, widths: list[int], imle_cfg: imle.IMLEConfig):
@@ -138,8 +155,109 @@ def measure(config, steps: int, repeats: int) -> dict:
               steps_per_pool=imle_cfg.steps_per_pool, peak_gib=memory, memory_kind=memory_kind)
 
 
+# Name -> (config.imle.candidate_dtype, config.features.selection_dtype).
+VARIANTS = {'float32': ('float32', 'float32'), 'bf16 features': ('float32', 'bfloat16'),
+            'bf16 candidates + features': ('bfloat16', 'bfloat16')}
+
+
+def chosen_path_distances(config, feature_map, frozen, variables, pool, key, choice, rows_at_once=8) -> np.ndarray:
+  """(R, S) float32 selection distance to the truth of each stage's output along the chosen candidates."""
+  cfg = train.model_config(config)
+  sides = train.stage_sides(config, cfg)
+
+  @jax.jit
+  def path(variables, frozen, lowres, highres, rows, choice):
+    lowres01 = lowres.astype(jnp.float32) / 255.0
+    targets, image, out = train.stage_targets(highres, sides), lowres01, []
+    for s in range(cfg.num_stages):
+      noise = imle.candidate_noise(key, rows, s, choice[:, s], models.noise_shape(cfg, lowres.shape[1], s))
+      image = models.apply_stage(cfg, variables, s, image, lowres01, noise)
+      out.append(jnp.square(feature_map.selection_vectors(frozen, image)
+                            - feature_map.selection_vectors(frozen, targets[s])).sum(-1))
+    return jnp.stack(out, -1)
+
+  parts = [path(variables, frozen, pool['lowres'][i:i + rows_at_once], pool['highres'][i:i + rows_at_once],
+                pool['row'][i:i + rows_at_once], choice[i:i + rows_at_once])
+           for i in range(0, len(pool['row']), rows_at_once)]
+  return np.concatenate([np.asarray(p) for p in parts])
+
+
+def agreement(config, repeats: int, workdir: str, photos: bool) -> dict:
+  """The float32 and bfloat16 selections of one pool: times, choices, and their float32 path distances."""
+  cfg = train.model_config(config)
+  sides = train.stage_sides(config, cfg)
+  size, high = config.imle.pool_size, config.data.highres_size
+  if photos:
+    config.data.update(source='embedded', crop='random', random_crop_min=high, random_crop_max=3 * high,
+                       num_unseen_classes=0)
+  elif not workdir:
+    config.features.weights = (1.0,) * len(config.features.components)
+  mesh = sharding.data_mesh()
+  imle_cfg = train.imle_config(config, mesh)
+  state = train.create_train_state(config, jax.random.key(0), mesh)
+  if workdir:  # The run's own pool size: the restored state's pool_choice has its shape.
+    recorded = copy.deepcopy(config)
+    recorded.imle.pool_size = checkpoint.load_config(workdir).imle.pool_size
+    _, variables = train.restore(recorded, workdir)
+    state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
+  if photos or workdir:
+    pool = next(data.make_dataset(config.data, 'train', batch_size=size, seed=config.seed + 1, process_index=0,
+                                  process_count=1))  # seed + 1: not the images the weights were estimated on.
+    pool = {'lowres': pool['lowres'], 'highres': pool['highres']}
+  else:
+    rng = np.random.default_rng(0)
+    pool = {'lowres': rng.integers(0, 256, (size, config.data.lowres_size, config.data.lowres_size, 3), np.uint8),
+            'highres': rng.integers(0, 256, (size, high, high, 3), np.uint8)}
+  pool['row'] = np.arange(size, dtype=np.int32)
+  pool_global, key = sharding.to_global(pool, mesh), imle.pool_key(jax.random.key(0), 0)
+  out = {}
+  for name, (candidate_dtype, feature_dtype) in VARIANTS.items():
+    config.imle.candidate_dtype, config.features.selection_dtype = candidate_dtype, feature_dtype
+    feature_map, frozen = train.make_frozen(config, train.feature_config(config, sides), sides, mesh)
+    pool_step, _ = train.compile_steps(config, state, mesh, feature_map, frozen)
+    first, seconds, (choice, distance) = timed(lambda *a: pool_step.search(*a, imle_cfg.num_candidates), state,
+                                               pool_global, key, frozen, repeats=repeats)
+    out[name] = dict(first_s=first, select_s=seconds, choice=np.asarray(choice), distance=np.asarray(distance))
+    if name == 'float32':
+      reference_map, reference_frozen = feature_map, frozen
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  for r in out.values():
+    r['path'] = chosen_path_distances(config, reference_map, reference_frozen, variables, pool, key, r['choice'])
+  return dict(pool=size, m=imle_cfg.num_candidates, runs=out)
+
+
+def print_agreement(r: dict) -> None:
+  f32 = r['runs']['float32']
+  print(f"selection round of {r['pool']} images x {r['m']} candidates, float32: "
+        + (f"{f32['select_s']:.2f} s (first call with compile {f32['first_s']:.1f} s)" if f32['select_s'] else
+           f"{f32['first_s']:.1f} s with compile"))
+  for name, run in r['runs'].items():
+    if name == 'float32':
+      continue
+    same = f32['choice'] == run['choice']
+    print(f"{name}: " + (f"{run['select_s']:.2f} s = {f32['select_s'] / run['select_s']:.2f}x (first call with "
+                         f"compile {run['first_s']:.1f} s)" if run['select_s'] else
+                         f"{run['first_s']:.1f} s with compile") + f'; every stage the same: {same.all(1).mean():.2%}')
+    for s in range(same.shape[1]):
+      excess = run['path'][:, s] / f32['path'][:, s] - 1
+      print(f'  stage {s + 1}: same candidate for {same[:, s].mean():.2%} of rows; float32 distance of the chosen '
+            f"path {run['path'][:, s].mean():.6g} against float32's {f32['path'][:, s].mean():.6g} (per row: "
+            f'ratio - 1 mean {excess.mean():+.3%}, max {excess.max():+.3%})')
+  print(f"check: the float32 path distances equal the float32 selection's own to "
+        f"{np.abs(f32['path'] / f32['distance'] - 1).max():.1e} (relative)")
+
+
 def main(argv):
   del argv
+  config = FLAGS.config
+  if FLAGS.agreement:
+    print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}); '
+          f'{config.data.lowres_size} -> {config.data.highres_size}, projection_dim {config.features.projection_dim}, '
+          f"selection of {config.features.selection_components}, pool from "
+          f"{'photos' if FLAGS.photos else config.data.source + ' data' if FLAGS.workdir else 'noise'}, "
+          f"model {FLAGS.workdir or 'untrained'}")
+    print_agreement(agreement(config, FLAGS.repeats, FLAGS.workdir, FLAGS.photos))
+    return
   config = FLAGS.config
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}); '
         f'{config.data.lowres_size} -> {config.data.highres_size}, projection_dim {config.features.projection_dim}, '

@@ -3,11 +3,13 @@ how the step time scales with the number of devices.
 
   python benchmarks/train_throughput.py [--configs=celeba_pixelcnn,lsun_pixelcnn] [--batch_size=32] [--steps=5]
   python benchmarks/train_throughput.py --configs=celeba_pixelcnn --devices=1,2,4,8   # scaling, global batch fixed
+  python benchmarks/train_throughput.py --configs=celeba_pixelcnn --dtypes=float32,bfloat16   # mixed precision
 
 Runs the real jitted train step, sharded over the first n local devices (all by default), on random uint8 batches
-of the config's sizes. FLOPs come from XLA's cost analysis of the compiled step. Memory: the process's peak RSS
-(host) and, where the backend reports it (GPU/TPU), the device's peak_bytes_in_use. Each config runs in a process
-of its own, so each peak is that config's. Results go in benchmarks/README.md.
+of the config's sizes, in each compute dtype of --dtypes (config.model.dtype). FLOPs come from XLA's cost analysis of
+the compiled step. Memory: the process's peak RSS (host) and, where the backend reports it (GPU/TPU), the device's
+peak_bytes_in_use. Each (config, dtype) runs in a process of its own, so each peak is its own. Results go in
+benchmarks/README.md.
 """
 import importlib
 import resource
@@ -26,6 +28,7 @@ flags.DEFINE_list('configs', ['celeba_pixelcnn', 'lsun_pixelcnn'], 'Config modul
 flags.DEFINE_integer('batch_size', 32, 'Global batch size.')
 flags.DEFINE_integer('steps', 5, 'Timed steps (after one compile + warm-up step).')
 flags.DEFINE_list('devices', [], 'Device counts to time the step on (a mesh over the first n); default: all.')
+flags.DEFINE_list('dtypes', ['float32'], "config.model.dtype values to time ('float32', 'bfloat16').")
 FLAGS = flags.FLAGS
 
 
@@ -36,12 +39,13 @@ def peak_memory_gib() -> tuple[float, float | None]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, device
 
 
-def measure(name: str, batch_size: int, steps: int, num_devices: int) -> dict:
+def measure(name: str, batch_size: int, steps: int, num_devices: int, dtype: str) -> dict:
   config = importlib.import_module(f'configs.{name}').get_config()
+  config.unlock().model.dtype = dtype
   cfg = train.model_config(config)
   mesh = sharding.data_mesh(jax.devices()[:num_devices])
   state = train.create_train_state(config, jax.random.key(0), mesh)
-  config.unlock().batch_size = batch_size
+  config.batch_size = batch_size
   step, _ = train.compile_steps(config, state, mesh)
   rng = np.random.default_rng(0)
   d = config.data
@@ -62,17 +66,19 @@ def measure(name: str, batch_size: int, steps: int, num_devices: int) -> dict:
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - t0) / steps
   host, device = peak_memory_gib()
-  return dict(config=name, devices=num_devices, params=sum(x.size for x in jax.tree.leaves(state.params)),
+  return dict(config=name, dtype=dtype, devices=num_devices, params=sum(x.size for x in jax.tree.leaves(state.params)),
               step_s=seconds, steps_per_s=1 / seconds, images_per_s=batch_size / seconds, gflop_per_step=flops / 1e9,
               achieved_gflops=flops / 1e9 / seconds, host_gib=host, device_gib=device)
 
 
 def main(argv):
   del argv
-  if len(FLAGS.configs) > 1:  # One process per config, so each peak-memory figure is that config's own.
+  if len(FLAGS.configs) * len(FLAGS.dtypes) > 1:  # One process each, so each peak-memory figure is its own.
     for name in FLAGS.configs:
-      subprocess.run([sys.executable, __file__, f'--configs={name}', f'--batch_size={FLAGS.batch_size}',
-                      f'--steps={FLAGS.steps}', f'--devices={",".join(FLAGS.devices)}'], check=True)
+      for dtype in FLAGS.dtypes:
+        subprocess.run([sys.executable, __file__, f'--configs={name}', f'--dtypes={dtype}',
+                        f'--batch_size={FLAGS.batch_size}', f'--steps={FLAGS.steps}',
+                        f'--devices={",".join(FLAGS.devices)}'], check=True)
     return
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}), '
         f'batch {FLAGS.batch_size}, {FLAGS.steps} timed steps')
@@ -81,9 +87,10 @@ def main(argv):
     sys.exit(f'error: --devices={",".join(FLAGS.devices)} asks for more devices than the {jax.device_count()} there '
              'are (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=8 makes 8).')
   for n in counts:
-    r = measure(FLAGS.configs[0], FLAGS.batch_size, FLAGS.steps, n)
+    r = measure(FLAGS.configs[0], FLAGS.batch_size, FLAGS.steps, n, FLAGS.dtypes[0])
     device = '' if r['device_gib'] is None else f" | {r['device_gib']:.2f} GiB device peak"
-    print(f"{r['config']} on {r['devices']} device(s): {r['params']:,} params | {r['step_s']:.3f} s/step | "
+    print(f"{r['config']} ({r['dtype']}) on {r['devices']} device(s): {r['params']:,} params | "
+          f"{r['step_s']:.3f} s/step | "
           f"{r['steps_per_s']:.3f} steps/s | {r['images_per_s']:.1f} images/s | {r['gflop_per_step']:.1f} GFLOP/step | "
           f"{r['achieved_gflops']:.1f} GFLOP/s | {r['host_gib']:.2f} GiB host peak RSS{device}", flush=True)
 

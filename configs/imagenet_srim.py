@@ -72,7 +72,10 @@ def srim_config() -> ml_collections.ConfigDict:
       projection_dim=1024,  # Paper: random Gaussian projection of the VGG features (its D was lost). Port: 0.
       projection_seed=0,
       num_weight_estimation_images=64,
-      weights_tuned_for=''))  # Port: 'torch', its weights were tuned on torchvision's VGG19 (refuses a Keras .h5).
+      weights_tuned_for='',  # Port: 'torch', its weights were tuned on torchvision's VGG19 (refuses a Keras .h5).
+      # 'bfloat16': the pool selection's VGG19 features and projection in bf16 (faster on GPU/TPU; the training loss
+      # and the evaluation stay float32). benchmarks/imle_step.py --agreement measures the choices it changes.
+      selection_dtype='float32'))
   c.imle = ml_collections.ConfigDict(dict(  # Fields of imle.imle.IMLEConfig (section 2.4; numbers from the port).
       pool_size=640,  # Images whose noises are selected together.
       steps_per_pool=20_000,  # Training steps per pool.
@@ -81,7 +84,10 @@ def srim_config() -> ml_collections.ConfigDict:
       intermediate_loss_weight=0.0,  # Loss on the final output only (paper and port).
       candidates_per_chunk=25,  # Memory of the search: up to rows_per_chunk x this images at once per device.
       rows_per_chunk=8,
-      eval_num_candidates=100))  # m of eval/distance_stage*: nearest of m samples to each held-out image.
+      eval_num_candidates=100,  # m of eval/distance_stage*: nearest of m samples to each held-out image.
+      # 'bfloat16': the selection's candidate images computed in bf16 (2/3 of the round's FLOPs; VGG19 is
+      # config.features.selection_dtype). Training and evaluation stay float32. See benchmarks/imle_step.py.
+      candidate_dtype='float32'))
   # Every field of common.optim.OptimizerConfig (documented there): Adam as the port, lr 1e-4 halved at 80k, 160k, ...
   c.optimizer = ml_collections.ConfigDict(dataclasses.asdict(optim.OptimizerConfig(
       name='adam', learning_rate=1e-4, lr_halve_at=(80_000, 160_000, 240_000, 320_000))))

@@ -9,6 +9,10 @@ the w_i instead).
   components can be randomly projected to `projection_dim` dimensions first, as the paper does before its CPU
   search: a fixed Gaussian matrix with N(0, 1/D) entries per (resolution, layer), so that E ||P x||^2 = ||x||^2 and
   projecting the concatenation equals summing the per-layer projections. Pixels are not projected.
+- `selection_dtype='bfloat16'` computes the pool selection's VGG features and projection in bfloat16 (float32
+  sums, parameters float32); pixels, distances, the argmin, the training loss and the evaluation's nearest-of-m
+  distances stay float32 (the candidates have their own knob, config.imle.candidate_dtype). VGG19 is a third of a
+  round's FLOPs at the paper's sizes; benchmarks/imle_step.py --agreement counts the choices that change.
 - The training loss: 'l2', the paper's ||phi(sample) - phi(truth)||^2 / dim(phi); or 'l1', the authors' port:
   sum_i w_i * mean |phi_i(sample) - phi_i(truth)| (torch's L1Loss per component).
 """
@@ -43,6 +47,7 @@ class FeatureConfig:
   # The VGG19 preprocessing fixed `weights` were tuned for ('caffe', 'torch'; '' = not tied to one): a weights file
   # that expects the other is refused (load_vgg). Ignored when the weights are estimated.
   weights_tuned_for: Literal['', 'caffe', 'torch'] = ''
+  selection_dtype: Literal['float32', 'bfloat16'] = 'float32'  # VGG19 and projection of the pool selection.
 
   def __post_init__(self):
     known = (PIXELS,) + vgg19.LAYERS
@@ -77,12 +82,13 @@ class FeatureMap:
   cfg: FeatureConfig
   preprocessing: vgg19.Preprocessing = 'caffe'
 
-  def features(self, frozen: dict, images01: jax.Array, components: tuple[str, ...]) -> dict[str, jax.Array]:
-    """Unweighted components {name: (N, ...)} of images (N, H, W, 3) in [0, 1]."""
+  def features(self, frozen: dict, images01: jax.Array, components: tuple[str, ...],
+               dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
+    """Unweighted components {name: (N, ...)} of images (N, H, W, 3) in [0, 1]; VGG's in `dtype`."""
     layers = tuple(c for c in components if c != PIXELS)
     out = {}
     if layers:
-      vgg = vgg19.VGG19(outputs=layers, preprocessing=self.preprocessing)
+      vgg = vgg19.VGG19(outputs=layers, preprocessing=self.preprocessing, dtype=dtype)
       out.update(vgg.apply({'params': frozen['vgg']}, images01))
     if PIXELS in components:
       out[PIXELS] = images01
@@ -105,17 +111,18 @@ class FeatureMap:
         size += diff.shape[-1]
     return total if self.cfg.loss == 'l1' else total / size
 
-  def selection_vectors(self, frozen: dict, images01: jax.Array) -> jax.Array:
-    """(N, V) vectors whose squared Euclidean distance is the selection distance of their images."""
-    feats = self.features(frozen, images01, self.cfg.selection_components)
+  def selection_vectors(self, frozen: dict, images01: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """(N, V) float32 vectors whose squared Euclidean distance is the selection distance of their images; VGG
+    features and their projection computed in `dtype` (the pool selection passes config.features.selection_dtype)."""
+    feats = self.features(frozen, images01, self.cfg.selection_components, dtype)
     n = images01.shape[0]
     parts, projected, size = [], 0.0, 0
     for c in self.cfg.selection_components:
-      flat = self._weight(frozen, c) * feats[c].reshape(n, -1)
+      flat = self._weight(frozen, c) * feats[c].reshape(n, -1).astype(jnp.float32)
       size += flat.shape[-1]
       if c != PIXELS and self.cfg.projection_dim:
         matrix = frozen['projection'][_resolution(images01)][c]
-        projected += flat @ matrix
+        projected += jnp.dot(flat.astype(dtype), matrix.astype(dtype), preferred_element_type=jnp.float32)
       else:
         parts.append(flat)
     if self.cfg.projection_dim and any(c != PIXELS for c in self.cfg.selection_components):

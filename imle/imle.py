@@ -14,7 +14,7 @@ index of the chosen candidate and the noise is drawn again where it is needed. T
 """
 import dataclasses
 import functools
-from typing import Callable
+from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +40,15 @@ class IMLEConfig:
   candidates_per_chunk: int = 25  # Memory bound of the search: candidates evaluated at once per row ...
   rows_per_chunk: int = 8  # ... for this many rows per device (each rounded down to a divisor).
   eval_num_candidates: int = 100  # m of the held-out evaluation (distance to the nearest of m samples).
+  # Compute dtype of the candidates' stage forward passes in the pool selection (parameters, outputs and the
+  # evaluation stay float32); with config.features.selection_dtype, the round in bf16 (GPU/TPU).
+  candidate_dtype: Literal['float32', 'bfloat16'] = 'float32'
 
   def __post_init__(self):
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
+      if isinstance(value, str):  # Literals: checked by from_config.
+        continue
       if value < 0 or (value == 0 and field.type is int):
         raise UserError(f'config.imle.{field.name} must be {"positive" if field.type is int else ">= 0"}, '
                         f'got {value}.')

@@ -73,6 +73,7 @@ class WeightNormConv(nn.Module):
   features: int
   kernel_size: int
   kernel_init: Callable
+  dtype: jnp.dtype = jnp.float32  # Compute dtype; parameters stay float32.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -82,14 +83,16 @@ class WeightNormConv(nn.Module):
     v = self.param('kernel', self.kernel_init, (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
     scale = self.param('scale', lambda _: norm(v))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
-    y = jax.lax.conv_general_dilated(x, v * (scale / norm(v)), (1, 1), 'SAME',
+    kernel = (v * (scale / norm(v))).astype(self.dtype)
+    y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, (1, 1), 'SAME',
                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return y + bias
+    return y + bias.astype(self.dtype)
 
 
 class Stage(nn.Module):
-  """One x2 stage: (previous image, skip image, noise) -> image at the noise's resolution."""
+  """One x2 stage: (previous image, skip image, noise) -> float32 image at the noise's resolution."""
   cfg: SRIMConfig
+  dtype: jnp.dtype = jnp.float32  # Compute dtype (config.imle.candidate_dtype in selection); parameters float32.
 
   @nn.compact
   def __call__(self, image01: jax.Array, skip01: jax.Array, noise: jax.Array, train: bool) -> jax.Array:
@@ -101,15 +104,15 @@ class Stage(nn.Module):
       last = i == cfg.num_convs
       features = 3 if last else cfg.channels
       if cfg.norm == 'weight':
-        h = WeightNormConv(features, cfg.kernel_size, cfg.kernel_init(), name=f'conv{i}')(h)
+        h = WeightNormConv(features, cfg.kernel_size, cfg.kernel_init(), self.dtype, name=f'conv{i}')(h)
       else:
         h = nn.Conv(features, (cfg.kernel_size, cfg.kernel_size), padding='SAME', kernel_init=cfg.kernel_init(),
-                    name=f'conv{i}')(h)
+                    dtype=self.dtype, name=f'conv{i}')(h)
       if last:
-        return nn.sigmoid(h)
+        return nn.sigmoid(h.astype(jnp.float32))
       if cfg.norm == 'batch':
         h = nn.BatchNorm(use_running_average=not train, momentum=cfg.batch_norm_momentum,
-                         epsilon=cfg.batch_norm_epsilon, name=f'batch_norm{i}')(h)
+                         epsilon=cfg.batch_norm_epsilon, dtype=self.dtype, name=f'batch_norm{i}')(h)
       h = nn.relu(h) if cfg.activation == 'relu' else nn.leaky_relu(h, cfg.leaky_relu_slope)
 
 
@@ -127,11 +130,11 @@ class SRIM(nn.Module):
 
 
 def apply_stage(cfg: SRIMConfig, variables: dict, stage: int, image01: jax.Array, lowres01: jax.Array,
-                noise: jax.Array) -> jax.Array:
+                noise: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
   """Stage `stage` alone, in inference mode (batch norm with running averages): what sample selection runs."""
   name = f'stage{stage + 1}'
   stage_variables = {collection: tree[name] for collection, tree in variables.items() if name in tree}
-  return Stage(cfg).apply(stage_variables, image01, upsample(lowres01, noise.shape[-3:-1]), noise, train=False)
+  return Stage(cfg, dtype).apply(stage_variables, image01, upsample(lowres01, noise.shape[-3:-1]), noise, train=False)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_samples'))

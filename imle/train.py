@@ -106,15 +106,18 @@ def _variables(state: TrainState) -> dict:
 
 
 def search_step(state: TrainState, batch: dict[str, jax.Array], key: jax.Array, frozen: dict, num_candidates: int,
-                *, cfg: models.SRIMConfig, feature_map: features.FeatureMap,
-                mesh: jax.sharding.Mesh, imle_cfg: imle.IMLEConfig, sides: list[int]) -> tuple[jax.Array, jax.Array]:
+                *, cfg: models.SRIMConfig, feature_map: features.FeatureMap, mesh: jax.sharding.Mesh,
+                imle_cfg: imle.IMLEConfig, sides: list[int], candidate_dtype: str = 'float32',
+                feature_dtype: str = 'float32') -> tuple[jax.Array, jax.Array]:
   """Hierarchical selection for the rows of batch {'lowres', 'highres' (uint8), 'row'} with the noises of `key`:
-  (chosen candidate (R, S), squared selection distance (R, S)). Pool selection and evaluation both run it."""
+  (chosen candidate (R, S), squared selection distance (R, S)), the candidates computed in `candidate_dtype` and
+  their VGG features in `feature_dtype`. Pool selection (config.imle.candidate_dtype and
+  config.features.selection_dtype) and evaluation (float32) both run it."""
   def stage_fn(params, s, image, lowres01, noise):
-    return models.apply_stage(cfg, params[0], s, image, lowres01, noise)
+    return models.apply_stage(cfg, params[0], s, image, lowres01, noise, jnp.dtype(candidate_dtype))
 
   def vector_fn(params, images01):
-    return feature_map.selection_vectors(params[1], images01)
+    return feature_map.selection_vectors(params[1], images01, jnp.dtype(feature_dtype))
 
   lowres = batch['lowres']
   shapes = [models.noise_shape(cfg, lowres.shape[1], s) for s in range(cfg.num_stages)]
@@ -224,7 +227,8 @@ def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: ja
   state_sh, frozen_sh = trainer.shardings_of(state), trainer.shardings_of(frozen)
   batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   search_args = dict(cfg=cfg, feature_map=feature_map, imle_cfg=imle_cfg, sides=stage_sides(config, cfg))
-  search = jax.jit(functools.partial(search_step, mesh=mesh, **search_args), static_argnums=4,
+  search = jax.jit(functools.partial(search_step, mesh=mesh, candidate_dtype=imle_cfg.candidate_dtype,
+                                     feature_dtype=feature_map.cfg.selection_dtype, **search_args), static_argnums=4,
                    in_shardings=(state_sh, batch_sh, rep, frozen_sh), out_shardings=(rep, rep))
   train = trainer.jit_train_step(functools.partial(train_step, schedule=schedule, **search_args), state, mesh, frozen)
   eval_jit = jax.jit(functools.partial(eval_step, num_candidates=imle_cfg.eval_num_candidates, mesh=mesh,

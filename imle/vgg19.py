@@ -74,6 +74,7 @@ class VGG19(nn.Module):
   """
   outputs: tuple[str, ...] = ('conv2_2', 'conv4_4')
   preprocessing: Preprocessing = 'caffe'
+  dtype: jnp.dtype = jnp.float32  # Compute dtype of the convolutions; parameters stay float32.
 
   @nn.compact
   def __call__(self, images01: jax.Array) -> dict[str, jax.Array]:
@@ -88,7 +89,7 @@ class VGG19(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
       # He init keeps an untrained network's features from vanishing through 16 ReLU layers.
       pre_activation = nn.Conv(CHANNELS[name], (3, 3), padding='SAME', kernel_init=nn.initializers.he_normal(),
-                               name=name)(x)
+                               dtype=self.dtype, name=name)(x)
       if name in self.outputs:
         features[name] = pre_activation
       x = nn.relu(pre_activation)

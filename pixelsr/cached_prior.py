@@ -156,16 +156,16 @@ class CachedPrior:
     """Logits (R, K) of `colour` at column `col` of the current row, whose pixel so far is `pixel` (uint8 (R, C);
     later colours are ignored by the masks), from `pixel_start`'s (L, R, 2P). Also returns (L, R, m): each gated
     layer's horizontal input at this position, in its first m channels (colour groups <= `colour`; all for the
-    last colour)."""
+    last colour). The horizontal stream is summed in float32 whatever the dtype, as in `layers.GatedLayer`."""
     m, weights = self.prior_prefix[colour], self.by_colour[colour]
     signed = images.uint8_to_signed(pixel).astype(self.dtype)
     h = self._row_kernel(jnp.concatenate([cache.image_cols, signed[:, None]], axis=1), self.first_horizontal)
-    h = (h + row.first_above[:, col])[:, :m]
+    h = (h.astype(jnp.float32) + row.first_above[:, col].astype(jnp.float32))[:, :m]  # f32 as the model's stream
     inputs = []
     for i, (current, out) in enumerate(zip(weights['current'], weights['out'])):
       inputs.append(h)
       h_pre = start[i, :, :2 * m] + jnp.einsum('rc,cd->rd', *self._cast(h, current))
-      h = h + self._dense(jnp.tanh(h_pre[:, 0::2]) * jax.nn.sigmoid(h_pre[:, 1::2]), out)
+      h = h + self._dense(jnp.tanh(h_pre[:, 0::2]) * jax.nn.sigmoid(h_pre[:, 1::2]), out).astype(jnp.float32)
     out = jax.nn.relu(self._dense(jax.nn.relu(h), weights['head']))
     return self._dense(out, weights['logits']).astype(jnp.float32), jnp.stack(inputs)
 
@@ -173,4 +173,5 @@ class CachedPrior:
     """The cache for column c + 1, given the completed pixel c and the (L, R, P) horizontal inputs computed with it
     (by the last colour's `pixel_logits`)."""
     signed = images.uint8_to_signed(pixel).astype(self.dtype)
-    return PixelCache(_push(cache.image_cols, signed, axis=1), _push(cache.horizontal_cols, inputs, axis=2))
+    return PixelCache(_push(cache.image_cols, signed, axis=1),
+                      _push(cache.horizontal_cols, inputs.astype(self.dtype), axis=2))

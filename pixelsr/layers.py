@@ -113,7 +113,7 @@ def gate(x: jax.Array) -> jax.Array:
 
 class GatedLayer(nn.Module):
   """One gated PixelCNN layer: vertical stack, horizontal stack fed by the shifted vertical stack, and a residual
-  connection on the horizontal stack."""
+  connection on the horizontal stack, summed in float32 whatever `dtype` (see `ResNetBlock`)."""
   channels: int
   kernel: int
   num_colours: int
@@ -132,7 +132,7 @@ class GatedLayer(nn.Module):
     h_pre = h_pre + Pointwise(2 * p, self.kernel_init, self.dtype, name='vertical_to_horizontal')(down_shift(v_pre))
     h_out = MaskedConv(p, 1, 'B', self.num_colours, kernel_init=self.kernel_init, dtype=self.dtype,
                        name='horizontal_out')(gate(h_pre))
-    return gate(v_pre), h + h_out
+    return gate(v_pre), h.astype(jnp.float32) + h_out.astype(jnp.float32)
 
 
 class FirstLayer(nn.Module):
@@ -157,12 +157,15 @@ class FirstLayer(nn.Module):
                 dtype=self.dtype, name='vertical')(y)
     h = MaskedConv(self.channels, k // 2 + 1, 'A', self.num_colours, kernel_init=self.kernel_init,
                    dtype=self.dtype, name='horizontal')(y)
-    return v, h + down_shift(v)
+    return v, h.astype(jnp.float32) + down_shift(v).astype(jnp.float32)  # The horizontal stream: float32.
 
 
 class ResNetBlock(nn.Module):
   """conv3x3 - ReLU - conv3x3, added to the input, then ReLU (He et al. 2016). With `zero_init_last` the second conv
-  starts at zero (Goyal et al. 2017), so the untrained block is the identity on its (non-negative) input."""
+  starts at zero (Goyal et al. 2017), so the untrained block is the identity on its (non-negative) input.
+
+  The sum is float32 whatever `dtype`: in bf16 (8 bits) a block's small contribution is rounded away against the
+  stream it is added to, and the demo's conditioning network stopped learning (benchmarks/README.md)."""
   channels: int
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
@@ -172,4 +175,5 @@ class ResNetBlock(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, init: nn.Conv(self.channels, (3, 3), kernel_init=init, dtype=self.dtype, name=name)
     last_init = nn.initializers.zeros if self.zero_init_last else self.kernel_init
-    return nn.relu(x + conv('conv2', last_init)(nn.relu(conv('conv1', self.kernel_init)(x))))
+    y = conv('conv2', last_init)(nn.relu(conv('conv1', self.kernel_init)(x)))
+    return nn.relu(x.astype(jnp.float32) + y.astype(jnp.float32))

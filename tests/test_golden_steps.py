@@ -56,15 +56,28 @@ def check(method: str, step: int, metrics: dict, params):
       '(module docstring); then store the new numbers.')
 
 
-def test_pixelcnn_step():
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_pixelcnn_step(dtype):
+  """config.model.dtype='bfloat16' (mixed precision): the same step to bf16's precision, parameters in float32."""
   config = demo.get_config('runlocal')
-  config.model.update(cond_blocks=1, cond_channels=8, prior_layers=2, prior_channels=8, prior_head_channels=16)
+  config.model.update(cond_blocks=1, cond_channels=8, prior_layers=2, prior_channels=8, prior_head_channels=16,
+                      dtype=dtype)
   mesh = sharding.data_mesh()
   state = pixelsr_train.create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
   train_fn, _ = pixelsr_train.compile_steps(config, state, mesh)
   batch = synthetic_batch(4, config.data.lowres_size, config.data.highres_size)
   state, metrics = train_fn(state, sharding.to_global(batch, mesh), train_loop.seed_key(config.seed, 'train'))
-  check('pixelcnn', 1, metrics, state.params)
+  if dtype == 'float32':
+    check('pixelcnn', 1, metrics, state.params)
+  else:
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
+    # The loss is 2 ln 256 for both (zero-initialised logits); the gradient norm shows bf16, to its precision (8 bits:
+    # 0.4% per value). RMSProp's first update is ~lr * sign(g), so the parameters' sum moves with the signs of tiny
+    # gradients; their sum of squares does not.
+    loss, grad_norm, _, squares = GOLDEN['pixelcnn'][1]
+    assert float(metrics['loss']) == pytest.approx(loss, rel=RTOL)
+    assert grad_norm != float(metrics['grad_norm']) == pytest.approx(grad_norm, rel=2e-2)
+    assert checksums(state.params)[1] == pytest.approx(squares, rel=RTOL)
 
 
 def test_regression_step():
@@ -79,9 +92,12 @@ def test_regression_step():
   check('regression', 1, metrics, state.params)
 
 
-def test_srim_step():
-  """Pool selection (the step that brings a pool) and one training step on the chosen noises."""
+@pytest.mark.parametrize('selection_dtype', ['float32', 'bfloat16'])
+def test_srim_step(selection_dtype):
+  """Pool selection (the step that brings a pool) and one training step on the chosen noises. With bfloat16
+  candidates and features the pool search runs in bf16 and, on this pool, chooses the float32 noises: the same step."""
   config = demo_srim.get_config('runlocal')
+  config.imle.candidate_dtype = config.features.selection_dtype = selection_dtype
   config.data.update(highres_size=24, lowres_size=6)
   config.model.update(num_convs=2, channels=8, kernel_size=3)
   # Fixed feature weights: estimating them would read the data pipeline.
@@ -101,6 +117,9 @@ def test_srim_step():
   batch = {'lowres': pool['lowres'][rows], 'highres': pool['highres'][rows], 'pool_index': rows,
            'pool_lowres': pool['lowres'], 'pool_highres': pool['highres'],
            'pool_row': np.arange(imle_cfg.pool_size, dtype=np.int32)}
+  search_hlo = step.search.lower(state, sharding.to_global(pool | {'row': batch['pool_row']}, mesh),
+                                 jax.random.key(0), frozen, imle_cfg.num_candidates).as_text()
+  assert ('bf16' in search_hlo) == (selection_dtype == 'bfloat16')
   state, metrics = step(state, sharding.to_global(batch, mesh), train_loop.seed_key(config.seed, 'train'))
   check('srim', 1, metrics, (state.params, state.batch_stats))
 

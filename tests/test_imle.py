@@ -1,6 +1,8 @@
 """SRIM's parts: the exact hierarchical search, the two-stage network's wiring, the feature distances."""
 import dataclasses
+import functools
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -262,3 +264,54 @@ def test_feature_weights_and_the_two_losses():
   np.testing.assert_allclose(l1, 2 * np.abs(a - b).mean((1, 2, 3)), rtol=1e-5)
   with pytest.raises(UserError, match='selection_components'):
     features.FeatureConfig(components=('pixels',), selection_components=('conv4_4',))
+
+
+def small_srim_selection_case(num_rows=16):
+  """A small SRIM model, pixels + projected conv2_2 of a random VGG19, and 16 crops of scikit-image's photos."""
+  from common import data, images
+  from configs import demo_srim
+  cfg = models.SRIMConfig(num_stages=2, num_convs=3, channels=16, kernel_size=3, noise_channels=2)
+  fcfg = features.FeatureConfig(components=('pixels', 'conv2_2'), selection_components=('pixels', 'conv2_2'),
+                                weights=(3.0, 0.03), projection_dim=256)
+  noise_shapes = [(8, 8, 2), (16, 16, 2)]
+  variables = models.SRIM(cfg).init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)),
+                                    [jnp.zeros((1, *shape)) for shape in noise_shapes], train=False)
+  frozen = {'vgg': vgg19.VGG19(outputs=('conv2_2',)).init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))['params'],
+            'weights': jnp.asarray(fcfg.weights),
+            'projection': features.projection_matrices(fcfg, [8, 16], sharding.data_mesh(jax.devices()[:1]))}
+  data_cfg = demo_srim.get_config().data.unlock()
+  data_cfg.update(highres_size=16, lowres_size=4)
+  batch = next(data.make_dataset(data_cfg, 'train', batch_size=num_rows, seed=0, process_index=0, process_count=1))
+  targets = [jnp.clip(images.resize(batch['highres'], 8), 0, 255) / 255,
+             jnp.asarray(batch['highres'], jnp.float32) / 255]
+  return cfg, fcfg, variables, frozen, jnp.asarray(batch['lowres'], jnp.float32) / 255, targets, noise_shapes
+
+
+def test_bfloat16_selection_chooses_as_float32():
+  """config.features.selection_dtype and config.imle.candidate_dtype = 'bfloat16': VGG19, the projection and the
+  candidates' stages really run in bf16 (the distances move), vectors and images stay float32, and the hierarchical
+  selection of a small SRIM model chooses what float32 chooses."""
+  cfg, fcfg, variables, frozen, lowres01, targets, noise_shapes = small_srim_selection_case()
+  fmap = features.FeatureMap(fcfg)
+  vectors = functools.partial(fmap.selection_vectors, dtype=jnp.bfloat16)
+  hlo = jax.jit(vectors).lower(frozen, targets[1]).as_text()
+  assert re.search(r'stablehlo.convolution.*bf16', hlo) and re.search(r'stablehlo.dot_general.*bf16', hlo)
+  assert jax.eval_shape(vectors, frozen, targets[1]).dtype == jnp.float32
+
+  stage = functools.partial(models.apply_stage, cfg, variables, 1, targets[0], lowres01, jnp.zeros((16, 16, 16, 2)))
+  hlo = jax.jit(stage, static_argnums=0).lower(jnp.bfloat16).as_text()
+  assert re.search(r'stablehlo.convolution.*bf16', hlo) and stage(jnp.bfloat16).dtype == jnp.float32
+  assert 1e-4 < np.abs(stage(jnp.bfloat16) - stage(jnp.float32)).max() < 0.05
+
+  results = {}
+  for candidate_dtype, feature_dtype in [(jnp.float32,) * 2, (jnp.float32, jnp.bfloat16), (jnp.bfloat16,) * 2]:
+    select = jax.jit(lambda params, low, t, c=candidate_dtype, f=feature_dtype: imle.select(
+        lambda p, s, image, low, noise: models.apply_stage(cfg, p[0], s, image, low, noise, c),
+        lambda p, x: fmap.selection_vectors(p[1], x, f), params, low, t, jnp.arange(16), jax.random.key(5),
+        noise_shapes=noise_shapes, num_candidates=16, candidates_per_chunk=8, rows_per_chunk=8))
+    results[candidate_dtype, feature_dtype] = [np.asarray(x) for x in select((variables, frozen), lowres01, targets)]
+  choice32, distance32 = results[jnp.float32, jnp.float32]
+  for choice, distance in list(results.values())[1:]:
+    np.testing.assert_array_equal(choice, choice32)  # All 16 rows x 2 stages (benchmarks: the paper's sizes).
+    relative = np.abs(distance / distance32 - 1)
+    assert 1e-5 < relative.max() < 5e-3, relative.max()  # bf16 rounding (~0.4% per value), averaged.
