@@ -29,6 +29,7 @@ checkpoint) instead of an untrained one, on images of its data; --photos takes t
 scikit-image's photos instead of uniform noise.
 """
 import copy
+import dataclasses
 import os
 import resource
 import sys
@@ -160,8 +161,9 @@ VARIANTS = {'float32': ('float32', 'float32'), 'bf16 features': ('float32', 'bfl
             'bf16 candidates + features': ('bfloat16', 'bfloat16')}
 
 
-def chosen_path_distances(config, feature_map, frozen, variables, pool, key, choice, rows_at_once=8) -> np.ndarray:
-  """(R, S) float32 selection distance to the truth of each stage's output along the chosen candidates."""
+def chosen_path_distances(config, feature_map, frozen, variables, pool, key, choices, rows_at_once=8) -> list:
+  """For each (R, S) choice array: the (R, S) float32 selection distance to the truth of each stage's output along
+  the chosen candidates."""
   cfg = train.model_config(config)
   sides = train.stage_sides(config, cfg)
 
@@ -176,10 +178,11 @@ def chosen_path_distances(config, feature_map, frozen, variables, pool, key, cho
                             - feature_map.selection_vectors(frozen, targets[s])).sum(-1))
     return jnp.stack(out, -1)
 
-  parts = [path(variables, frozen, pool['lowres'][i:i + rows_at_once], pool['highres'][i:i + rows_at_once],
-                pool['row'][i:i + rows_at_once], choice[i:i + rows_at_once])
-           for i in range(0, len(pool['row']), rows_at_once)]
-  return np.concatenate([np.asarray(p) for p in parts])
+  blocks = range(0, len(pool['row']), rows_at_once)
+  return [np.concatenate([np.asarray(path(variables, frozen, *(pool[k][i:i + rows_at_once]
+                                                               for k in ('lowres', 'highres', 'row')),
+                                          choice[i:i + rows_at_once])) for i in blocks])
+          for choice in choices]
 
 
 def agreement(config, repeats: int, workdir: str, photos: bool) -> dict:
@@ -210,19 +213,20 @@ def agreement(config, repeats: int, workdir: str, photos: bool) -> dict:
             'highres': rng.integers(0, 256, (size, high, high, 3), np.uint8)}
   pool['row'] = np.arange(size, dtype=np.int32)
   pool_global, key = sharding.to_global(pool, mesh), imle.pool_key(jax.random.key(0), 0)
+  feature_map, frozen = train.make_frozen(config, train.feature_config(config, sides), sides, mesh)  # float32
   out = {}
   for name, (candidate_dtype, feature_dtype) in VARIANTS.items():
-    config.imle.candidate_dtype, config.features.selection_dtype = candidate_dtype, feature_dtype
-    feature_map, frozen = train.make_frozen(config, train.feature_config(config, sides), sides, mesh)
-    pool_step, _ = train.compile_steps(config, state, mesh, feature_map, frozen)
+    config.imle.candidate_dtype = candidate_dtype
+    variant_map = dataclasses.replace(feature_map, cfg=dataclasses.replace(feature_map.cfg,
+                                                                           selection_dtype=feature_dtype))
+    pool_step, _ = train.compile_steps(config, state, mesh, variant_map, frozen)
     first, seconds, (choice, distance) = timed(lambda *a: pool_step.search(*a, imle_cfg.num_candidates), state,
                                                pool_global, key, frozen, repeats=repeats)
     out[name] = dict(first_s=first, select_s=seconds, choice=np.asarray(choice), distance=np.asarray(distance))
-    if name == 'float32':
-      reference_map, reference_frozen = feature_map, frozen
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  for r in out.values():
-    r['path'] = chosen_path_distances(config, reference_map, reference_frozen, variables, pool, key, r['choice'])
+  paths = chosen_path_distances(config, feature_map, frozen, variables, pool, key, [r['choice'] for r in out.values()])
+  for r, path in zip(out.values(), paths):
+    r['path'] = path
   return dict(pool=size, m=imle_cfg.num_candidates, runs=out)
 
 
@@ -258,7 +262,8 @@ def main(argv):
           f"model {FLAGS.workdir or 'untrained'}")
     print_agreement(agreement(config, FLAGS.repeats, FLAGS.workdir, FLAGS.photos))
     return
-  config = FLAGS.config
+  if FLAGS.repeats < 1:
+    sys.exit('error: --repeats must be >= 1 without --agreement (the round and the search are timed over them).')
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}); '
         f'{config.data.lowres_size} -> {config.data.highres_size}, projection_dim {config.features.projection_dim}, '
         f'selection of {config.features.selection_components}')
