@@ -7,6 +7,10 @@ device, after a separate compile. The naive sampler re-runs the whole network fo
 is timed on its first `naive_steps` sub-pixels (`num_subpixels`, after a separate compile) and scaled by the exact
 step count, H*W*C / naive_steps: each of its steps is the same full forward pass. Both sample the same batch sharded
 over all local devices. Results go in benchmarks/README.md.
+
+Per batch size it also counts, in the compiled cached sampler, the operations that launch a kernel (fusions, library
+calls such as cuBLAS, copies) in one step of the pixel loop: below a few hundred images per call the GPU sampler is
+bound by these launches, not by arithmetic. `--naive_steps=0` skips the naive sampler.
 """
 import importlib
 import time
@@ -15,6 +19,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+import hlo_launches
 from common import sharding
 from pixelsr import models, sampling, train
 
@@ -44,14 +49,18 @@ def measure(model, variables, batch_size: int, naive_steps: int, shape: tuple[in
   cached = sampling._sample_cached.lower(model, variables, lowres, key, tau, greedy=False, num_samples=1).compile()
   cached_compile = time.perf_counter() - t0
   cached_s = timed(cached, variables, lowres, key, tau, repeats=FLAGS.repeats)
+  launches = hlo_launches.pixel_step(cached.as_text(), shape[1])
+  total_steps = int(np.prod(shape))
+  out = dict(batch=batch_size, cached_compile_s=cached_compile, cached_s=cached_s,
+             cached_images_per_s=batch_size / cached_s, cached_ms_per_subpixel=1e3 * cached_s / total_steps,
+             launches=launches)
+  if not naive_steps:
+    return out
   naive = sampling._sample_naive.lower(model, variables, lowres, key, tau, greedy=False, num_samples=1,
                                        num_subpixels=naive_steps).compile()
   naive_step_s = timed(naive, variables, lowres, key, tau) / naive_steps
-  total_steps = int(np.prod(shape))
   naive_s = naive_step_s * total_steps
-  return dict(batch=batch_size, cached_compile_s=cached_compile, cached_s=cached_s,
-              cached_images_per_s=batch_size / cached_s, cached_ms_per_subpixel=1e3 * cached_s / total_steps,
-              naive_ms_per_step=1e3 * naive_step_s, naive_steps=naive_steps, naive_est_s=naive_s,
+  return dict(out, naive_ms_per_step=1e3 * naive_step_s, naive_steps=naive_steps, naive_est_s=naive_s,
               naive_images_per_s=batch_size / naive_s, speedup=naive_s / cached_s)
 
 
@@ -68,11 +77,13 @@ def main(argv):
         f'{FLAGS.config} model, {"x".join(map(str, shape))} outputs = {np.prod(shape)} sub-pixels')
   for batch, steps in zip(map(int, FLAGS.batch_sizes), map(int, FLAGS.naive_steps)):
     r = measure(model, variables, batch, steps, shape, d.lowres_size)
+    launches = ', '.join(f'{v} {k}' for k, v in sorted(r['launches'].items()))
+    naive = '' if not steps else (
+        f" | naive {r['naive_ms_per_step']:.1f} ms/step timed on {r['naive_steps']} steps, x {np.prod(shape)} steps "
+        f"= {r['naive_est_s']:.0f} s ({r['naive_images_per_s']:.4f} images/s) | speedup {r['speedup']:.0f}x")
     print(f"batch {r['batch']}: cached {r['cached_s']:.2f} s ({r['cached_images_per_s']:.2f} images/s, "
-          f"{r['cached_ms_per_subpixel']:.2f} ms/sub-pixel; compile {r['cached_compile_s']:.1f} s) | naive "
-          f"{r['naive_ms_per_step']:.1f} ms/step timed on {r['naive_steps']} steps, x {np.prod(shape)} steps = "
-          f"{r['naive_est_s']:.0f} s ({r['naive_images_per_s']:.4f} images/s) | speedup {r['speedup']:.0f}x",
-          flush=True)
+          f"{r['cached_ms_per_subpixel']:.3f} ms/sub-pixel; compile {r['cached_compile_s']:.1f} s; one pixel launches "
+          f"{sum(r['launches'].values())} kernels: {launches}){naive}", flush=True)
 
 
 if __name__ == '__main__':
