@@ -15,9 +15,10 @@ for batch in 32 128 512; do
         --steps=$((640 / batch < 10 ? 10 : 640 / batch))
   done
 done
-# The cached sampler per batch size, with the kernels one pixel step launches; then with XLA's command buffers
-# (CUDA graphs) extended to the loops, which made batch 1 3.8x slower on the H100.
-$RUN benchmarks/sampling.py --batch_sizes=1,32,256 --naive_steps=0,0,0
+# The cached sampler per batch size, with the kernels one pixel step launches, XLA's colour passes against the
+# Pallas kernel's (config.model.pixel_kernel; not yet run on a GPU); then with XLA's command buffers (CUDA graphs)
+# extended to the loops, which made batch 1 3.8x slower on the H100.
+$RUN benchmarks/sampling.py --batch_sizes=1,32,256 --naive_steps=0,0,0 --pixel_kernels=xla,pallas
 XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL \
   $RUN benchmarks/sampling.py --batch_sizes=1 --naive_steps=0
 # SRIM's selection at the paper's sizes on a pool of 128: float32 against bf16 features and bf16 candidates too,

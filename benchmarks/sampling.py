@@ -10,8 +10,11 @@ over all local devices. Results go in benchmarks/README.md.
 
 Per batch size it also counts, in the compiled cached sampler, the operations that launch a kernel (fusions, library
 calls such as cuBLAS, copies) in one step of the pixel loop: below a few hundred images per call the GPU sampler is
-bound by these launches, not by arithmetic. `--naive_steps=0` skips the naive sampler.
+bound by these launches, not by arithmetic. `--naive_steps=0` skips the naive sampler. `--pixel_kernels=xla,pallas`
+times each colour-pass implementation (config.model.pixel_kernel) side by side; the naive sampler is the same for
+both.
 """
+import dataclasses
 import importlib
 import time
 
@@ -27,6 +30,7 @@ flags.DEFINE_string('config', 'celeba_pixelcnn', 'Config module under configs/ (
 flags.DEFINE_list('batch_sizes', ['1', '32'], 'Images per call.')
 flags.DEFINE_list('naive_steps', ['48', '6'], 'Sub-pixels the naive sampler is timed on, one per batch size.')
 flags.DEFINE_integer('repeats', 2, 'Timed runs of the cached sampler; the fastest is reported.')
+flags.DEFINE_list('pixel_kernels', ['xla'], "config.model.pixel_kernel values to time: 'xla', 'pallas'.")
 FLAGS = flags.FLAGS
 
 
@@ -76,14 +80,16 @@ def main(argv):
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}); '
         f'{FLAGS.config} model, {"x".join(map(str, shape))} outputs = {np.prod(shape)} sub-pixels')
   for batch, steps in zip(map(int, FLAGS.batch_sizes), map(int, FLAGS.naive_steps)):
-    r = measure(model, variables, batch, steps, shape, d.lowres_size)
-    launches = ', '.join(f'{v} {k}' for k, v in sorted(r['launches'].items()))
-    naive = '' if not steps else (
-        f" | naive {r['naive_ms_per_step']:.1f} ms/step timed on {r['naive_steps']} steps, x {np.prod(shape)} steps "
-        f"= {r['naive_est_s']:.0f} s ({r['naive_images_per_s']:.4f} images/s) | speedup {r['speedup']:.0f}x")
-    print(f"batch {r['batch']}: cached {r['cached_s']:.2f} s ({r['cached_images_per_s']:.2f} images/s, "
-          f"{r['cached_ms_per_subpixel']:.3f} ms/sub-pixel; compile {r['cached_compile_s']:.1f} s; one pixel launches "
-          f"{sum(r['launches'].values())} kernels: {launches}){naive}", flush=True)
+    for kernel in FLAGS.pixel_kernels:
+      kernel_model = models.PixelRecursiveSR(dataclasses.replace(cfg, pixel_kernel=kernel))
+      r = measure(kernel_model, variables, batch, steps, shape, d.lowres_size)
+      launches = ', '.join(f'{v} {k}' for k, v in sorted(r['launches'].items()))
+      naive = '' if not steps else (
+          f" | naive {r['naive_ms_per_step']:.1f} ms/step timed on {r['naive_steps']} steps, x {np.prod(shape)} "
+          f"steps = {r['naive_est_s']:.0f} s ({r['naive_images_per_s']:.4f} images/s) | speedup {r['speedup']:.0f}x")
+      print(f"batch {r['batch']}, {kernel} colour passes: cached {r['cached_s']:.2f} s ({r['cached_images_per_s']:.2f} "
+            f"images/s, {r['cached_ms_per_subpixel']:.3f} ms/sub-pixel; compile {r['cached_compile_s']:.1f} s; one "
+            f"pixel launches {sum(r['launches'].values())} kernels: {launches}){naive}", flush=True)
 
 
 if __name__ == '__main__':

@@ -56,6 +56,9 @@ def define_flags():
                        lower_bound=1)
   flags.DEFINE_integer('tile', 64, '--whole_image: low-res pixels per tile side (memory grows with its square).',
                        lower_bound=1)
+  flags.DEFINE_enum('pixel_kernel', None, ['xla', 'pallas'], "Pixel recursive runs: the cached sampler's colour "
+                    "passes (config.model.pixel_kernel), instead of the run's own; 'pallas' is one kernel per pass, "
+                    'for a GPU (pixelsr/fused_pixel.py). The samples are the same.')
   flags.DEFINE_integer('overlap', -1, '--whole_image: low-res pixels of context around each tile; -1 = the '
                        "network's receptive radius, with which the output equals the untiled one.", lower_bound=-1)
 
@@ -141,15 +144,30 @@ def srgan_sampler(config, workdir: str, step: int | None):
 SAMPLERS = {'pixelcnn': pixelcnn_sampler, 'srim': srim_sampler, 'srgan': srgan_sampler}
 
 
-def super_resolve(*, workdir, step, expected_config, files, output, num_samples, temperatures, seed, batch_size):
-  import jax
-  import numpy as np
-  from common import checkpoint, images, progress, sharding, user_images
+def run_config(workdir: str, expected_config, pixel_kernel: str | None):
+  """The run's recorded config, checked against --config, with --pixel_kernel applied."""
+  from common import checkpoint
   from common.errors import UserError
-
   config = checkpoint.load_config(workdir)
   if expected_config is not None:
     checkpoint.check_config(workdir, expected_config, record=False)
+  if pixel_kernel is not None:
+    if config.method != 'pixelcnn':
+      raise UserError(f'--pixel_kernel applies to pixel recursive runs; {workdir} is a config.method='
+                      f'{config.method!r} run: drop the flag.')
+    with config.unlocked():
+      config.model.pixel_kernel = pixel_kernel
+  return config
+
+
+def super_resolve(*, workdir, step, expected_config, files, output, num_samples, temperatures, seed, batch_size,
+                  pixel_kernel=None):
+  import jax
+  import numpy as np
+  from common import images, progress, sharding, user_images
+  from common.errors import UserError
+
+  config = run_config(workdir, expected_config, pixel_kernel)
   if config.method not in SAMPLERS:
     raise UserError(f'{workdir} was trained with config.method={config.method!r}; launch/sample.py samples '
                     f'{" and ".join(SAMPLERS)} runs.')
@@ -265,17 +283,15 @@ def pixelcnn_whole_images(*, config, workdir, step, files, output, num_samples, 
 
 
 def whole_images(*, workdir, step, expected_config, files, output, num_samples, seed, tile, overlap,
-                 temperatures=(1.0,), max_pixels=MAX_PIXELS):
+                 temperatures=(1.0,), max_pixels=MAX_PIXELS, pixel_kernel=None):
   """Each input super-resolved at its own size: by an SRIM or SRGAN run in tiles, `<input>_x<f>_<k>.png` per sample;
   by a pixel recursive run with the cached sampler (`pixelcnn_whole_images`)."""
   import jax
-  from common import checkpoint, images, progress, user_images
+  from common import images, progress, user_images
   from common.errors import UserError
   from imle import whole_image
 
-  config = checkpoint.load_config(workdir)
-  if expected_config is not None:
-    checkpoint.check_config(workdir, expected_config, record=False)
+  config = run_config(workdir, expected_config, pixel_kernel)
   if config.method == 'pixelcnn':
     return pixelcnn_whole_images(config=config, workdir=workdir, step=step, files=files, output=output,
                                  num_samples=num_samples, temperatures=temperatures, seed=seed, max_pixels=max_pixels)
@@ -316,12 +332,12 @@ def main(argv):
   F = flags.FLAGS
   run(workdir=F.workdir, checkpoint=F.checkpoint, config=F.config, input=F.input, output=F.output,
       num_samples=F.num_samples, temperature=F.temperature, seed=F.seed, batch_size=F.batch_size,
-      whole_image=F.whole_image, tile=F.tile, overlap=F.overlap, max_pixels=F.max_pixels)
+      whole_image=F.whole_image, tile=F.tile, overlap=F.overlap, max_pixels=F.max_pixels, pixel_kernel=F.pixel_kernel)
 
 
 def run(*, workdir: str | None, checkpoint: str | None, config, input: str, output: str, num_samples: int = 4,
         temperature: list[str] = ('1.0',), seed: int = 0, batch_size: int = 32, whole_image: bool = False,
-        tile: int = 64, overlap: int = -1, max_pixels: int = MAX_PIXELS):
+        tile: int = 64, overlap: int = -1, max_pixels: int = MAX_PIXELS, pixel_kernel: str | None = None):
   """The flags' values -> samples in `output`; a user error ends in one `error:` line and exit 1, writing nothing."""
   from common import trainer
   from common.errors import UserError
@@ -332,11 +348,12 @@ def run(*, workdir: str | None, checkpoint: str | None, config, input: str, outp
     if whole_image:
       whole_images(workdir=workdir, step=step, expected_config=config, files=input_files(input), output=output,
                    num_samples=num_samples, seed=seed, tile=tile, overlap=overlap,
-                   temperatures=parse_temperatures(list(temperature)), max_pixels=max_pixels)
+                   temperatures=parse_temperatures(list(temperature)), max_pixels=max_pixels,
+                   pixel_kernel=pixel_kernel)
       return
     super_resolve(workdir=workdir, step=step, expected_config=config, files=input_files(input), output=output,
                   num_samples=num_samples, temperatures=parse_temperatures(list(temperature)), seed=seed,
-                  batch_size=batch_size)
+                  batch_size=batch_size, pixel_kernel=pixel_kernel)
   except UserError as e:
     fail(e, code=1)
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import images
-from pixelsr import layers
+from pixelsr import fused_pixel, layers
 
 
 class RowCache(NamedTuple):
@@ -89,6 +89,7 @@ class CachedPrior:
                            logits=dict(kernel=logits['kernel'][:n, c * k:(c + 1) * k],
                                        bias=logits['bias'][c * k:(c + 1) * k]))
                       for c, (m, n) in enumerate(zip(self.prior_prefix, prefix(cfg.prior_head_channels)))]
+    self.fused = ([fused_pixel.prepare(**w) for w in self.by_colour] if cfg.pixel_kernel == 'pallas' else None)
 
   def _cast(self, *xs):
     return [x.astype(self.dtype) for x in xs]
@@ -161,6 +162,8 @@ class CachedPrior:
     signed = images.uint8_to_signed(pixel).astype(self.dtype)
     h = self._row_kernel(jnp.concatenate([cache.image_cols, signed[:, None]], axis=1), self.first_horizontal)
     h = (h.astype(jnp.float32) + row.first_above[:, col].astype(jnp.float32))[:, :m]  # f32 as the model's stream
+    if self.fused:
+      return fused_pixel.colour_pass(h, start[:, :, :2 * m], self.fused[colour])
     inputs = []
     for i, (current, out) in enumerate(zip(weights['current'], weights['out'])):
       inputs.append(h)

@@ -54,6 +54,18 @@ class PixelSRConfig(ConditioningConfig):
   prior_kernel: int = 5  # k of the gated layers' k x k receptive field per layer.
   prior_first_kernel: int = 7  # The first masked (type A) convolution.
   prior_head_channels: int = 1024  # Masked 1x1 layer before the 3 x 256 logits.
+  # The cached sampler's colour pass: 'xla' (XLA's own kernels, ~60-90 per sub-pixel) or 'pallas' (one kernel per
+  # colour pass, pixelsr/fused_pixel.py; float32 only; GPU, or interpreted on a CPU). Sampling only: training and
+  # the network itself are the same either way.
+  pixel_kernel: Literal['xla', 'pallas'] = 'xla'
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.pixel_kernel not in ('xla', 'pallas'):
+      raise ValueError(f"config.model.pixel_kernel must be 'xla' or 'pallas', got {self.pixel_kernel!r}.")
+    if self.pixel_kernel == 'pallas' and self.dtype != 'float32':
+      raise ValueError("config.model.pixel_kernel='pallas' runs in float32 only: set config.model.dtype='float32' "
+                       "for sampling (a bf16-trained model's parameters are float32 too), or pixel_kernel='xla'.")
 
 
 def kernel_init(cfg: ConditioningConfig) -> layers.Initializer:

@@ -115,6 +115,8 @@ def test_user_errors_name_the_problem(run_dir, tmp_path):
     sample.whole_images(workdir=str(tmp_path / 'regression'), step=None, expected_config=None, files=[],
                         output=str(tmp_path / 'o'), num_samples=1, seed=0, tile=8, overlap=-1)
   assert not os.path.exists(tmp_path / 'o')
+  with pytest.raises(UserError, match="--pixel_kernel applies to pixel recursive runs; .* config.method='regression'"):
+    sample.run_config(str(tmp_path / 'regression'), None, 'pallas')
   with pytest.raises(UserError, match='has no checkpoint 7; it has \\[5\\]'):
     train.restore(tiny_config(), run_dir, step=7)
   other = tiny_config()
@@ -122,6 +124,24 @@ def test_user_errors_name_the_problem(run_dir, tmp_path):
   with pytest.raises(UserError, match='does not fit this model'):
     train.restore(other, run_dir)
   assert json.load(open(os.path.join(run_dir, 'config.json')))['model']['prior_channels'] == 6  # not rewritten
+
+
+def test_the_pallas_colour_passes_write_the_same_samples(run_dir, tmp_path):
+  """--pixel_kernel=pallas (interpreted on the CPU) against the run's own XLA passes: the same files, bit for bit."""
+  sys.path.insert(0, os.path.join(REPO, 'launch'))
+  import sample  # launch/sample.py
+  photo = tmp_path / 'photo.png'
+  Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(photo)
+  written = {}
+  for kernel in (None, 'pallas'):
+    out = tmp_path / f'out_{kernel}'
+    sample.super_resolve(workdir=run_dir, step=None, expected_config=None, files=[str(photo)], output=str(out),
+                         num_samples=2, temperatures=[1.0], seed=3, batch_size=1, pixel_kernel=kernel)
+    written[kernel] = {f: np.asarray(Image.open(out / f)) for f in sorted(os.listdir(out)) if f.startswith('photo')}
+  assert list(written[None]) == ['photo_tau1_0.png', 'photo_tau1_1.png']
+  for name, image in written[None].items():
+    np.testing.assert_array_equal(written['pallas'][name], image)
+  assert json.load(open(os.path.join(run_dir, 'config.json')))['model']['pixel_kernel'] == 'xla'  # not rewritten
 
 
 def test_inputs_are_made_as_the_training_data():

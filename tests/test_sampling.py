@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import export
 
-from pixelsr import losses, models, sampling
+from pixelsr import cached_prior, fused_pixel, losses, models, sampling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(cond_blocks=1, cond_channels=8, prior_layers=3, prior_channels=12, prior_head_channels=24,
@@ -92,6 +93,49 @@ def test_paper_size_model_samples_are_the_naive_samples(temperature):
   naive = sampling.sample_naive(model, variables, lowres, key, temperature, num_subpixels=prefix)
   np.testing.assert_array_equal(np.asarray(y).reshape(-1)[:prefix], np.asarray(naive).reshape(-1)[:prefix])
   assert len(np.unique(y)) > 5
+
+
+def test_pallas_colour_passes_sample_what_the_naive_sampler_samples():
+  """config.model.pixel_kernel='pallas' (interpreted here): 18 rows, so two programs of the kernel's row blocks,
+  and channel counts (12, head 24) that the kernel pads to powers of two."""
+  model, variables, lowres = make_model(batch=9, pixel_kernel='pallas')
+  key = jax.random.key(7)
+  fast = sampling.sample(model, variables, lowres, key, 1.0, num_samples=2)
+  np.testing.assert_array_equal(fast, sampling.sample_naive(model, variables, lowres, key, 1.0, num_samples=2))
+  model, variables, lowres = make_model(lowres_hw=(3, 2), num_colours=1, prior_kernel=3, prior_first_kernel=3,
+                                        upsample_factor=2, pixel_kernel='pallas')
+  np.testing.assert_array_equal(sampling.sample(model, variables, lowres, key, 1.0),
+                                sampling.sample_naive(model, variables, lowres, key, 1.0))
+
+
+def test_pallas_colour_passes_at_the_paper_size():
+  cfg = models.PixelSRConfig(pixel_kernel='pallas')
+  model = models.PixelRecursiveSR(cfg)
+  lowres = jax.random.randint(jax.random.key(1), (1, 8, 8, 3), 0, 256).astype(jnp.uint8)
+  variables = model.init(jax.random.key(0), lowres, jnp.zeros((1, 32, 32, 3), jnp.uint8))
+  key = jax.random.key(2)
+  y = sampling.sample(model, variables, lowres, key, 1.0)
+  np.testing.assert_array_equal(y, redrawn(model, variables, lowres, y, key, 1.0))
+  assert len(np.unique(y)) > 5
+
+
+def test_pallas_colour_pass_lowers_to_one_triton_kernel_for_cuda():
+  """What a CPU can check of the GPU path: the kernel lowers through Pallas' Triton backend (powers of two, the ops
+  it supports) into one custom call per colour pass, at the paper's sizes (64 channels, head 1024 -> 3 x 256)."""
+  cfg = models.PixelSRConfig()
+  prior = models.PixelRecursiveSR(cfg).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3), jnp.uint8),
+                                            jnp.zeros((1, 32, 32, 3), jnp.uint8))['params']['prior']
+  cached = cached_prior.CachedPrior(prior, cfg)
+  weights = fused_pixel.prepare(**cached.by_colour[2])
+  f = jax.jit(lambda h, start: fused_pixel.colour_pass(h, start, weights, interpret=False))
+  exported = export.export(f, platforms=['cuda'], disabled_checks=[
+      export.DisabledSafetyCheck.custom_call('__gpu$xla.gpu.triton')])(jnp.zeros((1, 64)), jnp.zeros((20, 1, 128)))
+  module = exported.mlir_module()
+  assert module.count('stablehlo.custom_call @__gpu$xla.gpu.triton') == 1
+  assert '(tensor<16x64xf32>, tensor<32x16x64xf32>, tensor<32x16x64xf32>, tensor<32x64x64xf32>' in module
+  assert '-> (tensor<16x256xf32>, tensor<32x16x64xf32>)' in module
+  with pytest.raises(ValueError, match='float32 only'):
+    models.PixelSRConfig(pixel_kernel='pallas', dtype='bfloat16')
 
 
 def test_temperature_multiplies_the_logits():
