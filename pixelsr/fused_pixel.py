@@ -46,7 +46,7 @@ def prepare(current: list[jax.Array], out: list[dict], head: dict, logits: dict)
               out_bias=_pad(jnp.stack([o['bias'] for o in out])[:, None], (lp, 1, mp)),
               head=_pad(head['kernel'], (mp, np_)), head_bias=_pad(head['bias'][None], (1, np_)),
               logits=_pad(logits['kernel'], (np_, logits['kernel'].shape[1])), logits_bias=logits['bias'][None],
-              layers=layers, channels=m)
+              layers=layers)
 
 
 def _kernel(h_ref, start_tanh_ref, start_sigmoid_ref, tanh_ref, sigmoid_ref, out_ref, out_bias_ref, head_ref,
@@ -77,7 +77,7 @@ def colour_pass(h_RM: jax.Array, start_LR2M: jax.Array, w: dict,
   rows, m = h_RM.shape
   lp, mp = w['tanh'].shape[:2]
   layers, levels = w['layers'], w['logits'].shape[1]
-  rp = _pow2(rows, ROWS)
+  rp = -(-rows // ROWS) * ROWS
   padded = lambda x: _pad(x.astype(jnp.float32), (lp, rp, mp))
   operands = [_pad(h_RM, (rp, mp)), padded(start_LR2M[..., 0::2]), padded(start_LR2M[..., 1::2]), w['tanh'],
               w['sigmoid'], w['out'], w['out_bias'], w['head'], w['head_bias'], w['logits'], w['logits_bias']]
