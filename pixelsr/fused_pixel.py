@@ -74,6 +74,12 @@ def colour_pass(h_RM: jax.Array, start_LR2M: jax.Array, w: dict,
   """Logits (R, K) of one colour and each gated layer's horizontal input (L, R, m), from the first layer's output
   h (R, m, float32) and `pixel_start`'s (L, R, 2m) (interleaved halves) cut to the colour's channels. `interpret`:
   None = on a CPU only."""
+  if interpret is None:
+    backend = jax.default_backend()
+    if backend not in ('cpu', 'gpu'):
+      raise ValueError(f"config.model.pixel_kernel='pallas' is a Triton kernel for GPUs (interpreted on CPUs), not "
+                       f"for {backend}: use pixel_kernel='xla'.")
+    interpret = backend == 'cpu'
   rows, m = h_RM.shape
   lp, mp = w['tanh'].shape[:2]
   layers, levels = w['layers'], w['logits'].shape[1]
@@ -89,5 +95,5 @@ def colour_pass(h_RM: jax.Array, start_LR2M: jax.Array, w: dict,
       out_specs=[pl.BlockSpec((ROWS, levels), lambda r: (r, 0)), by_rows],
       out_shape=[jax.ShapeDtypeStruct((rp, levels), jnp.float32), jax.ShapeDtypeStruct((lp, rp, mp), jnp.float32)],
       compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1),  # Triton, not Mosaic GPU
-      interpret=jax.default_backend() == 'cpu' if interpret is None else interpret)(*operands)
+      interpret=interpret)(*operands)
   return logits[:rows], inputs[:layers, :rows, :m]

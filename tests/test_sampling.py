@@ -79,12 +79,16 @@ def test_per_pixel_model_samples_equal_naive():
                                 sampling.sample_naive(model, variables, lowres, key, 1.1, num_samples=3))
 
 
+def paper_size_model(**fields):
+  """Appendix A's model (20 gated layers of 64, head 1024, 3 x 256 logits), its init and one 8x8 input."""
+  model = models.PixelRecursiveSR(models.PixelSRConfig(**fields))
+  lowres = jax.random.randint(jax.random.key(1), (1, 8, 8, 3), 0, 256).astype(jnp.uint8)
+  return model, model.init(jax.random.key(0), lowres, jnp.zeros((1, 32, 32, 3), jnp.uint8)), lowres
+
+
 @pytest.mark.parametrize('temperature', [1.0, float('inf')])
 def test_paper_size_model_samples_are_the_naive_samples(temperature):
-  cfg = models.PixelSRConfig()  # appendix A: 20 gated layers of 64, head 1024, 3 x 256 logits
-  model = models.PixelRecursiveSR(cfg)
-  lowres = jax.random.randint(jax.random.key(1), (1, 8, 8, 3), 0, 256).astype(jnp.uint8)
-  variables = model.init(jax.random.key(0), lowres, jnp.zeros((1, 32, 32, 3), jnp.uint8))
+  model, variables, lowres = paper_size_model()
   key = jax.random.key(2)
   y = sampling.sample(model, variables, lowres, key, temperature)
   np.testing.assert_array_equal(y, redrawn(model, variables, lowres, y, key, temperature))
@@ -109,23 +113,18 @@ def test_pallas_colour_passes_sample_what_the_naive_sampler_samples():
 
 
 def test_pallas_colour_passes_at_the_paper_size():
-  cfg = models.PixelSRConfig(pixel_kernel='pallas')
-  model = models.PixelRecursiveSR(cfg)
-  lowres = jax.random.randint(jax.random.key(1), (1, 8, 8, 3), 0, 256).astype(jnp.uint8)
-  variables = model.init(jax.random.key(0), lowres, jnp.zeros((1, 32, 32, 3), jnp.uint8))
+  model, variables, lowres = paper_size_model(pixel_kernel='pallas')
   key = jax.random.key(2)
   y = sampling.sample(model, variables, lowres, key, 1.0)
   np.testing.assert_array_equal(y, redrawn(model, variables, lowres, y, key, 1.0))
   assert len(np.unique(y)) > 5
 
 
-def test_pallas_colour_pass_lowers_to_one_triton_kernel_for_cuda():
+def test_pallas_colour_pass_lowers_to_one_triton_kernel_for_cuda(monkeypatch):
   """What a CPU can check of the GPU path: the kernel lowers through Pallas' Triton backend (powers of two, the ops
   it supports) into one custom call per colour pass, at the paper's sizes (64 channels, head 1024 -> 3 x 256)."""
-  cfg = models.PixelSRConfig()
-  prior = models.PixelRecursiveSR(cfg).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3), jnp.uint8),
-                                            jnp.zeros((1, 32, 32, 3), jnp.uint8))['params']['prior']
-  cached = cached_prior.CachedPrior(prior, cfg)
+  model, variables, _ = paper_size_model()
+  cached = cached_prior.CachedPrior(variables['params']['prior'], model.cfg)
   weights = fused_pixel.prepare(**cached.by_colour[2])
   f = jax.jit(lambda h, start: fused_pixel.colour_pass(h, start, weights, interpret=False))
   exported = export.export(f, platforms=['cuda'], disabled_checks=[
@@ -136,6 +135,10 @@ def test_pallas_colour_pass_lowers_to_one_triton_kernel_for_cuda():
   assert '-> (tensor<16x256xf32>, tensor<32x16x64xf32>)' in module
   with pytest.raises(ValueError, match='float32 only'):
     models.PixelSRConfig(pixel_kernel='pallas', dtype='bfloat16')
+  with monkeypatch.context() as m:
+    m.setattr(jax, 'default_backend', lambda: 'tpu')
+    with pytest.raises(ValueError, match="Triton kernel for GPUs .* not for tpu: use pixel_kernel='xla'"):
+      fused_pixel.colour_pass(jnp.zeros((1, 64)), jnp.zeros((20, 1, 128)), weights)
 
 
 def test_temperature_multiplies_the_logits():
