@@ -3,7 +3,7 @@ same network (benchmarks/torch_pixelsr.py), timed side by side in one process, w
 
   pip install -e '.[bench]'
   python benchmarks/cpu_train_step.py [--config=celeba_pixelcnn] [--batch_size=32] [--rounds=2] [--steps=3] \
-      [--dtypes=float32,bfloat16] [--parts=1,4]
+      [--dtypes=float32,bfloat16] [--prior_convs=auto,xla] [--parts=1,4]
 
 Both start from the same parameters (the JAX init copied into torch) on the same uint8 batch, and their first losses
 are printed side by side (they agree to float rounding: the two compute the same function). Each round runs a block
@@ -12,10 +12,14 @@ spinning OpenMP threads on the cores while the next JAX step started). The media
 with the minimum; several rounds spread a change of machine load over all contenders. Both use every core
 (torch.set_num_threads(os.cpu_count())). FLOPs are XLA's count of the compiled JAX step, used for both.
 `--dtypes=float32,bfloat16` also times `config.model.dtype='bfloat16'` (bf16 matmul and convolution inputs; matmuls
-summed in f32; parameters, logits, softmax and loss in f32). `--parts` times the step with the batch differentiated
-in that many parts (`config.train_batch_parts`; 0 = the library's choice). Results go in benchmarks/README.md.
+summed in f32; parameters, logits, softmax and loss in f32). `--prior_convs` times those values of
+`config.model.prior_convs` ('auto' = the prior's convolutions as bf16 matmuls in bf16 on a CPU, XLA's convolution in
+float32). `--parts` times the step with the batch differentiated in that many parts (`config.train_batch_parts`; 0 =
+the library's choice). GFLOP/s divide the smallest of the contenders' XLA counts (the matmul form counts kh - 1 rows
+per image more than the convolution does, which it computes and drops). Results go in benchmarks/README.md.
 """
 import importlib
+import itertools
 import os
 import statistics
 import time
@@ -28,13 +32,14 @@ from absl import app, flags
 
 import torch_pixelsr
 from common import cli, sharding, trainer
-from pixelsr import train
+from pixelsr import models, train
 
 flags.DEFINE_string('config', 'celeba_pixelcnn', 'Config module under configs/ (its model and data sizes).')
 flags.DEFINE_integer('batch_size', 32, 'Batch size of both steps.')
 flags.DEFINE_integer('rounds', 2, 'Rounds; each runs a block of steps of every contender in turn.')
 flags.DEFINE_integer('steps', 3, 'Timed steps per block, after one untimed warm-up step.')
 flags.DEFINE_list('dtypes', ['float32'], "JAX compute dtypes to time ('float32', 'bfloat16'); torch runs float32.")
+flags.DEFINE_list('prior_convs', ['auto'], "config.model.prior_convs values to time ('auto', 'xla', 'matmul').")
 flags.DEFINE_list('parts', ['0'], 'config.train_batch_parts values to time (0 = auto: 4 on a CPU at batch 32).')
 FLAGS = flags.FLAGS
 
@@ -59,9 +64,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
           'torch f32': best(lambda: t @ t)}
 
 
-def jax_step(config, batch_size: int, dtype: str, parts: int):
+def jax_step(config, batch_size: int, dtype: str, prior_convs: str, parts: int):
   config.unlock()
   config.model.dtype = dtype
+  config.model.prior_convs = prior_convs
   config.batch_size = batch_size
   config.train_batch_parts = parts
   cfg = train.model_config(config)
@@ -85,15 +91,20 @@ def main(argv):
     print(f'dense 2048^3 matmul, {name}: {rate:.0f} GFLOP/s')
 
   steps = {}
-  for dtype in FLAGS.dtypes:
-    for parts in map(int, FLAGS.parts):
-      cfg, state, step = jax_step(config, b, dtype, parts)
-      batch = {'lowres': jnp.asarray(lowres), 'highres': jnp.asarray(highres)}
-      cost = step.lower(state, batch, jax.random.key(0)).compile().cost_analysis()
-      flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])
-      name = f'{dtype}, {trainer.batch_parts(parts, b, sharding.data_mesh(jax.devices()[:1]))} parts'
-      steps[name] = dict(state=state, step=step, batch=batch, flops=flops, times=[])
+  for dtype, prior_convs, parts in itertools.product(FLAGS.dtypes, FLAGS.prior_convs, map(int, FLAGS.parts)):
+    config.unlock().model.update(dtype=dtype, prior_convs=prior_convs)
+    convs = 'matmuls' if models.prior_convs_as_matmul(train.model_config(config)) else 'convolutions'
+    num_parts = trainer.batch_parts(parts, b, sharding.data_mesh(jax.devices()[:1]))
+    name = f'{dtype}, prior convolutions as {convs}, {num_parts} parts'
+    if name in steps:  # 'auto' chose what another value names
+      continue
+    cfg, state, step = jax_step(config, b, dtype, prior_convs, parts)
+    batch = {'lowres': jnp.asarray(lowres), 'highres': jnp.asarray(highres)}
+    cost = step.lower(state, batch, jax.random.key(0)).compile().cost_analysis()
+    flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])
+    steps[name] = dict(state=state, step=step, batch=batch, flops=flops, times=[])
   first = next(iter(steps.values()))
+  network_flops = min(s['flops'] for s in steps.values())
   torch_model = torch_pixelsr.PixelRecursiveSR(cfg)
   torch_pixelsr.load_flax_params(torch_model, jax.device_get(first['state'].params))
   torch_step = torch_pixelsr.make_train_step(torch_model)
@@ -129,11 +140,11 @@ def main(argv):
 
   torch_s = statistics.median(torch_times)
   print(f'torch eager f32: {torch_s:.2f} s/step (min {min(torch_times):.2f}), first loss {torch_first_loss:.5f}, '
-        f'{first["flops"] / 1e9 / torch_s:.0f} GFLOP/s')
+        f'{network_flops / 1e9 / torch_s:.0f} GFLOP/s')
   for name, s in steps.items():
     jax_s = statistics.median(s['times'])
     print(f'jax {name}: {jax_s:.2f} s/step (min {min(s["times"]):.2f}), first loss {s["first_loss"]:.5f}, '
-          f'{s["flops"] / 1e9:.1f} GFLOP/step, {s["flops"] / 1e9 / jax_s:.0f} GFLOP/s | torch / jax = '
+          f'XLA counts {s["flops"] / 1e9:.1f} GFLOP/step, {network_flops / 1e9 / jax_s:.0f} GFLOP/s | torch / jax = '
           f'{torch_s / jax_s:.2f}x', flush=True)
 
 

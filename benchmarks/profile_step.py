@@ -1,6 +1,7 @@
 """Where the time of one pixel recursive train step goes, per XLA operation, grouped by the layer it comes from.
 
-  XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true python benchmarks/profile_step.py [--config=celeba_pixelcnn]
+  XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true python benchmarks/profile_step.py [--config=celeba_pixelcnn] \
+      [--dtype=bfloat16]
 
 Traces one compiled step (loss and gradients, after a warm-up) with `jax.profiler`, reads the per-op durations back
 from the Perfetto trace, and names each op by its HLO: the root instruction of a fusion and the `op_name` JAX gave it
@@ -28,6 +29,7 @@ flags.DEFINE_string('config', 'celeba_pixelcnn', 'Config module under configs/ (
 flags.DEFINE_integer('batch_size', 32, 'Batch size.')
 flags.DEFINE_integer('top', 30, 'Rows of the table.')
 flags.DEFINE_integer('parts', 0, 'config.train_batch_parts (0 = auto: 4 on a CPU at batch 32).')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'config.model.dtype.')
 FLAGS = flags.FLAGS
 
 
@@ -52,6 +54,7 @@ def describe_ops(hlo: str) -> dict[str, str]:
 def main(argv):
   del argv
   config = importlib.import_module(f'configs.{FLAGS.config}').get_config()
+  config.unlock().model.dtype = FLAGS.dtype
   cfg, d, b = train.model_config(config), config.data, FLAGS.batch_size
   rng = np.random.default_rng(0)
   lowres = rng.integers(0, 256, (b, d.lowres_size, d.lowres_size, cfg.num_colours), np.uint8)

@@ -12,6 +12,7 @@ i sees image rows <= i (whole rows, as far as the kernels reach) and feeds the h
 down shift, so the horizontal stack at (i, j) sees rows < i through it and row i, columns <= j through its own 1 x
 (k//2+1) convolutions. This removes the blind spot of a plain masked k x k stack.
 """
+import functools
 from typing import Callable, Literal
 
 import flax.linen as nn
@@ -53,13 +54,140 @@ def masked_kernel(kernel: jax.Array, mask_type: Literal['A', 'B'], num_colours: 
                            channel_groups(cout, num_colours, out_chunks), mask_type)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def low_precision_dot(x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """x (B, M, K) @ w (K, N) in float32, computed with both rounded to `dtype` (bf16) and every product summed in
+  float32: (B, M, N) float32. The gradients are float32 too, rounded once where they meet a bf16 tensor.
+
+  The gradients are written out in the operand layouts that XLA:CPU multiplies in bf16. Autodiff's take w and x
+  transposed (g @ w.T, x.T @ g), which XLA:CPU ran in float32 after converting both operands, 2x slower. Contracting
+  the batch and positions together for the weight gradient, and w's transpose behind an optimization barrier, kept
+  its bf16 kernels (benchmarks/README.md)."""
+  return _low_precision_dot_fwd(x, w, dtype)[0]
+
+
+def _low_precision_dot_fwd(x, w, dtype):
+  x, w = x.astype(dtype), w.astype(dtype)
+  return jnp.einsum('bmk,kn->bmn', x, w, preferred_element_type=jnp.float32), (x, w)
+
+
+def _low_precision_dot_bwd(dtype, residuals, g):
+  x, w = residuals
+  g = g.astype(dtype)
+  dx = jnp.einsum('bmn,nk->bmk', g, jax.lax.optimization_barrier(w.T), preferred_element_type=jnp.float32)
+  return dx, jnp.einsum('bmk,bmn->kn', x, g, preferred_element_type=jnp.float32)
+
+
+low_precision_dot.defvjp(_low_precision_dot_fwd, _low_precision_dot_bwd)
+
+
+def matmul(x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """x (B, M, K) @ w (K, N) with `dtype` operands, summed in float32 (XLA:CPU's bf16 matmul kernels run 2-3x faster
+  when they accumulate in f32 than when they round every sum to bf16): (B, M, N) float32."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum('bmk,kn->bmn', x.astype(dtype), w.astype(dtype))
+  # Through float32, so that the gradient reaching a bf16 x is rounded once, after it is summed (XLA drops the
+  # round trip bf16 -> f32 -> bf16 of the forward).
+  return low_precision_dot(x.astype(jnp.float32), w.astype(jnp.float32), jnp.dtype(dtype))
+
+
 def pointwise(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: jnp.dtype) -> jax.Array:
-  """x (..., C) @ kernel (C, D) + bias as one matmul over a (positions, C) matrix. XLA:CPU runs its gradients 2-4x
-  faster than those of the same product over (B, H, W, C) (a 1x1 convolution or an einsum), whose weight gradient
-  it computes with a transposed copy of the activations. bfloat16 inputs are summed in float32 (XLA:CPU's bf16
-  matmul kernels run 2-3x faster when they accumulate in f32 than when they round every sum to bf16)."""
-  y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+  """x (B, ..., C) @ kernel (C, D) + bias as one matmul over a (B, positions, C) array. XLA:CPU runs its gradients
+  2-4x faster than those of the same product over (B, H, W, C) (a 1x1 convolution or an einsum), whose weight
+  gradient it computes with a transposed copy of the activations."""
+  y = matmul(x.reshape(x.shape[0], -1, x.shape[-1]), kernel, dtype)
   return (y + bias).astype(dtype).reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_as_matmul(x: jax.Array, kernel: jax.Array, left: int, right: int, dtype: jnp.dtype) -> jax.Array:
+  """The convolution of x (B, H, W, C) with kernel (kh, kw, C, O), rows padded (kh - 1, 0) and columns (left,
+  right), as one matmul of `dtype` operands summed in float32, returned in float32 (B, H, W, O).
+
+  The kw column taps are gathered into the channels (`_column_windows`), the kh row taps into the matmul's outputs,
+  which are summed shifted by their row: (B, (H + kh - 1) W, kw C) @ (kw C, kh O), the convolution's FLOPs plus kh - 1
+  rows per image. The gradient is two more such matmuls (as `low_precision_dot`'s), the input's summed over the
+  taps in float32 and rounded once to x's dtype. Why: on a CPU in bf16, XLA's convolutions run at their float32
+  speed, forward and backward, while bf16 matmuls run 2x faster; the gated layers' 3x5 convolution took 1.8x less
+  time this way (benchmarks/README.md)."""
+  return _conv_as_matmul_fwd(x, kernel, left, right, dtype)[0]
+
+
+def _column_windows(x: jax.Array, kh: int, kw: int, left: int, right: int) -> jax.Array:
+  """(B, H, W, C) -> (B, H + kh - 1, W, kw C): row r holds input row r - kh + 1 (zeros above the image), and column
+  j the input columns j - left .. j + right, tap d's channels at d C."""
+  width = x.shape[2]
+  padded = jnp.pad(_as_bits(x), ((0, 0), (kh - 1, 0), (left, right), (0, 0)))
+  return _from_bits(jnp.concatenate([padded[:, :, d:d + width] for d in range(kw)], -1), x.dtype)
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+  """A bf16 array's bits (uint16; zeros stay zeros), to be moved by pads and concatenations, which XLA:CPU computes
+  in float32 for bf16 (a converted copy each way)."""
+  return jax.lax.bitcast_convert_type(x, jnp.uint16) if x.dtype == jnp.bfloat16 else x
+
+
+def _from_bits(bits: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  return jax.lax.bitcast_convert_type(bits, dtype) if dtype == jnp.bfloat16 else bits
+
+
+def _conv_as_matmul_fwd(x, kernel, left, right, dtype):
+  kh, kw, c, o = kernel.shape
+  b, h, w, _ = x.shape
+  windows = _column_windows(x.astype(dtype), kh, kw, left, right).reshape(b, -1, kw * c)
+  taps = kernel.astype(dtype).transpose(1, 2, 0, 3).reshape(kw * c, kh * o)
+  z = jnp.einsum('bmk,kn->bmn', windows, taps, preferred_element_type=jnp.float32).reshape(b, h + kh - 1, w, kh, o)
+  return sum(z[:, d:d + h, :, d] for d in range(kh)), (windows, kernel, jnp.zeros((0,), x.dtype))
+
+
+def _conv_as_matmul_bwd(left, right, dtype, residuals, g):
+  windows, kernel, x_dtype = residuals
+  kh, kw, c, o = kernel.shape
+  b, h, w = g.shape[:3]
+  # Output row i took row tap d from window row i + d.
+  g = _as_bits(g.astype(dtype))
+  dz = jnp.stack([jnp.pad(g, ((0, 0), (d, kh - 1 - d), (0, 0), (0, 0))) for d in range(kh)], -2)
+  dz = _from_bits(dz.reshape(b, -1, kh * o), jnp.dtype(dtype))
+  taps_t = kernel.astype(dtype).transpose(0, 3, 1, 2).reshape(kh * o, kw * c)  # not windows' .T: see above
+  d_windows = jnp.einsum('bmn,nk->bmk', dz, taps_t, preferred_element_type=jnp.float32)
+  d_windows = d_windows.reshape(b, h + kh - 1, w, kw, c)[:, kh - 1:]
+  # Input column j - left + d fed output column j through tap d.
+  dx = sum(jnp.pad(d_windows[..., d, :], ((0, 0), (0, 0), (d, kw - 1 - d), (0, 0))) for d in range(kw))
+  dk = jnp.einsum('bmk,bmn->kn', windows, dz, preferred_element_type=jnp.float32)
+  return dx[:, :, left:left + w].astype(x_dtype.dtype), dk.reshape(kw, c, kh, o).transpose(2, 0, 1, 3)
+
+
+conv_as_matmul.defvjp(_conv_as_matmul_fwd, _conv_as_matmul_bwd)
+
+
+def row_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, left: int, right: int, dtype: jnp.dtype,
+             as_matmul: bool) -> jax.Array:
+  """A stack's convolution: output row i sees input rows i - kh + 1 .. i and columns j - left .. j + right. As
+  `nn.Conv` computes it (`lax.conv_general_dilated` in `dtype`), or with `as_matmul` by `conv_as_matmul`."""
+  if as_matmul:
+    return (conv_as_matmul(x, kernel, left, right, dtype) + bias).astype(dtype)
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
+  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((kernel.shape[0] - 1, 0), (left, right)),
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y + bias.astype(dtype)
+
+
+class RowConv(nn.Module):
+  """A stack's unmasked convolution (`row_conv`), with `nn.Conv`'s parameters: 'kernel' (kh, kw, C_in, C_out),
+  'bias'."""
+  features: int
+  kernel_size: tuple[int, int]
+  left: int
+  right: int
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  dtype: jnp.dtype = jnp.float32
+  as_matmul: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    return row_conv(x, kernel, bias, self.left, self.right, self.dtype, self.as_matmul)
 
 
 def down_shift(x: jax.Array) -> jax.Array:
@@ -78,6 +206,7 @@ class MaskedConv(nn.Module):
   out_chunks: int = 1
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
+  as_matmul: bool = False  # width > 1: `row_conv`'s matmul form.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -87,10 +216,7 @@ class MaskedConv(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     if self.width == 1:
       return pointwise(x, kernel[0, 0], bias, self.dtype)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((0, 0), (self.width - 1, 0)),
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return y + bias.astype(self.dtype)
+    return row_conv(x, kernel, bias, self.width - 1, 0, self.dtype, self.as_matmul)
 
 
 class Pointwise(nn.Module):
@@ -119,15 +245,16 @@ class GatedLayer(nn.Module):
   num_colours: int
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
+  as_matmul: bool = False  # The stacks' convolutions in `row_conv`'s matmul form.
 
   @nn.compact
   def __call__(self, v: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
     k, p = self.kernel, self.channels
-    conv = lambda *a, **kw: nn.Conv(*a, kernel_init=self.kernel_init, dtype=self.dtype, **kw)
     # Output row i covers input rows i-k//2 .. i: the vertical stack never looks down.
-    v_pre = conv(2 * p, (k // 2 + 1, k), padding=((k // 2, 0), (k // 2, k // 2)), name='vertical')(v)
+    v_pre = RowConv(2 * p, (k // 2 + 1, k), k // 2, k // 2, self.kernel_init, self.dtype, self.as_matmul,
+                    name='vertical')(v)
     h_pre = MaskedConv(2 * p, k // 2 + 1, 'B', self.num_colours, out_chunks=2, kernel_init=self.kernel_init,
-                       dtype=self.dtype, name='horizontal')(h)
+                       dtype=self.dtype, as_matmul=self.as_matmul, name='horizontal')(h)
     # The vertical stack has seen all of row i; shifted, it tells row i only about rows above.
     h_pre = h_pre + Pointwise(2 * p, self.kernel_init, self.dtype, name='vertical_to_horizontal')(down_shift(v_pre))
     h_out = MaskedConv(p, 1, 'B', self.num_colours, kernel_init=self.kernel_init, dtype=self.dtype,
@@ -149,14 +276,15 @@ class FirstLayer(nn.Module):
   num_colours: int
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
+  as_matmul: bool = False  # Both convolutions in `row_conv`'s matmul form.
 
   @nn.compact
   def __call__(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     k = self.kernel
-    v = nn.Conv(self.channels, (k // 2, k), padding=((k // 2 - 1, 0), (k // 2, k // 2)), kernel_init=self.kernel_init,
-                dtype=self.dtype, name='vertical')(y)
+    v = RowConv(self.channels, (k // 2, k), k // 2, k // 2, self.kernel_init, self.dtype, self.as_matmul,
+                name='vertical')(y)
     h = MaskedConv(self.channels, k // 2 + 1, 'A', self.num_colours, kernel_init=self.kernel_init,
-                   dtype=self.dtype, name='horizontal')(y)
+                   dtype=self.dtype, as_matmul=self.as_matmul, name='horizontal')(y)
     return v, h.astype(jnp.float32) + down_shift(v).astype(jnp.float32)  # The horizontal stream: float32.
 
 

@@ -58,14 +58,29 @@ class PixelSRConfig(ConditioningConfig):
   # colour pass, pixelsr/fused_pixel.py; float32 only; GPU, or interpreted on a CPU). Sampling only: training and
   # the network itself are the same either way.
   pixel_kernel: Literal['xla', 'pallas'] = 'xla'
+  # The prior's row convolutions (the stacks' k x k halves): 'xla' (XLA's convolution), 'matmul' (column taps
+  # gathered into one matmul with a written-out gradient, layers.conv_as_matmul: the same function and parameters,
+  # summed in another order) or 'auto' = 'matmul' in bfloat16 on a CPU, where the bf16 CelebA step then ran 1.4x faster
+  # (XLA:CPU runs bf16 matmuls 2x faster than f32, but bf16 convolutions at the f32 speed), 'xla' otherwise (in f32
+  # the matmul form was no faster; GPUs' convolutions were not measured against it).
+  prior_convs: Literal['auto', 'xla', 'matmul'] = 'auto'
 
   def __post_init__(self):
     super().__post_init__()
+    if self.prior_convs not in ('auto', 'xla', 'matmul'):
+      raise ValueError(f"config.model.prior_convs must be 'auto', 'xla' or 'matmul', got {self.prior_convs!r}.")
     if self.pixel_kernel not in ('xla', 'pallas'):
       raise ValueError(f"config.model.pixel_kernel must be 'xla' or 'pallas', got {self.pixel_kernel!r}.")
     if self.pixel_kernel == 'pallas' and self.dtype != 'float32':
       raise ValueError("config.model.pixel_kernel='pallas' runs in float32 only: set config.model.dtype='float32' "
                        "for sampling (a bf16-trained model's parameters are float32 too), or pixel_kernel='xla'.")
+
+
+def prior_convs_as_matmul(cfg: PixelSRConfig) -> bool:
+  """Whether the prior's row convolutions run as matmuls (`PixelSRConfig.prior_convs`), on this process's backend."""
+  if cfg.prior_convs == 'auto':
+    return cfg.dtype == 'bfloat16' and jax.default_backend() == 'cpu'
+  return cfg.prior_convs == 'matmul'
 
 
 def kernel_init(cfg: ConditioningConfig) -> layers.Initializer:
@@ -147,13 +162,13 @@ class PixelCNNPrior(nn.Module):
   @nn.compact
   def __call__(self, highres: jax.Array) -> jax.Array:
     cfg, init = self.cfg, kernel_init(self.cfg)
-    dtype = jnp.dtype(cfg.dtype)
+    dtype, as_matmul = jnp.dtype(cfg.dtype), prior_convs_as_matmul(cfg)
     masked = lambda features, name: layers.MaskedConv(features, 1, 'B', cfg.num_colours, kernel_init=init,
                                                       dtype=dtype, name=name)
-    v, h = layers.FirstLayer(cfg.prior_channels, cfg.prior_first_kernel, cfg.num_colours, init, dtype,
+    v, h = layers.FirstLayer(cfg.prior_channels, cfg.prior_first_kernel, cfg.num_colours, init, dtype, as_matmul,
                              name='first')(images.uint8_to_signed(highres))
     for i in range(cfg.prior_layers):
-      v, h = layers.GatedLayer(cfg.prior_channels, cfg.prior_kernel, cfg.num_colours, init, dtype,
+      v, h = layers.GatedLayer(cfg.prior_channels, cfg.prior_kernel, cfg.num_colours, init, dtype, as_matmul,
                                name=f'gated{i}')(v, h)
     h = nn.relu(masked(cfg.prior_head_channels, 'head')(nn.relu(h)))
     # Output channel o belongs to colour o // K, so the reshape below puts each colour's K logits together.

@@ -4,9 +4,14 @@ The train step differentiates each device's batch in parts (`trainer.value_and_g
 a CPU), which XLA:CPU runs concurrently: the loss, metrics and gradients must be the whole batch's.
 `layers.pointwise` computes every 1x1 convolution of the model as one (positions, C) x (C, D) matmul, because
 XLA:CPU differentiates that 2-4x faster than a 1x1 convolution. Swapped back for the plain 1x1 convolution, the
-loss and every gradient of a train step must be the same up to float rounding. (The sampler's fast paths are checked
-by tests/test_sampling.py: its samples equal the naive sampler's.)
+loss and every gradient of a train step must be the same up to float rounding. `layers.conv_as_matmul` computes the
+prior's row convolutions as one matmul with a written-out gradient (`config.model.prior_convs`; 'auto' uses it in
+bf16 on a CPU): the convolution and its gradients to float rounding, and in bf16 the f32 convolution of the rounded
+operands. (The sampler's fast paths are checked by tests/test_sampling.py: its samples equal the naive sampler's.)
 """
+import functools
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,6 +56,101 @@ def test_matmul_1x1s_give_the_convolutions_loss_and_gradients(monkeypatch):
   for path, grad in flat_fast:
     scale = float(jnp.abs(flat_plain[path]).max()) + 1e-12
     np.testing.assert_allclose(grad, flat_plain[path], rtol=0, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+def plain_row_conv(x, kernel, left, right):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((kernel.shape[0] - 1, 0), (left, right)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@pytest.mark.parametrize('kernel_shape, left, right', [((3, 5, 6, 10), 2, 2),  # a gated layer's vertical stack
+                                                       ((1, 3, 6, 10), 2, 0),  # its horizontal stack
+                                                       ((3, 7, 3, 5), 3, 3)])  # the first layer's vertical part
+def test_conv_as_matmul_is_the_convolution_and_its_gradients(kernel_shape, left, right):
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((2, 7, 9, kernel_shape[2])), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal(kernel_shape), jnp.float32)
+  g = jnp.asarray(rng.standard_normal((2, 7, 9, kernel_shape[3])), jnp.float32)
+
+  def value_and_grads(conv, x, kernel, g):
+    y, vjp = jax.vjp(conv, x, kernel)
+    return (y, *vjp(g))
+  plain = value_and_grads(lambda x, k: plain_row_conv(x, k, left, right), x, kernel, g)
+  fast = value_and_grads(lambda x, k: layers.conv_as_matmul(x, k, left, right, jnp.dtype(jnp.float32)), x, kernel, g)
+  for name, a, b in zip(('output', 'd input', 'd kernel'), plain, fast):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * float(jnp.abs(a).max()), err_msg=name)
+
+  # In bf16 the inputs, kernel and incoming gradient are rounded to bf16, every product summed in f32: the f32
+  # convolution of the rounded values, the input's gradient then rounded to bf16 as the input was.
+  round_ = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+  plain = value_and_grads(lambda x, k: plain_row_conv(x, k, left, right), round_(x), round_(kernel), round_(g))
+  fast = value_and_grads(lambda x, k: layers.conv_as_matmul(x, k, left, right, jnp.dtype(jnp.bfloat16)),
+                         x.astype(jnp.bfloat16), kernel, g)
+  assert [a.dtype for a in fast] == [jnp.float32, jnp.bfloat16, jnp.float32]
+  for name, a, b, tol in zip(('output', 'd input', 'd kernel'), plain, fast, (1e-5, 2 ** -8, 1e-5)):
+    np.testing.assert_allclose(b.astype(jnp.float32), a, rtol=tol, atol=1e-5 * float(jnp.abs(a).max()), err_msg=name)
+  unrounded = value_and_grads(lambda x, k: plain_row_conv(x, k, left, right), x, kernel, g)
+  assert float(jnp.abs(fast[2] - unrounded[2]).max()) > 1e-3 * float(jnp.abs(unrounded[2]).max())  # it did round
+
+
+def test_low_precision_dot_is_the_float32_product_of_rounded_operands_in_bf16_kernels():
+  # The bf16 1x1s (layers.pointwise) and conv_as_matmul's products: forward and both gradients are f32 products of
+  # bf16-rounded operands, and XLA:CPU compiles all three to bf16 dots (autodiff's transposed operands were upcast
+  # to f32 dots, 2x slower).
+  rng = np.random.default_rng(4)
+  x, w = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((2, 24, 16), (16, 8)))
+  g = jnp.asarray(rng.standard_normal((2, 24, 8)), jnp.float32)
+  bf16 = jnp.dtype(jnp.bfloat16)
+
+  def value_and_grads(x, w):
+    y, vjp = jax.vjp(lambda x, w: layers.low_precision_dot(x, w, bf16), x, w)
+    return (y, *vjp(g))
+  round_ = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
+  want = (jnp.einsum('bmk,kn->bmn', round_(x), round_(w)), jnp.einsum('bmn,kn->bmk', round_(g), round_(w)),
+          jnp.einsum('bmk,bmn->kn', round_(x), round_(g)))
+  for name, a, b in zip(('output', 'd x', 'd w'), want, value_and_grads(x, w)):
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(jnp.abs(a).max()), err_msg=name)
+  hlo = jax.jit(value_and_grads).lower(x, w).compile().as_text()
+  types = dict(re.findall(r'%(\S+) = (\w+)\[', hlo))  # instruction names are unique in a module
+  dots = [re.search(r' dot\(%([^ ,)]+), %([^ ,)]+)\)', line).groups() for line in hlo.splitlines() if ' dot(' in line]
+  assert [[types[name] for name in operands] for operands in dots] == [['bf16', 'bf16']] * 3
+
+
+def test_prior_convs_as_matmuls_give_the_convolutions_loss_and_gradients():
+  # config.model.prior_convs='matmul' (auto in bf16 on a CPU): the same parameters, loss and gradients as 'xla'.
+  rng = np.random.default_rng(3)
+  lowres = rng.integers(0, 256, (2, 4, 4, 3), np.uint8)
+  highres = rng.integers(0, 256, (2, 16, 16, 3), np.uint8)
+  configs = {convs: models.PixelSRConfig(**{**SMALL.__dict__, 'prior_convs': convs}) for convs in ('xla', 'matmul')}
+  params = models.PixelRecursiveSR(configs['xla']).init(jax.random.key(0), lowres, highres)['params']
+  matmul_params = models.PixelRecursiveSR(configs['matmul']).init(jax.random.key(0), lowres, highres)['params']
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params, matmul_params))
+
+  def loss(cfg, params):
+    return losses.loss_and_metrics(*models.PixelRecursiveSR(cfg).apply({'params': params}, lowres, highres),
+                                   highres, 'O2')[0]
+  plain_loss, plain_grads = jax.value_and_grad(functools.partial(loss, configs['xla']))(params)
+  fast_loss, fast_grads = jax.value_and_grad(functools.partial(loss, configs['matmul']))(params)
+  np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-6)
+  for path, grad in jax.tree_util.tree_leaves_with_path(fast_grads):
+    want = dict(jax.tree_util.tree_leaves_with_path(plain_grads))[path]
+    np.testing.assert_allclose(grad, want, rtol=0, atol=1e-5 * (float(jnp.abs(want).max()) + 1e-12),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize('convs, dtype, matmul', [('auto', 'float32', False), ('auto', 'bfloat16', True),
+                                                  ('xla', 'bfloat16', False), ('matmul', 'float32', True)])
+def test_prior_convs_auto_is_matmul_in_bfloat16_on_a_cpu(convs, dtype, matmul):
+  cfg = models.PixelSRConfig(**{**SMALL.__dict__, 'prior_convs': convs, 'dtype': dtype})
+  model = models.PixelRecursiveSR(cfg)
+  highres = np.zeros((1, 16, 16, 3), np.uint8)
+  variables = model.init(jax.random.key(0), np.zeros((1, 4, 4, 3), np.uint8), highres)
+  jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, highres, method=model.prior_logits))(variables))
+  # Two row convolutions per gated layer and two in the first layer; the 1x1s are matmuls either way.
+  assert jaxpr.count('conv_general_dilated') == (0 if matmul else 2 * SMALL.prior_layers + 2)
+  with pytest.raises(ValueError, match="config.model.prior_convs must be 'auto', 'xla' or 'matmul', got 'fft'"):
+    models.PixelSRConfig(prior_convs='fft')
 
 
 def test_bfloat16_mode_keeps_parameters_logits_and_loss_in_float32():
