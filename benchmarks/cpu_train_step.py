@@ -64,10 +64,8 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
           'torch f32': best(lambda: t @ t)}
 
 
-def jax_step(config, batch_size: int, dtype: str, prior_convs: str, parts: int):
+def jax_step(config, batch_size: int, parts: int):
   config.unlock()
-  config.model.dtype = dtype
-  config.model.prior_convs = prior_convs
   config.batch_size = batch_size
   config.train_batch_parts = parts
   cfg = train.model_config(config)
@@ -98,7 +96,7 @@ def main(argv):
     name = f'{dtype}, prior convolutions as {convs}, {num_parts} parts'
     if name in steps:  # 'auto' chose what another value names
       continue
-    cfg, state, step = jax_step(config, b, dtype, prior_convs, parts)
+    cfg, state, step = jax_step(config, b, parts)
     batch = {'lowres': jnp.asarray(lowres), 'highres': jnp.asarray(highres)}
     cost = step.lower(state, batch, jax.random.key(0)).compile().cost_analysis()
     flops = float((cost[0] if isinstance(cost, list) else cost)['flops'])

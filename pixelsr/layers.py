@@ -84,8 +84,8 @@ low_precision_dot.defvjp(_low_precision_dot_fwd, _low_precision_dot_bwd)
 def matmul(x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
   """x (B, M, K) @ w (K, N) with `dtype` operands, summed in float32 (XLA:CPU's bf16 matmul kernels run 2-3x faster
   when they accumulate in f32 than when they round every sum to bf16): (B, M, N) float32."""
-  if jnp.dtype(dtype) == jnp.float32:
-    return jnp.einsum('bmk,kn->bmn', x.astype(dtype), w.astype(dtype))
+  if jnp.dtype(dtype) == jnp.float32:  # One 2-D matmul, as the 1x1s have always run in float32.
+    return jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), w.astype(dtype)).reshape(*x.shape[:-1], w.shape[-1])
   # Through float32, so that the gradient reaching a bf16 x is rounded once, after it is summed (XLA drops the
   # round trip bf16 -> f32 -> bf16 of the forward).
   return low_precision_dot(x.astype(jnp.float32), w.astype(jnp.float32), jnp.dtype(dtype))
@@ -148,7 +148,8 @@ def _conv_as_matmul_bwd(left, right, dtype, residuals, g):
   g = _as_bits(g.astype(dtype))
   dz = jnp.stack([jnp.pad(g, ((0, 0), (d, kh - 1 - d), (0, 0), (0, 0))) for d in range(kh)], -2)
   dz = _from_bits(dz.reshape(b, -1, kh * o), jnp.dtype(dtype))
-  taps_t = kernel.astype(dtype).transpose(0, 3, 1, 2).reshape(kh * o, kw * c)  # not windows' .T: see above
+  # Transposed from the 4-D kernel: `taps.T` folded into the dot sent it through float32 on XLA:CPU.
+  taps_t = kernel.astype(dtype).transpose(0, 3, 1, 2).reshape(kh * o, kw * c)
   d_windows = jnp.einsum('bmn,nk->bmk', dz, taps_t, preferred_element_type=jnp.float32)
   d_windows = d_windows.reshape(b, h + kh - 1, w, kw, c)[:, kh - 1:]
   # Input column j - left + d fed output column j through tap d.
