@@ -99,15 +99,16 @@ def masked_sums(per_example: dict[str, jax.Array], mask: jax.Array) -> dict[str,
 
 
 def masked_means(state: Any, eval_batches: Iterator[Batch], eval_fn: Callable, mesh: jax.sharding.Mesh) -> dict:
-  """Means over the whole eval set of `eval_fn(state, global batch)`'s `masked_sums`, each example counted once."""
-  totals: dict[str, float] = {}
+  """Means over the whole eval set of `eval_fn(state, global batch)`'s `masked_sums`, each example counted once: a
+  float per scalar sum, a float64 array per array sum (such as `relu_health.channel_sums`'s)."""
+  totals: dict[str, np.ndarray] = {}
   for batch in eval_batches:
     for k, v in jax.device_get(eval_fn(state, sharding.to_global(batch, mesh))).items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  count = totals.pop('count', 0.0)
+      totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
+  count = float(totals.pop('count', 0.0))
   if not count:
     raise UserError('The eval split yielded no examples; check config.data.eval_split / num_eval_examples.')
-  return {k: v / count for k, v in totals.items()}
+  return {k: float(v) / count if v.ndim == 0 else v / count for k, v in totals.items()}
 
 
 def train_batches(config: ml_collections.ConfigDict) -> Callable[[int], Iterator[Batch]]:

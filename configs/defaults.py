@@ -65,6 +65,9 @@ def pixelcnn_config() -> ml_collections.ConfigDict:
   # Every field of pixelsr.models.PixelSRConfig, with its default (appendix A's value, documented there).
   c.model = ml_collections.ConfigDict(dataclasses.asdict(models.PixelSRConfig()))
   c.loss = 'O2'  # 'O2' = CE(A+B) + CE(A) (eq. 8); 'O1' = CE(A+B) (eq. 7).
+  # The objective's scale: 'sum' = eq. 8 as written, each image's sub-pixels summed (the batch averaged); 'mean' =
+  # averaged over sub-pixels too. Not neutral under TF1's RMSProp (pixelsr/losses.py). Logged losses are per sub-pixel.
+  c.loss_reduction = 'sum'
   c.optimizer = ml_collections.ConfigDict(dataclasses.asdict(optim.OptimizerConfig()))  # Documented there.
   c.optimizer.lr_halve_every = 500_000  # Appendix A (OptimizerConfig's default is 0 = never).
   c.batch_size = 32  # Global batch, split over all devices of all hosts.
@@ -112,6 +115,8 @@ def regression_config(pixelcnn: ml_collections.ConfigDict) -> ml_collections.Con
   # predicts the bicubic image. At table 2's init alone the trunk's activations reach a std of ~150 at CelebA size,
   # tanh(residual) starts saturated and the model never leaves bicubic (README, "Initialisation"). False = the paper's.
   c.model.zero_init_last = True
+  # config.loss_reduction is the pixel recursive model's (each image's squared errors summed): the paper says only
+  # "L2", and the sum keeps the baseline on the model's optimiser scale (benchmarks/README.md, "Loss scale").
   for pixelcnn_only in ('loss', 'sample_temperature', 'evaluate'):
     del c[pixelcnn_only]
   return c

@@ -69,12 +69,14 @@ def run(config, workdir: str):
     fail(e, code=1)
   if jax.process_index() > 0:
     return
-  print('final metrics: ' + ', '.join(f'{k}={v:.4g}' for k, v in sorted(metrics.items())))
+  # Per-site ReLU figures stay in TensorBoard; the summary below names the worst site.
+  print('final metrics: ' + ', '.join(f'{k}={v:.4g}' for k, v in sorted(metrics.items()) if 'relu_dead/' not in k))
   print(f'workdir: {workdir} (TensorBoard: tensorboard --logdir={workdir}; sample grids in {workdir}/samples)')
   if 'heldout/bits_per_dim' in metrics:  # pixelcnn: where the model stands against bicubic, and how to go on.
     from pixelsr import summary
     steps = config.num_train_steps
-    print('\n'.join(summary.summary_lines({k: v for k, v in metrics.items() if k.startswith('heldout/')}, steps,
+    shown = {k: v for k, v in metrics.items() if k.startswith(('heldout/', 'eval/relu_dead'))}
+    print('\n'.join(summary.summary_lines(shown, steps,
                                           summary.continue_command(sys.argv, workdir, 2 * steps))))
 
 

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import relu_health
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -290,8 +292,10 @@ class FirstLayer(nn.Module):
 
 
 class ResNetBlock(nn.Module):
-  """conv3x3 - ReLU - conv3x3, added to the input, then ReLU (He et al. 2016). With `zero_init_last` the second conv
-  starts at zero (Goyal et al. 2017), so the untrained block is the identity on its (non-negative) input.
+  """conv3x3 - ReLU - conv3x3, added to the input, then ReLU (He et al. 2016, 'post_activation'); or, with
+  `preactivation`, the input plus conv3x3(ReLU(conv3x3(ReLU(x)))) (He et al. 2016b's full pre-activation block,
+  without batch norm), whose stream is never rectified, so its channels cannot die. With `zero_init_last` the second
+  conv starts at zero (Goyal et al. 2017), so the untrained block is the identity on its (non-negative) input.
 
   The sum is float32 whatever `dtype`: in bf16 (8 bits) a block's small contribution is rounded away against the
   stream it is added to, and the demo's conditioning network stopped learning (benchmarks/README.md)."""
@@ -299,10 +303,13 @@ class ResNetBlock(nn.Module):
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
   zero_init_last: bool = False
+  preactivation: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     conv = lambda name, init: nn.Conv(self.channels, (3, 3), kernel_init=init, dtype=self.dtype, name=name)
     last_init = nn.initializers.zeros if self.zero_init_last else self.kernel_init
-    y = conv('conv2', last_init)(nn.relu(conv('conv1', self.kernel_init)(x)))
-    return nn.relu(x.astype(jnp.float32) + y.astype(jnp.float32))
+    first = relu_health.ReLU(name='pre')(x) if self.preactivation else x
+    y = conv('conv2', last_init)(relu_health.ReLU(name='inner')(conv('conv1', self.kernel_init)(first)))
+    total = x.astype(jnp.float32) + y.astype(jnp.float32)
+    return total if self.preactivation else relu_health.ReLU(name='out')(total)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from common import images
+from common import images, relu_health
 from pixelsr import layers
 
 
@@ -24,6 +24,10 @@ class ConditioningConfig:
   upsample_factor: int = 4  # Output side / input side, a power of two (one transposed conv per factor 2).
   cond_channels: int = 32  # Width of the conditioning ResNet.
   cond_blocks: int = 6  # B: ResNet blocks before, between and after the transposed convs (6 CelebA, 10 LSUN).
+  # The ResNet block, which appendix A does not specify: 'post_activation' (He et al. 2016: ReLU after the residual
+  # sum, and after each transposed conv) or 'pre_activation' (He et al. 2016b: ReLU before each conv, the stream
+  # itself never rectified, one ReLU after the last block). layers.ResNetBlock.
+  cond_block: Literal['post_activation', 'pre_activation'] = 'post_activation'
   init: Literal['truncated_normal', 'lecun_normal'] = 'truncated_normal'  # Weight init; biases are zero.
   init_stddev: float = 0.1  # Standard deviation of 'truncated_normal' (table 2).
   # Start the second conv of every ResNet block and the output 1x1 conv at zero, so the untrained network is its stem
@@ -42,6 +46,9 @@ class ConditioningConfig:
   def __post_init__(self):
     if self.upsample_factor < 1 or self.upsample_factor & (self.upsample_factor - 1):
       raise ValueError(f'config.model.upsample_factor must be a power of two, got {self.upsample_factor}.')
+    if self.cond_block not in ('post_activation', 'pre_activation'):
+      raise ValueError("config.model.cond_block must be 'post_activation' or 'pre_activation', got "
+                       f'{self.cond_block!r}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,16 +110,20 @@ def conditioning_features(cfg: ConditioningConfig, lowres: jax.Array) -> jax.Arr
   share this trunk and its parameter names.
   """
   init, dtype = kernel_init(cfg), jnp.dtype(cfg.dtype)
+  pre = cfg.cond_block == 'pre_activation'
   h = nn.Conv(cfg.cond_channels, (3, 3), kernel_init=init, dtype=dtype, name='stem')(images.uint8_to_signed(lowres))
   num_upsamples = int(math.log2(cfg.upsample_factor))
   for stage in range(num_upsamples + 1):
     for b in range(cfg.cond_blocks):
-      h = layers.ResNetBlock(cfg.cond_channels, init, dtype, cfg.zero_init_last, name=f'stage{stage}_block{b}')(h)
+      h = layers.ResNetBlock(cfg.cond_channels, init, dtype, cfg.zero_init_last, pre, name=f'stage{stage}_block{b}')(h)
     if stage < num_upsamples:
-      # Appendix A's table lists no activation after the transposed convs; this ReLU is ours, so that every layer
-      # of the trunk ends in one, as each ResNet block does (README: "Model details the paper leaves open").
-      h = nn.relu(nn.ConvTranspose(cfg.cond_channels, (3, 3), strides=(2, 2), padding='SAME', kernel_init=init,
-                                   dtype=dtype, name=f'upsample{stage}')(h))
+      h = nn.ConvTranspose(cfg.cond_channels, (3, 3), strides=(2, 2), padding='SAME', kernel_init=init, dtype=dtype,
+                           name=f'upsample{stage}')(h)
+      # Appendix A's table lists no activation after the transposed convs; with post-activation blocks this ReLU is
+      # ours, so that every layer of the trunk ends in one, as each block does (README: "Model details the paper
+      # leaves open"). Pre-activation blocks rectify their own input.
+      h = h if pre else relu_health.ReLU(name=f'upsample{stage}_relu')(h)
+  return relu_health.ReLU(name='final_relu')(h) if pre else h
   return h
 
 

@@ -1,7 +1,9 @@
 """The L2 regression baseline of table 1 (`models.RegressionSR`): training by the generic loop, and prediction.
 
 Trained like the pixel recursive model (same data, optimiser, loop and checkpoints; `config.method='regression'`),
-with the mean squared error on the [-1, 1] scale between the prediction and the target as the loss.
+with the squared error on the [-1, 1] scale between the prediction and the target as the loss: summed over each
+image's sub-pixels or averaged (`config.loss_reduction`, the pixel recursive model's field and value), averaged over
+the batch.
 """
 import functools
 from typing import Iterator
@@ -14,7 +16,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import images, metrics, optim, sharding, train_loop, trainer, validation
+from common import images, metrics, optim, relu_health, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from pixelsr import models
@@ -29,6 +31,9 @@ def model_config(config: ml_collections.ConfigDict) -> models.ConditioningConfig
   if d.highres_size != d.lowres_size * cfg.upsample_factor:
     raise UserError(f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
                     f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.')
+  if config.loss_reduction not in ('sum', 'mean'):
+    raise UserError(f"config.loss_reduction must be 'sum' (each image's squared errors summed) or 'mean', got "
+                    f'{config.loss_reduction!r}.')
   return cfg
 
 
@@ -58,39 +63,47 @@ def _squared_errors(prediction: jax.Array, highres: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, schedule: optax.Schedule,
-               num_parts: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               num_parts: int = 1, reduction: str = 'mean') -> tuple[TrainState, dict[str, jax.Array]]:
   """One synchronous data-parallel step, the batch differentiated in `num_parts` parts (`trainer.batch_parts`). The
-  model is deterministic, so `rng` is unused (kept for the loop)."""
+  model is deterministic, so `rng` is unused (kept for the loop). `loss` is the objective optimised (its scale set
+  by `reduction`), `l2` the mean squared error per sub-pixel."""
   del rng
+  sub_pixels = np.prod(batch['highres'].shape[1:]) if reduction == 'sum' else 1
 
   def loss_fn(params, batch):
-    return _squared_errors(state.apply_fn({'params': params}, batch['lowres']), batch['highres']).mean(), {}
+    l2 = _squared_errors(state.apply_fn({'params': params}, batch['lowres']), batch['highres']).mean()
+    return l2 * sub_pixels, {'l2': l2}
 
-  (loss, _), grads = trainer.value_and_grad_in_parts(loss_fn, state.params, batch, num_parts)
-  step_metrics = dict(loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+  (loss, aux), grads = trainer.value_and_grad_in_parts(loss_fn, state.params, batch, num_parts)
+  step_metrics = dict(loss=loss, l2=aux['l2'], grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
   return state.apply_gradients(grads=grads), step_metrics
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Sums over the real (mask == True) examples: the loss, and the pSNR of the rounded prediction."""
-  prediction = state.apply_fn({'params': state.params}, batch['lowres'])
+  """Sums over the real (mask == True) examples: the loss, the pSNR of the rounded prediction, and each ReLU
+  channel's positive fraction (`relu_health`)."""
+  prediction, stats = state.apply_fn({'params': state.params}, batch['lowres'], mutable=[relu_health.COLLECTION])
   per_example = {'l2': _squared_errors(prediction, batch['highres']),
                  'psnr': metrics.bounded_psnr(images.signed_to_uint8(prediction), batch['highres'])}
-  return trainer.masked_sums(per_example, batch['mask'])
+  return {**trainer.masked_sums(per_example, batch['mask']), **relu_health.channel_sums(stats, batch['mask'])}
 
 
 def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh):
   """(train_fn, eval_fn): the steps jitted with explicit shardings; the train step donates the state."""
   _, schedule = optim.make_optimizer(config.optimizer)
   num_parts = trainer.batch_parts(config.train_batch_parts, config.batch_size, mesh)
-  return (trainer.jit_train_step(functools.partial(train_step, schedule=schedule, num_parts=num_parts), state, mesh),
+  step = functools.partial(train_step, schedule=schedule, num_parts=num_parts, reduction=config.loss_reduction)
+  return (trainer.jit_train_step(step, state, mesh),
           trainer.jit_eval_step(eval_step, state, mesh))
 
 
 def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn,
              mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """Means over the whole eval set, each example counted once (padding is masked out)."""
-  return trainer.masked_means(state, eval_batches, eval_fn, mesh)
+  """Means over the whole eval set, each example counted once (padding is masked out), and the dead ReLU channels
+  (`relu_health.summarise`; the worst site is logged)."""
+  means, relus = relu_health.split(trainer.masked_means(state, eval_batches, eval_fn, mesh))
+  logging.info('Regression network on the eval split: %s.', relu_health.describe(relus))
+  return {**means, **relus}
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str,

@@ -15,7 +15,9 @@ crops of
   - the true images under the conditioning network A alone (softmax(A_i(x)), every colour value on its own given the
     input): the same kind of predictor as bicubic + Laplace, so A below that figure has learned more from the input
     than bicubic knows. A model that beats bicubic while A does not leans on its prior (it may ignore the input: the
-    greedy column of the grid then looks alike for every input).
+    greedy column of the grid then looks alike for every input);
+and the consistency of tau = 1.0 samples with their input (table 1's column: MSE on [0, 1] between the input and the
+sample's bicubic downsample), which says whether samples keep the input's colours and shapes.
 `summary_lines` turns them into the few lines launch/train.py prints, with the command that continues the run.
 """
 import functools
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from common import images, sharding
+from common import images, metrics, relu_health, sharding
 from pixelsr import baselines, sampling
 
 COLUMNS = ('input', 'bicubic', 'tau=1.0', 'tau=1.2', 'greedy', 'truth')  # with the default temperatures
@@ -108,20 +110,24 @@ def _cond_log_prob(model, variables: dict, lowres: jax.Array, highres: jax.Array
 
 
 def heldout_figures(model, variables: dict, eval_batches: Iterable[dict[str, np.ndarray]], *,
-                    mesh: jax.sharding.Mesh | None = None, resize_method: str = 'antialiased') -> dict[str, float]:
+                    mesh: jax.sharding.Mesh | None = None, resize_method: str = 'antialiased',
+                    sample_key: jax.Array | None = None) -> dict[str, float]:
   """Bits per sub-pixel over the real (mask == True) examples of `eval_batches` (see the module docstring):
   'bits_per_dim' (the truth under the model), 'bicubic_bits_per_dim' (the bicubic upsample under the model) and
   'bicubic_laplace_bits_per_dim' (the truth under the best bicubic-centred Laplace), with 'bicubic_laplace_scale',
-  and 'cond_bits_per_dim' (the truth under the conditioning network alone).
+  and 'cond_bits_per_dim' (the truth under the conditioning network alone). With `sample_key`, also
+  'sample_consistency': the mean consistency of one tau = 1.0 sample per example (batch i drawn with
+  fold_in(sample_key, i)), and 'bicubic_consistency', the bicubic upsample's.
 
   eval_batches: this process's rows (trainer.eval_batches); with several processes, every process gathers the global
   batches and computes the same figures, over the whole eval set, on `mesh` (where `variables` live).
   """
   put = (lambda x: x) if mesh is None else (lambda x: sharding.replicate(x, mesh))
   model_bits, bicubic_bits, cond_bits = [0.0], [0.0], [0.0]  # Running sums, in bits.
+  consistency = {'sample_consistency': [], 'bicubic_consistency': []}
   residuals = np.zeros((3, 511), np.int64)
   dims = 0
-  for batch in eval_batches:
+  for index, batch in enumerate(eval_batches):
     batch = sharding.gather(batch)
     keep = np.asarray(batch['mask'], bool)
     if not keep.any():
@@ -133,6 +139,10 @@ def heldout_figures(model, variables: dict, eval_batches: Iterable[dict[str, np.
                                    (cond_bits, _cond_log_prob, truth)):
       nats = np.asarray(log_prob(model, variables, lowres, image), np.float64)[keep]
       total[0] -= nats.sum() / math.log(2)
+    if sample_key is not None:
+      draws = sampling.sample(model, variables, lowres, jax.random.fold_in(sample_key, index), temperature=1.0)
+      for name, image in (('sample_consistency', draws), ('bicubic_consistency', bicubic)):
+        consistency[name].append(np.asarray(metrics.consistency(lowres, image, method=resize_method))[keep])
     truth, bicubic = np.asarray(batch['highres'])[keep], np.asarray(bicubic)[keep]
     residuals += _residual_counts(truth, bicubic)
     dims += truth.size
@@ -140,9 +150,11 @@ def heldout_figures(model, variables: dict, eval_batches: Iterable[dict[str, np.
     raise ValueError('heldout_figures: the eval batches hold no real examples.')
   laplace_bits = _laplace_nll_bits(residuals, _LAPLACE_SCALES)
   best = int(np.argmin(laplace_bits))
-  return {'bits_per_dim': model_bits[0] / dims, 'bicubic_bits_per_dim': bicubic_bits[0] / dims,
-          'bicubic_laplace_bits_per_dim': float(laplace_bits[best]) / dims,
-          'bicubic_laplace_scale': float(_LAPLACE_SCALES[best]), 'cond_bits_per_dim': cond_bits[0] / dims}
+  figures = {'bits_per_dim': model_bits[0] / dims, 'bicubic_bits_per_dim': bicubic_bits[0] / dims,
+             'bicubic_laplace_bits_per_dim': float(laplace_bits[best]) / dims,
+             'bicubic_laplace_scale': float(_LAPLACE_SCALES[best]), 'cond_bits_per_dim': cond_bits[0] / dims}
+  figures.update({name: float(np.concatenate(values).mean()) for name, values in consistency.items() if values})
+  return figures
 
 
 def continue_command(argv: Sequence[str], workdir: str, num_train_steps: int) -> str:
@@ -164,11 +176,11 @@ def continue_command(argv: Sequence[str], workdir: str, num_train_steps: int) ->
 
 def summary_lines(figures: dict[str, float], num_train_steps: int, command: str) -> list[str]:
   """What launch/train.py prints at the end of a pixelcnn run: `figures` as `heldout_figures` names them (with or
-  without a prefix such as 'heldout/')."""
-  f = {k.rsplit('/', 1)[-1]: v for k, v in figures.items()}
+  without a prefix such as 'heldout/'), and optionally the eval metrics of `relu_health.summarise`."""
+  f = {k.rsplit('/', 1)[-1]: v for k, v in figures.items() if 'relu_dead/' not in k}
   model, laplace, bicubic = f['bits_per_dim'], f['bicubic_laplace_bits_per_dim'], f['bicubic_bits_per_dim']
   cond = f['cond_bits_per_dim']
-  return [
+  lines = [
       f'Held-out crops after {num_train_steps} steps, in bits per colour value (lower is better; 8 = a uniform '
       'guess):',
       f'  the true images: model {model:.3f} vs. bicubic + the best Laplace noise {laplace:.3f} (scale '
@@ -178,5 +190,13 @@ def summary_lines(figures: dict[str, float], num_train_steps: int, command: str)
       f'{"learned more than" if cond < laplace else "not yet learned what"} bicubic knows.',
       f'  the bicubic upsample under the model: {bicubic:.3f} ({"less" if bicubic > model else "more"} likely than '
       'the truth).',
-      f'Continue training from step {num_train_steps}: {command}',
   ]
+  if 'sample_consistency' in f:
+    lines.append(f'tau = 1.0 samples against their input (consistency, MSE on [0, 1] of their bicubic downsample; '
+                 f"table 1: 0.008 faces, 0.016 bedrooms): {f['sample_consistency']:.4f} (bicubic "
+                 f"{f['bicubic_consistency']:.4f}).")
+  worst = relu_health.worst_site(figures)
+  if worst is not None:
+    lines.append(f'Conditioning network: {worst[1]:.0%} of the ReLU channels of its worst site ({worst[0]}) never '
+                 f"fire on these crops (mean over sites {f['relu_dead_mean']:.0%}).")
+  return [*lines, f'Continue training from step {num_train_steps}: {command}']

@@ -14,7 +14,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import optim, sharding, train_loop, trainer, validation
+from common import optim, relu_health, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from pixelsr import losses, models, summary
@@ -31,6 +31,9 @@ def model_config(config: ml_collections.ConfigDict) -> models.PixelSRConfig:
                     f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.')
   if config.loss not in ('O1', 'O2'):
     raise UserError(f"config.loss must be 'O1' (eq. 7) or 'O2' (eq. 8), got {config.loss!r}.")
+  if config.loss_reduction not in losses.REDUCTIONS:
+    raise UserError(f"config.loss_reduction must be 'sum' (eq. 8: each image's sub-pixels summed) or 'mean', got "
+                    f'{config.loss_reduction!r}.')
   return cfg
 
 
@@ -59,14 +62,16 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: 
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, loss_kind: str,
-               schedule: optax.Schedule, num_parts: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+               schedule: optax.Schedule, num_parts: int = 1,
+               reduction: losses.Reduction = 'mean') -> tuple[TrainState, dict[str, jax.Array]]:
   """One synchronous data-parallel step, the batch differentiated in `num_parts` parts (`trainer.batch_parts`). The
-  model is deterministic, so `rng` is unused (kept for the loop)."""
+  model is deterministic, so `rng` is unused (kept for the loop). `loss` is the objective optimised (its scale set
+  by `reduction`); the other metrics are nats per sub-pixel."""
   del rng
 
   def loss_fn(params, batch):
     cond_logits, prior_logits = state.apply_fn({'params': params}, batch['lowres'], batch['highres'])
-    return losses.loss_and_metrics(cond_logits, prior_logits, batch['highres'], loss_kind)
+    return losses.loss_and_metrics(cond_logits, prior_logits, batch['highres'], loss_kind, reduction=reduction)
 
   (loss, metrics), grads = trainer.value_and_grad_in_parts(loss_fn, state.params, batch, num_parts)
   metrics.update(loss=loss, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
@@ -74,11 +79,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_kind: str) -> dict[str, jax.Array]:
-  """Sums over the real (mask == True) examples of the batch, so batches can be added up exactly."""
-  cond_logits, prior_logits = state.apply_fn({'params': state.params}, batch['lowres'], batch['highres'])
+  """Sums over the real (mask == True) examples of the batch, so batches can be added up exactly: the losses, and
+  each conditioning ReLU channel's positive fraction (`relu_health`)."""
+  (cond_logits, prior_logits), stats = state.apply_fn({'params': state.params}, batch['lowres'], batch['highres'],
+                                                      mutable=[relu_health.COLLECTION])
   per_example = losses.per_example_losses(cond_logits, prior_logits, batch['highres'])
   per_example[loss_kind] = losses.objective(per_example['ce_joint'], per_example['ce_cond'], loss_kind)
-  return trainer.masked_sums(per_example, batch['mask'])
+  return {**trainer.masked_sums(per_example, batch['mask']), **relu_health.channel_sums(stats, batch['mask'])}
 
 
 def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh):
@@ -86,17 +93,20 @@ def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: ja
   _, schedule = optim.make_optimizer(config.optimizer)
   num_parts = trainer.batch_parts(config.train_batch_parts, config.batch_size, mesh)
   train_fn = trainer.jit_train_step(functools.partial(train_step, loss_kind=config.loss, schedule=schedule,
-                                                      num_parts=num_parts), state, mesh)
+                                                      num_parts=num_parts, reduction=config.loss_reduction),
+                                    state, mesh)
   eval_fn = trainer.jit_eval_step(functools.partial(eval_step, loss_kind=config.loss), state, mesh)
   return train_fn, eval_fn
 
 
 def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn,
              mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """Metrics over the whole eval set, each example counted once (padding is masked out)."""
-  metrics = trainer.masked_means(state, eval_batches, eval_fn, mesh)
+  """Metrics over the whole eval set, each example counted once (padding is masked out): the losses, bits/dim and
+  the conditioning network's dead ReLU channels (`relu_health.summarise`; the worst site is logged)."""
+  metrics, relus = relu_health.split(trainer.masked_means(state, eval_batches, eval_fn, mesh))
   metrics['bits_per_dim'] = metrics['ce_joint'] / losses.LN2
-  return metrics
+  logging.info('Conditioning network on the eval split: %s.', relu_health.describe(relus))
+  return {**metrics, **relus}
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str,
@@ -133,6 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                   make_grids=make_grids)
   if config.eval_every_steps:  # Where the model stands against bicubic: launch/train.py prints it.
     figures = summary.heldout_figures(model, {'params': state.params}, trainer.eval_batches(config), mesh=mesh,
-                                      resize_method=config.data.resize)
+                                      resize_method=config.data.resize,
+                                      sample_key=train_loop.seed_key(config.seed, 'eval'))
     metrics.update({f'heldout/{k}': v for k, v in figures.items()})
   return metrics

@@ -26,8 +26,8 @@ RTOL = 1e-5
 
 # Method -> step -> (loss, grad_norm, sum of the updated parameters, sum of their squares).
 GOLDEN = {
-    'pixelcnn': {1: (11.090377807617188, 0.02047654241323471, 8.340216881620606, 226.04010713409735)},
-    'regression': {1: (0.5961612462997437, 0.05074620619416237, 5.169521156854898, 24.437382429387156)},
+    'pixelcnn': {1: (34069.640625, 62.9039421081543, 8.471536545981825, 226.0336111444211)},
+    'regression': {1: (1831.4073486328125, 155.89234924316406, 5.158003836871558, 24.43727509946492)},
     'srim': {1: (106.15281677246094, 144.13694763183594, 31.342824011680932, 51.784351066468766)},
     # SRGAN: one pretraining (pixel MSE) step, then one GAN step.
     'srgan': {1: (0.49083206057548523, 0.736250102519989, 98.0017459336932, 281.88595652711234),
@@ -47,10 +47,13 @@ def checksums(params) -> tuple[float, float]:
   return sum(float(x.sum()) for x in leaves), sum(float(np.square(x).sum()) for x in leaves)
 
 
-def check(method: str, step: int, metrics: dict, params):
+def check(method: str, step: int, metrics: dict, params, sum_atol: float = 0.0):
+  """`sum_atol`: an absolute tolerance on the parameters' sum alone, for a step whose update is sign-like."""
   got = (float(metrics['loss']), float(metrics['grad_norm']), *checksums(params))
   want = GOLDEN[method][step]
-  assert np.allclose(got, want, rtol=RTOL, atol=0), (
+  close = np.isclose(got, want, rtol=RTOL, atol=0)
+  close[2] |= abs(got[2] - want[2]) <= sum_atol
+  assert close.all(), (
       f'{method} step {step}: (loss, grad_norm, param sum, param sum of squares) = {got!r}, stored {want!r}. '
       'Legitimate only after a deliberate change of init, model, loss, optimiser, seed streams or this batch '
       '(module docstring); then store the new numbers.')
@@ -71,9 +74,9 @@ def test_pixelcnn_step(dtype):
     check('pixelcnn', 1, metrics, state.params)
   else:
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype(np.float32)}
-    # The loss is 2 ln 256 for both (zero-initialised logits); the gradient norm shows bf16, to its precision (8 bits:
-    # 0.4% per value). RMSProp's first update is ~lr * sign(g), so the parameters' sum moves with the signs of tiny
-    # gradients; their sum of squares does not.
+    # The loss is 2 ln 256 per sub-pixel for both (zero-initialised logits); the gradient norm shows bf16, to its
+    # precision (8 bits: 0.4% per value). RMSProp's first update is ~lr * sign(g), so the parameters' sum moves with
+    # the signs of tiny gradients; their sum of squares does not.
     loss, grad_norm, _, squares = GOLDEN['pixelcnn'][1]
     assert float(metrics['loss']) == pytest.approx(loss, rel=RTOL)
     assert grad_norm != float(metrics['grad_norm']) == pytest.approx(grad_norm, rel=2e-2)
@@ -87,7 +90,7 @@ def test_regression_step():
   _, schedule = optim.make_optimizer(config.optimizer)
   state = regression.create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
   batch = synthetic_batch(4, config.data.lowres_size, config.data.highres_size)
-  step = jax.jit(functools.partial(regression.train_step, schedule=schedule))
+  step = jax.jit(functools.partial(regression.train_step, schedule=schedule, reduction=config.loss_reduction))
   state, metrics = step(state, sharding.to_global(batch, mesh), train_loop.seed_key(config.seed, 'train'))
   check('regression', 1, metrics, state.params)
 
@@ -123,7 +126,10 @@ def test_srim_step(selection_dtype):
   if selection_dtype == 'bfloat16':
     return  # The step below is float32's unless a near-tie choice flips, which depends on the CPU's bf16 rounding.
   state, metrics = step(state, sharding.to_global(batch, mesh), train_loop.seed_key(config.seed, 'train'))
-  check('srim', 1, metrics, (state.params, state.batch_stats))
+  # Adam's first update is lr * g / (|g| + eps): +-lr for any |g| above eps, so a zero-initialised bias whose gradient
+  # is float noise moves by +-lr with the CPU's rounding (an Intel Xeon and an AMD EPYC differ by 2.5 lr here). Its
+  # square, and so the sum of squares, does not change; the sum may move by up to 4 such flips.
+  check('srim', 1, metrics, (state.params, state.batch_stats), sum_atol=8 * config.optimizer.learning_rate)
 
 
 def test_srgan_pretrain_then_gan_step():

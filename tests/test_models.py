@@ -143,3 +143,56 @@ def test_losses_against_hand_computation():
   # Unweighted: the second example (CE(A+B) = lse(0, 0, 9) - 0) counts half.
   o1_all, _ = losses.loss_and_metrics(cond, prior, labels, 'O1')
   assert o1_all == pytest.approx((ce_joint + lse(0.0, 0.0, 9.0)) / 2, rel=1e-6)
+
+
+def test_loss_reduction_sum_is_eq_8_per_image():
+  """reduction='sum': eq. 8 summed over each image's sub-pixels (here 2x1 pixels x 2 colours, K = 3), the images
+  averaged; 'mean' divides it by the 4 sub-pixels. The per-sub-pixel metrics do not depend on it."""
+  rng = np.random.default_rng(0)
+  cond, prior = rng.normal(size=(2, 2, 2, 3)), rng.normal(size=(2, 2, 2, 3))  # (images, sub-pixels..., K) as numpy
+  labels = rng.integers(0, 3, size=(2, 2, 2))
+  eq8 = [-sum(2 * cond[b, i, c, labels[b, i, c]] + prior[b, i, c, labels[b, i, c]]
+              - lse(*(cond[b, i, c] + prior[b, i, c])) - lse(*cond[b, i, c]) for i in range(2) for c in range(2))
+         for b in range(2)]
+  shape = lambda x: jnp.asarray(x, jnp.float32).reshape(2, 2, 1, 2, *x.shape[3:])
+  total, metrics = losses.loss_and_metrics(shape(cond), shape(prior), shape(labels).astype(jnp.int32), 'O2',
+                                           reduction='sum')
+  assert total == pytest.approx(np.mean(eq8), rel=1e-5)
+  mean, mean_metrics = losses.loss_and_metrics(shape(cond), shape(prior), shape(labels).astype(jnp.int32), 'O2')
+  assert mean == pytest.approx(np.mean(eq8) / 4, rel=1e-5)
+  assert float(metrics['O2']) == float(mean_metrics['O2']) == pytest.approx(float(mean), rel=1e-6)
+
+
+def conv3x3(x, kernel, bias):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')) + bias
+
+
+@pytest.mark.parametrize('preactivation', [False, True])
+def test_resnet_block_by_hand(preactivation):
+  """Post-activation: relu(x + conv2(relu(conv1(x)))); pre-activation: x + conv2(relu(conv1(relu(x)))), whose
+  output keeps the stream's negative values."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+  block = layers.ResNetBlock(4, preactivation=preactivation)
+  p = block.init(jax.random.key(1), x)['params']
+  p['conv2']['bias'] = jnp.full((4,), 0.3)
+  first = jax.nn.relu(x) if preactivation else x
+  y = conv3x3(jax.nn.relu(conv3x3(first, p['conv1']['kernel'], p['conv1']['bias'])), p['conv2']['kernel'],
+              p['conv2']['bias'])
+  want = x + y if preactivation else jax.nn.relu(x + y)
+  got = block.apply({'params': p}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert (np.asarray(got) < 0).any() == preactivation
+
+
+def test_pre_activation_trunk_ends_in_one_relu_and_no_relu_after_the_upsamplers():
+  cfg = models.PixelSRConfig(cond_blocks=1, cond_channels=4, prior_layers=1, prior_channels=6, prior_head_channels=6,
+                             upsample_factor=2, cond_block='pre_activation')
+  model = models.PixelRecursiveSR(cfg)
+  lowres = jax.random.randint(jax.random.key(0), (1, 4, 4, 3), 0, 256).astype(jnp.uint8)
+  variables = model.init(jax.random.key(1), lowres, jnp.zeros((1, 8, 8, 3), jnp.uint8))
+  _, stats = model.apply(variables, lowres, method='condition', mutable=['relu_stats'])
+  sites = {f'{block}/{relu}' for block, relus in stats['relu_stats']['conditioning'].items() for relu in relus}
+  assert sites == {'stage0_block0/pre', 'stage0_block0/inner', 'stage1_block0/pre', 'stage1_block0/inner',
+                   'final_relu/active'}
+  with pytest.raises(ValueError, match="cond_block must be 'post_activation' or 'pre_activation'"):
+    models.PixelSRConfig(cond_block='preact')

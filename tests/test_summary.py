@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from common import images
+from common import images, metrics
 from pixelsr import models, sampling, summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,6 +128,31 @@ def test_summary_lines_say_where_the_model_stands():
   figures.update({'heldout/bits_per_dim': 4.6, 'heldout/cond_bits_per_dim': 4.4})
   text = '\n'.join(summary.summary_lines(figures, 600, 'cmd'))
   assert 'the model is not better yet' in text and 'it has learned more than bicubic knows' in text
+  # With the samples' consistency and the eval split's dead ReLU channels: a line each, before the command.
+  figures.update({'heldout/sample_consistency': 0.0123, 'heldout/bicubic_consistency': 0.0002,
+                  'eval/relu_dead/conditioning/stage0_block0/inner': 0.25, 'eval/relu_dead/conditioning/upsample0': 0.5,
+                  'eval/relu_dead_worst': 0.5, 'eval/relu_dead_mean': 0.375})
+  lines = summary.summary_lines(figures, 600, 'cmd')
+  assert len(lines) == 7 and lines[-3].endswith(': 0.0123 (bicubic 0.0002).')
+  assert lines[-2] == ('Conditioning network: 50% of the ReLU channels of its worst site (conditioning/upsample0) '
+                       'never fire on these crops (mean over sites 38%).')
+
+
+def test_heldout_figures_sample_consistency_is_that_of_tau_1_samples():
+  model, variables, lowres, highres = make_model(batch=3, lowres_hw=2)
+  batches = [{'lowres': lowres[:2], 'highres': highres[:2], 'mask': np.ones(2, bool)},
+             {'lowres': lowres[1:], 'highres': highres[1:], 'mask': np.array([False, True])}]
+  key = jax.random.key(3)
+  figures = summary.heldout_figures(model, variables, batches, sample_key=key)
+  want = []
+  for i, batch in enumerate(batches):
+    draws = sampling.sample(model, variables, batch['lowres'], jax.random.fold_in(key, i), temperature=1.0)
+    want.extend(np.asarray(metrics.consistency(batch['lowres'], draws))[batch['mask']])
+  assert len(want) == 3 and figures['sample_consistency'] == pytest.approx(np.mean(want), rel=1e-6)
+  bicubic = images.quantize(images.bicubic_upsample(lowres, 8))
+  assert figures['bicubic_consistency'] == pytest.approx(float(np.mean(metrics.consistency(lowres, bicubic))),
+                                                         rel=1e-6, abs=1e-9)
+  assert 'sample_consistency' not in summary.heldout_figures(model, variables, batches)
 
 
 @pytest.mark.slow
