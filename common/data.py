@@ -281,10 +281,12 @@ def folder_files(folder: str, eval_fraction: float, num_unseen_classes: int = 0)
   """Image paths under `folder` (searched recursively) of each split: {'train', 'eval', 'eval_unseen'}.
 
   With num_unseen_classes = N > 0, the classes are the top-level subfolders that hold images, sorted by name; every
-  image must be in one. The last N classes are held out whole: their images are 'eval_unseen'. Of the other images
-  (all of them when N = 0; 'eval_unseen' is then empty), the sorted list is permuted with a fixed seed and its last
-  round(n * eval_fraction) files (at least 1 when eval_fraction > 0) are 'eval', the rest 'train'. The split depends
-  on the file names only, not on the run.
+  image must be in one. The last N classes are held out whole: their images are 'eval_unseen'. The other images are
+  split class by class (all of them as one group when N = 0; 'eval_unseen' is then empty): a group's sorted list is
+  permuted with a fixed seed and its last round(n * eval_fraction) files (at least 1 when eval_fraction > 0, at most
+  n - 1) are 'eval', the rest 'train'. Per class, so that every seen class has held-out images and a folder built with
+  a known number per class trains on a known number: SRIM's 167 per class at 0.1 leave the paper's 150. The split
+  depends on the file names only, not on the run.
   """
   if not os.path.isdir(folder):
     raise UserError(f'config.data.folder {folder!r} is not a directory: point --config.data.folder at a folder of '
@@ -294,22 +296,26 @@ def folder_files(folder: str, eval_fraction: float, num_unseen_classes: int = 0)
   if not files:
     raise UserError(f'config.data.folder {folder!r} holds no images (searched recursively for '
                     f'{", ".join(IMAGE_EXTENSIONS)})')
-  unseen = []
+  groups, unseen = [files], []
   if num_unseen_classes:
-    files, unseen = _hold_out_classes(folder, files, num_unseen_classes)
+    groups, unseen = _hold_out_classes(folder, files, num_unseen_classes)
   if eval_fraction <= 0:
-    return {'train': files, 'eval': [], 'eval_unseen': unseen}
-  if len(files) < 2:
+    return {'train': [p for group in groups for p in group], 'eval': [], 'eval_unseen': unseen}
+  if sum(len(group) for group in groups) < 2:
     raise UserError(f'config.data.folder {folder!r} holds 1 image{" of the seen classes" if unseen else ""}; holding '
                     'out eval images needs at least 2 (or set data.eval_fraction=0)')
-  held_out = min(max(1, round(len(files) * eval_fraction)), len(files) - 1)
-  order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(files))
-  shuffled = [files[i] for i in order]
-  return {'train': shuffled[:-held_out], 'eval': shuffled[-held_out:], 'eval_unseen': unseen}
+  train, held = [], []
+  for group in groups:
+    held_out = min(max(1, round(len(group) * eval_fraction)), len(group) - 1)
+    order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(group))
+    shuffled = [group[i] for i in order]
+    train += shuffled[:len(group) - held_out]
+    held += shuffled[len(group) - held_out:]
+  return {'train': train, 'eval': held, 'eval_unseen': unseen}
 
 
-def _hold_out_classes(folder: str, files: list[str], num_unseen: int) -> tuple[list[str], list[str]]:
-  """(images of the seen classes, images of the last `num_unseen` classes), both sorted."""
+def _hold_out_classes(folder: str, files: list[str], num_unseen: int) -> tuple[list[list[str]], list[str]]:
+  """(the images of each seen class, the images of the last `num_unseen` classes), all sorted."""
   classes, loose = {}, []
   for path in files:
     top, *below = os.path.relpath(path, folder).split(os.sep)
@@ -327,8 +333,7 @@ def _hold_out_classes(folder: str, files: list[str], num_unseen: int) -> tuple[l
     raise UserError(f'config.data.num_unseen_classes={num_unseen} must be less than the {len(classes)} classes '
                     f'(subfolders with images) of {folder!r}, so that some are left for training')
   names = sorted(classes)
-  return ([p for c in names[:-num_unseen] for p in classes[c]],
-          [p for c in names[-num_unseen:] for p in classes[c]])
+  return [classes[c] for c in names[:-num_unseen]], [p for c in names[-num_unseen:] for p in classes[c]]
 
 
 def _read_file(path: tf.Tensor) -> tf.Tensor:

@@ -14,15 +14,17 @@ Data: 20 ImageNet (ILSVRC2012) classes x 150 images; each image scaled anisotrop
 input bicubic-downsampled to 32x32; train and test images disjoint; test images from the training classes and from
 classes never seen in training (the human study takes 10 of each). The paper does not list its classes. tfds'
 `imagenet2012` needs the ILSVRC2012 tars downloaded by hand and holds all 1000 classes, so the default source is an
-image folder, one subfolder per class: the first 150 training images of the first 30 classes (sorted WordNet ids),
+image folder, one subfolder per class: the first 167 training images of the first 30 classes (sorted WordNet ids),
 of which the last 10 (config.data.num_unseen_classes) are never trained on:
 
   for c in $(ls /data/ILSVRC2012/train | head -30); do mkdir -p /data/srim_imagenet/$c
-    ls /data/ILSVRC2012/train/$c/*.JPEG | head -150 | xargs cp -t /data/srim_imagenet/$c; done
+    ls /data/ILSVRC2012/train/$c/*.JPEG | head -167 | xargs cp -t /data/srim_imagenet/$c; done
 
-Of the 20 seen classes, a fixed 10% of the files (config.data.eval_fraction) is held out: the split 'eval'; the 10
-unseen classes are the split 'eval_unseen'. The full tfds dataset instead: --config.data.source=tfds
---config.data.name=imagenet2012 --config.data.manual_dir=<dir with the tars> --config.data.num_unseen_classes=0.
+Of each of the 20 seen classes, a fixed 10% of the files (config.data.eval_fraction, per class) is held out: 17 of
+167, the split 'eval' (340 images), which leaves the paper's 150 per class, 3,000 images, to training; the 10
+unseen classes are the split 'eval_unseen'. (A folder of 150 per class would train on 135 per class, 2,700.) The full
+tfds dataset instead: --config.data.source=tfds --config.data.name=imagenet2012 --config.data.manual_dir=<dir with
+the tars> --config.data.num_unseen_classes=0.
 
 Without --config.vgg.weights_path the distance uses untrained VGG19 features (the run says so once).
 """
@@ -41,7 +43,7 @@ def srim_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Parameter init, data order, pools and noises all derive from it.
   c.data = defaults.data_config()
   c.data.update(source='folder', name='imagenet2012', eval_split='validation', crop='none', highres_size=128,
-                lowres_size=32, num_eval_examples=0, eval_fraction=0.1)
+                lowres_size=32, num_eval_examples=0, eval_fraction=0.1)  # 17 of each class's 167 files (docstring)
   # The paper tests on its 20 training classes and on classes unseen in training; it does not say how many unseen
   # classes, but its human study takes one image from each of 10 seen and 10 unseen classes. So the last 10 class
   # subfolders are held out (the folder of the docstring holds 30); 0 trains on every class of the folder.
@@ -100,6 +102,9 @@ def srim_config() -> ml_collections.ConfigDict:
   c.sample_every_steps = 20_000  # PNG grid low-res | samples | truth (<workdir>/samples, TensorBoard); 0 = never.
   c.num_sample_images = 8  # Rows of that grid.
   c.num_samples_per_image = 4  # Samples per row (figure 7 shows several per input).
+  # Luma of launch/evaluate.py's table (common/metrics.py): 'daala', xiph/daala's tools as SRIM's footnote says;
+  # 'bt601', MATLAB's rgb2ycbcr with an 11x11 SSIM window, the super-resolution literature's.
+  c.metrics_convention = 'daala'
   c.profile_steps = ()  # (first, last): jax.profiler trace of those steps into <workdir>/profile; () = off.
   return c
 

