@@ -164,7 +164,9 @@ def test_launch_train_ends_with_the_figures_and_a_continue_command_that_works(tm
                        text=True, timeout=600, cwd=REPO)
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
-  assert lines[-5].startswith('Held-out crops after 10 steps') and 'bicubic + the best Laplace noise' in lines[-4]
+  assert lines[-7].startswith('Held-out crops after 10 steps') and 'bicubic + the best Laplace noise' in lines[-6]
+  assert lines[-3].startswith('tau = 1.0 samples against their input (consistency')
+  assert lines[-2].startswith('Conditioning network: ') and 'of its worst site (conditioning/' in lines[-2]
   prefix = 'Continue training from step 10: '
   assert lines[-1] == prefix + shlex.join(['python', 'launch/train.py', *flags[:1], *flags[2:], f'--workdir={workdir}',
                                             '--config.num_train_steps=20'])
