@@ -38,6 +38,7 @@ RULES: dict[str, Rule | tuple[str, Rule]] = {
     'sample_temperature': (lambda v: v > 0 and not math.isnan(v), '> 0 (inf = greedy)'),
     'method': one_of('pixelcnn', 'regression', 'srim', 'srgan'),
     'metrics_convention': one_of('daala', 'bt601'),
+    'loss_reduction': one_of('sum', 'mean'),
     'data.source': one_of('tfds', 'folder', 'embedded', 'mnist_corners'),
     'data.crop': one_of('celeba', 'centre', 'random', 'none'),
     'data.resize': one_of('antialiased', 'no_antialias', 'tf1'),

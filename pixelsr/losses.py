@@ -30,7 +30,6 @@ def per_example_losses(cond_logits: jax.Array, prior_logits: jax.Array, highres:
 
 
 Reduction = Literal['sum', 'mean']
-REDUCTIONS = ('sum', 'mean')
 
 
 def objective(ce_joint: jax.Array, ce_cond: jax.Array, kind: Literal['O1', 'O2']) -> jax.Array:

@@ -31,9 +31,6 @@ def model_config(config: ml_collections.ConfigDict) -> models.ConditioningConfig
   if d.highres_size != d.lowres_size * cfg.upsample_factor:
     raise UserError(f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
                     f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.')
-  if config.loss_reduction not in ('sum', 'mean'):
-    raise UserError(f"config.loss_reduction must be 'sum' (each image's squared errors summed) or 'mean', got "
-                    f'{config.loss_reduction!r}.')
   return cfg
 
 

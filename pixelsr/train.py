@@ -31,9 +31,6 @@ def model_config(config: ml_collections.ConfigDict) -> models.PixelSRConfig:
                     f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.')
   if config.loss not in ('O1', 'O2'):
     raise UserError(f"config.loss must be 'O1' (eq. 7) or 'O2' (eq. 8), got {config.loss!r}.")
-  if config.loss_reduction not in losses.REDUCTIONS:
-    raise UserError(f"config.loss_reduction must be 'sum' (eq. 8: each image's sub-pixels summed) or 'mean', got "
-                    f'{config.loss_reduction!r}.')
   return cfg
 
 

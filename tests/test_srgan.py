@@ -131,16 +131,23 @@ def changed(a, b):
   return jax.tree.leaves(jax.tree.map(lambda x, y: not np.array_equal(x, y), a, b))
 
 
-def test_each_update_changes_only_its_own_network():
-  cfg = TINY
-  train_cfg = srgan.TrainConfig(content_layer='conv2_2')
-  tx = srgan.make_optimizer(train_cfg)
+def tiny_state_and_batch(cfg: srgan.SRGANConfig):
+  """A train state of `cfg`'s networks (seed 0), a random batch of 4 (6 -> 24 pixels) and the generator that drew it,
+  for stepping the updates by hand."""
   config = tiny_config()
   config.model.update(**dataclasses.asdict(cfg))
   state = srgan.create_train_state(config, jax.random.key(0), sharding.data_mesh())
   rng = np.random.default_rng(0)
   batch = {'lowres': rng.integers(0, 256, (4, 6, 6, 3), np.uint8),
            'highres': rng.integers(0, 256, (4, 24, 24, 3), np.uint8)}
+  return state, batch, rng
+
+
+def test_each_update_changes_only_its_own_network():
+  cfg = TINY
+  train_cfg = srgan.TrainConfig(content_layer='conv2_2')
+  tx = srgan.make_optimizer(train_cfg)
+  state, batch, rng = tiny_state_and_batch(cfg)
   frozen = {'vgg': vgg19.random_weights(0).up_to(('conv2_2',))}
   lr = jnp.float32(1e-3)
   g_new, g_metrics = jax.jit(lambda s: srgan.generator_update(s, batch, frozen, cfg=cfg, train_cfg=train_cfg,
@@ -621,12 +628,7 @@ def test_tensorlayer_generator_loss_is_mse_plus_vgg_plus_adversarial():
   cfg = TINY_TENSORLAYER
   train_cfg = srgan.TrainConfig(content_layer='conv1_1', content_scale=1.0, content_weight=2e-6, pixel_weight=1.0,
                                 content_resize='tf1_bilinear', content_resize_size=32, content_pool=True)
-  config = tiny_config()
-  config.model.update(**dataclasses.asdict(cfg))
-  state = srgan.create_train_state(config, jax.random.key(0), sharding.data_mesh())
-  rng = np.random.default_rng(0)
-  batch = {'lowres': rng.integers(0, 256, (4, 6, 6, 3), np.uint8),
-           'highres': rng.integers(0, 256, (4, 24, 24, 3), np.uint8)}
+  state, batch, rng = tiny_state_and_batch(cfg)
   # Features ~300x those of test_content_loss_by_hand's layer, so that 2e-6 x their MSE is of the MSE's order.
   vgg_params, features = one_layer_vgg(rng, 3.0)
   tx, lr = srgan.make_optimizer(train_cfg), jnp.float32(1e-3)
