@@ -51,22 +51,22 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-def _model_defaults(config: ml_collections.ConfigDict) -> dict:
-  """The defaults of the fields of `config.method`'s model dataclass, as config.json records values."""
-  from common import trainer  # It imports this module.
-  typed = trainer.method_module(config.method).model_config(config)
+def field_defaults(typed: Any) -> dict:
+  """The defaults of a dataclass instance's fields, as config.json records values (a method's typed model config:
+  what `check_config`'s `model_defaults` takes)."""
   return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(typed)
                                 if f.default is not dataclasses.MISSING}))
 
 
 def check_config(workdir: str, config: ml_collections.ConfigDict, sections: tuple[str, ...] = ('method', 'model'),
-                 *, record: bool = True):
+                 *, model_defaults: dict | None = None, record: bool = True):
   """Refuses to resume a workdir whose checkpoints were written by a different model; records the config otherwise
   (unless `record` is False: a read-only check, e.g. before sampling from the run).
 
   Only `sections` must match: a resumed run may change anything else (steps, logging, data paths). A model field
   added to the library after the run was recorded counts as the run's if it has the field's default (the model the
   run trained is the default's: e.g. `residual`, added with the default that kept the model as it was).
+  `model_defaults` holds those defaults: `field_defaults` of the method's typed model config.
   """
   path = os.path.join(workdir, CONFIG_FILE)
   new = _as_json(config)
@@ -75,7 +75,7 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, sections: tupl
       old = json.load(f)
     added = set(new.get('model') or {}) - set(old.get('model') or {})
     if added and isinstance(old.get('model'), dict):
-      defaults = _model_defaults(config)
+      defaults = model_defaults or {}
       old['model'] = {**{k: defaults[k] for k in added if k in defaults}, **old['model']}
     for section in sections:
       if old.get(section) != new.get(section):

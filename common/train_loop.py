@@ -132,15 +132,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: ja
         train_batches: Callable[[int], Iterator[Batch]],
         evaluate: Callable[[Any], dict[str, float]] | None = None,
         make_grids: Callable[[Any, int], dict[str, np.ndarray]] | None = None,
-        checked_metrics: tuple[str, ...] = ('loss', 'grad_norm')) -> tuple[Any, dict[str, float]]:
+        checked_metrics: tuple[str, ...] = ('loss', 'grad_norm'),
+        model_defaults: dict | None = None) -> tuple[Any, dict[str, float]]:
   """Trains `state` up to `config.num_train_steps`, resuming from the latest checkpoint in `workdir`.
 
   `make_grids(state, step)` returns named uint8 (H, W, 3) images, written as PNG under `<workdir>/samples` and to
-  TensorBoard. Returns the final state and the last train and eval metrics ('train/...', 'eval/...').
+  TensorBoard. `model_defaults` (checkpoint.check_config's) are the defaults of the method's typed model config.
+  Returns the final state and the last train and eval metrics ('train/...', 'eval/...').
   """
   loop = LoopConfig.from_config(config)
   checkpoint.check_workdir(workdir)
-  checkpoint.check_config(workdir, config)
+  checkpoint.check_config(workdir, config, model_defaults=model_defaults)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   manager = checkpoint.make_manager(workdir, keep=loop.keep_checkpoints, every_steps=loop.checkpoint_every_steps)
   state = checkpoint.restore_latest(manager, state, set_aside=True)

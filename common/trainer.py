@@ -7,7 +7,8 @@ checked against the data), `create_train_state(config, rng, mesh)`, the pure `tr
 `evaluate(state, eval_batches, eval_fn, mesh)` (means over the eval set), `restore(config, workdir, step=None)` ->
 (model, variables) for inference, and `train_and_evaluate(config, workdir)`. What they have in common is here:
 building a state with its shardings, jitting the steps, the masked eval sums, the data streams of the loop, the
-sample grid's inputs and restoring the latest checkpoint. No registry and no base class: each method calls these.
+sample grid's inputs and restoring the latest checkpoint. No registry and no base class: each method calls these,
+and launch/methods.py maps `config.method` to its module.
 """
 from typing import Any, Callable, Iterator
 
@@ -138,19 +139,3 @@ def restore_state(create: Callable[[jax.Array, jax.sharding.Mesh], Any], workdir
   mesh = sharding.data_mesh()
   abstract = jax.eval_shape(lambda rng: create(rng, mesh), jax.random.key(0))
   return checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
-
-
-def method_module(method: str):
-  """The module that trains `config.method` (each has the names of this module's docstring), imported on demand."""
-  if method == 'pixelcnn':
-    from pixelsr import train as module
-  elif method == 'regression':
-    from pixelsr import regression as module
-  elif method == 'srim':
-    from imle import train as module
-  elif method == 'srgan':
-    from imle import srgan as module
-  else:
-    raise UserError(f"config.method={method!r} is not a method of this library; use 'pixelcnn', 'regression', 'srim' "
-                    "or 'srgan'.")
-  return module

@@ -37,7 +37,7 @@ import optax
 from absl import logging
 from flax import struct
 
-from common import images, metrics, sharding, train_loop, trainer, validation
+from common import checkpoint, images, metrics, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from imle import features, vgg19
@@ -614,5 +614,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _, final = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
                             train_batches=trainer.train_batches(config),
                             evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
-                            make_grids=make_grids, checked_metrics=('loss', 'grad_norm', 'd_loss', 'd_grad_norm'))
+                            make_grids=make_grids, checked_metrics=('loss', 'grad_norm', 'd_loss', 'd_grad_norm'),
+                            model_defaults=checkpoint.field_defaults(model_config(config)))
   return final

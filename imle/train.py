@@ -24,7 +24,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import data, images, optim, progress, sharding, train_loop, trainer, validation
+from common import checkpoint, data, images, optim, progress, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from imle import features, imle, models, pools, vgg19
@@ -294,5 +294,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _, metrics = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
                               train_batches=train_batches,
                               evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
-                              make_grids=make_grids)
+                              make_grids=make_grids,
+                              model_defaults=checkpoint.field_defaults(model_config(config)))
   return metrics

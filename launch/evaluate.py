@@ -78,19 +78,19 @@ def main(argv):
 def run(config, workdir: str, *, regression_workdir: str = '', num_examples: int | None = None, num_samples: int = 4,
         srgan_workdir: str | Sequence[str] = '', num_figure_rows: int = 8):
   """Writes the tables of `config`'s method for the run in `workdir`; a user error ends in one `error:` line."""
-  from common import trainer
   from common.errors import UserError  # After flag parsing, so --help stays fast.
+  from launch import methods
   try:
-    trainer.method_module(config.method)  # An unknown method, named.
+    kind = methods.method(config.method).table  # An unknown method, named.
   except UserError as e:
     fail(e, code=1)
-  if config.method not in ('srim', 'srgan') and 'evaluate' not in config:  # A regression config has no `evaluate`.
-    fail('--config must be a pixel recursive config (configs/*_pixelcnn.py, configs/demo.py), which has an '
-         '`evaluate` section, or an SRIM or SRGAN config; pass the regression run as --regression_workdir.')
-  if config.method in ('srim', 'srgan'):
+  if kind == 'srim':
     evaluate_srim(config, workdir, num_examples=num_examples, num_samples=num_samples, srgan_workdir=srgan_workdir,
                   num_figure_rows=num_figure_rows)
     return
+  if kind != 'table1' or 'evaluate' not in config:
+    fail('--config must be a pixel recursive config (configs/*_pixelcnn.py, configs/demo.py), which has an '
+         '`evaluate` section, or an SRIM or SRGAN config; pass the regression run as --regression_workdir.')
   try:
     from pixelsr import evaluate
     table = evaluate.table1(config, workdir, regression_workdir, num_examples)

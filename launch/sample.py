@@ -148,9 +148,11 @@ def run_config(workdir: str, expected_config, pixel_kernel: str | None):
   """The run's recorded config, checked against --config, with --pixel_kernel applied."""
   from common import checkpoint
   from common.errors import UserError
+  from launch import methods
   config = checkpoint.load_config(workdir)
   if expected_config is not None:
-    checkpoint.check_config(workdir, expected_config, record=False)
+    defaults = checkpoint.field_defaults(methods.module(expected_config.method).model_config(expected_config))
+    checkpoint.check_config(workdir, expected_config, model_defaults=defaults, record=False)
   if pixel_kernel is not None:
     if config.method != 'pixelcnn':
       raise UserError(f'--pixel_kernel applies to pixel recursive runs; {workdir} is a config.method='
@@ -339,11 +341,11 @@ def run(*, workdir: str | None, checkpoint: str | None, config, input: str, outp
         temperature: list[str] = ('1.0',), seed: int = 0, batch_size: int = 32, whole_image: bool = False,
         tile: int = 64, overlap: int = -1, max_pixels: int = MAX_PIXELS, pixel_kernel: str | None = None):
   """The flags' values -> samples in `output`; a user error ends in one `error:` line and exit 1, writing nothing."""
-  from common import trainer
   from common.errors import UserError
+  from launch import methods
   try:
     if config is not None:  # Checked whole, naming the bad field, before any run is read.
-      trainer.method_module(config.method).check_config(config)
+      methods.module(config.method).check_config(config)
     workdir, step = run_dir_and_step(checkpoint, workdir)
     if whole_image:
       whole_images(workdir=workdir, step=step, expected_config=config, files=input_files(input), output=output,

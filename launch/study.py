@@ -82,7 +82,7 @@ def build():
   out, workdir = _need('out', 'build'), _need('workdir', 'build')
   display_ms = f.display_ms if f.display_ms is not None else (1000 if f.kind == 'fooled' else 0)
   try:
-    from common.study import build as build_lib
+    from launch import study_build as build_lib
     if f.kind == 'fooled':
       m = build_lib.build_fooled(
           out, workdir, f.regression_workdir, config=f.config, num_examples=f.num_examples, rows=f.rows,

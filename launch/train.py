@@ -57,10 +57,11 @@ def main(argv):
 def run(config, workdir: str):
   """Trains `config` in `workdir` with the method it names; a user error ends in one `error:` line and exit 1."""
   import jax
-  from common import preemption, trainer
+  from common import preemption
   from common.errors import UserError
   try:
-    metrics = trainer.method_module(config.method).train_and_evaluate(config, workdir)
+    from launch import methods
+    metrics = methods.module(config.method).train_and_evaluate(config, workdir)
   except preemption.Preempted as e:
     if jax.process_index() == 0:
       print(e)

@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import functools
 import io
-import math
 import os
 from typing import Callable
 
@@ -20,39 +19,12 @@ import numpy as np
 from absl import logging
 
 from common import checkpoint, data, images, metrics, progress, sharding, train_loop
-from common.config import from_config
 from common.errors import UserError
 from pixelsr import baselines, regression, sampling, train
 
 COLUMNS = {'psnr': 'pSNR', 'ssim': 'SSIM', 'ms_ssim': 'MS-SSIM', 'consistency': 'Consistency',
            'nll_bits_per_dim': 'NLL (bits/dim)'}
 _FORMATS = {'psnr': '.2f', 'ssim': '.3f', 'ms_ssim': '.3f', 'consistency': '.4f', 'nll_bits_per_dim': '.3f'}
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-  """config.evaluate (see configs/defaults.py)."""
-  num_examples: int
-  batch_size: int
-  temperatures: tuple[float, ...]
-  greedy: bool
-  nn_database_size: int
-  nn_chunk_size: int
-  num_figure_rows: int
-
-  def __post_init__(self):
-    positive = ('batch_size', 'nn_database_size', 'nn_chunk_size', 'num_figure_rows')
-    for name in positive + ('num_examples',):
-      if getattr(self, name) < (1 if name in positive else 0):
-        raise UserError(f'config.evaluate.{name} must be {"positive" if name in positive else ">= 0"}, got '
-                        f'{getattr(self, name)}.')
-    if not all(0 < t < math.inf for t in self.temperatures):
-      raise UserError(f'config.evaluate.temperatures must be finite and > 0 (greedy is config.evaluate.greedy), got '
-                      f'{self.temperatures}.')
-
-  def sampled_rows(self) -> dict[str, float]:
-    rows = {f'tau={t}': t for t in self.temperatures}
-    return rows | ({'greedy': math.inf} if self.greedy else {})
 
 
 @dataclasses.dataclass
@@ -107,7 +79,8 @@ def _eval_examples(data_cfg: ml_collections.ConfigDict, num_examples: int) -> tu
   return tuple(np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
 
 
-def _nearest_neighbours(config: ml_collections.ConfigDict, cfg: EvaluateConfig, queries: np.ndarray) -> np.ndarray:
+def _nearest_neighbours(config: ml_collections.ConfigDict, cfg: train.EvaluateConfig,
+                        queries: np.ndarray) -> np.ndarray:
   """High-res counterparts of the queries' nearest low-res images among the first nn_database_size training
   examples (config.seed's training order), streamed once."""
   stream = data.make_dataset(config.data, 'train', batch_size=cfg.nn_chunk_size, seed=config.seed,
@@ -129,14 +102,6 @@ def _scores(lowres: jax.Array, output: jax.Array, highres: jax.Array, *, resize:
           'consistency': metrics.consistency(lowres, output, method=resize)}
 
 
-def evaluate_config(config: ml_collections.ConfigDict, num_examples: int | None = None) -> EvaluateConfig:
-  """config.evaluate, typed and checked; `num_examples` (--num_examples) overrides its num_examples."""
-  section = dict(config.evaluate)
-  if num_examples is not None:
-    section['num_examples'] = num_examples
-  return from_config(EvaluateConfig, section, 'config.evaluate')
-
-
 def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: str = '',
            num_examples: int | None = None) -> Table:
   """Scores every row of table 1 on the eval split of `config.data`.
@@ -148,7 +113,7 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
     num_examples: overrides config.evaluate.num_examples.
   """
   train.check_config(config)
-  cfg = evaluate_config(config, num_examples)
+  cfg = train.evaluate_config(config, num_examples)
   mesh = sharding.data_mesh(jax.local_devices())
   sharding.check_batch_size(cfg.batch_size, mesh, 'config.evaluate.batch_size')
   pixelcnn = _restore(workdir, 'pixelcnn', config.data)

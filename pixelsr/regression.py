@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import images, metrics, optim, relu_health, sharding, train_loop, trainer, validation
+from common import checkpoint, images, metrics, optim, relu_health, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from pixelsr import models
@@ -137,5 +137,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   _, final = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
                             train_batches=trainer.train_batches(config),
                             evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
-                            make_grids=make_grids)
+                            make_grids=make_grids,
+                            model_defaults=checkpoint.field_defaults(model_config(config)))
   return final

@@ -3,6 +3,7 @@
 The shape every method shares (common/trainer.py): model_config, create_train_state, train_step, eval_step,
 compile_steps, evaluate, restore, train_and_evaluate.
 """
+import dataclasses
 import functools
 import math
 from typing import Iterator
@@ -14,7 +15,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import optim, relu_health, sharding, train_loop, trainer, validation
+from common import checkpoint, optim, relu_health, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from pixelsr import losses, models, summary
@@ -34,13 +35,46 @@ def model_config(config: ml_collections.ConfigDict) -> models.PixelSRConfig:
   return cfg
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+  """config.evaluate (see configs/defaults.py)."""
+  num_examples: int
+  batch_size: int
+  temperatures: tuple[float, ...]
+  greedy: bool
+  nn_database_size: int
+  nn_chunk_size: int
+  num_figure_rows: int
+
+  def __post_init__(self):
+    positive = ('batch_size', 'nn_database_size', 'nn_chunk_size', 'num_figure_rows')
+    for name in positive + ('num_examples',):
+      if getattr(self, name) < (1 if name in positive else 0):
+        raise UserError(f'config.evaluate.{name} must be {"positive" if name in positive else ">= 0"}, got '
+                        f'{getattr(self, name)}.')
+    if not all(0 < t < math.inf for t in self.temperatures):
+      raise UserError(f'config.evaluate.temperatures must be finite and > 0 (greedy is config.evaluate.greedy), got '
+                      f'{self.temperatures}.')
+
+  def sampled_rows(self) -> dict[str, float]:
+    rows = {f'tau={t}': t for t in self.temperatures}
+    return rows | ({'greedy': math.inf} if self.greedy else {})
+
+
+def evaluate_config(config: ml_collections.ConfigDict, num_examples: int | None = None) -> EvaluateConfig:
+  """config.evaluate, typed and checked; `num_examples` (--num_examples) overrides its num_examples."""
+  section = dict(config.evaluate)
+  if num_examples is not None:
+    section['num_examples'] = num_examples
+  return from_config(EvaluateConfig, section, 'config.evaluate')
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Every value of `config` that training, sampling or evaluation uses, checked before anything is read, built or
   written: a UserError naming the first bad field."""
   validation.check_common(config)
   model_config(config)
-  from pixelsr import evaluate  # It imports this module.
-  evaluate.evaluate_config(config)
+  evaluate_config(config)
 
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
@@ -137,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state, metrics = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
                                   train_batches=trainer.train_batches(config),
                                   evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
-                                  make_grids=make_grids)
+                                  make_grids=make_grids,
+                                  model_defaults=checkpoint.field_defaults(model_config(config)))
   if config.eval_every_steps:  # Where the model stands against bicubic: launch/train.py prints it.
     figures = summary.heldout_figures(model, {'params': state.params}, trainer.eval_batches(config), mesh=mesh,
                                       resize_method=config.data.resize,

@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from common import data, trainer
+from launch import methods
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
@@ -205,7 +206,7 @@ def test_impossible_combinations_are_one_error_line_naming_a_field(name, launche
 def test_every_config_is_valid_as_shipped_and_with_the_zeros_that_mean_something():
   for name in CONFIGS:
     config = load_config(name)
-    check = trainer.method_module(config.method).check_config
+    check = methods.module(config.method).check_config
     check(config)
     for path, _ in leaves(config):
       if path in ZERO_OK:

@@ -737,8 +737,10 @@ def test_a_run_recorded_before_the_variant_fields_resumes(tmp_path):
       'content_scale_tuned_for', 'pixel_weight', 'content_weight', 'content_resize', 'content_resize_size',
       'content_pool', 'lr_decay_staircase'}}
   (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(old))
-  checkpoint.check_config(str(tmp_path), config, record=False)
+  defaults = checkpoint.field_defaults(srgan.model_config(config))
+  checkpoint.check_config(str(tmp_path), config, model_defaults=defaults, record=False)
   # Its recorded training section, read back (launch/sample.py, evaluate.py), is the paper's training as now.
   assert from_config(srgan.TrainConfig, old['srgan'], 'config.srgan') == srgan.train_config(config)
   with pytest.raises(UserError, match='holds a run with a different config.model'):
-    checkpoint.check_config(str(tmp_path), imagenet_srgan.get_config('tensorlayer'), record=False)
+    checkpoint.check_config(str(tmp_path), imagenet_srgan.get_config('tensorlayer'), model_defaults=defaults,
+                            record=False)

@@ -84,7 +84,7 @@ def test_build_refuses_a_run_of_another_method(runs, tmp_path):
 def test_preference_inputs_cover_every_seen_and_unseen_class(tmp_path):
   """The preference build's inputs: the first `per_class` held-out images of every class, seen and unseen, each
   labelled with its class subfolder (checked against the folder's own split and the pipeline's images)."""
-  from common.study import build
+  from launch import study_build as build
   rng = np.random.default_rng(0)
   for c in range(14):
     os.makedirs(tmp_path / f'class{c:02d}')

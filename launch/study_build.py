@@ -1,4 +1,5 @@
-"""A study's images from trained runs (`launch/study.py build`); the rest of common/study never needs a model.
+"""A study's images from trained runs (`launch/study.py build`). It needs both methods, so it sits above them;
+the study app itself (common/study) only reads the images and manifest written here.
 
 Fooled: the rows of table 1 come from pixelsr.evaluate.table1 itself (the same samples, keys and baselines as
 `launch/evaluate.py`), asked for a figure of every example, which is then cut into its cells: input | each row |
