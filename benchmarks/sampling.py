@@ -22,8 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-import hlo_launches
-from common import sharding
+from common import hlo_launches, sharding
 from pixelsr import models, sampling, train
 
 flags.DEFINE_string('config', 'celeba_pixelcnn', 'Config module under configs/ (its model and data sizes).')

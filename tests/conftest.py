@@ -1,4 +1,6 @@
 """Fixtures shared by test modules."""
+import os
+
 import jax
 import pytest
 
@@ -15,3 +17,32 @@ def compile_once(tmp_path_factory):
   yield
   for name, value in before.items():
     jax.config.update(name, value)
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+  """A tiny trained pixel recursive workdir (5 steps), trained once per module that asks for it."""
+  from pixelsr import train
+  from tests.helpers import tiny_config
+  workdir = str(tmp_path_factory.mktemp('run'))
+  train.train_and_evaluate(tiny_config(num_train_steps=5), workdir)
+  return workdir
+
+
+# The unit tier (`pytest -m unit`), run on every change: models, layers, losses, metrics, config and the golden steps,
+# each module's tests that are not `slow`. The list is here, in one place, so that the tier's time is kept in view.
+UNIT_MODULES = frozenset({
+    'common/test_config_defaults.py', 'common/test_daala_metrics.py', 'common/test_golden_steps.py',
+    'common/test_images.py', 'common/test_imports.py', 'common/test_metrics.py', 'common/test_progress.py',
+    'common/test_relu_health.py', 'pixelsr/test_baselines.py', 'pixelsr/test_fast_paths.py',
+    'pixelsr/test_models.py', 'imle/test_imle.py', 'study/test_study_protocol.py', 'study/test_study_storage.py',
+})
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  root = os.path.dirname(os.path.abspath(__file__))
+  for item in items:
+    module = os.path.relpath(str(item.path), root).replace(os.sep, '/')
+    if module in UNIT_MODULES and item.get_closest_marker('slow') is None:
+      item.add_marker(pytest.mark.unit)

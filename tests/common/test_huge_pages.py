@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+
 THP = '/sys/kernel/mm/transparent_hugepage/enabled'
 
 # Prints the pid before and after the call (the restart runs the script again from the top), the tunables, and the

@@ -4,8 +4,9 @@ import ast
 import os
 
 import pytest
+from tests.helpers import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 PACKAGES = ('common', 'pixelsr', 'imle', 'launch', 'configs')
 
 

@@ -5,21 +5,8 @@ import os
 import pytest
 
 from common.errors import UserError
-from configs import demo_regression
 from pixelsr import regression
-
-
-def tiny_config(**overrides):
-  c = demo_regression.get_config('runlocal')
-  c.model.update(cond_blocks=1, cond_channels=8)
-  c.data.num_eval_examples = 8
-  c.batch_size = 4
-  c.num_train_steps = 4
-  c.eval_every_steps = c.sample_every_steps = 0
-  c.log_every_steps = c.checkpoint_every_steps = 4
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+from tests.helpers import tiny_regression_config as tiny_config
 
 
 def test_profile_steps_write_a_trace_under_the_workdir(tmp_path):

@@ -1,7 +1,6 @@
 """SRIM's parts: the exact hierarchical search, the two-stage network's wiring, the feature distances."""
 import dataclasses
 import functools
-import os
 import re
 import subprocess
 import sys
@@ -16,8 +15,8 @@ import pytest
 from common import sharding
 from common.errors import UserError
 from imle import features, imle, models, vgg19
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A constructed model whose output is a known function of the noise: stage s doubles the image and adds a smooth
 # function of the noise, so candidates differ and numpy can compute every one of them.
@@ -96,7 +95,7 @@ _SHARDED = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     from common import sharding
     from imle import imle
-    from tests.test_imle import SHAPES, constructed_case, known_stage, pixel_vectors
+    from tests.imle.test_imle import SHAPES, constructed_case, known_stage, pixel_vectors
     lowres, targets, rows, key = constructed_case(8)
     params = {'scale': jnp.asarray([1.0, 0.9])}
     results = []

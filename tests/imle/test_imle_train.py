@@ -13,30 +13,10 @@ from PIL import Image
 
 from common import images, metrics, sharding, train_loop, user_images
 from common.errors import UserError
-from configs import demo_srim
 from imle import evaluate, features, models, pools, train
+from tests.helpers import REPO, tiny_srim_config as tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures('compile_once')  # tests/conftest.py
-
-
-def tiny_config(**overrides):
-  c = demo_srim.get_config('runlocal')
-  c.data.update(num_eval_examples=8, random_crop_min=24, random_crop_max=48)  # 6 -> 12 -> 24
-  c.model.update(num_convs=3, channels=8, kernel_size=3)
-  # conv4_4 is tested against Keras in test_vgg19.py; stopping at conv2_2 here compiles and runs 4x faster.
-  c.features.update(components=('pixels', 'conv2_2'), selection_components=('pixels', 'conv2_2'), projection_dim=32,
-                    num_weight_estimation_images=8)
-  # Batches of the pool's size and m: evaluation reuses the pool selection's compiled search.
-  c.imle.update(pool_size=8, steps_per_pool=4, num_candidates=4, candidates_per_chunk=4, rows_per_chunk=8,
-                eval_num_candidates=4)
-  c.optimizer.learning_rate = 3e-3
-  c.batch_size = 8
-  c.eval_every_steps = c.sample_every_steps = 0
-  c.log_every_steps = c.checkpoint_every_steps = 5
-  for k, v in overrides.items():
-    c[k] = v
-  return c
 
 
 def test_demo_run_lowers_the_distance_and_warns_once_about_untrained_vgg(tmp_path, caplog):
@@ -77,7 +57,7 @@ def test_resume_inside_a_pool_is_exact_and_restores_for_sampling(tmp_path):
   assert models.sample(model, variables, lowres, jax.random.key(0), 3).shape == (2, 3, 24, 24, 3)
 
   # launch/sample.py on this run writes these samples for a user's image.
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'launch'))
+  sys.path.insert(0, os.path.join(REPO, 'launch'))
   import sample as sample_cli
   photo = np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)
   Image.fromarray(photo).save(tmp_path / 'photo.png')

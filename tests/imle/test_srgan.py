@@ -19,9 +19,9 @@ from common.config import from_config
 from common.errors import UserError
 from configs import demo_srgan, imagenet_srgan
 from imle import evaluate, models, srgan, train, vgg19
-from tests.test_imle_train import tiny_config as tiny_srim_config
+from tests.helpers import tiny_srim_config
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures('compile_once')  # tests/conftest.py
 TINY = srgan.SRGANConfig(generator_blocks=2, generator_channels=8, discriminator_channels=(4, 4, 8, 8, 8, 8, 16, 16),
                          discriminator_dense=16)

@@ -11,8 +11,8 @@ import pytest
 
 from common.errors import UserError
 from imle import vgg19
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_legacy_h5(path, params, rename=None):

@@ -16,9 +16,9 @@ from PIL import Image
 
 from common.errors import UserError
 from pixelsr import train
-from tests.test_train import checkpoint_params, tiny_config
+from tests.helpers import checkpoint_params, tiny_config
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.usefixtures('compile_once')  # tests/conftest.py
 
 

@@ -7,8 +7,8 @@ import subprocess
 import time
 
 import pytest
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(REPO, 'launch', 'cluster', 'tpu_pod.sh')
 SLURM = os.path.join(REPO, 'launch', 'cluster', 'slurm_gpu.sh')
 OVERRIDES = ['--config.name=my run', "--config.note=it's $HOME"]  # A space, a quote and a $ to keep literal.

@@ -22,8 +22,8 @@ from PIL import Image
 
 from common import data, trainer
 from launch import methods
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
                  if os.path.basename(p) not in ('__init__.py', 'defaults.py'))
 

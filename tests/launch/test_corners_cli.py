@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow  # Launches processes (pyproject.toml's markers).
 FLAG = re.compile(r'--[a-z_.]+(?:=[^\s,;()]*[^\s,;().])?')  # a sentence's full stop is not the value's
 

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow  # Launches processes (pyproject.toml's markers).
 
 PIXELCNN = ['--config=configs/demo.py:runlocal', '--config.model.cond_blocks=1', '--config.model.cond_channels=8',

@@ -2,7 +2,6 @@
 import csv
 import json
 import os
-import subprocess
 import sys
 
 import jax.numpy as jnp
@@ -13,22 +12,8 @@ from PIL import Image
 from common import images, user_images
 from common.errors import UserError
 from pixelsr import sampling, train
-from tests.test_train import tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(REPO, 'launch', 'sample.py')
-
-
-@pytest.fixture(scope='module')
-def run_dir(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('run'))
-  train.train_and_evaluate(tiny_config(num_train_steps=5), workdir)
-  return workdir
-
-
-def cli(*args):
-  return subprocess.run([sys.executable, SAMPLE, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
-
+from tests.helpers import tiny_config
+from tests.helpers import REPO, sample_cli as cli
 
 @pytest.mark.slow
 def test_samples_grid_and_nll_of_a_folder_of_images(run_dir, tmp_path):

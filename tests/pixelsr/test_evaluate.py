@@ -15,9 +15,9 @@ from common import checkpoint, data, metrics, train_loop
 from common.errors import UserError
 from configs import defaults
 from pixelsr import baselines, evaluate, losses, regression, sampling, train
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROWS = ['Bicubic', 'NN', 'Regression', 'tau=1.0', 'tau=1.5', 'greedy']
 
 

@@ -1,11 +1,11 @@
-"""benchmarks/hlo_launches.py counts the kernels of one step of the cached sampler's pixel loop."""
+"""common/hlo_launches.py counts the kernels of one step of the cached sampler's pixel loop."""
 import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import hlo_launches
+from common import hlo_launches
 from pixelsr import sampling
-from tests.test_sampling import TINY, make_model
+from tests.helpers import SAMPLER_TINY as TINY, make_sampler_model as make_model
 
 # A row scan over a pixel scan of 4 trips each; the pixel step holds 2 fusions, a cuBLAS call, a copy and a loop of
 # 3 trips around one more fusion: 5 fusions, 1 library call, 1 other per pixel.

@@ -18,8 +18,8 @@ from common import data, mnist
 from common.errors import UserError
 from configs import defaults, mnist_corners
 from pixelsr import corners, regression, sampling, train
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_MNIST = os.path.join(REPO, '..', 'shared', 'data', 'mnist')
 NUM_DIGITS, NUM_EVAL = 40, 10
 

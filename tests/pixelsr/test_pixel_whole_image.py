@@ -10,11 +10,9 @@ import pytest
 from PIL import Image
 
 from pixelsr import models, sampling, train, whole_image
-from tests import test_sample_cli
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
+from tests.helpers import sample_cli as cli
 
-cli = test_sample_cli.cli
-run_dir = test_sample_cli.run_dir  # the fixture: a tiny trained pixel recursive workdir
 TINY = dict(cond_blocks=1, cond_channels=8, prior_layers=2, prior_channels=12, prior_head_channels=24,
             init='lecun_normal')
 

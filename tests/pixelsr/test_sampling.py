@@ -1,5 +1,4 @@
 """The cached sampler draws exactly what the naive one draws; temperature, greedy decoding and log p(y | x)."""
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,20 +10,7 @@ import pytest
 from jax import export
 
 from pixelsr import cached_prior, fused_pixel, losses, models, sampling
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(cond_blocks=1, cond_channels=8, prior_layers=3, prior_channels=12, prior_head_channels=24,
-            init='lecun_normal')
-
-
-def make_model(lowres_hw=(2, 3), batch=2, seed=0, **fields):
-  cfg = models.PixelSRConfig(**{**TINY, **fields})
-  model = models.PixelRecursiveSR(cfg)
-  lowres = jax.random.randint(jax.random.key(seed + 1), (batch, *lowres_hw, cfg.num_colours), 0, 256)
-  lowres = lowres.astype(jnp.uint8)
-  highres = jnp.zeros((batch, *(s * cfg.upsample_factor for s in lowres_hw), cfg.num_colours), jnp.uint8)
-  return model, model.init(jax.random.key(seed), lowres, highres), lowres
-
+from tests.helpers import REPO, make_sampler_model as make_model
 
 def redrawn(model, variables, lowres, y, key, temperature):
   """What the naive sampler draws at every sub-pixel when the sub-pixels before it are those of y.
@@ -195,7 +181,7 @@ def test_sharded_batch_samples_per_device_and_match_one_device():
       import jax, jax.numpy as jnp, numpy as np
       from common import sharding
       from pixelsr import sampling
-      from tests.test_sampling import make_model
+      from tests.helpers import make_sampler_model as make_model
       model, variables, lowres = make_model(batch=4)
       mesh = sharding.data_mesh()
       sharded = jax.device_put(lowres, sharding.batch_sharding(mesh))

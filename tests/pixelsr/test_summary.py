@@ -1,6 +1,5 @@
 """The demo's labelled grid holds what its labels say, and the end-of-run figures match a hand computation."""
 import math
-import os
 import shlex
 import subprocess
 import sys
@@ -12,8 +11,8 @@ import pytest
 
 from common import images, metrics
 from pixelsr import models, sampling, summary
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(cond_blocks=1, cond_channels=8, prior_layers=2, prior_channels=8, prior_head_channels=16,
             init='lecun_normal')
 

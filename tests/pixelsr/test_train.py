@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 from flax.training import train_state
 from PIL import Image
@@ -17,27 +16,9 @@ from PIL import Image
 from common import sharding, train_loop
 from common.config import from_config
 from common.errors import UserError
-from configs import demo
 from pixelsr import models, train
+from tests.helpers import REPO, checkpoint_params, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-  c = demo.get_config('runlocal')
-  c.model.update(cond_blocks=1, cond_channels=8, prior_layers=1, prior_channels=6, prior_head_channels=12)
-  c.data.num_eval_examples = 16
-  c.batch_size = 8
-  c.eval_every_steps = c.sample_every_steps = 0
-  c.log_every_steps = c.checkpoint_every_steps = 5
-  for k, v in overrides.items():
-    c[k] = v
-  return c
-
-
-def checkpoint_params(workdir: str, step: int):
-  restored = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'default'))
-  return restored['params']
 
 
 def test_demo_run_lowers_loss_and_writes_a_sample_grid(tmp_path):
@@ -94,7 +75,7 @@ _SHARDED = textwrap.dedent('''
     import jax, numpy as np
     from common import data, sharding
     from pixelsr import train
-    from tests.test_train import tiny_config
+    from tests.helpers import tiny_config
     config = tiny_config()
     config.model.dtype = sys.argv[2]  # bf16 on a CPU: the prior's convolutions as matmuls, custom gradients
     losses = {}

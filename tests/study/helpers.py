@@ -13,8 +13,8 @@ import urllib.request
 import numpy as np
 
 from common.study import manifest
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_fooled(out, *, arms=('A', 'B'), num_examples=60, size=8, scale=4, seed=0, **protocol) -> manifest.Manifest:

@@ -23,7 +23,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from common.study import manifest, storage  # noqa: E402
-from tests.test_study_support import Server  # noqa: E402
+from tests.study.helpers import Server  # noqa: E402
 
 pytestmark = pytest.mark.slow  # Drives the real server in a browser (pyproject.toml's markers).
 

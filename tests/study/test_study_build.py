@@ -12,9 +12,9 @@ from common import data
 from common.study import manifest
 from configs import defaults
 from pixelsr import baselines, regression, train
-from tests.test_train import tiny_config
+from tests.helpers import tiny_config
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _study(*flags):

@@ -9,7 +9,7 @@ from PIL import Image
 
 from common.errors import UserError
 from common.study import manifest, protocols, report, storage
-from tests.test_study_support import make_fooled, make_preference
+from tests.study.helpers import make_fooled, make_preference
 
 
 def test_fooled_session_is_papers_protocol(tmp_path):

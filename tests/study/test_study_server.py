@@ -17,7 +17,7 @@ pytest.importorskip('starlette', reason="the study server needs pip install -e '
 pytest.importorskip('uvicorn', reason="the study server needs pip install -e '.[study]'")
 
 from common.study import manifest, report, storage  # noqa: E402
-from tests.test_study_support import (REPO, Server, api, continue_worker, make_fooled, make_preference,  # noqa: E402
+from tests.study.helpers import (REPO, Server, api, continue_worker, make_fooled, make_preference,  # noqa: E402
                                       raw_http, request, run_worker)
 
 pytestmark = pytest.mark.slow  # The real server in a process (pyproject.toml's markers).

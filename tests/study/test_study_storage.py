@@ -5,7 +5,7 @@ import time
 import pytest
 
 from common.study import manifest, protocols, storage
-from tests.test_study_support import make_fooled
+from tests.study.helpers import make_fooled
 
 
 def _truth(store, trial_token):
