@@ -55,9 +55,9 @@ def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> N
 
 def batch_parts(requested: int, batch_size: int, mesh: jax.sharding.Mesh) -> int:
   """How many parts the train step splits each device's batch into (`config.train_batch_parts`). 0 = auto: on CPU
-  the most, up to 4, that divide the device's batch into parts of >= 8 examples (the CelebA step at batch 32 ran
-  1.2x faster in 4 parts of 8; the demo's small model at batch 8 ran 1.2x slower in 2 or 4 parts); 1 on GPU/TPU,
-  where splitting was not measured."""
+  the most, up to 4, that divide the device's batch into parts of >= 8 examples (smaller parts add more overhead
+  than the concurrency saves: benchmarks/README.md, "The batch in parts, and huge pages"); 1 on GPU/TPU, where
+  splitting is not measured."""
   per_device = batch_size // mesh.devices.size
   if requested == 0:
     if mesh.devices.flat[0].platform != 'cpu':

@@ -73,7 +73,7 @@ def pixelcnn_config() -> ml_collections.ConfigDict:
   c.batch_size = 32  # Global batch, split over all devices of all hosts.
   # Parts of each device's batch that the train step differentiates one by one and averages: the same loss and
   # gradients up to float rounding, not an ablation. 0 = auto: on CPU up to 4 parts of >= 8 examples (XLA runs them
-  # concurrently on its cores: the CelebA step 1.2x faster on 2 cores, benchmarks/README.md), 1 on GPU/TPU.
+  # concurrently on its cores: benchmarks/README.md, "The batch in parts, and huge pages"), 1 on GPU/TPU.
   c.train_batch_parts = 0
   c.num_train_steps = 200_000  # 200k for faces, 2M for bedrooms.
   c.log_every_steps = 100  # Train metrics and progress (steps/s, ETA).

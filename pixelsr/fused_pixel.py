@@ -13,7 +13,7 @@ only. It is meant for small batches on one GPU, where launches dominate; XLA has
 over devices, so a batch sharded over several GPUs is not what it is for (untried).
 
 Status: exact against the naive sampler (interpreted) and lowered to Triton for CUDA in the tests; not yet compiled
-or timed on a GPU (benchmarks/gpu_issue14.sh times it beside XLA's passes).
+or timed on a GPU (benchmarks/gpu.sh times it beside XLA's passes).
 """
 import functools
 

@@ -38,8 +38,8 @@ class ConditioningConfig:
   # of x + tanh(residual) (Kim et al. 2016; table 1's baseline). False: the 1x1 conv's output itself, the image on the
   # [-1, 1] scale whatever the input's pixel (clipped only when rounded to uint8): figure 2's L2 model, whose output
   # must erase the input digit, which a white input pixel + tanh(residual) cannot (it never goes below mid-grey). No
-  # tanh there: on MNIST corners, where most target pixels are black, tanh(output) saturated at -1 everywhere within
-  # 15 steps and its gradient was exactly 0 from then on.
+  # tanh there: where most target pixels are black (MNIST corners), tanh(output) saturates at -1 and its gradient
+  # vanishes.
   residual: bool = True
   dtype: Literal['float32', 'bfloat16'] = 'float32'  # Compute dtype; parameters and outputs stay float32.
 
@@ -67,9 +67,9 @@ class PixelSRConfig(ConditioningConfig):
   pixel_kernel: Literal['xla', 'pallas'] = 'xla'
   # The prior's row convolutions (the stacks' k x k halves): 'xla' (XLA's convolution), 'matmul' (column taps
   # gathered into one matmul with a written-out gradient, layers.conv_as_matmul: the same function and parameters,
-  # summed in another order) or 'auto' = 'matmul' in bfloat16 on a CPU, where the bf16 CelebA step then ran 1.4x faster
-  # (XLA:CPU runs bf16 matmuls 2x faster than f32, but bf16 convolutions at the f32 speed), 'xla' otherwise (in f32
-  # the matmul form was no faster; GPUs' convolutions were not measured against it).
+  # summed in another order) or 'auto' = 'matmul' in bfloat16 on a CPU (XLA:CPU runs bf16 matmuls faster than f32,
+  # but bf16 convolutions at the f32 speed: benchmarks/README.md, "bf16 as matmuls on the CPU"), 'xla' otherwise
+  # (in f32 the matmul form is no faster; on GPUs it is not measured against XLA's convolutions).
   prior_convs: Literal['auto', 'xla', 'matmul'] = 'auto'
 
   def __post_init__(self):

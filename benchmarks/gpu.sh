@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Issue 14's GPU rows, from the repository root with a CUDA jax installed:
-#   bash benchmarks/gpu_issue14.sh [SECTION ...] 2>&1 | grep -v '^[IW][0-9]'
+# The GPU rows of benchmarks/README.md, from the repository root with a CUDA jax installed:
+#   bash benchmarks/gpu.sh [SECTION ...] 2>&1 | grep -v '^[IW][0-9]'
 # SECTION: train, sampling, srim (default: all three). Where TensorFlow is not installed (a CUDA image with JAX alone):
-#   RUN="python benchmarks/no_tensorflow.py" bash benchmarks/gpu_issue14.sh ...   (PYTHON=python3 where that is its
+#   RUN="python benchmarks/no_tensorflow.py" bash benchmarks/gpu.sh ...   (PYTHON=python3 where that is its
 #   name; then RUN="python3 benchmarks/no_tensorflow.py"). An image without ml_collections and clu needs their wheels
 #   (pure Python: ml_collections 1.1.0, clu 0.0.12) installed first, e.g. with pip's --target and PYTHONPATH.
 # On one H100 (2026-11-27) the three took ~12 minutes: each train_throughput.py process spends ~60 s compiling and
-# autotuning the CelebA step; sampling ~1 minute, srim ~1.5. The figures are in benchmarks/README.md, "GPU goals of
-# issue 14".
+# autotuning the CelebA step; sampling ~1 minute, srim ~1.5. The figures are in benchmarks/README.md, "On a GPU".
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 RUN=${RUN:-$PYTHON}
