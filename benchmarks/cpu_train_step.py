@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+import torch_pixelsr
 from absl import app, flags
 
-import torch_pixelsr
 from common import cli, sharding, trainer
 from pixelsr import models, train
 

@@ -30,6 +30,7 @@ scikit-image's photos instead of uniform noise.
 """
 import copy
 import dataclasses
+import functools
 import os
 import resource
 import sys
@@ -220,7 +221,8 @@ def agreement(config, repeats: int, workdir: str, photos: bool) -> dict:
     variant_map = dataclasses.replace(feature_map, cfg=dataclasses.replace(feature_map.cfg,
                                                                            selection_dtype=feature_dtype))
     pool_step, _ = train.compile_steps(config, state, mesh, variant_map, frozen)
-    first, seconds, (choice, distance) = timed(lambda *a: pool_step.search(*a, imle_cfg.num_candidates), state,
+    search = functools.partial(pool_step.search, num_candidates=imle_cfg.num_candidates)
+    first, seconds, (choice, distance) = timed(search, state,
                                                pool_global, key, frozen, repeats=repeats)
     out[name] = dict(first_s=first, select_s=seconds, choice=np.asarray(choice), distance=np.asarray(distance))
   variables = {'params': state.params, 'batch_stats': state.batch_stats}

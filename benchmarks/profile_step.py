@@ -77,7 +77,8 @@ def main(argv):
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       jax.block_until_ready(step(params))
     trace_file = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]
-    events = json.load(gzip.open(trace_file))['traceEvents']
+    with gzip.open(trace_file) as f:
+      events = json.load(f)['traceEvents']
   described = describe_ops(step.lower(params).compile().as_text())
   by_kind = collections.Counter()
   for e in events:

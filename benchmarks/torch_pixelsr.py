@@ -155,10 +155,8 @@ def load_flax_params(model: PixelRecursiveSR, params: dict) -> None:
   def conv(module, p, flip=False):
     kernel = np.asarray(p['kernel'])
     kernel = kernel.reshape(1, 1, *kernel.shape) if kernel.ndim == 2 else kernel  # Dense = 1x1 conv
-    if flip:  # flax's ConvTranspose correlates; torch's is the transpose of a convolution (flipped, in/out swapped).
-      weight = kernel[::-1, ::-1].transpose(2, 3, 0, 1)
-    else:
-      weight = kernel.transpose(3, 2, 0, 1)
+    # flax's ConvTranspose correlates; torch's is the transpose of a convolution (flipped, in/out swapped).
+    weight = kernel[::-1, ::-1].transpose(2, 3, 0, 1) if flip else kernel.transpose(3, 2, 0, 1)
     module.weight.data = torch.from_numpy(np.ascontiguousarray(weight))
     module.bias.data = torch.from_numpy(np.asarray(p['bias']).copy())
 

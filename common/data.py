@@ -27,6 +27,7 @@ The training order is a function of (seed, example index) only, so `start_index`
 number of examples a run has consumed) resumes exactly where an uninterrupted run would be.
 Random crops and the augmentation draw from stateless generators keyed by (seed, index).
 """
+import contextlib
 import functools
 import math
 import os
@@ -165,10 +166,8 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 
 def _hide_gpus_from_tf() -> None:
   """JAX owns the accelerators; TF would otherwise reserve GPU memory for the input pipeline."""
-  try:
+  with contextlib.suppress(RuntimeError):  # TF already initialised its devices: the first caller's choice stands.
     tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    pass  # TF already initialized its devices; they are whatever the first caller chose.
 
 
 def lowres_from_highres(highres: tf.Tensor, lowres_size: int, method: str = 'antialiased') -> tf.Tensor:

@@ -10,7 +10,8 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import ml_collections

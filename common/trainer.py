@@ -10,7 +10,8 @@ building a state with its shardings, jitting the steps, the masked eval sums, th
 sample grid's inputs and restoring the latest checkpoint. No registry and no base class: each method calls these,
 and launch/methods.py maps `config.method` to its module.
 """
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,7 @@ def value_and_grad_in_parts(loss_fn: Callable, params: Any, batch: dict[str, jax
   part crosses devices."""
   if num_parts == 1:
     return jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
-  parts = [jax.tree.map(lambda x: x.reshape(-1, num_parts, *x.shape[1:])[:, i], batch) for i in range(num_parts)]
+  parts = [jax.tree.map(lambda x, i=i: x.reshape(-1, num_parts, *x.shape[1:])[:, i], batch) for i in range(num_parts)]
   results = [jax.value_and_grad(loss_fn, has_aux=True)(params, part) for part in parts]
   return jax.tree.map(lambda *xs: sum(xs) / num_parts, *results)
 

@@ -2,12 +2,11 @@
 import os
 import shutil
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from common import images
-
 
 _RESIZE_WORDS = {'antialiased': 'bicubic, antialiased', 'no_antialias': 'bicubic',
                  'tf1': "bicubic, TF1's resize_bicubic"}

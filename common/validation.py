@@ -7,7 +7,8 @@ field (tests/test_config_walk.py walks every field of every experiment config). 
 skipped: the table serves every method.
 """
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 

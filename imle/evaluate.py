@@ -12,7 +12,7 @@ training classes ('seen') and on the images of the held-out classes ('unseen'), 
 """
 import collections
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections

@@ -14,7 +14,8 @@ index of the chosen candidate and the noise is drawn again where it is needed. T
 """
 import dataclasses
 import functools
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp

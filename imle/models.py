@@ -17,7 +17,8 @@ exact and independent of how it is chunked or sharded, and it searches the sampl
 """
 import dataclasses
 import functools
-from typing import Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import flax.linen as nn
 import jax

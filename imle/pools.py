@@ -6,7 +6,7 @@ rows of each step are a fixed function of (seed, pool, step in the pool) (imle.p
 the loop's step selects the noises of each new pool.
 """
 import itertools
-from typing import Iterator
+from collections.abc import Iterator
 
 import ml_collections
 import numpy as np

@@ -26,7 +26,8 @@ VGG input preparation with weights that expect the other.
 """
 import dataclasses
 import functools
-from typing import Any, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax

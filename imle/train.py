@@ -14,7 +14,8 @@ never part of the state or the optimiser.
 """
 import functools
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -219,7 +219,7 @@ def _load_h5(path: str) -> dict:
           continue
         claimed.append(name)
         datasets = []
-        group.visititems(lambda _, obj: datasets.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        group.visititems(lambda _, obj, d=datasets: d.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
         by_rank = {a.ndim: a for a in datasets}
         if layer in arrays or len(datasets) != 2 or set(by_rank) != {4, 1}:
           raise UserError(f'VGG19 weights file {path}: layer {keras_name(layer)} should hold one 4-D kernel and '

@@ -9,7 +9,7 @@ a pixel is a function of its position alone (drawn in fixed blocks keyed by thei
 agree on the pixels they share and no tile needs more of the field than its own window.
 """
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

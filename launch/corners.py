@@ -18,7 +18,6 @@ sys.path.insert(0, _REPO)  # configs/ import configs.defaults when run from a ch
 
 from common.cli import fail, parse_flags, quiet_logs, use_huge_pages  # noqa: E402  (after the path)
 
-
 DATA_FLAGS = ('mnist_source', 'mnist_dir', 'tfds_data_dir')  # config.data fields this command takes as flags
 
 

@@ -12,7 +12,7 @@ table goes. A row whose model has no checkpoint is skipped with a message. The w
 """
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -65,7 +65,7 @@ def main(argv):
   quiet_logs()
   try:
     config = flags.FLAGS.config
-    config.method  # A config file that failed to load raises here.
+    _ = config.method  # A config file that failed to load raises here.
   except OSError as e:
     fail(e)
   F = flags.FLAGS

@@ -103,6 +103,7 @@ def parse_temperatures(values: list[str]) -> list[float]:
 def pixelcnn_sampler(config, workdir: str, step: int | None):
   """(colours, draw(lowres, key, tau, n) -> uint8 samples, nll(lowres, y) -> (bits/dim, nats)) of a pixelsr run."""
   import numpy as np
+
   from pixelsr import sampling, train
   model, variables = train.restore(config, workdir, step)
 
@@ -166,6 +167,7 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
                   pixel_kernel=None):
   import jax
   import numpy as np
+
   from common import images, progress, sharding, user_images
   from common.errors import UserError
 
@@ -239,6 +241,7 @@ def pixelcnn_whole_images(*, config, workdir, step, files, output, num_samples, 
   fold_in(fold_in(key(seed), n), t). Every input is measured against max_pixels before anything is drawn."""
   import jax
   import numpy as np
+
   from common import images, progress, user_images
   from common.errors import UserError
   from pixelsr import sampling, train
@@ -289,6 +292,7 @@ def whole_images(*, workdir, step, expected_config, files, output, num_samples, 
   """Each input super-resolved at its own size: by an SRIM or SRGAN run in tiles, `<input>_x<f>_<k>.png` per sample;
   by a pixel recursive run with the cached sampler (`pixelcnn_whole_images`)."""
   import jax
+
   from common import images, progress, user_images
   from common.errors import UserError
   from imle import whole_image

@@ -123,7 +123,8 @@ def serve():
 
 def report():
   from common.errors import UserError
-  from common.study import manifest, report as report_lib
+  from common.study import manifest
+  from common.study import report as report_lib
   study = _need('study', 'report')
   try:
     m = manifest.load(study)

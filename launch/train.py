@@ -37,7 +37,7 @@ def main(argv):
   from common.errors import UserError
   try:
     config = flags.FLAGS.config
-    config.method  # A config file that failed to load raises here.
+    _ = config.method  # A config file that failed to load raises here.
   except OSError as e:
     fail(e)
   args = flags.FLAGS
@@ -57,6 +57,7 @@ def main(argv):
 def run(config, workdir: str):
   """Trains `config` in `workdir` with the method it names; a user error ends in one `error:` line and exit 1."""
   import jax
+
   from common import preemption
   from common.errors import UserError
   try:

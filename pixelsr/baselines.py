@@ -81,7 +81,7 @@ def nearest_neighbours(queries: jax.Array, database: Iterable[tuple[jax.Array, j
                         index=jnp.full((queries_QD.shape[0],), -1, jnp.int32),
                         highres=jnp.zeros((queries_QD.shape[0], *highres.shape[1:]), jnp.uint8))
     if count < chunk_size:
-      pad = lambda x: jnp.pad(jnp.asarray(x), [(0, chunk_size - count)] + [(0, 0)] * (x.ndim - 1))
+      pad = lambda x, n=chunk_size - count: jnp.pad(jnp.asarray(x), [(0, n)] + [(0, 0)] * (x.ndim - 1))
       lowres, highres = pad(lowres), pad(highres)
     best = _merge_chunk(best, queries_QD, jnp.asarray(lowres, jnp.uint8), jnp.asarray(highres, jnp.uint8),
                         jnp.int32(start), jnp.int32(count))

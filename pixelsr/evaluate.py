@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import io
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import ml_collections

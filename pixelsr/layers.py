@@ -13,7 +13,8 @@ down shift, so the horizontal stack at (i, j) sees rows < i through it and row i
 (k//2+1) convolutions. This removes the blind spot of a plain masked k x k stack.
 """
 import functools
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import flax.linen as nn
 import jax

@@ -6,7 +6,7 @@ image's sub-pixels or averaged (`config.loss_reduction`, the pixel recursive mod
 the batch.
 """
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp

@@ -23,7 +23,7 @@ sample's bicubic downsample), which says whether samples keep the input's colour
 import functools
 import math
 import shlex
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp

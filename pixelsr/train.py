@@ -6,7 +6,7 @@ compile_steps, evaluate, restore, train_and_evaluate.
 import dataclasses
 import functools
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import ml_collections

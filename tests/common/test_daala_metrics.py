@@ -161,8 +161,8 @@ def test_dump_psnr_formula():
 
 
 def test_srim_table_scores_and_names_its_convention(tmp_path):
-  from imle import evaluate
   from configs import demo_srim
+  from imle import evaluate
   assert evaluate.table_convention(demo_srim.get_config()) == 'daala'
   highres = np.stack([reference_images()['astronaut'][:28, :28], reference_images()['gradient'][:28, :28]])
   lowres = np.asarray(images.downsample(highres, (7, 7)))

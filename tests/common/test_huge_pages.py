@@ -2,6 +2,7 @@
 `use_huge_pages`): the same pid and arguments, the tunable set, a user's own setting kept, and, where the kernel
 allows them, a large array touched in far fewer page faults than in 4 KiB pages."""
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -53,7 +54,7 @@ def test_the_restart_keeps_the_pid_and_arguments_and_sets_the_tunable(tmp_path):
   small_faults = int(kept[kept.index('faults') + 1])
   # The kernel's policy decides what the tunable can change: 'madvise' (the usual default) grants huge pages to
   # those who ask, 'always' to everyone, 'never' to no one.
-  policy = open(THP).read() if os.path.exists(THP) else '[never]'
+  policy = pathlib.Path(THP).read_text() if os.path.exists(THP) else '[never]'
   if '[madvise]' in policy:
     assert small_faults > (1 << 29) // 4096 // 2  # 4 KiB pages: ~131,000 faults for 512 MiB
     assert huge_faults < small_faults / 20, (huge_faults, small_faults)

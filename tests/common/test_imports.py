@@ -4,6 +4,7 @@ import ast
 import os
 
 import pytest
+
 from tests.helpers import REPO
 
 ROOT = REPO

@@ -31,7 +31,7 @@ def test_lpips_orders_pairs_whose_order_is_certain(crops, net):
   photos, blur, noise = crops
   same, blurred, noisy = (lpips.distance(photos, x, net) for x in (photos, blur, noise))
   assert same.shape == (4,) and np.all(np.abs(same) < 1e-6)
-  assert np.all(0 < blurred) and np.all(blurred < noisy) and np.all(noisy > 0.3)
+  assert np.all(blurred > 0) and np.all(blurred < noisy) and np.all(noisy > 0.3)
   np.testing.assert_allclose(lpips.distance(noise, photos, net), noisy, rtol=1e-5)  # symmetric
   np.testing.assert_allclose(lpips.distance(photos[2:3], noise[2:3], net), noisy[2:3], rtol=1e-5)  # batch-free
   np.testing.assert_allclose(lpips.distance(photos, noise, net, batch_size=3), noisy, rtol=1e-5)

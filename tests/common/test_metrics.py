@@ -67,7 +67,7 @@ def test_ssim_other_window_and_batch_shape_equal_tf():
 def test_ms_ssim_at_32x32_equals_tf_with_the_same_settings():
   a, b = image_pairs()
   ours = np.asarray(metrics.ms_ssim(a, b))
-  assert metrics.MS_SSIM_POWER_FACTORS == pytest.approx((0.0448 / 0.6305, 0.2856 / 0.6305, 0.3001 / 0.6305))
+  assert pytest.approx((0.0448 / 0.6305, 0.2856 / 0.6305, 0.3001 / 0.6305)) == metrics.MS_SSIM_POWER_FACTORS
   reference = tf.image.ssim_multiscale(a, b, 255.0, power_factors=metrics.MS_SSIM_POWER_FACTORS,
                                        filter_size=metrics.MS_SSIM_FILTER_SIZE, filter_sigma=1.5).numpy()
   np.testing.assert_allclose(ours, reference, rtol=RTOL, atol=1e-6)

@@ -17,7 +17,6 @@ from common.errors import UserError
 from imle import features, imle, models, vgg19
 from tests.helpers import REPO
 
-
 # A constructed model whose output is a known function of the noise: stage s doubles the image and adds a smooth
 # function of the noise, so candidates differ and numpy can compute every one of them.
 SHAPES = [(4, 4, 2), (8, 8, 2)]
@@ -152,7 +151,7 @@ def test_stage_shapes_and_skip_wiring():
   assert set(variables['batch_stats']['stage1']) == {'batch_norm1', 'batch_norm2', 'batch_norm3'}
   seen, outputs = record_conv_inputs(TINY, variables, lowres01, noises)
   assert [o.shape for o in outputs] == [(2, 8, 8, 3), (2, 16, 16, 3)]
-  assert all(0 < float(o.min()) and float(o.max()) < 1 for o in outputs)  # Sigmoid.
+  assert all(float(o.min()) > 0 and float(o.max()) < 1 for o in outputs)  # Sigmoid.
   for s, side in ((1, 8), (2, 16)):
     previous = lowres01 if s == 1 else outputs[0]
     first = seen[f'stage{s}/conv1']
@@ -244,7 +243,7 @@ def test_projection_roughly_preserves_distances():
     d[name] = np.square(v[:, None] - v[None]).sum(-1)[np.triu_indices(6, 1)]
   assert v.shape == (6, 16 * 16 * 3 + 1024)
   ratio = d['projected'] / d['exact']
-  assert 0.85 < ratio.min() and ratio.max() < 1.15, ratio  # JL: relative error ~ sqrt(2 / 1024) = 4%.
+  assert ratio.min() > 0.85 and ratio.max() < 1.15, ratio  # JL: relative error ~ sqrt(2 / 1024) = 4%.
   assert np.abs(ratio - 1).max() > 1e-4  # It is a projection, not the identity.
 
 
@@ -306,9 +305,9 @@ def test_bfloat16_selection_chooses_as_float32():
   for candidate_dtype, feature_dtype in [(jnp.float32,) * 2, (jnp.float32, jnp.bfloat16), (jnp.bfloat16,) * 2]:
     select = jax.jit(lambda params, low, t, c=candidate_dtype, f=feature_dtype: imle.select(
         lambda p, s, image, low, noise: models.apply_stage(cfg, p[0], s, image, low, noise, c),
-        lambda p, x: fmap.selection_vectors(p[1], x, f), params, low, t, jnp.arange(16), jax.random.key(5),
+        lambda p, x, f=f: fmap.selection_vectors(p[1], x, f), params, low, t, jnp.arange(16), jax.random.key(5),
         noise_shapes=noise_shapes, num_candidates=16, candidates_per_chunk=8, rows_per_chunk=8))
-    results[candidate_dtype, feature_dtype] = [np.asarray(x) for x in select((variables, frozen), lowres01, targets)]
+    results[candidate_dtype, feature_dtype] = [np.asarray(r) for r in select((variables, frozen), lowres01, targets)]
   choice32, distance32 = results[jnp.float32, jnp.float32]
   for choice, distance in list(results.values())[1:]:
     # All 32 choices agree on the CPU that wrote this; the closest call is 0.1% between the two nearest candidates,

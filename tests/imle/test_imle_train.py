@@ -14,7 +14,8 @@ from PIL import Image
 from common import images, metrics, sharding, train_loop, user_images
 from common.errors import UserError
 from imle import evaluate, features, models, pools, train
-from tests.helpers import REPO, tiny_srim_config as tiny_config
+from tests.helpers import REPO
+from tests.helpers import tiny_srim_config as tiny_config
 
 pytestmark = pytest.mark.usefixtures('compile_once')  # tests/conftest.py
 

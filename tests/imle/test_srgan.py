@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -19,8 +20,7 @@ from common.config import from_config
 from common.errors import UserError
 from configs import demo_srgan, imagenet_srgan
 from imle import evaluate, models, srgan, train, vgg19
-from tests.helpers import tiny_srim_config
-from tests.helpers import REPO
+from tests.helpers import REPO, tiny_srim_config
 
 pytestmark = pytest.mark.usefixtures('compile_once')  # tests/conftest.py
 TINY = srgan.SRGANConfig(generator_blocks=2, generator_channels=8, discriminator_channels=(4, 4, 8, 8, 8, 8, 16, 16),
@@ -284,7 +284,7 @@ def test_srim_table_has_bicubic_srgan_and_srim_rows(srgan_run, srim_run):
                                                           drawn[:3, 1], y[:3]]))
   paths = evaluate.write(results, srim_dir, 'note', figures)
   assert sorted(os.path.basename(p) for p in paths) == ['figure_srim.png', 'table_srim.csv', 'table_srim.md']
-  md = open(os.path.join(srim_dir, 'table_srim.md')).read()
+  md = pathlib.Path(srim_dir, 'table_srim.md').read_text()
   assert f'| SRGAN | {rows["SRGAN"]["psnr_y"]:.2f} | {rows["SRGAN"]["ssim_y"]:.3f} | 0.0000 |' in md
 
   with pytest.raises(UserError, match="holds a config.method='srim' run; --srgan_workdir takes"):
@@ -507,7 +507,7 @@ def test_unseen_classes_are_scored_apart(srgan_run, tmp_path):
     expected = metrics.psnr_y(predicted, y, convention='daala')  # The config's metrics_convention.
     assert results[label]['SRGAN']['psnr_y'] == pytest.approx(float(np.mean(expected)), rel=1e-5)
   evaluate.write(results, str(tmp_path / 'out'), 'note', figures)
-  md = open(tmp_path / 'out' / 'table_srim.md').read().splitlines()
+  md = (tmp_path / 'out' / 'table_srim.md').read_text().splitlines()
   assert md[0] == '| Method | Images | pSNR (Y) | SSIM (Y) | Diversity |'
   assert [line.split(' | ')[:2] for line in md[2:6]] == [['| Bicubic', 'seen'], ['| Bicubic', 'unseen'],
                                                          ['| SRGAN', 'seen'], ['| SRGAN', 'unseen']]

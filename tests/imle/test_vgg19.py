@@ -14,7 +14,6 @@ from imle import vgg19
 from tests.helpers import REPO
 
 
-
 def write_legacy_h5(path, params, rename=None):
   """The layout of Keras' downloadable vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5."""
   rename = rename or {}

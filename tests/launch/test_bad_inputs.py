@@ -16,8 +16,7 @@ from PIL import Image
 
 from common.errors import UserError
 from pixelsr import train
-from tests.helpers import checkpoint_params, tiny_config
-from tests.helpers import REPO
+from tests.helpers import REPO, checkpoint_params, tiny_config
 
 pytestmark = pytest.mark.usefixtures('compile_once')  # tests/conftest.py
 

@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import pytest
+
 from tests.helpers import REPO
 
 TPU = os.path.join(REPO, 'launch', 'cluster', 'tpu_pod.sh')

@@ -56,7 +56,7 @@ def config_fields(path_and_arg: str) -> set[str] | None:
   fields = set()
 
   def walk(node, prefix):
-    for key in node.keys():
+    for key in node:
       fields.add(prefix + key)
       if hasattr(node[key], 'keys'):
         walk(node[key], f'{prefix}{key}.')
@@ -97,7 +97,8 @@ def problems_of_page(text: str, page_dir: str) -> list[str]:
       found.append(f'link to {target}: no such file')
   for script, args in commands(text):
     found += problems_of_command(script, args)
-  markers = tomllib.load(open(os.path.join(REPO, 'pyproject.toml'), 'rb'))['tool']['pytest']['ini_options']['markers']
+  with open(os.path.join(REPO, 'pyproject.toml'), 'rb') as f:
+    markers = tomllib.load(f)['tool']['pytest']['ini_options']['markers']
   known = {m.split(':')[0] for m in markers}
   for expression in re.findall(r'pytest[^`\n]*?-m (?:"([^"]+)"|(\w+))', text):
     for word in re.findall(r'\w+', ''.join(expression)):

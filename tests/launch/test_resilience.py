@@ -3,6 +3,7 @@ write) and a damaged latest checkpoint resume, and the run ends with the paramet
 bit. Several processes on their own runtime reach the parameters of one process with as many devices."""
 import glob
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -14,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow  # Launches processes (pyproject.toml's markers).
@@ -108,7 +110,7 @@ def test_sigterm_kill9_and_a_damaged_checkpoint_resume_to_the_uninterrupted_para
   wait_until(lambda: logged_step(log) >= saved + 6, run)
   run.kill()
   run.wait()
-  assert 'Resumed from the checkpoint of step %d' % saved in open(log).read()
+  assert f'Resumed from the checkpoint of step {saved}' in pathlib.Path(log).read_text()
 
   # kill -9 while a checkpoint is being written: orbax's temporary directory is left behind. The kill is timed on
   # the directory's appearance; should the write finish first, a torn copy stands in for it, so the next start

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import pathlib
 import sys
 
 import jax.numpy as jnp
@@ -12,8 +13,9 @@ from PIL import Image
 from common import images, user_images
 from common.errors import UserError
 from pixelsr import sampling, train
-from tests.helpers import tiny_config
-from tests.helpers import REPO, sample_cli as cli
+from tests.helpers import REPO, tiny_config
+from tests.helpers import sample_cli as cli
+
 
 @pytest.mark.slow
 def test_samples_grid_and_nll_of_a_folder_of_images(run_dir, tmp_path):
@@ -40,7 +42,7 @@ def test_samples_grid_and_nll_of_a_folder_of_images(run_dir, tmp_path):
 
   # The written samples are the model's: NLLs recomputed from the PNGs, greedy samples are argmax everywhere.
   model, variables = train.restore(tiny_config(), run_dir)
-  rows = list(csv.DictReader(open(out / 'nll.csv')))
+  rows = list(csv.DictReader((out / 'nll.csv').read_text().splitlines()))
   assert len(rows) == 16
   lowres = {n: user_images.to_model_input(images.load_image(inputs / f), tiny_config().data, 3)[0]
             for n, f in (('wide', 'wide.png'), ('tiny', 'tiny.jpg'), ('one', 'one.png'), ('deep', 'deep.png'))}
@@ -108,7 +110,7 @@ def test_user_errors_name_the_problem(run_dir, tmp_path):
   other.model.prior_channels = 9  # the checkpoint's arrays do not fit this model
   with pytest.raises(UserError, match='does not fit this model'):
     train.restore(other, run_dir)
-  assert json.load(open(os.path.join(run_dir, 'config.json')))['model']['prior_channels'] == 6  # not rewritten
+  assert json.loads(pathlib.Path(run_dir, 'config.json').read_text())['model']['prior_channels'] == 6  # not rewritten
 
 
 def test_the_pallas_colour_passes_write_the_same_samples(run_dir, tmp_path):
@@ -126,7 +128,7 @@ def test_the_pallas_colour_passes_write_the_same_samples(run_dir, tmp_path):
   assert list(written[None]) == ['photo_tau1_0.png', 'photo_tau1_1.png']
   for name, image in written[None].items():
     np.testing.assert_array_equal(written['pallas'][name], image)
-  assert json.load(open(os.path.join(run_dir, 'config.json')))['model']['pixel_kernel'] == 'xla'  # not rewritten
+  assert json.loads(pathlib.Path(run_dir, 'config.json').read_text())['model']['pixel_kernel'] == 'xla'  # not rewritten
 
 
 def test_inputs_are_made_as_the_training_data():

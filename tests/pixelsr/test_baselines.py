@@ -8,8 +8,16 @@ import pytest
 import tensorflow as tf
 
 from common import data, images
-from configs import (celeba_cross_entropy, celeba_pixelcnn, celeba_regression, defaults, demo, demo_regression,
-                     lsun_pixelcnn, lsun_regression)
+from configs import (
+  celeba_cross_entropy,
+  celeba_pixelcnn,
+  celeba_regression,
+  defaults,
+  demo,
+  demo_regression,
+  lsun_pixelcnn,
+  lsun_regression,
+)
 from pixelsr import baselines, models, regression
 
 

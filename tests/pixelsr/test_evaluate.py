@@ -15,8 +15,7 @@ from common import checkpoint, data, metrics, train_loop
 from common.errors import UserError
 from configs import defaults
 from pixelsr import baselines, evaluate, losses, regression, sampling, train
-from tests.helpers import tiny_config
-from tests.helpers import REPO
+from tests.helpers import REPO, tiny_config
 
 ROWS = ['Bicubic', 'NN', 'Regression', 'tau=1.0', 'tau=1.5', 'greedy']
 
@@ -118,7 +117,7 @@ def test_rows_without_a_checkpoint_are_skipped_with_a_message(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   header, rows = read_csv(os.path.join(workdir, 'table1.csv'))
   assert list(rows) == ['Bicubic', 'NN'] and rows['NN']['nll_bits_per_dim'] is None
-  assert 0 < rows['NN']['consistency'] and 20 < rows['Bicubic']['psnr'] < 50
+  assert rows['NN']['consistency'] > 0 and 20 < rows['Bicubic']['psnr'] < 50
   assert 'skipping row Regression: ' in out.stderr and 'has no checkpoints/' in out.stderr
   assert f'skipping row tau=1.0: {workdir} does not exist' in out.stderr
   assert 'Skipped greedy: ' in out.stdout and '| NN | ' in out.stdout and ' n/a |' in out.stdout

@@ -5,7 +5,8 @@ import pytest
 
 from common import hlo_launches
 from pixelsr import sampling
-from tests.helpers import SAMPLER_TINY as TINY, make_sampler_model as make_model
+from tests.helpers import SAMPLER_TINY as TINY
+from tests.helpers import make_sampler_model as make_model
 
 # A row scan over a pixel scan of 4 trips each; the pixel step holds 2 fusions, a cuBLAS call, a copy and a loop of
 # 3 trips around one more fusion: 5 fusions, 1 library call, 1 other per pixel.

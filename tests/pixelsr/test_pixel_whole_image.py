@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pixelsr import models, sampling, train, whole_image
-from tests.helpers import tiny_config
 from tests.helpers import sample_cli as cli
+from tests.helpers import tiny_config
 
 TINY = dict(cond_blocks=1, cond_channels=8, prior_layers=2, prior_channels=12, prior_head_channels=24,
             init='lecun_normal')

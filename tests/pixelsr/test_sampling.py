@@ -10,7 +10,9 @@ import pytest
 from jax import export
 
 from pixelsr import cached_prior, fused_pixel, losses, models, sampling
-from tests.helpers import REPO, make_sampler_model as make_model
+from tests.helpers import REPO
+from tests.helpers import make_sampler_model as make_model
+
 
 def redrawn(model, variables, lowres, y, key, temperature):
   """What the naive sampler draws at every sub-pixel when the sub-pixels before it are those of y.

@@ -20,7 +20,6 @@ from pixelsr import models, train
 from tests.helpers import REPO, checkpoint_params, tiny_config
 
 
-
 def test_demo_run_lowers_loss_and_writes_a_sample_grid(tmp_path):
   workdir = str(tmp_path)
   before = train.train_and_evaluate(tiny_config(num_train_steps=1, eval_every_steps=1), workdir)

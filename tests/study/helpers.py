@@ -16,7 +16,6 @@ from common.study import manifest
 from tests.helpers import REPO
 
 
-
 def make_fooled(out, *, arms=('A', 'B'), num_examples=60, size=8, scale=4, seed=0, **protocol) -> manifest.Manifest:
   """A fooled study of random images: each arm's output is its truth with noise, Bicubic a flat grey."""
   rng = np.random.default_rng(seed)

@@ -12,9 +12,7 @@ from common import data
 from common.study import manifest
 from configs import defaults
 from pixelsr import baselines, regression, train
-from tests.helpers import tiny_config
-from tests.helpers import REPO
-
+from tests.helpers import REPO, tiny_config
 
 
 def _study(*flags):

@@ -17,8 +17,17 @@ pytest.importorskip('starlette', reason="the study server needs pip install -e '
 pytest.importorskip('uvicorn', reason="the study server needs pip install -e '.[study]'")
 
 from common.study import manifest, report, storage  # noqa: E402
-from tests.study.helpers import (REPO, Server, api, continue_worker, make_fooled, make_preference,  # noqa: E402
-                                      raw_http, request, run_worker)
+from tests.study.helpers import (  # noqa: E402
+  REPO,
+  Server,
+  api,
+  continue_worker,
+  make_fooled,
+  make_preference,
+  raw_http,
+  request,
+  run_worker,
+)
 
 pytestmark = pytest.mark.slow  # The real server in a process (pyproject.toml's markers).
 
@@ -161,7 +170,7 @@ def test_simulated_crowd_recovers_its_fool_rates(tmp_path):
       rng = np.random.default_rng(k)
       careless = k in (3, 17)
 
-      def choose(kind, left, right):
+      def choose(kind, left, right, rng=rng, careless=careless):
         truth = 'left' if left == manifest.TRUTH else 'right'
         other = 'right' if truth == 'left' else 'left'
         arm = right if truth == 'left' else left
