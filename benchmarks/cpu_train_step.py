@@ -18,6 +18,7 @@ float32). `--parts` times the step with the batch differentiated in that many pa
 the library's choice). GFLOP/s divide the smallest of the contenders' XLA counts (the matmul form counts kh - 1 rows
 per image more than the convolution does, which it computes and drops). Results go in benchmarks/README.md.
 """
+
 import importlib
 import itertools
 import os
@@ -46,6 +47,7 @@ FLAGS = flags.FLAGS
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
   """The machine's dense n x n x n matmul rate through JAX (f32; bf16 inputs with f32 accumulation) and torch."""
+
   def best(fn):
     fn()
     times = []
@@ -54,14 +56,17 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
       fn()
       times.append(time.perf_counter() - t0)
     return 2 * n**3 / min(times) / 1e9
+
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
   b = a.astype(jnp.bfloat16)
   f32 = jax.jit(lambda a: a @ a)
   bf16 = jax.jit(lambda b: jnp.matmul(b, b, preferred_element_type=jnp.float32))
   t = torch.from_numpy(np.asarray(a))
-  return {'jax f32': best(lambda: f32(a).block_until_ready()),
-          'jax bf16 in, f32 out': best(lambda: bf16(b).block_until_ready()),
-          'torch f32': best(lambda: t @ t)}
+  return {
+    'jax f32': best(lambda: f32(a).block_until_ready()),
+    'jax bf16 in, f32 out': best(lambda: bf16(b).block_until_ready()),
+    'torch f32': best(lambda: t @ t),
+  }
 
 
 def jax_step(config, batch_size: int, parts: int):
@@ -83,8 +88,10 @@ def main(argv):
   rng = np.random.default_rng(0)
   lowres = rng.integers(0, 256, (b, d.lowres_size, d.lowres_size, 3), np.uint8)
   highres = rng.integers(0, 256, (b, d.highres_size, d.highres_size, 3), np.uint8)
-  print(f'CPU: {os.cpu_count()} cores; jax {jax.__version__} ({jax.devices()[0].device_kind}), '
-        f'torch {torch.__version__}; {FLAGS.config}, batch {b}; GLIBC_TUNABLES={os.environ.get("GLIBC_TUNABLES")}')
+  print(
+    f'CPU: {os.cpu_count()} cores; jax {jax.__version__} ({jax.devices()[0].device_kind}), '
+    f'torch {torch.__version__}; {FLAGS.config}, batch {b}; GLIBC_TUNABLES={os.environ.get("GLIBC_TUNABLES")}'
+  )
   for name, rate in matmul_gflops().items():
     print(f'dense 2048^3 matmul, {name}: {rate:.0f} GFLOP/s')
 
@@ -137,13 +144,18 @@ def main(argv):
   torch_first_loss = losses[0]
 
   torch_s = statistics.median(torch_times)
-  print(f'torch eager f32: {torch_s:.2f} s/step (min {min(torch_times):.2f}), first loss {torch_first_loss:.5f}, '
-        f'{network_flops / 1e9 / torch_s:.0f} GFLOP/s')
+  print(
+    f'torch eager f32: {torch_s:.2f} s/step (min {min(torch_times):.2f}), first loss {torch_first_loss:.5f}, '
+    f'{network_flops / 1e9 / torch_s:.0f} GFLOP/s'
+  )
   for name, s in steps.items():
     jax_s = statistics.median(s['times'])
-    print(f'jax {name}: {jax_s:.2f} s/step (min {min(s["times"]):.2f}), first loss {s["first_loss"]:.5f}, '
-          f'XLA counts {s["flops"] / 1e9:.1f} GFLOP/step, {network_flops / 1e9 / jax_s:.0f} GFLOP/s | torch / jax = '
-          f'{torch_s / jax_s:.2f}x', flush=True)
+    print(
+      f'jax {name}: {jax_s:.2f} s/step (min {min(s["times"]):.2f}), first loss {s["first_loss"]:.5f}, '
+      f'XLA counts {s["flops"] / 1e9:.1f} GFLOP/step, {network_flops / 1e9 / jax_s:.0f} GFLOP/s | torch / jax = '
+      f'{torch_s / jax_s:.2f}x',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

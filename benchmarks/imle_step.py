@@ -28,6 +28,7 @@ priced in the distance float32 minimises. --workdir selects with the model of a 
 checkpoint) instead of an untrained one, on images of its data; --photos takes the pool from random crops of
 scikit-image's photos instead of uniform noise.
 """
+
 import copy
 import dataclasses
 import functools
@@ -48,15 +49,24 @@ sys.path.insert(0, _REPO)
 from common import checkpoint, data, sharding  # noqa: E402  (after the path)
 from imle import imle, models, train  # noqa: E402
 
-config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'imagenet_srim.py'), 'SRIM config.',
-                                lock_config=False)
+config_flags.DEFINE_config_file(
+  'config', os.path.join(_REPO, 'configs', 'imagenet_srim.py'), 'SRIM config.', lock_config=False
+)
 flags.DEFINE_integer('steps', 20, 'Timed train steps (after a compiling one).')
-flags.DEFINE_integer('repeats', 2, 'Timed selection rounds and search runs (after a compiling one); with '
-                     '--agreement 0 = one call each, compile included.')
+flags.DEFINE_integer(
+  'repeats',
+  2,
+  'Timed selection rounds and search runs (after a compiling one); with '
+  '--agreement 0 = one call each, compile included.',
+)
 flags.DEFINE_bool('agreement', False, 'Compare the float32 and bfloat16 selections instead (see the module doc).')
 flags.DEFINE_string('workdir', '', 'With --agreement: select with the latest checkpoint of this run.')
-flags.DEFINE_bool('photos', False, "The pool from random crops of scikit-image's photos instead of uniform noise "
-                  '(and the feature weights estimated on them, as a run does).')
+flags.DEFINE_bool(
+  'photos',
+  False,
+  "The pool from random crops of scikit-image's photos instead of uniform noise "
+  '(and the feature weights estimated on them, as a run does).',
+)
 FLAGS = flags.FLAGS
 
 
@@ -99,14 +109,24 @@ def search_only(mesh, num_rows: int, widths: list[int], imle_cfg: imle.IMLEConfi
           d_min = jnp.take_along_axis(d, j[:, None], axis=1)[:, 0]
           better = d_min < best[0]
           return (jnp.where(better, d_min, best[0]), jnp.where(better, first + j, best[1])), None
-        (best_d, _), _ = jax.lax.scan(scan_chunk, (jnp.full((rows,), jnp.inf) + carry, jnp.zeros((rows,), jnp.int32)),
-                                      jnp.arange(chunks))
+
+        (best_d, _), _ = jax.lax.scan(
+          scan_chunk, (jnp.full((rows,), jnp.inf) + carry, jnp.zeros((rows,), jnp.int32)), jnp.arange(chunks)
+        )
         return carry + best_d.min() * 1e-30, None
+
       total, _ = jax.lax.scan(block, total, None, length=blocks)
     return total[None]
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=jax.sharding.PartitionSpec(),
-                               out_specs=jax.sharding.PartitionSpec(sharding.DATA_AXIS), check_vma=False))
+  return jax.jit(
+    jax.shard_map(
+      per_device,
+      mesh=mesh,
+      in_specs=jax.sharding.PartitionSpec(),
+      out_specs=jax.sharding.PartitionSpec(sharding.DATA_AXIS),
+      check_vma=False,
+    )
+  )
 
 
 def measure(config, steps: int, repeats: int) -> dict:
@@ -123,23 +143,29 @@ def measure(config, steps: int, repeats: int) -> dict:
   search_fn, train_fn = pool_step.search, pool_step.train
   rng, key = np.random.default_rng(0), jax.random.key(0)
   size, low, high = imle_cfg.pool_size, config.data.lowres_size, config.data.highres_size
-  pool = {'lowres': rng.integers(0, 256, (size, low, low, 3), np.uint8),
-          'highres': rng.integers(0, 256, (size, high, high, 3), np.uint8), 'row': np.arange(size, dtype=np.int32)}
+  pool = {
+    'lowres': rng.integers(0, 256, (size, low, low, 3), np.uint8),
+    'highres': rng.integers(0, 256, (size, high, high, 3), np.uint8),
+    'row': np.arange(size, dtype=np.int32),
+  }
   pool_global = sharding.to_global(pool, mesh)
   select = lambda *args: search_fn(*args, imle_cfg.num_candidates)
-  select_first, select_s, (choice, _) = timed(select, state, pool_global, imle.pool_key(key, 0), frozen,
-                                              repeats=repeats)
+  select_first, select_s, (choice, _) = timed(
+    select, state, pool_global, imle.pool_key(key, 0), frozen, repeats=repeats
+  )
   state = state.replace(pool_choice=choice)
 
-  widths = [int(jax.eval_shape(feature_map.selection_vectors, frozen, jax.ShapeDtypeStruct((1, s, s, 3),
-                                                                                           jnp.float32)).shape[1])
-            for s in sides]
+  widths = [
+    int(jax.eval_shape(feature_map.selection_vectors, frozen, jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)).shape[1])
+    for s in sides
+  ]
   search = search_only(mesh, size, widths, imle_cfg)
   _, search_s, _ = timed(search, key, repeats=repeats)
 
   rows = imle.pool_rows(0, 0, 0, config.batch_size, size)
-  batch = sharding.to_global({'lowres': pool['lowres'][rows], 'highres': pool['highres'][rows], 'pool_index': rows},
-                             mesh)
+  batch = sharding.to_global(
+    {'lowres': pool['lowres'][rows], 'highres': pool['highres'][rows], 'pool_index': rows}, mesh
+  )
   t0 = time.perf_counter()
   state, metrics = train_fn(state, batch, key, frozen)
   jax.block_until_ready(metrics)
@@ -151,15 +177,30 @@ def measure(config, steps: int, repeats: int) -> dict:
   step_s = (time.perf_counter() - t0) / steps
   cycle_s = select_s + imle_cfg.steps_per_pool * step_s
   memory, memory_kind = peak_memory_gib()
-  return dict(params=sum(x.size for x in jax.tree.leaves(state.params)), pool=size, m=imle_cfg.num_candidates,
-              stages=cfg.num_stages, widths=widths, select_first_s=select_first, select_s=select_s,
-              search_s=search_s, train_first_s=train_first, step_s=step_s, cycle_s=cycle_s,
-              steps_per_pool=imle_cfg.steps_per_pool, peak_gib=memory, memory_kind=memory_kind)
+  return dict(
+    params=sum(x.size for x in jax.tree.leaves(state.params)),
+    pool=size,
+    m=imle_cfg.num_candidates,
+    stages=cfg.num_stages,
+    widths=widths,
+    select_first_s=select_first,
+    select_s=select_s,
+    search_s=search_s,
+    train_first_s=train_first,
+    step_s=step_s,
+    cycle_s=cycle_s,
+    steps_per_pool=imle_cfg.steps_per_pool,
+    peak_gib=memory,
+    memory_kind=memory_kind,
+  )
 
 
 # Name -> (config.imle.candidate_dtype, config.features.selection_dtype).
-VARIANTS = {'float32': ('float32', 'float32'), 'bf16 features': ('float32', 'bfloat16'),
-            'bf16 candidates + features': ('bfloat16', 'bfloat16')}
+VARIANTS = {
+  'float32': ('float32', 'float32'),
+  'bf16 features': ('float32', 'bfloat16'),
+  'bf16 candidates + features': ('bfloat16', 'bfloat16'),
+}
 
 
 def chosen_path_distances(config, feature_map, frozen, variables, pool, key, choices, rows_at_once=8) -> list:
@@ -175,15 +216,30 @@ def chosen_path_distances(config, feature_map, frozen, variables, pool, key, cho
     for s in range(cfg.num_stages):
       noise = imle.candidate_noise(key, rows, s, choice[:, s], models.noise_shape(cfg, lowres.shape[1], s))
       image = models.apply_stage(cfg, variables, s, image, lowres01, noise)
-      out.append(jnp.square(feature_map.selection_vectors(frozen, image)
-                            - feature_map.selection_vectors(frozen, targets[s])).sum(-1))
+      out.append(
+        jnp.square(
+          feature_map.selection_vectors(frozen, image) - feature_map.selection_vectors(frozen, targets[s])
+        ).sum(-1)
+      )
     return jnp.stack(out, -1)
 
   blocks = range(0, len(pool['row']), rows_at_once)
-  return [np.concatenate([np.asarray(path(variables, frozen, *(pool[k][i:i + rows_at_once]
-                                                               for k in ('lowres', 'highres', 'row')),
-                                          choice[i:i + rows_at_once])) for i in blocks])
-          for choice in choices]
+  return [
+    np.concatenate(
+      [
+        np.asarray(
+          path(
+            variables,
+            frozen,
+            *(pool[k][i : i + rows_at_once] for k in ('lowres', 'highres', 'row')),
+            choice[i : i + rows_at_once],
+          )
+        )
+        for i in blocks
+      ]
+    )
+    for choice in choices
+  ]
 
 
 def agreement(config, repeats: int, workdir: str, photos: bool) -> dict:
@@ -192,8 +248,9 @@ def agreement(config, repeats: int, workdir: str, photos: bool) -> dict:
   sides = train.stage_sides(config, cfg)
   size, high = config.imle.pool_size, config.data.highres_size
   if photos:
-    config.data.update(source='embedded', crop='random', random_crop_min=high, random_crop_max=3 * high,
-                       num_unseen_classes=0)
+    config.data.update(
+      source='embedded', crop='random', random_crop_min=high, random_crop_max=3 * high, num_unseen_classes=0
+    )
   elif not workdir:
     config.features.weights = (1.0,) * len(config.features.components)
   mesh = sharding.data_mesh()
@@ -205,25 +262,28 @@ def agreement(config, repeats: int, workdir: str, photos: bool) -> dict:
     _, variables = train.restore(recorded, workdir)
     state = state.replace(params=variables['params'], batch_stats=variables['batch_stats'])
   if photos or workdir:
-    pool = next(data.make_dataset(config.data, 'train', batch_size=size, seed=config.seed + 1, process_index=0,
-                                  process_count=1))  # seed + 1: not the images the weights were estimated on.
+    pool = next(
+      data.make_dataset(config.data, 'train', batch_size=size, seed=config.seed + 1, process_index=0, process_count=1)
+    )  # seed + 1: not the images the weights were estimated on.
     pool = {'lowres': pool['lowres'], 'highres': pool['highres']}
   else:
     rng = np.random.default_rng(0)
-    pool = {'lowres': rng.integers(0, 256, (size, config.data.lowres_size, config.data.lowres_size, 3), np.uint8),
-            'highres': rng.integers(0, 256, (size, high, high, 3), np.uint8)}
+    pool = {
+      'lowres': rng.integers(0, 256, (size, config.data.lowres_size, config.data.lowres_size, 3), np.uint8),
+      'highres': rng.integers(0, 256, (size, high, high, 3), np.uint8),
+    }
   pool['row'] = np.arange(size, dtype=np.int32)
   pool_global, key = sharding.to_global(pool, mesh), imle.pool_key(jax.random.key(0), 0)
   feature_map, frozen = train.make_frozen(config, train.feature_config(config, sides), sides, mesh)  # float32
   out = {}
   for name, (candidate_dtype, feature_dtype) in VARIANTS.items():
     config.imle.candidate_dtype = candidate_dtype
-    variant_map = dataclasses.replace(feature_map, cfg=dataclasses.replace(feature_map.cfg,
-                                                                           selection_dtype=feature_dtype))
+    variant_map = dataclasses.replace(
+      feature_map, cfg=dataclasses.replace(feature_map.cfg, selection_dtype=feature_dtype)
+    )
     pool_step, _ = train.compile_steps(config, state, mesh, variant_map, frozen)
     search = functools.partial(pool_step.search, num_candidates=imle_cfg.num_candidates)
-    first, seconds, (choice, distance) = timed(search, state,
-                                               pool_global, key, frozen, repeats=repeats)
+    first, seconds, (choice, distance) = timed(search, state, pool_global, key, frozen, repeats=repeats)
     out[name] = dict(first_s=first, select_s=seconds, choice=np.asarray(choice), distance=np.asarray(distance))
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   paths = chosen_path_distances(config, feature_map, frozen, variables, pool, key, [r['choice'] for r in out.values()])
@@ -234,49 +294,75 @@ def agreement(config, repeats: int, workdir: str, photos: bool) -> dict:
 
 def print_agreement(r: dict) -> None:
   f32 = r['runs']['float32']
-  print(f"selection round of {r['pool']} images x {r['m']} candidates, float32: "
-        + (f"{f32['select_s']:.2f} s (first call with compile {f32['first_s']:.1f} s)" if f32['select_s'] else
-           f"{f32['first_s']:.1f} s with compile"))
+  print(
+    f'selection round of {r["pool"]} images x {r["m"]} candidates, float32: '
+    + (
+      f'{f32["select_s"]:.2f} s (first call with compile {f32["first_s"]:.1f} s)'
+      if f32['select_s']
+      else f'{f32["first_s"]:.1f} s with compile'
+    )
+  )
   for name, run in r['runs'].items():
     if name == 'float32':
       continue
     same = f32['choice'] == run['choice']
-    print(f"{name}: " + (f"{run['select_s']:.2f} s = {f32['select_s'] / run['select_s']:.2f}x (first call with "
-                         f"compile {run['first_s']:.1f} s)" if run['select_s'] else
-                         f"{run['first_s']:.1f} s with compile") + f'; every stage the same: {same.all(1).mean():.2%}')
+    print(
+      f'{name}: '
+      + (
+        f'{run["select_s"]:.2f} s = {f32["select_s"] / run["select_s"]:.2f}x (first call with '
+        f'compile {run["first_s"]:.1f} s)'
+        if run['select_s']
+        else f'{run["first_s"]:.1f} s with compile'
+      )
+      + f'; every stage the same: {same.all(1).mean():.2%}'
+    )
     for s in range(same.shape[1]):
       excess = run['path'][:, s] / f32['path'][:, s] - 1
-      print(f'  stage {s + 1}: same candidate for {same[:, s].mean():.2%} of rows; float32 distance of the chosen '
-            f"path {run['path'][:, s].mean():.6g} against float32's {f32['path'][:, s].mean():.6g} (per row: "
-            f'ratio - 1 mean {excess.mean():+.3%}, max {excess.max():+.3%})')
-  print(f"check: the float32 path distances equal the float32 selection's own to "
-        f"{np.abs(f32['path'] / f32['distance'] - 1).max():.1e} (relative)")
+      print(
+        f'  stage {s + 1}: same candidate for {same[:, s].mean():.2%} of rows; float32 distance of the chosen '
+        f"path {run['path'][:, s].mean():.6g} against float32's {f32['path'][:, s].mean():.6g} (per row: "
+        f'ratio - 1 mean {excess.mean():+.3%}, max {excess.max():+.3%})'
+      )
+  print(
+    f"check: the float32 path distances equal the float32 selection's own to "
+    f'{np.abs(f32["path"] / f32["distance"] - 1).max():.1e} (relative)'
+  )
 
 
 def main(argv):
   del argv
   config = FLAGS.config
   if FLAGS.agreement:
-    print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}); '
-          f'{config.data.lowres_size} -> {config.data.highres_size}, projection_dim {config.features.projection_dim}, '
-          f"selection of {config.features.selection_components}, pool from "
-          f"{'photos' if FLAGS.photos else config.data.source + ' data' if FLAGS.workdir else 'noise'}, "
-          f"model {FLAGS.workdir or 'untrained'}")
+    print(
+      f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}); '
+      f'{config.data.lowres_size} -> {config.data.highres_size}, projection_dim {config.features.projection_dim}, '
+      f'selection of {config.features.selection_components}, pool from '
+      f'{"photos" if FLAGS.photos else config.data.source + " data" if FLAGS.workdir else "noise"}, '
+      f'model {FLAGS.workdir or "untrained"}'
+    )
     print_agreement(agreement(config, FLAGS.repeats, FLAGS.workdir, FLAGS.photos))
     return
   if FLAGS.repeats < 1:
     sys.exit('error: --repeats must be >= 1 without --agreement (the round and the search are timed over them).')
-  print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}); '
-        f'{config.data.lowres_size} -> {config.data.highres_size}, projection_dim {config.features.projection_dim}, '
-        f'selection of {config.features.selection_components}')
+  print(
+    f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}); '
+    f'{config.data.lowres_size} -> {config.data.highres_size}, projection_dim {config.features.projection_dim}, '
+    f'selection of {config.features.selection_components}'
+  )
   r = measure(config, FLAGS.steps, FLAGS.repeats)
-  print(f"{r['params']:,} params | selection round ({r['pool']} images x {r['m']} candidates x {r['stages']} stages, "
-        f"vectors of {r['widths']}): {r['select_s']:.2f} s (first call with compile {r['select_first_s']:.1f} s)")
-  print(f"NN search itself: {r['search_s']:.4f} s = {100 * r['search_s'] / r['select_s']:.2f}% of the round, "
-        f"{100 * r['search_s'] / r['cycle_s']:.3f}% of a pool cycle (round + {r['steps_per_pool']:,} steps)")
-  print(f"train step (batch {config.batch_size}): {r['step_s']:.4f} s, {1 / r['step_s']:.2f} steps/s (first call "
-        f"with compile {r['train_first_s']:.1f} s); selection = {100 * r['select_s'] / r['cycle_s']:.1f}% of a cycle")
-  print(f"peak memory: {r['peak_gib']:.2f} GiB {r['memory_kind']}")
+  print(
+    f'{r["params"]:,} params | selection round ({r["pool"]} images x {r["m"]} candidates x {r["stages"]} stages, '
+    f'vectors of {r["widths"]}): {r["select_s"]:.2f} s (first call with compile {r["select_first_s"]:.1f} s)'
+  )
+  print(
+    f'NN search itself: {r["search_s"]:.4f} s = {100 * r["search_s"] / r["select_s"]:.2f}% of the round, '
+    f'{100 * r["search_s"] / r["cycle_s"]:.3f}% of a pool cycle (round + {r["steps_per_pool"]:,} steps)'
+  )
+  print(
+    f'train step (batch {config.batch_size}): {r["step_s"]:.4f} s, {1 / r["step_s"]:.2f} steps/s (first call '
+    f'with compile {r["train_first_s"]:.1f} s); selection = {100 * r["select_s"] / r["cycle_s"]:.1f}% of a cycle'
+  )
+  print(f'peak memory: {r["peak_gib"]:.2f} GiB {r["memory_kind"]}')
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ the conditioning network's dead ReLU channels over the first steps.
 Data: the embedded scikit-image photos (random crops, as configs/demo.py; no download), whatever the config's own
 source. Both runs start from the same init and see the same batches. Results go in benchmarks/README.md.
 """
+
 import importlib
 import time
 
@@ -30,21 +31,25 @@ FLAGS = flags.FLAGS
 def load_config(path: str, reduction: str):
   module = importlib.import_module(path.removesuffix('.py').replace('/', '.'))
   config = module.get_config().unlock()
-  config.data.update(source='embedded', crop='random', random_crop_min=32, random_crop_max=96,
-                     num_eval_examples=FLAGS.eval_examples)
+  config.data.update(
+    source='embedded', crop='random', random_crop_min=32, random_crop_max=96, num_eval_examples=FLAGS.eval_examples
+  )
   config.update(batch_size=FLAGS.batch_size, loss_reduction=reduction)
   return config
 
 
 def median_abs_gradients(config, state, batch) -> dict[str, float]:
   """Median |d loss / d parameter| of the conditioning network and of the prior, at `state`."""
+
   def loss_fn(params):
     cond, prior = state.apply_fn({'params': params}, batch['lowres'], batch['highres'])
     return losses.loss_and_metrics(cond, prior, batch['highres'], config.loss, reduction=config.loss_reduction)[0]
 
   grads = jax.grad(loss_fn)(state.params)
-  return {net: float(np.median(np.abs(np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads[net])]))))
-          for net in ('conditioning', 'prior')}
+  return {
+    net: float(np.median(np.abs(np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads[net])]))))
+    for net in ('conditioning', 'prior')
+  }
 
 
 def run(reduction: str) -> list[dict]:
@@ -59,15 +64,24 @@ def run(reduction: str) -> list[dict]:
   for step in range(FLAGS.steps + 1):
     if step in eval_at:
       metrics = train.evaluate(state, trainer.eval_batches(config), eval_fn, mesh)
-      row = {'reduction': reduction, 'step': step, 'ce_cond_bits': metrics['ce_cond'] / losses.LN2,
-             'ce_joint_bits': metrics['ce_joint'] / losses.LN2, 'relu_dead_worst': metrics['relu_dead_worst'],
-             'relu_active': metrics['relu_active'], 'worst_site': relu_health.worst_site(metrics)[0],
-             'seconds': round(time.time() - t0)}
+      row = {
+        'reduction': reduction,
+        'step': step,
+        'ce_cond_bits': metrics['ce_cond'] / losses.LN2,
+        'ce_joint_bits': metrics['ce_joint'] / losses.LN2,
+        'relu_dead_worst': metrics['relu_dead_worst'],
+        'relu_active': metrics['relu_active'],
+        'worst_site': relu_health.worst_site(metrics)[0],
+        'seconds': round(time.time() - t0),
+      }
       print(row, flush=True)
       rows.append(row)
     if step < FLAGS.steps:
-      state, _ = train_fn(state, first if step == 0 else sharding.to_global(next(batches), mesh),
-                          train_loop.seed_key(config.seed, 'train'))
+      state, _ = train_fn(
+        state,
+        first if step == 0 else sharding.to_global(next(batches), mesh),
+        train_loop.seed_key(config.seed, 'train'),
+      )
   return rows
 
 
@@ -78,8 +92,10 @@ def main(argv):
   print('| reduction | step | CE(A) bits | CE(A+B) bits | dead ReLU, worst site | active |')
   print('|---|---|---|---|---|---|')
   for r in rows:
-    print(f"| {r['reduction']} | {r['step']} | {r['ce_cond_bits']:.3f} | {r['ce_joint_bits']:.3f} | "
-          f"{r['relu_dead_worst']:.0%} ({r['worst_site']}) | {r['relu_active']:.2f} |")
+    print(
+      f'| {r["reduction"]} | {r["step"]} | {r["ce_cond_bits"]:.3f} | {r["ce_joint_bits"]:.3f} | '
+      f'{r["relu_dead_worst"]:.0%} ({r["worst_site"]}) | {r["relu_active"]:.2f} |'
+    )
 
 
 if __name__ == '__main__':

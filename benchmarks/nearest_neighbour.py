@@ -9,6 +9,7 @@ Sizes run in ascending order in one process: the peak memory (device peak_bytes_
 peak RSS on CPU) is a running maximum, so a bounded search shows the same peak for every size. Results go in
 benchmarks/README.md.
 """
+
 import resource
 import time
 
@@ -45,26 +46,34 @@ def main(argv):
   keys = jax.random.split(jax.random.key(0), 2 * FLAGS.distinct_chunks + 1)
   random_uint8 = lambda key, shape: jax.random.randint(key, shape, 0, 256, jnp.int32).astype(jnp.uint8)
   queries = random_uint8(keys[-1], (FLAGS.queries, 8, 8, 3))
-  chunks = [(random_uint8(keys[2 * i], (FLAGS.chunk_size, 8, 8, 3)),
-             random_uint8(keys[2 * i + 1], (FLAGS.chunk_size, 32, 32, 3))) for i in range(FLAGS.distinct_chunks)]
+  chunks = [
+    (
+      random_uint8(keys[2 * i], (FLAGS.chunk_size, 8, 8, 3)),
+      random_uint8(keys[2 * i + 1], (FLAGS.chunk_size, 32, 32, 3)),
+    )
+    for i in range(FLAGS.distinct_chunks)
+  ]
   # Compile and warm up, with each size's short last chunk (its slice and padding compile too), so the timings
   # below are the search only.
   for size in sizes:
     warm_up = synthetic_database(size % FLAGS.chunk_size or FLAGS.chunk_size, chunks, FLAGS.chunk_size)
     jax.block_until_ready(baselines.nearest_neighbours(queries, warm_up, FLAGS.chunk_size))
-  print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.queries} queries, '
-        f'chunk {FLAGS.chunk_size}')
+  print(
+    f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {FLAGS.queries} queries, '
+    f'chunk {FLAGS.chunk_size}'
+  )
   for size in sizes:
     t0 = time.perf_counter()
-    found = baselines.nearest_neighbours(queries, synthetic_database(size, chunks, FLAGS.chunk_size),
-                                         FLAGS.chunk_size)
+    found = baselines.nearest_neighbours(queries, synthetic_database(size, chunks, FLAGS.chunk_size), FLAGS.chunk_size)
     jax.block_until_ready(found)
     seconds = time.perf_counter() - t0
     memory, kind = peak_memory_gib()
     held = size * (8 * 8 * 3 + 32 * 32 * 3) / 2**30
-    print(f'{size:,} entries: {seconds:.2f} s | {size * FLAGS.queries / seconds / 1e9:.2f} G distances/s | '
-          f'{memory:.2f} GiB {kind} (the database itself: {held:.2f} GiB)',
-          flush=True)
+    print(
+      f'{size:,} entries: {seconds:.2f} s | {size * FLAGS.queries / seconds / 1e9:.2f} G distances/s | '
+      f'{memory:.2f} GiB {kind} (the database itself: {held:.2f} GiB)',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ runs: any attribute is a placeholder, and nothing of them executes. A script tha
 fails here instead of running. Scripts that start subprocesses of themselves (train_throughput.py with several
 configs or dtypes) lose the stubs there: give them one of each.
 """
+
 import importlib.abc
 import importlib.machinery
 import runpy

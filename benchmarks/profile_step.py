@@ -9,6 +9,7 @@ from the Perfetto trace, and names each op by its HLO: the root instruction of a
 are folded (`gated3` -> `gatedN`), so the table adds up each kind of layer. Durations are wall time per op summed over
 XLA's threads, so the total exceeds the step when ops overlap; on a machine shared with other jobs they inflate.
 """
+
 import collections
 import glob
 import gzip
@@ -42,7 +43,7 @@ def describe_ops(hlo: str) -> dict[str, str]:
       name = re.search(r'op_name="([^"]+)"', root.group(2))
       roots[comp.group(1)] = f'{root.group(1)} {name.group(1) if name else ""}'
   described = {}
-  for line in hlo[hlo.index('ENTRY'):].splitlines():
+  for line in hlo[hlo.index('ENTRY') :].splitlines():
     m = re.match(r'\s*(?:ROOT )?%(\S+) = \S+ ([\w-]+)\(', line)
     if m:
       calls = re.search(r'calls=%([^,\s]+)', line)
@@ -63,16 +64,19 @@ def main(argv):
   params = model.init(jax.random.key(0), lowres[:1], highres[:1])['params']
 
   def loss(params, batch):
-    return losses.loss_and_metrics(*model.apply({'params': params}, batch['lowres'], batch['highres']),
-                                   batch['highres'], config.loss)
+    return losses.loss_and_metrics(
+      *model.apply({'params': params}, batch['lowres'], batch['highres']), batch['highres'], config.loss
+    )
+
   parts = trainer.batch_parts(FLAGS.parts, b, sharding.data_mesh(jax.devices()[:1]))
   batch = {'lowres': lowres, 'highres': highres}
   step = jax.jit(lambda params: trainer.value_and_grad_in_parts(loss, params, batch, parts)[1])
   jax.block_until_ready(step(params))
   t0 = time.perf_counter()
   jax.block_until_ready(step(params))
-  print(f'{FLAGS.config}, batch {b} in {parts} parts: {time.perf_counter() - t0:.2f} s for loss and gradients '
-        '(untraced)')
+  print(
+    f'{FLAGS.config}, batch {b} in {parts} parts: {time.perf_counter() - t0:.2f} s for loss and gradients (untraced)'
+  )
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       jax.block_until_ready(step(params))

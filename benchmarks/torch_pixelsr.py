@@ -8,6 +8,7 @@ a masked 1 x (k//2+1) horizontal conv, a 1x1 from the down-shifted vertical stac
 1x1 head, the O2 loss and RMSProp. Colour masks are multiplied into the weights on every call, as the JAX model does.
 `load_flax_params` copies a JAX model's parameters in, so the benchmark checks that both compute the same loss.
 """
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,12 @@ from pixelsr import layers
 
 def _mask(in_channels, out_channels, mask_type, num_colours, width, in_chunks=1, out_chunks=1) -> torch.Tensor:
   """The JAX model's (1, width, C_in, C_out) row mask as a torch (C_out, C_in, 1, width) weight mask."""
-  m = layers.row_mask(width, layers.channel_groups(in_channels, num_colours, in_chunks),
-                      layers.channel_groups(out_channels, num_colours, out_chunks), mask_type)
+  m = layers.row_mask(
+    width,
+    layers.channel_groups(in_channels, num_colours, in_chunks),
+    layers.channel_groups(out_channels, num_colours, out_chunks),
+    mask_type,
+  )
   return torch.from_numpy(np.ascontiguousarray(m.transpose(3, 2, 0, 1)))
 
 
@@ -45,7 +50,6 @@ def gate(x):
 
 
 class GatedLayer(nn.Module):
-
   def __init__(self, p, k, num_colours):
     super().__init__()
     self.k = k
@@ -62,7 +66,6 @@ class GatedLayer(nn.Module):
 
 
 class PixelCNNPrior(nn.Module):
-
   def __init__(self, cfg):
     super().__init__()
     p, k1, nc = cfg.prior_channels, cfg.prior_first_kernel, cfg.num_colours
@@ -85,7 +88,6 @@ class PixelCNNPrior(nn.Module):
 
 
 class ResNetBlock(nn.Module):
-
   def __init__(self, c):
     super().__init__()
     self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
@@ -95,15 +97,15 @@ class ResNetBlock(nn.Module):
 
 
 class ConditioningNet(nn.Module):
-
   def __init__(self, cfg):
     super().__init__()
     c, nc = cfg.cond_channels, cfg.num_colours
     self.nc, self.levels = nc, cfg.num_levels
     self.stem = nn.Conv2d(nc, c, 3, padding=1)
     num_upsamples = int(np.log2(cfg.upsample_factor))
-    self.stages = nn.ModuleList(nn.Sequential(*[ResNetBlock(c) for _ in range(cfg.cond_blocks)])
-                                for _ in range(num_upsamples + 1))
+    self.stages = nn.ModuleList(
+      nn.Sequential(*[ResNetBlock(c) for _ in range(cfg.cond_blocks)]) for _ in range(num_upsamples + 1)
+    )
     # flax's 'SAME' stride-2 transposed conv is torch's unpadded one (2n+1 outputs) without the last row and column.
     self.upsample = nn.ModuleList(nn.ConvTranspose2d(c, c, 3, stride=2) for _ in range(num_upsamples))
     self.logits = nn.Conv2d(c, nc * cfg.num_levels, 1)
@@ -120,7 +122,6 @@ class ConditioningNet(nn.Module):
 
 
 class PixelRecursiveSR(nn.Module):
-
   def __init__(self, cfg):
     super().__init__()
     self.conditioning, self.prior = ConditioningNet(cfg), PixelCNNPrior(cfg)
@@ -147,11 +148,13 @@ def make_train_step(model, lr=4e-4):
     loss.backward()
     opt.step()
     return loss.detach()
+
   return step
 
 
 def load_flax_params(model: PixelRecursiveSR, params: dict) -> None:
   """Copies the parameters of a `pixelsr.models.PixelRecursiveSR` (fp32) into `model`."""
+
   def conv(module, p, flip=False):
     kernel = np.asarray(p['kernel'])
     kernel = kernel.reshape(1, 1, *kernel.shape) if kernel.ndim == 2 else kernel  # Dense = 1x1 conv

@@ -11,6 +11,7 @@ the compiled step. Memory: the process's peak RSS (host) and, where the backend 
 peak_bytes_in_use. Each (config, dtype) runs in a process of its own, so each peak is its own. Results go in
 benchmarks/README.md.
 """
+
 import importlib
 import resource
 import subprocess
@@ -49,10 +50,13 @@ def measure(name: str, batch_size: int, steps: int, num_devices: int, dtype: str
   step, _ = train.compile_steps(config, state, mesh)
   rng = np.random.default_rng(0)
   d = config.data
-  batch = sharding.to_global({
+  batch = sharding.to_global(
+    {
       'lowres': rng.integers(0, 256, (batch_size, d.lowres_size, d.lowres_size, cfg.num_colours), np.uint8),
-      'highres': rng.integers(0, 256, (batch_size, d.highres_size, d.highres_size, cfg.num_colours), np.uint8)},
-      mesh)
+      'highres': rng.integers(0, 256, (batch_size, d.highres_size, d.highres_size, cfg.num_colours), np.uint8),
+    },
+    mesh,
+  )
   key = jax.random.key(0)
   compiled = step.lower(state, batch, key).compile()
   cost = compiled.cost_analysis()
@@ -66,9 +70,19 @@ def measure(name: str, batch_size: int, steps: int, num_devices: int, dtype: str
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - t0) / steps
   host, device = peak_memory_gib()
-  return dict(config=name, dtype=dtype, devices=num_devices, params=sum(x.size for x in jax.tree.leaves(state.params)),
-              step_s=seconds, steps_per_s=1 / seconds, images_per_s=batch_size / seconds, gflop_per_step=flops / 1e9,
-              achieved_gflops=flops / 1e9 / seconds, host_gib=host, device_gib=device)
+  return dict(
+    config=name,
+    dtype=dtype,
+    devices=num_devices,
+    params=sum(x.size for x in jax.tree.leaves(state.params)),
+    step_s=seconds,
+    steps_per_s=1 / seconds,
+    images_per_s=batch_size / seconds,
+    gflop_per_step=flops / 1e9,
+    achieved_gflops=flops / 1e9 / seconds,
+    host_gib=host,
+    device_gib=device,
+  )
 
 
 def main(argv):
@@ -76,23 +90,39 @@ def main(argv):
   if len(FLAGS.configs) * len(FLAGS.dtypes) > 1:  # One process each, so each peak-memory figure is its own.
     for name in FLAGS.configs:
       for dtype in FLAGS.dtypes:
-        subprocess.run([sys.executable, __file__, f'--configs={name}', f'--dtypes={dtype}',
-                        f'--batch_size={FLAGS.batch_size}', f'--steps={FLAGS.steps}',
-                        f'--devices={",".join(FLAGS.devices)}'], check=True)
+        subprocess.run(
+          [
+            sys.executable,
+            __file__,
+            f'--configs={name}',
+            f'--dtypes={dtype}',
+            f'--batch_size={FLAGS.batch_size}',
+            f'--steps={FLAGS.steps}',
+            f'--devices={",".join(FLAGS.devices)}',
+          ],
+          check=True,
+        )
     return
-  print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}), '
-        f'batch {FLAGS.batch_size}, {FLAGS.steps} timed steps')
+  print(
+    f'device: {jax.devices()[0].device_kind} x {jax.device_count()} ({jax.default_backend()}), '
+    f'batch {FLAGS.batch_size}, {FLAGS.steps} timed steps'
+  )
   counts = [int(n) for n in FLAGS.devices] or [jax.device_count()]
   if not all(1 <= n <= jax.device_count() for n in counts):
-    sys.exit(f'error: --devices={",".join(FLAGS.devices)} asks for more devices than the {jax.device_count()} there '
-             'are (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=8 makes 8).')
+    sys.exit(
+      f'error: --devices={",".join(FLAGS.devices)} asks for more devices than the {jax.device_count()} there '
+      'are (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=8 makes 8).'
+    )
   for n in counts:
     r = measure(FLAGS.configs[0], FLAGS.batch_size, FLAGS.steps, n, FLAGS.dtypes[0])
-    device = '' if r['device_gib'] is None else f" | {r['device_gib']:.2f} GiB device peak"
-    print(f"{r['config']} ({r['dtype']}) on {r['devices']} device(s): {r['params']:,} params | "
-          f"{r['step_s']:.3f} s/step | "
-          f"{r['steps_per_s']:.3f} steps/s | {r['images_per_s']:.1f} images/s | {r['gflop_per_step']:.1f} GFLOP/step | "
-          f"{r['achieved_gflops']:.1f} GFLOP/s | {r['host_gib']:.2f} GiB host peak RSS{device}", flush=True)
+    device = '' if r['device_gib'] is None else f' | {r["device_gib"]:.2f} GiB device peak'
+    print(
+      f'{r["config"]} ({r["dtype"]}) on {r["devices"]} device(s): {r["params"]:,} params | '
+      f'{r["step_s"]:.3f} s/step | '
+      f'{r["steps_per_s"]:.3f} steps/s | {r["images_per_s"]:.1f} images/s | {r["gflop_per_step"]:.1f} GFLOP/step | '
+      f'{r["achieved_gflops"]:.1f} GFLOP/s | {r["host_gib"]:.2f} GiB host peak RSS{device}',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ Untrained weights (batch norm at its initial averages): the cost does not depend
 Reported: wall time of the whole image after compiling each tile shape once on a first, smaller run of the same
 tiling; throughput in output megapixels per second; the process's peak RSS (CPU) or the device's peak bytes.
 """
+
 import os
 import resource
 import sys
@@ -26,8 +27,9 @@ sys.path.insert(0, _REPO)
 from common.config import from_config  # noqa: E402  (after the path)
 from imle import models, srgan, whole_image  # noqa: E402
 
-config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'imagenet_srim.py'), 'SRIM or SRGAN config.',
-                                lock_config=False)
+config_flags.DEFINE_config_file(
+  'config', os.path.join(_REPO, 'configs', 'imagenet_srim.py'), 'SRIM or SRGAN config.', lock_config=False
+)
 flags.DEFINE_string('size', '1000x750', 'The low-res photo, WIDTHxHEIGHT; the output is 4x each side.')
 flags.DEFINE_integer('tile', 64, 'Low-res pixels per tile side.')
 flags.DEFINE_integer('overlap', -1, 'Context pixels; -1 = the receptive radius.')
@@ -38,11 +40,15 @@ def tile_fn_and_radius(config):
   if config.method == 'srim':
     cfg = from_config(models.SRIMConfig, config.model, 'config.model')
     model = models.SRIM(cfg)
-    noises = [jnp.zeros((1, side * 2 ** (s + 1), side * 2 ** (s + 1), cfg.noise_channels))
-              for s in range(cfg.num_stages)]
+    noises = [
+      jnp.zeros((1, side * 2 ** (s + 1), side * 2 ** (s + 1), cfg.noise_channels)) for s in range(cfg.num_stages)
+    ]
     variables = model.init(jax.random.key(0), jnp.zeros((1, side, side, 3)), noises)
-    return (whole_image.srim_tile_fn(model, variables), whole_image.srim_receptive_radius(cfg),
-            whole_image.srim_noises(cfg, jax.random.key(1)))
+    return (
+      whole_image.srim_tile_fn(model, variables),
+      whole_image.srim_receptive_radius(cfg),
+      whole_image.srim_noises(cfg, jax.random.key(1)),
+    )
   cfg = from_config(srgan.SRGANConfig, config.model, 'config.model')
   model = srgan.Generator(cfg)
   variables = model.init(jax.random.key(0), jnp.zeros((1, side, side, 3)))
@@ -66,11 +72,16 @@ def main(argv):
   out = whole_image.super_resolve(fn, photo, 4, tile=tile, overlap=overlap, noises=noises)
   seconds = time.perf_counter() - start
   stats = jax.devices()[0].memory_stats() or {}
-  peak = (f'{stats["peak_bytes_in_use"] / 2**30:.2f} GiB on the device' if 'peak_bytes_in_use' in stats else
-          f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS')
-  print(f'{config.method} {width}x{height} -> {out.shape[1]}x{out.shape[0]}, tiles {tile} + {overlap} context, '
-        f'{jax.devices()[0].device_kind}: {seconds:.1f} s ({out.shape[0] * out.shape[1] / 1e6 / seconds:.3f} output '
-        f'megapixels/s), {peak}')
+  peak = (
+    f'{stats["peak_bytes_in_use"] / 2**30:.2f} GiB on the device'
+    if 'peak_bytes_in_use' in stats
+    else f'{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB peak RSS'
+  )
+  print(
+    f'{config.method} {width}x{height} -> {out.shape[1]}x{out.shape[0]}, tiles {tile} + {overlap} context, '
+    f'{jax.devices()[0].device_kind}: {seconds:.1f} s ({out.shape[0] * out.shape[1] / 1e6 / seconds:.3f} output '
+    f'megapixels/s), {peak}'
+  )
 
 
 if __name__ == '__main__':

@@ -5,6 +5,7 @@ a step directory exists only once it is complete. A complete checkpoint that can
 damaged file) is moved to `<workdir>/corrupt_checkpoints/` with a warning and the previous one is restored instead,
 so a restarted job never loops on the same failure.
 """
+
 import dataclasses
 import json
 import os
@@ -29,8 +30,9 @@ CORRUPT_DIR = 'corrupt_checkpoints'
 def make_manager(workdir: str, *, keep: int, every_steps: int) -> ocp.CheckpointManager:
   # A fixed interval only: orbax's default policy would also save the first step of every (re)start.
   policy = ocp.checkpoint_managers.FixedIntervalPolicy(every_steps)
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_decision_policy=policy, create=True,
-                                         cleanup_tmp_directories=True)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, save_decision_policy=policy, create=True, cleanup_tmp_directories=True
+  )
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options)
 
 
@@ -38,12 +40,16 @@ def open_manager(workdir: str) -> ocp.CheckpointManager:
   """A manager to read the checkpoints of an existing run (creates nothing)."""
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(directory):
-    raise UserError(f'{workdir} has no checkpoints/ directory: train first (launch/train.py --workdir={workdir}), '
-                    'or pass the --workdir of a run that saved checkpoints.')
+    raise UserError(
+      f'{workdir} has no checkpoints/ directory: train first (launch/train.py --workdir={workdir}), '
+      'or pass the --workdir of a run that saved checkpoints.'
+    )
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
   if manager.latest_step() is None:
-    raise UserError(f'{directory} holds no finished checkpoint yet; wait for the run to save one '
-                    '(config.checkpoint_every_steps) or train longer.')
+    raise UserError(
+      f'{directory} holds no finished checkpoint yet; wait for the run to save one '
+      '(config.checkpoint_every_steps) or train longer.'
+    )
   return manager
 
 
@@ -54,12 +60,19 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
 def field_defaults(typed: Any) -> dict:
   """The defaults of a dataclass instance's fields, as config.json records values (a method's typed model config:
   what `check_config`'s `model_defaults` takes)."""
-  return json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(typed)
-                                if f.default is not dataclasses.MISSING}))
+  return json.loads(
+    json.dumps({f.name: f.default for f in dataclasses.fields(typed) if f.default is not dataclasses.MISSING})
+  )
 
 
-def check_config(workdir: str, config: ml_collections.ConfigDict, sections: tuple[str, ...] = ('method', 'model'),
-                 *, model_defaults: dict | None = None, record: bool = True):
+def check_config(
+  workdir: str,
+  config: ml_collections.ConfigDict,
+  sections: tuple[str, ...] = ('method', 'model'),
+  *,
+  model_defaults: dict | None = None,
+  record: bool = True,
+):
   """Refuses to resume a workdir whose checkpoints were written by a different model; records the config otherwise
   (unless `record` is False: a read-only check, e.g. before sampling from the run).
 
@@ -80,9 +93,10 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, sections: tupl
     for section in sections:
       if old.get(section) != new.get(section):
         raise UserError(
-            f'{workdir} holds a run with a different config.{section} ({old.get(section)!r} there, '
-            f'{new.get(section)!r} now). Use a new --workdir, or the config that run was started with '
-            f'(saved in {path}).')
+          f'{workdir} holds a run with a different config.{section} ({old.get(section)!r} there, '
+          f'{new.get(section)!r} now). Use a new --workdir, or the config that run was started with '
+          f'(saved in {path}).'
+        )
   if record and jax.process_index() == 0:
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
@@ -94,14 +108,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir's run was started with."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise UserError(f'{workdir} has no {CONFIG_FILE}: it is not a training workdir. Pass the --workdir of a run '
-                    'started with launch/train.py.')
+    raise UserError(
+      f'{workdir} has no {CONFIG_FILE}: it is not a training workdir. Pass the --workdir of a run '
+      'started with launch/train.py.'
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: Any, step: int | None = None, *,
-                   set_aside: bool = False) -> Any:
+def restore_latest(
+  manager: ocp.CheckpointManager, state: Any, step: int | None = None, *, set_aside: bool = False
+) -> Any:
   """The latest readable checkpoint (or `step`'s) restored with `state`'s shapes, dtypes and shardings, or `state`
   if there is none.
 
@@ -116,8 +133,11 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, step: int | None 
     try:
       return _restore(manager, step, abstract)
     except Exception as e:  # noqa: BLE001 (tensorstore raises bare Exception for unreadable data)
-      raise UserError(_misfit(manager, step, abstract) or f'Checkpoint {step} in {manager.directory} cannot be '
-                      f'read ({_short(e)}); pick another with --checkpoint, or restore the file.') from e
+      raise UserError(
+        _misfit(manager, step, abstract)
+        or f'Checkpoint {step} in {manager.directory} cannot be '
+        f'read ({_short(e)}); pick another with --checkpoint, or restore the file.'
+      ) from e
   steps = sorted(manager.all_steps(), reverse=True)
   for step in steps:
     try:
@@ -126,8 +146,9 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, step: int | None 
       misfit = _misfit(manager, step, abstract)
       if misfit:
         raise UserError(misfit) from e
-      logging.warning('Checkpoint %d in %s cannot be read (%s); trying the one before it.', step, manager.directory,
-                      _short(e))
+      logging.warning(
+        'Checkpoint %d in %s cannot be read (%s); trying the one before it.', step, manager.directory, _short(e)
+      )
       if set_aside:
         _set_aside(manager, step)
   if steps:
@@ -166,19 +187,30 @@ def _misfit(manager: ocp.CheckpointManager, step: int, abstract: Any) -> str | N
   if stored == wanted:
     return None
   where = (sorted(set(stored) ^ set(wanted)) or [k for k in wanted if stored[k] != wanted[k]])[0]
-  detail = (f'{stored[where]} there, {wanted[where]} now' if where in stored and where in wanted
-            else 'only in the checkpoint' if where in stored else 'missing from the checkpoint')
-  return (f'Checkpoint {step} in {manager.directory} does not fit this model ({where}: {detail}). Use a new '
-          '--workdir or the config it was written with.')
+  detail = (
+    f'{stored[where]} there, {wanted[where]} now'
+    if where in stored and where in wanted
+    else 'only in the checkpoint'
+    if where in stored
+    else 'missing from the checkpoint'
+  )
+  return (
+    f'Checkpoint {step} in {manager.directory} does not fit this model ({where}: {detail}). Use a new '
+    '--workdir or the config it was written with.'
+  )
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
   """{'opt_state.0.nu.prior.head.kernel': (shape, dtype), ...}: orbax stores namedtuples as lists, dataclasses as
   dicts, so leaves are named by their keys alone."""
+
   def name(path):
     return '.'.join(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path)
-  return {name(path): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+  return {
+    name(path): (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
@@ -197,8 +229,10 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
 def check_workdir(workdir: str) -> None:
   """Creates `workdir` and proves it writable before anything is compiled or read."""
   if '://' in workdir:
-    raise UserError(f'--workdir takes a directory path, not a URL ({workdir}). On a cluster, mount the bucket on every '
-                    'host (e.g. gcsfuse at /gcs/BUCKET) or use a shared filesystem, and pass that path.')
+    raise UserError(
+      f'--workdir takes a directory path, not a URL ({workdir}). On a cluster, mount the bucket on every '
+      'host (e.g. gcsfuse at /gcs/BUCKET) or use a shared filesystem, and pass that path.'
+    )
   probe = os.path.join(workdir, f'.write_test.{jax.process_index()}.{os.getpid()}')
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -206,8 +240,10 @@ def check_workdir(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise UserError(f'Cannot write to --workdir {workdir}: {e.strerror or e}. Pass a --workdir on a writable disk '
-                    '(on a cluster, storage that every host shares).') from e
+    raise UserError(
+      f'Cannot write to --workdir {workdir}: {e.strerror or e}. Pass a --workdir on a writable disk '
+      '(on a cluster, storage that every host shares).'
+    ) from e
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
@@ -218,9 +254,11 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, *, force: bool =
   needed = sum(x.nbytes for x in jax.tree.leaves(state))
   free = _free_bytes(manager.directory)
   if free is not None and free < needed:
-    raise UserError(f'Not enough disk space to save checkpoint {step}: {free / 2**20:.1f} MiB free under '
-                    f'{manager.directory}, about {needed / 2**20:.1f} MiB needed. Free some space (or lower '
-                    f'config.keep_checkpoints) and run the same command to resume from {_kept(manager)}.')
+    raise UserError(
+      f'Not enough disk space to save checkpoint {step}: {free / 2**20:.1f} MiB free under '
+      f'{manager.directory}, about {needed / 2**20:.1f} MiB needed. Free some space (or lower '
+      f'config.keep_checkpoints) and run the same command to resume from {_kept(manager)}.'
+    )
   try:
     return manager.save(step, args=ocp.args.StandardSave(state), force=True)
   except Exception as e:  # noqa: BLE001 (orbax re-raises a failed background write here, as ValueError)
@@ -250,5 +288,7 @@ def _kept(manager: ocp.CheckpointManager) -> str:
 
 
 def _write_error(manager: ocp.CheckpointManager, error: Exception) -> UserError:
-  return UserError(f'Writing a checkpoint under {manager.directory} failed ({_short(error)}). Free disk space or fix '
-                   f'the storage, then run the same command to resume from {_kept(manager)}, which is intact.')
+  return UserError(
+    f'Writing a checkpoint under {manager.directory} failed ({_short(error)}). Free disk space or fix '
+    f'the storage, then run the same command to resume from {_kept(manager)}, which is intact.'
+  )

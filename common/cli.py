@@ -1,4 +1,5 @@
 """What the launch/ scripts share: one-line user errors, flag parsing that reports them, quiet library logs."""
+
 import os
 import re
 import sys
@@ -50,8 +51,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(e)
 
 
-_OWN = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
-             for d in ('common', 'pixelsr', 'imle', 'launch', 'configs'))
+_OWN = tuple(
+  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
+  for d in ('common', 'pixelsr', 'imle', 'launch', 'configs')
+)
 # clu writes the run's metrics and its steps/s and ETA ("Setting work unit notes"): the run's own progress.
 _PROGRESS_LIBRARIES = (os.sep + 'clu' + os.sep,)
 # TensorFlow's C++ INFO lines at import ("oneDNN custom operations are on", twice, each after "WARNING: All log
@@ -71,8 +74,13 @@ def quiet_logs(imports_tensorflow: bool = True):
     def filter(self, record):
       if '/orbax/' in record.pathname:
         return record.levelno >= logging.logging.CRITICAL
-      return (everything or record.levelno >= logging.logging.WARNING or record.pathname.startswith(_OWN)
-              or any(lib in record.pathname for lib in _PROGRESS_LIBRARIES))
+      return (
+        everything
+        or record.levelno >= logging.logging.WARNING
+        or record.pathname.startswith(_OWN)
+        or any(lib in record.pathname for lib in _PROGRESS_LIBRARIES)
+      )
+
   logging.get_absl_handler().addFilter(_Filter())
   if imports_tensorflow and not everything:
     _import_tensorflow_quietly()
@@ -83,6 +91,7 @@ def _import_tensorflow_quietly():
   if 'tensorflow' in sys.modules:
     return
   import tempfile
+
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile(mode='w+') as caught:

@@ -1,4 +1,5 @@
 """Typed, frozen model configs built from `ml_collections` sections, with errors that name the field."""
+
 import dataclasses
 import typing
 from typing import Any, TypeVar

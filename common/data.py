@@ -27,6 +27,7 @@ The training order is a function of (seed, example index) only, so `start_index`
 number of examples a run has consumed) resumes exactly where an uninterrupted run would be.
 Random crops and the augmentation draw from stateless generators keyed by (seed, index).
 """
+
 import contextlib
 import functools
 import math
@@ -47,17 +48,23 @@ from common.images import RESIZE_METHODS, ImageError, load_image
 from common.streams import DatasetNotFoundError
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp')
-EMBEDDED_PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field',
-                   'immunohistochemistry', 'retina')
+EMBEDDED_PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field', 'immunohistochemistry', 'retina')
 SPLITS = ('train', 'eval', 'eval_unseen')
 AUGMENTATIONS = ('none', 'flip_rot90')
 # Fixes which files of a folder are held out; changing it would leak eval files into training.
 _FOLDER_SPLIT_SEED = 0
 
 
-def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size: int, seed: int = 0,
-                 start_index: int = 0, process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def make_dataset(
+  data_cfg: ml_collections.ConfigDict,
+  split: str,
+  *,
+  batch_size: int,
+  seed: int = 0,
+  start_index: int = 0,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """Batches for this process: {'lowres': uint8 (b, l, l, 3), 'highres': uint8 (b, h, h, 3)}.
 
   Args:
@@ -89,10 +96,14 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size:
     raise ValueError(f'start_index {start_index} must be a non-negative multiple of batch_size {batch_size}')
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} must be in [0, {process_count})')
-  sources = {'tfds': _tfds_examples, 'folder': _folder_examples, 'embedded': _embedded_examples,
-             'mnist_corners': mnist.corner_pairs}
+  sources = {
+    'tfds': _tfds_examples,
+    'folder': _folder_examples,
+    'embedded': _embedded_examples,
+    'mnist_corners': mnist.corner_pairs,
+  }
   if data_cfg.source not in sources:
-    raise UserError(f"config.data.source must be one of {sorted(sources)}, got {data_cfg.source!r}")
+    raise UserError(f'config.data.source must be one of {sorted(sources)}, got {data_cfg.source!r}')
   _check_fields(data_cfg, split)
   _hide_gpus_from_tf()
   shard = streams.Shard(process_index, process_count, batch_size // process_count)
@@ -102,16 +113,19 @@ def make_dataset(data_cfg: ml_collections.ConfigDict, split: str, *, batch_size:
     ds, channels = examples, 1
   else:
     augment = split == 'train' and data_cfg.augment != 'none'
-    ds = examples.map(functools.partial(_make_pair, data_cfg=data_cfg, augment=augment),
-                      num_parallel_calls=tf.data.AUTOTUNE)
+    ds = examples.map(
+      functools.partial(_make_pair, data_cfg=data_cfg, augment=augment), num_parallel_calls=tf.data.AUTOTUNE
+    )
     channels = 3
   if split != 'train':
     size = data_cfg.highres_size, data_cfg.lowres_size
-    padding = tf.data.Dataset.from_tensors({
+    padding = tf.data.Dataset.from_tensors(
+      {
         'highres': tf.zeros([size[0], size[0], channels], tf.uint8),
         'lowres': tf.zeros([size[1], size[1], channels], tf.uint8),
         'mask': False,
-    }).repeat()
+      }
+    ).repeat()
     ds = ds.concatenate(padding).take(math.ceil(num_eval / batch_size) * shard.batch)
   ds = ds.batch(shard.batch, drop_remainder=True).prefetch(2)
   return _numpy_batches(ds.with_options(streams.options()))
@@ -125,18 +139,24 @@ def _check_fields(data_cfg: ml_collections.ConfigDict, split: str) -> None:
   if data_cfg.augment not in AUGMENTATIONS:
     raise UserError(f'config.data.augment must be one of {list(AUGMENTATIONS)}, got {data_cfg.augment!r}')
   if data_cfg.augment != 'none' and data_cfg.source == 'mnist_corners':
-    raise UserError("config.data.augment must be 'none' with source='mnist_corners': a vertical flip or a rotation "
-                    'would move the digit into a lower corner, which the task never shows')
+    raise UserError(
+      "config.data.augment must be 'none' with source='mnist_corners': a vertical flip or a rotation "
+      'would move the digit into a lower corner, which the task never shows'
+    )
   unseen = data_cfg.num_unseen_classes
   if not isinstance(unseen, int) or unseen < 0:
     raise UserError(f'config.data.num_unseen_classes must be an integer >= 0, got {unseen!r}')
   if unseen and data_cfg.source != 'folder':
-    raise UserError(f'config.data.num_unseen_classes={unseen} holds out class subfolders of an image folder, but '
-                    f'config.data.source is {data_cfg.source!r}: use --config.data.source=folder, or set '
-                    '--config.data.num_unseen_classes=0')
+    raise UserError(
+      f'config.data.num_unseen_classes={unseen} holds out class subfolders of an image folder, but '
+      f'config.data.source is {data_cfg.source!r}: use --config.data.source=folder, or set '
+      '--config.data.num_unseen_classes=0'
+    )
   if split == 'eval_unseen' and not unseen:
-    raise UserError("The 'eval_unseen' split needs held-out classes: set config.data.num_unseen_classes > 0 "
-                    "(source='folder', one subfolder per class)")
+    raise UserError(
+      "The 'eval_unseen' split needs held-out classes: set config.data.num_unseen_classes > 0 "
+      "(source='folder', one subfolder per class)"
+    )
 
 
 def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
@@ -175,8 +195,9 @@ def lowres_from_highres(highres: tf.Tensor, lowres_size: int, method: str = 'ant
   size, highres = [lowres_size, lowres_size], tf.cast(highres, tf.float32)
   if method == 'tf1':
     # The op behind tf.compat.v1.image.resize_bicubic, without its deprecation warning.
-    resized = tf.raw_ops.ResizeBicubic(images=highres[None], size=size, align_corners=False,
-                                       half_pixel_centers=False)[0]
+    resized = tf.raw_ops.ResizeBicubic(images=highres[None], size=size, align_corners=False, half_pixel_centers=False)[
+      0
+    ]
   else:
     resized = tf.image.resize(highres, size, 'bicubic', antialias=method == 'antialiased')
   return streams.quantize(resized)
@@ -210,7 +231,7 @@ def crop_image(image: tf.Tensor, data_cfg: ml_collections.ConfigDict, seed: tf.T
     return tf.image.crop_to_bounding_box(image, top, left, size, size)
   if data_cfg.crop == 'centre':
     side = tf.minimum(h, w)
-    return image[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    return image[(h - side) // 2 : (h - side) // 2 + side, (w - side) // 2 : (w - side) // 2 + side]
   u = tf.random.stateless_uniform([3], seed=seed)
   largest = tf.minimum(h, w)
   low = tf.minimum(data_cfg.random_crop_min, largest)
@@ -218,7 +239,7 @@ def crop_image(image: tf.Tensor, data_cfg: ml_collections.ConfigDict, seed: tf.T
   side = low + _floor_int(u[0], high - low + 1)
   top = _floor_int(u[1], h - side + 1)
   left = _floor_int(u[2], w - side + 1)
-  return image[top:top + side, left:left + side]
+  return image[top : top + side, left : left + side]
 
 
 def _floor_int(u: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
@@ -226,8 +247,9 @@ def _floor_int(u: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
   return tf.minimum(tf.cast(tf.floor(u * tf.cast(n, tf.float32)), tf.int32), n - 1)
 
 
-def _make_pair(example: dict[str, tf.Tensor], data_cfg: ml_collections.ConfigDict,
-               augment: bool) -> dict[str, tf.Tensor]:
+def _make_pair(
+  example: dict[str, tf.Tensor], data_cfg: ml_collections.ConfigDict, augment: bool
+) -> dict[str, tf.Tensor]:
   crop = tf.cast(crop_image(example['image'], data_cfg, example['seed']), tf.float32)
   size = data_cfg.highres_size
   highres = streams.quantize(tf.image.resize(crop, [size, size], 'bicubic', antialias=True))
@@ -250,13 +272,14 @@ def embedded_photo(name: str, split: str, eval_fraction: float) -> np.ndarray:
   """
   photo = getattr(skimage.data, name)()
   held_out = min(max(1, round(photo.shape[0] * eval_fraction)), photo.shape[0] - 1)
-  return photo[photo.shape[0] - held_out:] if split == 'eval' else photo[:photo.shape[0] - held_out]
+  return photo[photo.shape[0] - held_out :] if split == 'eval' else photo[: photo.shape[0] - held_out]
 
 
 def _embedded_examples(data_cfg, split, *, shard, seed, start_index):
   if data_cfg.crop == 'celeba':
-    raise UserError("config.data.crop='celeba' needs aligned CelebA images; use 'random' or 'centre' with "
-                    "source='embedded'")
+    raise UserError(
+      "config.data.crop='celeba' needs aligned CelebA images; use 'random' or 'centre' with source='embedded'"
+    )
   if split == 'eval' and data_cfg.num_eval_examples <= 0:
     raise UserError('source=embedded makes as many eval crops as asked: set data.num_eval_examples > 0')
   photos = [embedded_photo(name, split, data_cfg.eval_fraction) for name in EMBEDDED_PHOTOS]
@@ -266,10 +289,11 @@ def _embedded_examples(data_cfg, split, *, shard, seed, start_index):
   shapes = tf.constant([p.shape for p in photos], tf.int64)
 
   def load_item(item):
-    return tf.reshape(flat[offsets[item]:offsets[item + 1]], shapes[item])
+    return tf.reshape(flat[offsets[item] : offsets[item + 1]], shapes[item])
 
-  examples = streams.indexed_examples(load_item, len(photos), split, data_cfg.num_eval_examples,
-                                     shard=shard, seed=seed, start_index=start_index)
+  examples = streams.indexed_examples(
+    load_item, len(photos), split, data_cfg.num_eval_examples, shard=shard, seed=seed, start_index=start_index
+  )
   return examples, data_cfg.num_eval_examples
 
 
@@ -288,28 +312,36 @@ def folder_files(folder: str, eval_fraction: float, num_unseen_classes: int = 0)
   depends on the file names only, not on the run.
   """
   if not os.path.isdir(folder):
-    raise UserError(f'config.data.folder {folder!r} is not a directory: point --config.data.folder at a folder of '
-                    'images')
-  files = sorted(os.path.join(root, name) for root, _, names in os.walk(folder, followlinks=True)
-                 for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+    raise UserError(
+      f'config.data.folder {folder!r} is not a directory: point --config.data.folder at a folder of images'
+    )
+  files = sorted(
+    os.path.join(root, name)
+    for root, _, names in os.walk(folder, followlinks=True)
+    for name in names
+    if name.lower().endswith(IMAGE_EXTENSIONS)
+  )
   if not files:
-    raise UserError(f'config.data.folder {folder!r} holds no images (searched recursively for '
-                    f'{", ".join(IMAGE_EXTENSIONS)})')
+    raise UserError(
+      f'config.data.folder {folder!r} holds no images (searched recursively for {", ".join(IMAGE_EXTENSIONS)})'
+    )
   groups, unseen = [files], []
   if num_unseen_classes:
     groups, unseen = _hold_out_classes(folder, files, num_unseen_classes)
   if eval_fraction <= 0:
     return {'train': [p for group in groups for p in group], 'eval': [], 'eval_unseen': unseen}
   if sum(len(group) for group in groups) < 2:
-    raise UserError(f'config.data.folder {folder!r} holds 1 image{" of the seen classes" if unseen else ""}; holding '
-                    'out eval images needs at least 2 (or set data.eval_fraction=0)')
+    raise UserError(
+      f'config.data.folder {folder!r} holds 1 image{" of the seen classes" if unseen else ""}; holding '
+      'out eval images needs at least 2 (or set data.eval_fraction=0)'
+    )
   train, held = [], []
   for group in groups:
     held_out = min(max(1, round(len(group) * eval_fraction)), len(group) - 1)
     order = np.random.default_rng(_FOLDER_SPLIT_SEED).permutation(len(group))
     shuffled = [group[i] for i in order]
-    train += shuffled[:len(group) - held_out]
-    held += shuffled[len(group) - held_out:]
+    train += shuffled[: len(group) - held_out]
+    held += shuffled[len(group) - held_out :]
   return {'train': train, 'eval': held, 'eval_unseen': unseen}
 
 
@@ -321,16 +353,22 @@ def _hold_out_classes(folder: str, files: list[str], num_unseen: int) -> tuple[l
     (classes.setdefault(top, []) if below else loose).append(path)
   fix = 'or set --config.data.num_unseen_classes=0'
   if not classes:
-    raise UserError(f'config.data.num_unseen_classes={num_unseen} holds out classes, but config.data.folder '
-                    f'{folder!r} has no subfolders with images: put each class in its own subfolder '
-                    f'({folder}/CLASS/*.jpg), {fix}')
+    raise UserError(
+      f'config.data.num_unseen_classes={num_unseen} holds out classes, but config.data.folder '
+      f'{folder!r} has no subfolders with images: put each class in its own subfolder '
+      f'({folder}/CLASS/*.jpg), {fix}'
+    )
   if loose:
-    raise UserError(f'config.data.num_unseen_classes={num_unseen} needs every image in a class subfolder, but '
-                    f'{folder!r} holds {len(loose)} at its top level (e.g. {os.path.basename(loose[0])}): move them '
-                    f'into their class\'s subfolder, {fix}')
+    raise UserError(
+      f'config.data.num_unseen_classes={num_unseen} needs every image in a class subfolder, but '
+      f'{folder!r} holds {len(loose)} at its top level (e.g. {os.path.basename(loose[0])}): move them '
+      f"into their class's subfolder, {fix}"
+    )
   if num_unseen >= len(classes):
-    raise UserError(f'config.data.num_unseen_classes={num_unseen} must be less than the {len(classes)} classes '
-                    f'(subfolders with images) of {folder!r}, so that some are left for training')
+    raise UserError(
+      f'config.data.num_unseen_classes={num_unseen} must be less than the {len(classes)} classes '
+      f'(subfolders with images) of {folder!r}, so that some are left for training'
+    )
   names = sorted(classes)
   return [classes[c] for c in names[:-num_unseen]], [p for c in names[-num_unseen:] for p in classes[c]]
 
@@ -354,8 +392,9 @@ def _folder_examples(data_cfg, split, *, shard, seed, start_index):
   if data_cfg.num_eval_examples > 0:
     num_eval = min(num_eval, data_cfg.num_eval_examples)
   paths = tf.constant(files)
-  examples = streams.indexed_examples(lambda item: _read_file(paths[item]), len(files), split, num_eval,
-                                      shard=shard, seed=seed, start_index=start_index)
+  examples = streams.indexed_examples(
+    lambda item: _read_file(paths[item]), len(files), split, num_eval, shard=shard, seed=seed, start_index=start_index
+  )
   return examples, num_eval
 
 
@@ -372,8 +411,9 @@ def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
   def load(split_name):
     """Undecoded images: shuffling and skipping move bytes, and only kept examples are decoded."""
     try:
-      ds = builder.as_dataset(split=split_name, shuffle_files=False, read_config=read_config,
-                              decoders={'image': tfds.decode.SkipDecoding()})
+      ds = builder.as_dataset(
+        split=split_name, shuffle_files=False, read_config=read_config, decoders={'image': tfds.decode.SkipDecoding()}
+      )
     except AssertionError as e:  # What tfds raises for a dataset missing from data_dir.
       if builder.is_prepared():
         raise
@@ -400,25 +440,29 @@ def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
     first_epoch = local_start // num_records
 
     def epoch(e):
-      epoch_seed = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64), e]),
-                                               minval=None, maxval=None, dtype=tf.int64)
+      epoch_seed = tf.random.stateless_uniform(
+        [], seed=tf.stack([tf.constant(seed, tf.int64), e]), minval=None, maxval=None, dtype=tf.int64
+      )
       return records.shuffle(data_cfg.shuffle_buffer, seed=epoch_seed)
 
     stream = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
     stream = stream.skip(local_start - first_epoch * num_records).enumerate(start=local_start)
     # Crop keys unique across processes: local number i of process p is example i * count + p.
     examples = stream.map(
-        lambda i, encoded: {'image': decode(encoded),
-                            'seed': streams.example_seed(seed, i * shard.count + shard.index)},
-        num_parallel_calls=tf.data.AUTOTUNE)
+      lambda i, encoded: {'image': decode(encoded), 'seed': streams.example_seed(seed, i * shard.count + shard.index)},
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
     return examples, 0
 
   available = int(load(data_cfg.eval_split).cardinality())
   num_eval = min(data_cfg.num_eval_examples, available) if data_cfg.num_eval_examples > 0 else available
   records = load(process_split(f'{data_cfg.eval_split}[:{num_eval}]'))
   examples = records.enumerate().map(
-      lambda i, encoded: {'image': decode(encoded),
-                          'seed': streams.example_seed(streams.EVAL_SEED, i * shard.count + shard.index),
-                          'mask': True},
-      num_parallel_calls=tf.data.AUTOTUNE)
+    lambda i, encoded: {
+      'image': decode(encoded),
+      'seed': streams.example_seed(streams.EVAL_SEED, i * shard.count + shard.index),
+      'mask': True,
+    },
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
   return examples, num_eval

@@ -4,6 +4,7 @@ On a GPU every fusion, library call (cuBLAS/cuDNN custom-call) and copy left in 
 launch; in a loop of short steps (the cached sampler's pixel scan) their count, not their arithmetic, sets the time.
 `benchmarks/sampling.py` prints the count of one pixel step for each batch size.
 """
+
 import collections
 import re
 
@@ -45,8 +46,9 @@ def _launches(comps: dict, name: str) -> collections.Counter:
       for callee in re.findall(r'(?:to_apply|calls|branch_computations)=\{?%?([\w.-]+)', line):
         count.update(_launches(comps, callee))
     else:
-      count['fusion' if op == 'fusion' else 'library call' if op in ('custom-call', 'dot', 'convolution')
-            else 'other'] += 1
+      count[
+        'fusion' if op == 'fusion' else 'library call' if op in ('custom-call', 'dot', 'convolution') else 'other'
+      ] += 1
   return count
 
 
@@ -60,9 +62,13 @@ def pixel_step(hlo: str, width: int) -> collections.Counter:
       trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
       if _opcode(line) == 'while' and trips and int(trips.group(1)) == width:
         loops[re.search(r'body=%?([\w.-]+)', line).group(1)] = None
-  nested = {body for body in loops if not any(
-      re.search(rf'body=%?{re.escape(inner)}\b', line) for inner in loops if inner != body
-      for line in comps[body])}
+  nested = {
+    body
+    for body in loops
+    if not any(
+      re.search(rf'body=%?{re.escape(inner)}\b', line) for inner in loops if inner != body for line in comps[body]
+    )
+  }
   if len(nested) != 1:
     raise ValueError(f'expected one innermost loop of {width} trips, found {len(nested)}')
   return _launches(comps, nested.pop())

@@ -4,6 +4,7 @@ Pixel values are floats in [0, 255] or uint8 unless a name says otherwise. The r
 match TensorFlow's bicubic resizes (RESIZE_METHODS), which the data pipeline uses, so the
 JAX side (metrics, baselines) sees the same operator as the data.
 """
+
 import functools
 import os
 import uuid
@@ -63,8 +64,9 @@ def _tf_bicubic_weights(in_size: int, out_size: int, half_pixel_centers: bool) -
   first = np.floor(centre)
   offset = np.rint((centre - first) * np.float32(_TF_TABLE_SIZE)).astype(np.int64)
   taps = first.astype(np.int64)[:, None] + np.arange(-1, 3)
-  tap_weights = np.stack([far[offset], near[offset], near[_TF_TABLE_SIZE - offset],
-                          far[_TF_TABLE_SIZE - offset]], axis=1)
+  tap_weights = np.stack(
+    [far[offset], near[offset], near[_TF_TABLE_SIZE - offset], far[_TF_TABLE_SIZE - offset]], axis=1
+  )
   if half_pixel_centers:
     tap_weights = np.where((taps >= 0) & (taps < in_size), tap_weights, np.float32(0))
     tap_weights *= np.float32(1) / tap_weights.sum(axis=1, keepdims=True, dtype=np.float32)
@@ -154,14 +156,13 @@ def make_grid(image_sets: Sequence[np.ndarray], padding: int = 2, pad_value: int
     raise ValueError(f'make_grid wants the same N in every set, got {[s.shape for s in sets]}')
   h = max(s.shape[1] for s in sets)
   w = max(s.shape[2] for s in sets)
-  grid = np.full((num * (h + padding) + padding, len(sets) * (w + padding) + padding, 3),
-                 pad_value, np.uint8)
+  grid = np.full((num * (h + padding) + padding, len(sets) * (w + padding) + padding, 3), pad_value, np.uint8)
   for k, images in enumerate(sets):
     cells = np.broadcast_to(_nearest_resize(images, h, w), (num, h, w, 3))
     left = padding + k * (w + padding)
     for n in range(num):
       top = padding + n * (h + padding)
-      grid[top:top + h, left:left + w] = cells[n]
+      grid[top : top + h, left : left + w] = cells[n]
   return grid
 
 
@@ -208,12 +209,13 @@ def _reduce_or_refuse(image: Image.Image, path, max_pixels: int) -> None:
   for factor in (2, 4, 8):
     if image.format == 'JPEG' and -(-width // factor) * -(-height // factor) <= max_pixels:
       image.draft('RGB', (width // factor, height // factor))  # The decoder rounds each side up.
-      logging.info('%s is %dx%d: decoded at 1/%d scale, %dx%d.', os.fspath(path), width, height, factor,
-                   *image.size)
+      logging.info('%s is %dx%d: decoded at 1/%d scale, %dx%d.', os.fspath(path), width, height, factor, *image.size)
       return
-  raise ImageError(f'Image file {os.fspath(path)!r} is {width}x{height} ({width * height / 1e6:.3g} MP), over the '
-                   f'{max_pixels / 1e6:.3g} MP this library decodes. Downscale it first (e.g. `convert IN -resize '
-                   '4096x4096 OUT`); a JPEG up to 8x8 times that size is read at a reduced scale.')
+  raise ImageError(
+    f'Image file {os.fspath(path)!r} is {width}x{height} ({width * height / 1e6:.3g} MP), over the '
+    f'{max_pixels / 1e6:.3g} MP this library decodes. Downscale it first (e.g. `convert IN -resize '
+    '4096x4096 OUT`); a JPEG up to 8x8 times that size is read at a reduced scale.'
+  )
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
@@ -241,7 +243,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> n
   except (FileNotFoundError, ImageError):
     raise
   except Image.DecompressionBombError as e:  # Over twice PIL's own limit: refused before reading the header's size.
-    raise ImageError(f'Cannot read image file {os.fspath(path)!r}: {e}. Downscale it first (e.g. `convert IN '
-                     '-resize 4096x4096 OUT`).') from e
+    raise ImageError(
+      f'Cannot read image file {os.fspath(path)!r}: {e}. Downscale it first (e.g. `convert IN -resize 4096x4096 OUT`).'
+    ) from e
   except (OSError, SyntaxError, ValueError) as e:
     raise ImageError(f'Cannot read image file {os.fspath(path)!r}: {e}') from e

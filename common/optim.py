@@ -1,4 +1,5 @@
 """Optimisers and learning-rate schedules from `config.optimizer`."""
+
 import dataclasses
 from typing import Literal
 
@@ -11,6 +12,7 @@ from common.config import from_config
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """config.optimizer; the defaults are appendix A's RMSProp, but for the schedule (a constant rate here)."""
+
   name: Literal['rmsprop', 'adam'] = 'rmsprop'
   learning_rate: float = 4e-4  # Initial rate, before any halving.
   lr_halve_every: int = 0  # Halve the learning rate every this many steps (staircase); 0 = never.
@@ -36,8 +38,9 @@ def make_optimizer(section: ml_collections.ConfigDict) -> tuple[optax.GradientTr
   cfg = from_config(OptimizerConfig, section, 'config.optimizer')
   schedule = make_schedule(cfg)
   if cfg.name == 'rmsprop':
-    tx = optax.rmsprop(schedule, decay=cfg.rmsprop_decay, eps=cfg.eps, initial_scale=cfg.rmsprop_initial_scale,
-                       momentum=cfg.momentum)
+    tx = optax.rmsprop(
+      schedule, decay=cfg.rmsprop_decay, eps=cfg.eps, initial_scale=cfg.rmsprop_initial_scale, momentum=cfg.momentum
+    )
   else:
     tx = optax.adam(schedule, b1=cfg.momentum, b2=cfg.adam_b2, eps=cfg.eps)
   if cfg.grad_clip_norm > 0:

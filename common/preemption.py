@@ -5,6 +5,7 @@ process, our handler records it. With several (jax.distributed), JAX's own preem
 whichever process gets it and picks the next step that every process will reach, so they all save the same step;
 `multihost_utils.reached_preemption_sync_point` must then be asked at every step.
 """
+
 import signal
 import threading
 
@@ -17,8 +18,9 @@ class Preempted(Exception):
   """Training stopped on SIGTERM after saving the checkpoint of `step`; running the same command resumes it."""
 
   def __init__(self, step: int, workdir: str):
-    super().__init__(f'Preempted (SIGTERM): saved the checkpoint of step {step} in {workdir}; run the same command '
-                     'to resume.')
+    super().__init__(
+      f'Preempted (SIGTERM): saved the checkpoint of step {step} in {workdir}; run the same command to resume.'
+    )
     self.step = step
 
 

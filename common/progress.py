@@ -4,6 +4,7 @@ tqdm's bar redraws one line with carriage returns, which a log file or CI consol
 so when the stream is not a terminal, `track` writes whole lines instead: the count, the percentage, the rate and
 the ETA, then the total time.
 """
+
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -14,8 +15,16 @@ import tqdm
 T = TypeVar('T')
 
 
-def track(items: Iterable[T], *, desc: str, total: int | None = None, unit: str = 'it', every: float = 0.1,
-          stream: IO[str] | None = None, clock: Callable[[], float] = time.monotonic) -> Iterator[T]:
+def track(
+  items: Iterable[T],
+  *,
+  desc: str,
+  total: int | None = None,
+  unit: str = 'it',
+  every: float = 0.1,
+  stream: IO[str] | None = None,
+  clock: Callable[[], float] = time.monotonic,
+) -> Iterator[T]:
   """Yields `items`, reporting progress on `stream` (default stderr, so stdout stays the command's results).
 
   Args:
@@ -40,8 +49,12 @@ def track(items: Iterable[T], *, desc: str, total: int | None = None, unit: str 
       reported = step
       elapsed = clock() - start
       rate = _per_second(done, elapsed)
-      print(f'{desc}: {done}/{total} {unit} ({100 * done / total:.0f}%), {_rate(rate, unit)}, '
-            f'ETA {_duration((total - done) / rate)}', file=stream, flush=True)
+      print(
+        f'{desc}: {done}/{total} {unit} ({100 * done / total:.0f}%), {_rate(rate, unit)}, '
+        f'ETA {_duration((total - done) / rate)}',
+        file=stream,
+        flush=True,
+      )
   elapsed = clock() - start
   rate = _per_second(done, elapsed)
   print(f'{desc}: {done}/{total} {unit} in {_duration(elapsed)}, {_rate(rate, unit)}', file=stream, flush=True)

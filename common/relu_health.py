@@ -11,6 +11,7 @@ no gradient, so it never comes back by itself.
   sums = relu_health.channel_sums(stats, mask)   # per site: (C,) sums over the real examples, jit-able
   figures = relu_health.summarise(means)         # the sums over an eval set / its examples -> dead fractions
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,13 +48,16 @@ def summarise(means: dict[str, np.ndarray]) -> dict[str, float]:
   site's channels never positive), 'relu_dead_worst' (the largest of those), 'relu_dead_mean' (their mean over sites)
   and 'relu_active' (the fraction of positive values, every channel of every site weighing the same). Other keys of
   `means` are ignored; no ReLU recorded gives {}."""
-  sites = {k[len(_PREFIX):]: np.asarray(v, np.float64) for k, v in means.items() if k.startswith(_PREFIX)}
+  sites = {k[len(_PREFIX) :]: np.asarray(v, np.float64) for k, v in means.items() if k.startswith(_PREFIX)}
   if not sites:
     return {}
   dead = {site: float(np.mean(active <= 0)) for site, active in sites.items()}
   figures = {f'relu_dead/{site}': value for site, value in dead.items()}
-  figures.update(relu_dead_worst=max(dead.values()), relu_dead_mean=float(np.mean(list(dead.values()))),
-                 relu_active=float(np.mean(np.concatenate(list(sites.values())))))
+  figures.update(
+    relu_dead_worst=max(dead.values()),
+    relu_dead_mean=float(np.mean(list(dead.values()))),
+    relu_active=float(np.mean(np.concatenate(list(sites.values())))),
+  )
   return figures
 
 

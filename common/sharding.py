@@ -1,4 +1,5 @@
 """The data-parallel mesh and the shardings of batches and replicated state."""
+
 from typing import Any
 
 import jax
@@ -30,8 +31,10 @@ def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, field: str = 'con
   """The global batch must split evenly over devices and processes."""
   n = mesh.devices.size
   if batch_size <= 0 or batch_size % n:
-    raise UserError(f'{field}={batch_size} does not split over {n} devices; set {field} to a positive multiple '
-                    f'of {n} (or run on fewer devices).')
+    raise UserError(
+      f'{field}={batch_size} does not split over {n} devices; set {field} to a positive multiple '
+      f'of {n} (or run on fewer devices).'
+    )
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:

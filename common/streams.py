@@ -8,6 +8,7 @@ keyed by (seed, -1 - e), and example i's random draws (crops, augmentation) are 
 started at `start_index` is the one an uninterrupted run would be reading. Eval streams use EVAL_SEED whatever the
 training seed, so runs with different seeds are evaluated on the same examples.
 """
+
 import dataclasses
 import math
 import os
@@ -29,6 +30,7 @@ class DatasetNotFoundError(UserError):
 @dataclasses.dataclass(frozen=True)
 class Shard:
   """Which rows of each global batch this process yields."""
+
   index: int
   count: int
   batch: int
@@ -75,10 +77,12 @@ def epoch_stream(num_items: int, seed: int, start_index: int, shard: Shard) -> t
 
   def epoch(e):
     keys = tf.random.stateless_uniform([num_items], seed=tf.stack([tf.constant(seed, tf.int64), -1 - e]))
-    return tf.data.Dataset.from_tensor_slices({
+    return tf.data.Dataset.from_tensor_slices(
+      {
         'index': e * num_items + tf.range(num_items, dtype=tf.int64),
         'item': tf.argsort(keys),
-    })
+      }
+    )
 
   stream = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
   return stream.skip(start_index - first_epoch * num_items).filter(lambda x: shard.owns(x['index']))
@@ -91,17 +95,22 @@ def eval_indices(num_examples: int, shard: Shard) -> tf.data.Dataset:
   return indices.filter(lambda i: i < num_examples)
 
 
-def indexed_examples(load_item, num_items: int, split: str, num_eval: int, *, shard: Shard,
-                     seed: int, start_index: int) -> tf.data.Dataset:
+def indexed_examples(
+  load_item, num_items: int, split: str, num_eval: int, *, shard: Shard, seed: int, start_index: int
+) -> tf.data.Dataset:
   """{'image', 'seed'} (eval: and 'mask') of a source whose items (files, photos, digits) `load_item(item)` reads by
   number: shuffled epochs for 'train', the first `num_eval` items in order for any eval split."""
   if split == 'train':
     stream = epoch_stream(num_items, seed, start_index, shard)
-    return stream.map(lambda x: {'image': load_item(x['item']), 'seed': example_seed(seed, x['index'])},
-                      num_parallel_calls=tf.data.AUTOTUNE)
+    return stream.map(
+      lambda x: {'image': load_item(x['item']), 'seed': example_seed(seed, x['index'])},
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
   indices = eval_indices(num_eval, shard)
-  return indices.map(lambda i: {'image': load_item(i % num_items), 'seed': example_seed(EVAL_SEED, i), 'mask': True},
-                     num_parallel_calls=tf.data.AUTOTUNE)
+  return indices.map(
+    lambda i: {'image': load_item(i % num_items), 'seed': example_seed(EVAL_SEED, i), 'mask': True},
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
 
 
 def not_prepared_message(builder: tfds.core.DatasetBuilder, data_cfg: ml_collections.ConfigDict) -> str:
@@ -109,13 +118,16 @@ def not_prepared_message(builder: tfds.core.DatasetBuilder, data_cfg: ml_collect
   data_dir = os.fspath(builder.data_dir_root)
   name = data_cfg.name
   message = (
-      f'tfds dataset {name!r} is not prepared in {data_dir} (make_dataset never downloads). '
-      f'Prepare it once, on a machine with internet: `tfds build {name} --data_dir={data_dir}`, or in '
-      f'Python `tfds.builder({name!r}, data_dir={data_dir!r}).download_and_prepare()`. To use data '
-      'prepared elsewhere, copy that data_dir to this machine and pass --config.data.tfds_data_dir=<it>.')
+    f'tfds dataset {name!r} is not prepared in {data_dir} (make_dataset never downloads). '
+    f'Prepare it once, on a machine with internet: `tfds build {name} --data_dir={data_dir}`, or in '
+    f'Python `tfds.builder({name!r}, data_dir={data_dir!r}).download_and_prepare()`. To use data '
+    'prepared elsewhere, copy that data_dir to this machine and pass --config.data.tfds_data_dir=<it>.'
+  )
   instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
   if instructions:
     manual_dir = data_cfg.manual_dir or os.path.join(data_dir, 'downloads', 'manual')
-    message += (f' {name} needs files downloaded by hand into {manual_dir} (set with '
-                f'--config.data.manual_dir; `tfds build --manual_dir=...`): {instructions.strip()}')
+    message += (
+      f' {name} needs files downloaded by hand into {manual_dir} (set with '
+      f'--config.data.manual_dir; `tfds build --manual_dir=...`): {instructions.strip()}'
+    )
   return message

@@ -6,6 +6,7 @@ what an uninterrupted one would, and the data stream restarts at `start_step` th
 a run stopped at any point (SIGTERM, kill -9) and resumed reaches the same parameters, bit for bit, as one that was
 never stopped. On SIGTERM the loop finishes the step in flight, saves it and raises `preemption.Preempted`.
 """
+
 import dataclasses
 import math
 import os
@@ -44,6 +45,7 @@ class TrainingDivergedError(UserError):
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
   """The loop's fields of the top-level config (see configs/defaults.py)."""
+
   num_train_steps: int
   log_every_steps: int
   eval_every_steps: int
@@ -58,12 +60,15 @@ class LoopConfig:
     for f in dataclasses.fields(cls):
       never_ok = f.name in ('eval_every_steps', 'sample_every_steps')
       if f.type is int and getattr(loop, f.name) < (0 if never_ok or f.name == 'num_train_steps' else 1):
-        raise UserError(f'config.{f.name} must be {"non-negative (0 = never)" if never_ok else "positive"}, '
-                        f'got {getattr(loop, f.name)}.')
+        raise UserError(
+          f'config.{f.name} must be {"non-negative (0 = never)" if never_ok else "positive"}, '
+          f'got {getattr(loop, f.name)}.'
+        )
     first_last = loop.profile_steps
     if first_last and (len(first_last) != 2 or not 1 <= first_last[0] <= first_last[1]):
-      raise UserError(f'config.profile_steps must be () (off) or (first, last) with 1 <= first <= last, '
-                      f'got {first_last}.')
+      raise UserError(
+        f'config.profile_steps must be () (off) or (first, last) with 1 <= first <= last, got {first_last}.'
+      )
     return loop
 
 
@@ -115,8 +120,9 @@ class _MetricWindow:
       bad = [k for k in checked if k in metrics and not math.isfinite(float(metrics[k]))]
       if bad:
         raise TrainingDivergedError(
-            f'{bad[0]} is {float(metrics[bad[0]])} at step {step}; training stopped and the last good checkpoint '
-            'was left untouched. Lower config.optimizer.learning_rate or enable config.optimizer.grad_clip_norm.')
+          f'{bad[0]} is {float(metrics[bad[0]])} at step {step}; training stopped and the last good checkpoint '
+          'was left untouched. Lower config.optimizer.learning_rate or enable config.optimizer.grad_clip_norm.'
+        )
     if not fetched:
       return {}
     return {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
@@ -128,13 +134,19 @@ def save_grid(workdir: str, step: int, name: str, grid: np.ndarray):
   images.save_png(path, grid)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: jax.sharding.Mesh,
-        train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]],
-        train_batches: Callable[[int], Iterator[Batch]],
-        evaluate: Callable[[Any], dict[str, float]] | None = None,
-        make_grids: Callable[[Any, int], dict[str, np.ndarray]] | None = None,
-        checked_metrics: tuple[str, ...] = ('loss', 'grad_norm'),
-        model_defaults: dict | None = None) -> tuple[Any, dict[str, float]]:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  state: Any,
+  mesh: jax.sharding.Mesh,
+  train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]],
+  train_batches: Callable[[int], Iterator[Batch]],
+  evaluate: Callable[[Any], dict[str, float]] | None = None,
+  make_grids: Callable[[Any, int], dict[str, np.ndarray]] | None = None,
+  checked_metrics: tuple[str, ...] = ('loss', 'grad_norm'),
+  model_defaults: dict | None = None,
+) -> tuple[Any, dict[str, float]]:
   """Trains `state` up to `config.num_train_steps`, resuming from the latest checkpoint in `workdir`.
 
   `make_grids(state, step)` returns named uint8 (H, W, 3) images, written as PNG under `<workdir>/samples` and to
@@ -153,8 +165,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, state: Any, mesh: ja
   last_step = loop.num_train_steps
   base_rng = seed_key(config.seed, 'train')
   profiler = _Profiler(workdir, loop.profile_steps)
-  report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer,
-                                           every_steps=loop.log_every_steps)
+  report = periodic_actions.ReportProgress(num_train_steps=last_step, writer=writer, every_steps=loop.log_every_steps)
   window, final = _MetricWindow(), {}
   batches = train_batches(start_step)
 

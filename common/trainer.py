@@ -10,6 +10,7 @@ building a state with its shardings, jitting the steps, the masked eval sums, th
 sample grid's inputs and restoring the latest checkpoint. No registry and no base class: each method calls these,
 and launch/methods.py maps `config.method` to its module.
 """
+
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,8 +45,12 @@ def jit_train_step(step: Callable, state: Any, mesh: jax.sharding.Mesh, frozen: 
   """`step(state, batch, rng[, frozen]) -> (state, metrics)` jitted with explicit shardings; the state is donated."""
   batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   extra = () if frozen is None else (shardings_of(frozen),)
-  return jax.jit(step, in_shardings=(shardings_of(state), batch_sh, rep, *extra),
-                 out_shardings=(shardings_of(state), rep), donate_argnums=0)
+  return jax.jit(
+    step,
+    in_shardings=(shardings_of(state), batch_sh, rep, *extra),
+    out_shardings=(shardings_of(state), rep),
+    donate_argnums=0,
+  )
 
 
 def check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -66,9 +71,11 @@ def batch_parts(requested: int, batch_size: int, mesh: jax.sharding.Mesh) -> int
     return max((n for n in range(2, 5) if per_device % n == 0 and per_device // n >= 8), default=1)
   if per_device % requested:
     n = mesh.devices.size
-    raise UserError(f'config.train_batch_parts={requested} does not divide the {per_device} examples of each device '
-                    f'(config.batch_size={batch_size} over {n} device{"s" if n > 1 else ""}); set it to a divisor of '
-                    f'{per_device}, or 0 to choose.')
+    raise UserError(
+      f'config.train_batch_parts={requested} does not divide the {per_device} examples of each device '
+      f'(config.batch_size={batch_size} over {n} device{"s" if n > 1 else ""}); set it to a divisor of '
+      f'{per_device}, or 0 to choose.'
+    )
   return requested
 
 
@@ -88,8 +95,9 @@ def value_and_grad_in_parts(loss_fn: Callable, params: Any, batch: dict[str, jax
 
 def jit_eval_step(step: Callable, state: Any, mesh: jax.sharding.Mesh) -> Callable:
   """`step(state, batch) -> sums` jitted with explicit shardings (the state is kept)."""
-  return jax.jit(step, in_shardings=(shardings_of(state), sharding.batch_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
+  return jax.jit(
+    step, in_shardings=(shardings_of(state), sharding.batch_sharding(mesh)), out_shardings=sharding.replicated(mesh)
+  )
 
 
 def masked_sums(per_example: dict[str, jax.Array], mask: jax.Array) -> dict[str, jax.Array]:
@@ -115,9 +123,12 @@ def masked_means(state: Any, eval_batches: Iterator[Batch], eval_fn: Callable, m
 
 def train_batches(config: ml_collections.ConfigDict) -> Callable[[int], Iterator[Batch]]:
   """The loop's `train_batches(start_step)`: this process's rows of the training stream from that step on."""
+
   def batches(start_step: int) -> Iterator[Batch]:
-    return data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=config.seed,
-                             start_index=start_step * config.batch_size)
+    return data.make_dataset(
+      config.data, 'train', batch_size=config.batch_size, seed=config.seed, start_index=start_step * config.batch_size
+    )
+
   return batches
 
 

@@ -1,4 +1,5 @@
 """A user's own images as model inputs: the same crop and resize as the training data, said out loud."""
+
 import os
 import shutil
 import tempfile
@@ -8,8 +9,11 @@ import numpy as np
 
 from common import images
 
-_RESIZE_WORDS = {'antialiased': 'bicubic, antialiased', 'no_antialias': 'bicubic',
-                 'tf1': "bicubic, TF1's resize_bicubic"}
+_RESIZE_WORDS = {
+  'antialiased': 'bicubic, antialiased',
+  'no_antialias': 'bicubic',
+  'tf1': "bicubic, TF1's resize_bicubic",
+}
 
 
 def to_model_input(image: np.ndarray, data_cfg, num_colours: int) -> tuple[np.ndarray, str]:
@@ -23,7 +27,7 @@ def to_model_input(image: np.ndarray, data_cfg, num_colours: int) -> tuple[np.nd
   h, w = image.shape[:2]
   side = min(h, w)
   top, left = (h - side) // 2, (w - side) // 2
-  x, steps = image[top:top + side, left:left + side], [f'{w}x{h}']
+  x, steps = image[top : top + side, left : left + side], [f'{w}x{h}']
   if (h, w) != (side, side):
     steps.append(f'centre crop {side}x{side}')
   sizes = [data_cfg.highres_size, data_cfg.lowres_size] if side > data_cfg.lowres_size else [data_cfg.lowres_size]

@@ -6,6 +6,7 @@ ranges of the optimiser) is listed here, one rule per field, so that every bad v
 field (tests/test_config_walk.py walks every field of every experiment config). A path a config does not have is
 skipped: the table serves every method.
 """
+
 import math
 from collections.abc import Callable
 from typing import Any
@@ -32,48 +33,48 @@ def between(low: float, high: float) -> Rule:
 
 # Values: a rule for the field, or ('each', rule) for every item of a tuple field.
 RULES: dict[str, Rule | tuple[str, Rule]] = {
-    'batch_size': POSITIVE,
-    'train_batch_parts': NON_NEGATIVE,
-    'num_sample_images': POSITIVE,
-    'num_samples_per_image': POSITIVE,
-    'sample_temperature': (lambda v: v > 0 and not math.isnan(v), '> 0 (inf = greedy)'),
-    'method': one_of('pixelcnn', 'regression', 'srim', 'srgan'),
-    'metrics_convention': one_of('daala', 'bt601'),
-    'loss_reduction': one_of('sum', 'mean'),
-    'data.source': one_of('tfds', 'folder', 'embedded', 'mnist_corners'),
-    'data.crop': one_of('celeba', 'centre', 'random', 'none'),
-    'data.resize': one_of('antialiased', 'no_antialias', 'tf1'),
-    'data.augment': one_of('none', 'flip_rot90'),
-    'data.mnist_source': one_of('idx', 'tfds'),
-    'data.highres_size': POSITIVE,
-    'data.lowres_size': POSITIVE,
-    'data.eval_fraction': FRACTION,
-    'data.num_eval_examples': NON_NEGATIVE,
-    'data.celeba_crop_box': ('each', NON_NEGATIVE),
-    'data.random_crop_min': POSITIVE,
-    'data.random_crop_max': POSITIVE,
-    'data.num_unseen_classes': NON_NEGATIVE,
-    'data.shuffle_buffer': POSITIVE,
-    'data.mnist_eval_digits': POSITIVE,
-    'data.corner_digit_size': POSITIVE,
-    'data.mnist_grey_levels': between(2, 256),
-    'optimizer.learning_rate': POSITIVE,
-    'optimizer.lr_halve_every': NON_NEGATIVE,
-    'optimizer.lr_halve_at': ('each', POSITIVE),
-    'optimizer.rmsprop_decay': DECAY,
-    'optimizer.rmsprop_initial_scale': NON_NEGATIVE,
-    'optimizer.momentum': DECAY,
-    'optimizer.adam_b2': DECAY,
-    'optimizer.eps': POSITIVE,
-    'optimizer.grad_clip_norm': NON_NEGATIVE,
-    'model.init_stddev': POSITIVE,
-    'model.leaky_relu_slope': DECAY,
-    'model.batch_norm_momentum': DECAY,
-    'model.batch_norm_epsilon': POSITIVE,
-    'srgan.adam_b1': DECAY,
-    'srgan.adam_b2': DECAY,
-    'srgan.adam_eps': POSITIVE,
-    'srgan.adversarial_weight': NON_NEGATIVE,
+  'batch_size': POSITIVE,
+  'train_batch_parts': NON_NEGATIVE,
+  'num_sample_images': POSITIVE,
+  'num_samples_per_image': POSITIVE,
+  'sample_temperature': (lambda v: v > 0 and not math.isnan(v), '> 0 (inf = greedy)'),
+  'method': one_of('pixelcnn', 'regression', 'srim', 'srgan'),
+  'metrics_convention': one_of('daala', 'bt601'),
+  'loss_reduction': one_of('sum', 'mean'),
+  'data.source': one_of('tfds', 'folder', 'embedded', 'mnist_corners'),
+  'data.crop': one_of('celeba', 'centre', 'random', 'none'),
+  'data.resize': one_of('antialiased', 'no_antialias', 'tf1'),
+  'data.augment': one_of('none', 'flip_rot90'),
+  'data.mnist_source': one_of('idx', 'tfds'),
+  'data.highres_size': POSITIVE,
+  'data.lowres_size': POSITIVE,
+  'data.eval_fraction': FRACTION,
+  'data.num_eval_examples': NON_NEGATIVE,
+  'data.celeba_crop_box': ('each', NON_NEGATIVE),
+  'data.random_crop_min': POSITIVE,
+  'data.random_crop_max': POSITIVE,
+  'data.num_unseen_classes': NON_NEGATIVE,
+  'data.shuffle_buffer': POSITIVE,
+  'data.mnist_eval_digits': POSITIVE,
+  'data.corner_digit_size': POSITIVE,
+  'data.mnist_grey_levels': between(2, 256),
+  'optimizer.learning_rate': POSITIVE,
+  'optimizer.lr_halve_every': NON_NEGATIVE,
+  'optimizer.lr_halve_at': ('each', POSITIVE),
+  'optimizer.rmsprop_decay': DECAY,
+  'optimizer.rmsprop_initial_scale': NON_NEGATIVE,
+  'optimizer.momentum': DECAY,
+  'optimizer.adam_b2': DECAY,
+  'optimizer.eps': POSITIVE,
+  'optimizer.grad_clip_norm': NON_NEGATIVE,
+  'model.init_stddev': POSITIVE,
+  'model.leaky_relu_slope': DECAY,
+  'model.batch_norm_momentum': DECAY,
+  'model.batch_norm_epsilon': POSITIVE,
+  'srgan.adam_b1': DECAY,
+  'srgan.adam_b2': DECAY,
+  'srgan.adam_eps': POSITIVE,
+  'srgan.adversarial_weight': NON_NEGATIVE,
 }
 
 # Every int field of config.model is a size or a count: positive (upsample_factor 1 = no upsampling, MNIST corners).
@@ -120,29 +121,40 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   d = config.get('data')
   if d is not None:
     if d.random_crop_min > d.random_crop_max:
-      raise UserError(f'config.data.random_crop_min={d.random_crop_min} is above config.data.random_crop_max='
-                      f'{d.random_crop_max}; make min <= max.')
+      raise UserError(
+        f'config.data.random_crop_min={d.random_crop_min} is above config.data.random_crop_max='
+        f'{d.random_crop_max}; make min <= max.'
+      )
     if d.lowres_size > d.highres_size:
-      raise UserError(f'config.data.lowres_size={d.lowres_size} is above config.data.highres_size={d.highres_size}; '
-                      'the low-res input is the smaller image.')
+      raise UserError(
+        f'config.data.lowres_size={d.lowres_size} is above config.data.highres_size={d.highres_size}; '
+        'the low-res input is the smaller image.'
+      )
     if len(d.celeba_crop_box) != 3 or not d.celeba_crop_box[2]:
       raise UserError(f'config.data.celeba_crop_box must be (top, left, size) with size > 0, got {d.celeba_crop_box}.')
     if d.num_unseen_classes and d.source != 'folder':
-      raise UserError(f'config.data.num_unseen_classes={d.num_unseen_classes} holds out class subfolders of an image '
-                      f'folder, but config.data.source is {d.source!r}: use --config.data.source=folder, or set '
-                      '--config.data.num_unseen_classes=0.')
+      raise UserError(
+        f'config.data.num_unseen_classes={d.num_unseen_classes} holds out class subfolders of an image '
+        f'folder, but config.data.source is {d.source!r}: use --config.data.source=folder, or set '
+        '--config.data.num_unseen_classes=0.'
+      )
     if d.augment != 'none' and d.source == 'mnist_corners':
-      raise UserError("config.data.augment must be 'none' with source='mnist_corners': a vertical flip or a rotation "
-                      'would move the digit into a lower corner, which the task never shows.')
+      raise UserError(
+        "config.data.augment must be 'none' with source='mnist_corners': a vertical flip or a rotation "
+        'would move the digit into a lower corner, which the task never shows.'
+      )
     if d.source == 'mnist_corners' and not d.corner_digit_size <= d.highres_size // 2:
-      raise UserError(f'config.data.corner_digit_size must be in [1, highres_size // 2 = {d.highres_size // 2}] so '
-                      f'that the digit stays in its upper quadrant, got {d.corner_digit_size}.')
+      raise UserError(
+        f'config.data.corner_digit_size must be in [1, highres_size // 2 = {d.highres_size // 2}] so '
+        f'that the digit stays in its upper quadrant, got {d.corner_digit_size}.'
+      )
 
 
 def check_common(config: ml_collections.ConfigDict) -> None:
   """What every method's config shares: the values above, the loop's fields and the optimiser (for the methods that
   use config.optimizer). Whether the batch splits over the devices is the trainer's check: it depends on the host."""
   from common import optim, train_loop  # Here: importing them loads JAX, which the rules do not need.
+
   check_values(config)
   train_loop.LoopConfig.from_config(config)
   if 'optimizer' in config:

@@ -7,6 +7,7 @@ prior), each sub-pixel an independent 256-way softmax; configs/celeba_pixelcnn.p
 Meant for the paper's hardware (8 GPUs). Compare with figure 2's "cross-entropy" column: crisper than L2 regression,
 yet blind to the dependencies between pixels. Needs CelebA prepared by tfds (see README, "Datasets").
 """
+
 from configs import celeba_pixelcnn
 
 

@@ -7,6 +7,7 @@ Meant for the paper's hardware, 8 GPUs in synchronous data parallel (any device 
 the result does not depend on it). Compare with figure 5 / appendix C samples and table 1 (top). Needs CelebA
 prepared by tfds (see README, "Datasets").
 """
+
 from configs import defaults
 
 

@@ -7,6 +7,7 @@ with 3 outputs and tanh, predicting the residual over the bicubic upsample; same
 Meant for the paper's hardware (8 GPUs). Its workdir is launch/evaluate.py's --regression_workdir. Needs CelebA
 prepared by tfds (see README, "Datasets").
 """
+
 from configs import celeba_pixelcnn, defaults
 
 

@@ -6,6 +6,7 @@ Experiment files (celeba_pixelcnn.py, lsun_pixelcnn.py, demo.py, ...) start from
 their experiment changes, so each file reads as the list of its differences from the paper's appendix A. The
 regression baselines (*_regression.py) are `regression_config(<the pixelcnn experiment's config>)`.
 """
+
 import dataclasses
 
 import ml_collections

@@ -8,6 +8,7 @@ per colour value of the model against bicubic, and the command that trains on (p
 photos are a tiny data set, so expect textures, not faces; the paper-size runs are configs/celeba_pixelcnn.py and
 configs/lsun_pixelcnn.py.
 """
+
 from configs import defaults
 
 

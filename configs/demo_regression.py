@@ -6,6 +6,7 @@ on the same embedded photographs with the same optimiser (no download).
 
 Meant for a 2-core CPU: a few minutes. Its workdir is launch/evaluate.py's --regression_workdir.
 """
+
 from configs import defaults, demo
 
 
@@ -15,7 +16,12 @@ def get_config(arg: str | None = None):
     # The same CPU time as the pixel recursive demo, whose steps cost ~10x more: 6,000 steps, not 600. The halvings
     # let it settle on the near-black crops of the held-out set, where bicubic is exact to within a level and the
     # per-image pSNR punishes any offset.
-    c.update(num_train_steps=6_000, log_every_steps=500, eval_every_steps=3_000, checkpoint_every_steps=3_000,
-             sample_every_steps=3_000)
+    c.update(
+      num_train_steps=6_000,
+      log_every_steps=500,
+      eval_every_steps=3_000,
+      checkpoint_every_steps=3_000,
+      sample_every_steps=3_000,
+    )
     c.optimizer.lr_halve_at = (3_000, 4_500, 5_400)
   return c.lock()

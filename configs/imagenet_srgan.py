@@ -38,6 +38,7 @@ on its data, so the variant keeps SRIM's 128x128 images whole. And its inputs co
 float image, which first stretches each crop's range to 0-255 (bytescale): a contrast change the data pipeline here
 does not make.
 """
+
 import ml_collections
 
 from configs import imagenet_srim
@@ -51,7 +52,8 @@ def srgan_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.method = 'srgan'  # Trained by imle.srgan.
   c.seed = 0  # Parameter init and data order derive from it.
   c.data = ml_collections.ConfigDict(data.to_dict())
-  c.model = ml_collections.ConfigDict(dict(  # Fields of imle.srgan.SRGANConfig (documented there).
+  c.model = ml_collections.ConfigDict(
+    dict(  # Fields of imle.srgan.SRGANConfig (documented there).
       upsample_factor=4,  # Two sub-pixel convolution x2 upsamplers.
       generator_blocks=16,  # B residual blocks of 3x3 convs, batch norm, PReLU.
       generator_channels=64,
@@ -65,8 +67,11 @@ def srgan_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       generator_output_kernel=9,
       generator_activation='prelu',  # After the first conv, in the blocks and after the upsamplers.
       discriminator_layout='paper',  # Figure 4's VGG-like discriminator.
-      init_normal_stddev=0.0))  # Flax's initialisers (the paper names none).
-  c.srgan = ml_collections.ConfigDict(dict(  # Fields of imle.srgan.TrainConfig: phases, Adam, losses.
+      init_normal_stddev=0.0,
+    )
+  )  # Flax's initialisers (the paper names none).
+  c.srgan = ml_collections.ConfigDict(
+    dict(  # Fields of imle.srgan.TrainConfig: phases, Adam, losses.
       pretrain_steps=1_000_000,  # SRResNet-MSE updates that start the generator (the paper's 1e6).
       pretrain_learning_rate=1e-4,
       learning_rate=1e-4,  # GAN phase, generator and discriminator...
@@ -84,10 +89,15 @@ def srgan_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       content_resize='none',  # VGG sees the 128x128 images as they are...
       content_resize_size=224,  # ...(the side it would resize to).
       content_pool=False,  # conv5_4's features as they are, not pooled.
-      lr_decay_staircase=False))  # One decay, after lr_decay_after GAN updates.
-  c.vgg = ml_collections.ConfigDict(dict(  # Fields of imle.vgg19.VGGConfig.
+      lr_decay_staircase=False,
+    )
+  )  # One decay, after lr_decay_after GAN updates.
+  c.vgg = ml_collections.ConfigDict(
+    dict(  # Fields of imle.vgg19.VGGConfig.
       weights_path='',  # Keras .h5 or converted torchvision .npz (README); '' = untrained VGG19, with a warning.
-      random_seed=0))  # Seed of the untrained VGG19.
+      random_seed=0,
+    )
+  )  # Seed of the untrained VGG19.
   c.batch_size = 16  # Global batch, split over all devices (the paper's 16).
   c.num_train_steps = 1_200_000  # pretrain_steps + 2e5 GAN updates.
   c.log_every_steps = 100  # Train metrics and progress (steps/s, ETA).
@@ -105,8 +115,12 @@ def srgan_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def shrink_for_smoke_run(c: ml_collections.ConfigDict) -> None:
   """The ':runlocal' variant: the same code paths, tiny sizes, a few steps of each phase."""
-  c.model.update(generator_blocks=2, generator_channels=8, discriminator_channels=(8, 8, 16, 16, 16, 16, 32, 32),
-                 discriminator_dense=32)
+  c.model.update(
+    generator_blocks=2,
+    generator_channels=8,
+    discriminator_channels=(8, 8, 16, 16, 16, 16, 32, 32),
+    discriminator_dense=32,
+  )
   c.srgan.update(pretrain_steps=5, lr_decay_after=3)
   c.batch_size = 4
   c.num_train_steps = 10
@@ -122,13 +136,28 @@ def epochs_to_steps(epochs: int, num_images: int = SRIM_TRAIN_IMAGES, batch_size
 def use_tensorlayer(c: ml_collections.ConfigDict, num_images: int = SRIM_TRAIN_IMAGES) -> None:
   """The ':tensorlayer' variant: tensorlayer/srgan's choices (module docstring), its epochs as updates of
   c.batch_size over `num_images` training images."""
-  c.model.update(lowres_range='signed', generator_input_kernel=3, generator_output_kernel=1,
-                 generator_activation='relu', discriminator_layout='tensorlayer',
-                 discriminator_channels=(64, 128, 256, 512, 1024, 2048), init_normal_stddev=0.02)
+  c.model.update(
+    lowres_range='signed',
+    generator_input_kernel=3,
+    generator_output_kernel=1,
+    generator_activation='relu',
+    discriminator_layout='tensorlayer',
+    discriminator_channels=(64, 128, 256, 512, 1024, 2048),
+    init_normal_stddev=0.02,
+  )
   pretrain_steps = epochs_to_steps(101, num_images, c.batch_size)
-  c.srgan.update(pretrain_steps=pretrain_steps, pixel_weight=1.0, content_layer='conv4_4', content_pool=True,
-                 content_scale=1.0, content_weight=2e-6, content_resize='tf1_bilinear', content_resize_size=224,
-                 lr_decay_after=epochs_to_steps(1000, num_images, c.batch_size), lr_decay_staircase=True)
+  c.srgan.update(
+    pretrain_steps=pretrain_steps,
+    pixel_weight=1.0,
+    content_layer='conv4_4',
+    content_pool=True,
+    content_scale=1.0,
+    content_weight=2e-6,
+    content_resize='tf1_bilinear',
+    content_resize_size=224,
+    lr_decay_after=epochs_to_steps(1000, num_images, c.batch_size),
+    lr_decay_staircase=True,
+  )
   c.num_train_steps = pretrain_steps + epochs_to_steps(2001, num_images, c.batch_size)
 
 
@@ -136,8 +165,9 @@ def get_config(arg: str | None = None):
   """arg: '', 'runlocal', 'tensorlayer' or 'tensorlayer,runlocal'."""
   options = set(filter(None, (arg or '').split(',')))
   if not options <= {'runlocal', 'tensorlayer'}:
-    raise ValueError(f"configs/imagenet_srgan.py takes '', 'runlocal', 'tensorlayer' or 'tensorlayer,runlocal', "
-                     f'got {arg!r}')
+    raise ValueError(
+      f"configs/imagenet_srgan.py takes '', 'runlocal', 'tensorlayer' or 'tensorlayer,runlocal', got {arg!r}"
+    )
   c = srgan_config(imagenet_srim.get_config('runlocal' if 'runlocal' in options else None).data)
   if 'tensorlayer' in options:
     use_tensorlayer(c)

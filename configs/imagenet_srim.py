@@ -28,6 +28,7 @@ the tars> --config.data.num_unseen_classes=0.
 
 Without --config.vgg.weights_path the distance uses untrained VGG19 features (the run says so once).
 """
+
 import dataclasses
 
 import ml_collections
@@ -42,14 +43,23 @@ def srim_config() -> ml_collections.ConfigDict:
   c.method = 'srim'  # Trained by imle.train.
   c.seed = 0  # Parameter init, data order, pools and noises all derive from it.
   c.data = defaults.data_config()
-  c.data.update(source='folder', name='imagenet2012', eval_split='validation', crop='none', highres_size=128,
-                lowres_size=32, num_eval_examples=0, eval_fraction=0.1)  # 17 of each class's 167 files (docstring)
+  c.data.update(
+    source='folder',
+    name='imagenet2012',
+    eval_split='validation',
+    crop='none',
+    highres_size=128,
+    lowres_size=32,
+    num_eval_examples=0,
+    eval_fraction=0.1,
+  )  # 17 of each class's 167 files (docstring)
   # The paper tests on its 20 training classes and on classes unseen in training; it does not say how many unseen
   # classes, but its human study takes one image from each of 10 seen and 10 unseen classes. So the last 10 class
   # subfolders are held out (the folder of the docstring holds 30); 0 trains on every class of the folder.
   c.data.num_unseen_classes = 10
   c.data.augment = 'none'  # Paper: none. Port: 'flip_rot90' (random flips and 90-degree rotations).
-  c.model = ml_collections.ConfigDict(dict(  # Fields of imle.models.SRIMConfig (documented there).
+  c.model = ml_collections.ConfigDict(
+    dict(  # Fields of imle.models.SRIMConfig (documented there).
       num_stages=2,  # Two x2 stages (section 2.3).
       num_convs=9,  # Convolutions per stage (section 2.5).
       channels=64,  # Port (the paper's number was lost).
@@ -62,11 +72,17 @@ def srim_config() -> ml_collections.ConfigDict:
       batch_norm_epsilon=1e-5,
       init='default',  # Paper (silent): Flax's default conv init. Port: 'normal', N(0, init_stddev).
       # With init='normal'. 0.02 is the std of BasicSR's normal init, whose code the port builds on.
-      init_stddev=0.02))
-  c.vgg = ml_collections.ConfigDict(dict(  # Fields of imle.vgg19.VGGConfig.
+      init_stddev=0.02,
+    )
+  )
+  c.vgg = ml_collections.ConfigDict(
+    dict(  # Fields of imle.vgg19.VGGConfig.
       weights_path='',  # Keras .h5 or converted torchvision .npz (README); '' = untrained VGG19, with a warning.
-      random_seed=0))  # Seed of the untrained VGG19.
-  c.features = ml_collections.ConfigDict(dict(  # Fields of imle.features.FeatureConfig (section 2.2).
+      random_seed=0,
+    )
+  )  # Seed of the untrained VGG19.
+  c.features = ml_collections.ConfigDict(
+    dict(  # Fields of imle.features.FeatureConfig (section 2.2).
       components=('pixels', 'conv2_2', 'conv4_4'),  # phi = [w0 pixels, w1 conv2_2, w2 conv4_4] (pre-activations).
       weights=(),  # () = w_i = 1 / mean |phi_i| on training images ("same order"); the port: (1e-3, 1.0, 0.1).
       selection_components=('pixels', 'conv2_2', 'conv4_4'),  # Paper: all of phi. Port: ('conv4_4',).
@@ -77,8 +93,11 @@ def srim_config() -> ml_collections.ConfigDict:
       weights_tuned_for='',  # Port: 'torch', its weights were tuned on torchvision's VGG19 (refuses a Keras .h5).
       # 'bfloat16': the pool selection's VGG19 features and projection in bf16 (faster on GPU/TPU; the training loss
       # and the evaluation stay float32). benchmarks/imle_step.py --agreement measures the choices it changes.
-      selection_dtype='float32'))
-  c.imle = ml_collections.ConfigDict(dict(  # Fields of imle.imle.IMLEConfig (section 2.4; numbers from the port).
+      selection_dtype='float32',
+    )
+  )
+  c.imle = ml_collections.ConfigDict(
+    dict(  # Fields of imle.imle.IMLEConfig (section 2.4; numbers from the port).
       pool_size=640,  # Images whose noises are selected together.
       steps_per_pool=20_000,  # Training steps per pool.
       num_candidates=100,  # m noises per image and stage.
@@ -89,10 +108,15 @@ def srim_config() -> ml_collections.ConfigDict:
       eval_num_candidates=100,  # m of eval/distance_stage*: nearest of m samples to each held-out image.
       # 'bfloat16': the selection's candidate images computed in bf16 (2/3 of the round's FLOPs; VGG19 is
       # config.features.selection_dtype). Training and evaluation stay float32. See benchmarks/imle_step.py.
-      candidate_dtype='float32'))
+      candidate_dtype='float32',
+    )
+  )
   # Every field of common.optim.OptimizerConfig (documented there): Adam as the port, lr 1e-4 halved at 80k, 160k, ...
-  c.optimizer = ml_collections.ConfigDict(dataclasses.asdict(optim.OptimizerConfig(
-      name='adam', learning_rate=1e-4, lr_halve_at=(80_000, 160_000, 240_000, 320_000))))
+  c.optimizer = ml_collections.ConfigDict(
+    dataclasses.asdict(
+      optim.OptimizerConfig(name='adam', learning_rate=1e-4, lr_halve_at=(80_000, 160_000, 240_000, 320_000))
+    )
+  )
   c.batch_size = 16  # Global batch of pool rows per step (port), split over all devices.
   c.num_train_steps = 500_000  # Port.
   c.log_every_steps = 100  # Train metrics and progress (steps/s, ETA).
@@ -112,8 +136,9 @@ def srim_config() -> ml_collections.ConfigDict:
 def use_port_choices(c: ml_collections.ConfigDict) -> None:
   """The ':port' variant: where the authors' PyTorch port deviates from the paper (DESIGN.md)."""
   c.model.update(norm='weight', activation='leaky_relu', init='normal')
-  c.features.update(selection_components=('conv4_4',), projection_dim=0, loss='l1', weights=(1e-3, 1.0, 0.1),
-                    weights_tuned_for='torch')
+  c.features.update(
+    selection_components=('conv4_4',), projection_dim=0, loss='l1', weights=(1e-3, 1.0, 0.1), weights_tuned_for='torch'
+  )
   c.data.augment = 'flip_rot90'
 
 
@@ -123,8 +148,9 @@ def shrink_for_smoke_run(c: ml_collections.ConfigDict) -> None:
   c.data.update(highres_size=24, lowres_size=6, num_eval_examples=8)
   c.model.update(num_convs=3, channels=8)
   c.features.update(projection_dim=64, num_weight_estimation_images=8)
-  c.imle.update(pool_size=8, steps_per_pool=5, num_candidates=4, candidates_per_chunk=2, rows_per_chunk=4,
-                eval_num_candidates=4)
+  c.imle.update(
+    pool_size=8, steps_per_pool=5, num_candidates=4, candidates_per_chunk=2, rows_per_chunk=4, eval_num_candidates=4
+  )
   c.batch_size = 4
   c.num_train_steps = 10
   c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = c.sample_every_steps = 5

@@ -6,6 +6,7 @@
 Meant for the paper's hardware, 8 GPUs in synchronous data parallel for 2M steps. Compare with figure 4 / appendix
 B samples and table 1 (bottom). Needs lsun/bedroom prepared by tfds (see README, "Datasets").
 """
+
 from configs import defaults
 
 

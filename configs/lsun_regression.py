@@ -7,6 +7,7 @@
 Meant for the paper's hardware (8 GPUs). Its workdir is launch/evaluate.py's --regression_workdir. Needs
 lsun/bedroom prepared by tfds (see README, "Datasets").
 """
+
 from configs import defaults, lsun_pixelcnn
 
 

@@ -18,6 +18,7 @@ upsample_factor is 1. 16x16 keeps the digit legible and the PixelCNN's 256 seque
 file in ../shared/data/mnist (the first 9,000 train, the last 1,000 are the test set); tfds 'mnist' (train / test)
 with --config.data.mnist_source=tfds. 256 grey levels, as the paper's models.
 """
+
 from configs import defaults
 
 MODELS = ('l2', 'ce', 'pixelcnn')
@@ -26,17 +27,34 @@ MODELS = ('l2', 'ce', 'pixelcnn')
 def get_config(arg: str | None = None):
   model, *options = (arg or 'pixelcnn').split(',')
   if model not in MODELS or any(o != 'runlocal' for o in options):
-    raise ValueError(f"configs/mnist_corners.py takes 'l2', 'ce' or 'pixelcnn', optionally with ',runlocal'; "
-                     f'got {arg!r}')
+    raise ValueError(
+      f"configs/mnist_corners.py takes 'l2', 'ce' or 'pixelcnn', optionally with ',runlocal'; got {arg!r}"
+    )
   c = defaults.pixelcnn_config()
-  c.data.update(source='mnist_corners', name='mnist', train_split='train', eval_split='test', lowres_size=16,
-                highres_size=16, corner_digit_size=8)
+  c.data.update(
+    source='mnist_corners',
+    name='mnist',
+    train_split='train',
+    eval_split='test',
+    lowres_size=16,
+    highres_size=16,
+    corner_digit_size=8,
+  )
   c.data.num_eval_examples = 0  # All 1,000 held-out digits: a forward pass over them takes a second.
   # Appendix A's layout, narrowed: 3 ResNet blocks of 3x3 convs (+ the stem) see 7 pixels around an output pixel,
   # enough to read the input digit's part that lands there once scaled by 1/2 (16x16 -> an 8x8 quadrant). 4 gated
   # layers reach 11 columns back on the current row and +-11 on the rows above: the other quadrant.
-  c.model.update(num_colours=1, upsample_factor=1, cond_channels=32, cond_blocks=3, prior_channels=32,
-                 prior_layers=4, prior_kernel=5, prior_first_kernel=7, prior_head_channels=64)
+  c.model.update(
+    num_colours=1,
+    upsample_factor=1,
+    cond_channels=32,
+    cond_blocks=3,
+    prior_channels=32,
+    prior_layers=4,
+    prior_kernel=5,
+    prior_first_kernel=7,
+    prior_head_channels=64,
+  )
   # Adam, not the paper's RMSProp: with RMSProp (momentum 0.9, lr 1e-3 or 3e-3) the PixelCNN's samples stayed at
   # 30-47% single-mode after 2,000-4,000 steps (blank or both corners), with Adam they reached 92-97% (README).
   c.optimizer.update(name='adam', learning_rate=1e-3, lr_halve_at=(1_500, 2_500))

@@ -7,6 +7,7 @@ Each arm is the demo's config with one field changed, trained by the library's o
 resumes there), and the held-out figures of every arm end as one markdown table. Another ablation is another
 `ARMS` entry: any config field, e.g. {'model.prior_channels': 16}.
 """
+
 import argparse
 import math
 import os
@@ -20,16 +21,24 @@ from pixelsr import train  # noqa: E402
 ARMS = {'O2 (eq. 8)': {'loss': 'O2'}, 'O1 (eq. 7)': {'loss': 'O1'}}
 # Held-out figures, in bits per colour value (lower is better): the joint model, the conditioning network A alone,
 # and the tau = 1.0 samples' consistency with their input (table 1's column).
-COLUMNS = {'heldout/bits_per_dim': 'bits/dim, A+B', 'heldout/cond_bits_per_dim': 'bits/dim, A alone',
-           'heldout/sample_consistency': 'consistency'}
+COLUMNS = {
+  'heldout/bits_per_dim': 'bits/dim, A+B',
+  'heldout/cond_bits_per_dim': 'bits/dim, A alone',
+  'heldout/sample_consistency': 'consistency',
+}
 
 
 def arm_config(overrides: dict, steps: int, size: str):
   """configs/demo.py with `overrides` ({'dotted.field': value}) and `steps` steps; 'tiny': its smoke-run size."""
   config = demo.get_config('runlocal' if size == 'tiny' else None)
   with config.unlocked():
-    for field, value in {**overrides, 'num_train_steps': steps, 'eval_every_steps': steps,
-                         'checkpoint_every_steps': steps, 'sample_every_steps': 0}.items():
+    for field, value in {
+      **overrides,
+      'num_train_steps': steps,
+      'eval_every_steps': steps,
+      'checkpoint_every_steps': steps,
+      'sample_every_steps': 0,
+    }.items():
       *parents, leaf = field.split('.')
       section = config
       for name in parents:
@@ -40,9 +49,10 @@ def arm_config(overrides: dict, steps: int, size: str):
 
 def run(steps: int, size: str, workdir: str) -> dict[str, dict[str, float]]:
   """Trains every arm and returns its final metrics, by arm."""
-  return {name: train.train_and_evaluate(arm_config(overrides, steps, size),
-                                         os.path.join(workdir, name.split()[0].lower()))
-          for name, overrides in ARMS.items()}
+  return {
+    name: train.train_and_evaluate(arm_config(overrides, steps, size), os.path.join(workdir, name.split()[0].lower()))
+    for name, overrides in ARMS.items()
+  }
 
 
 def table(results: dict[str, dict[str, float]]) -> str:

@@ -10,6 +10,7 @@ deviation across the samples of an input, on [0, 1]; 0 for the deterministic row
 > 0` (an image folder whose last class subfolders are held out whole), every row is scored on the held-out images of the
 training classes ('seen') and on the images of the held-out classes ('unseen'), as the paper's test set.
 """
+
 import collections
 import os
 from collections.abc import Callable, Sequence
@@ -27,9 +28,10 @@ LPIPS_NET = 'alexnet'  # The official default backbone.
 BICUBIC, SRGAN, SRIM = 'Bicubic', 'SRGAN', 'SRIM (per sample)'
 DEFAULT_CONVENTION = 'daala'  # SRIM's footnote: "using the daala package".
 CONVENTION_NOTES = {
-    'daala': "pSNR/SSIM on Y' as xiph/daala's tools compute it (png2y4m, dump_psnr -y, dump_ssim -y -r), SRIM's "
-             'convention (common/metrics.py).',
-    'bt601': "pSNR/SSIM on BT.601 luminance (MATLAB's rgb2ycbcr; SSIM 11x11, sigma 1.5) (common/metrics.py)."}
+  'daala': "pSNR/SSIM on Y' as xiph/daala's tools compute it (png2y4m, dump_psnr -y, dump_ssim -y -r), SRIM's "
+  'convention (common/metrics.py).',
+  'bt601': "pSNR/SSIM on BT.601 luminance (MATLAB's rgb2ycbcr; SSIM 11x11, sigma 1.5) (common/metrics.py).",
+}
 # (lowres uint8 (b, h, w, 3), key) -> uint8 (b, n, H, W, 3): n outputs per input.
 Method = Callable[[np.ndarray, jax.Array], np.ndarray]
 
@@ -53,8 +55,9 @@ def splits(data_cfg: ml_collections.ConfigDict) -> dict[str, str]:
   return {'eval': 'held-out'}
 
 
-def eval_examples(data_cfg: ml_collections.ConfigDict, num_examples: int,
-                  split: str = 'eval') -> tuple[np.ndarray, np.ndarray]:
+def eval_examples(
+  data_cfg: ml_collections.ConfigDict, num_examples: int, split: str = 'eval'
+) -> tuple[np.ndarray, np.ndarray]:
   """(lowres, highres) uint8 of the first `num_examples` examples of `split` (0 = all of it)."""
   data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
   data_cfg.num_eval_examples = num_examples
@@ -63,8 +66,10 @@ def eval_examples(data_cfg: ml_collections.ConfigDict, num_examples: int,
   except ValueError as e:  # A data module without the split.
     raise UserError(f'The data pipeline cannot make the {split!r} split ({e}).') from e
   if not batches:
-    raise UserError(f'The {split!r} split of config.data yielded no examples; check config.data.eval_split and '
-                    'config.data.num_unseen_classes.')
+    raise UserError(
+      f'The {split!r} split of config.data yielded no examples; check config.data.eval_split and '
+      'config.data.num_unseen_classes.'
+    )
   mask = np.concatenate([b['mask'] for b in batches])
   return tuple(np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
 
@@ -81,18 +86,23 @@ def srgan_run_config(data_cfg: ml_collections.ConfigDict, workdir: str) -> ml_co
   size."""
   config = checkpoint.load_config(workdir)
   if config.get('method') != 'srgan':
-    raise UserError(f'{workdir} holds a config.method={config.get("method")!r} run; --srgan_workdir takes a run of '
-                    'configs/*_srgan.py.')
+    raise UserError(
+      f'{workdir} holds a config.method={config.get("method")!r} run; --srgan_workdir takes a run of '
+      'configs/*_srgan.py.'
+    )
   sizes = {k: (config.data[k], data_cfg[k]) for k in ('lowres_size', 'highres_size')}
   if any(a != b for a, b in sizes.values()):
-    raise UserError(f'The SRGAN run in {workdir} maps {sizes["lowres_size"][0]} -> {sizes["highres_size"][0]} '
-                    f'pixels, the evaluated data {sizes["lowres_size"][1]} -> {sizes["highres_size"][1]}; train it on '
-                    'the same data config (configs/imagenet_srgan.py reuses imagenet_srim.py\'s).')
+    raise UserError(
+      f'The SRGAN run in {workdir} maps {sizes["lowres_size"][0]} -> {sizes["highres_size"][0]} '
+      f'pixels, the evaluated data {sizes["lowres_size"][1]} -> {sizes["highres_size"][1]}; train it on '
+      "the same data config (configs/imagenet_srgan.py reuses imagenet_srim.py's)."
+    )
   return config
 
 
-def srgan_method(data_cfg: ml_collections.ConfigDict, workdir: str,
-                 config: ml_collections.ConfigDict | None = None) -> Method:
+def srgan_method(
+  data_cfg: ml_collections.ConfigDict, workdir: str, config: ml_collections.ConfigDict | None = None
+) -> Method:
   """The generator of the SRGAN run in `workdir` (its recorded `config`, read and checked if not given)."""
   model, variables = srgan.restore(config or srgan_run_config(data_cfg, workdir), workdir)
   return lambda x, key: np.asarray(srgan.predict(model, variables, x))[:, None]
@@ -101,12 +111,23 @@ def srgan_method(data_cfg: ml_collections.ConfigDict, workdir: str,
 # The networks that tell SRIM's two SRGANs apart (config.model): Ledig et al.'s (imle.srgan.SRGANConfig's defaults)
 # and tensorlayer/srgan's (configs/imagenet_srgan.py:tensorlayer). Widths, depths and losses vary between a run and
 # its demo, so they name no variant.
-_VARIANT_FIELDS = ('lowres_range', 'generator_input_kernel', 'generator_output_kernel', 'generator_activation',
-                   'discriminator_layout')
+_VARIANT_FIELDS = (
+  'lowres_range',
+  'generator_input_kernel',
+  'generator_output_kernel',
+  'generator_activation',
+  'discriminator_layout',
+)
 SRGAN_VARIANTS = {
-    'Ledig': {f: getattr(srgan.SRGANConfig(), f) for f in _VARIANT_FIELDS},
-    'tensorlayer': dict(lowres_range='signed', generator_input_kernel=3, generator_output_kernel=1,
-                        generator_activation='relu', discriminator_layout='tensorlayer')}
+  'Ledig': {f: getattr(srgan.SRGANConfig(), f) for f in _VARIANT_FIELDS},
+  'tensorlayer': dict(
+    lowres_range='signed',
+    generator_input_kernel=3,
+    generator_output_kernel=1,
+    generator_activation='relu',
+    discriminator_layout='tensorlayer',
+  ),
+}
 
 
 def srgan_variant(config: ml_collections.ConfigDict) -> str | None:
@@ -147,15 +168,18 @@ def srgan_rows(data_cfg: ml_collections.ConfigDict, srgan_workdir: str | Sequenc
   return {name: srgan_method(data_cfg, w, configs[w]) for w, name in srgan_row_names(configs).items()}
 
 
-def methods(config: ml_collections.ConfigDict, workdir: str, num_samples: int,
-            srgan_workdir: str | Sequence[str] = '') -> dict[str, Method]:
+def methods(
+  config: ml_collections.ConfigDict, workdir: str, num_samples: int, srgan_workdir: str | Sequence[str] = ''
+) -> dict[str, Method]:
   """The table's rows after Bicubic: for an SRIM run, SRGAN (one row per run of `srgan_workdir`, one or several)
   and SRIM; for an SRGAN run, it."""
   (srgan if config.method == 'srgan' else train).check_config(config)  # Before any run is read.
   if config.method == 'srgan':
     if srgan_workdirs(srgan_workdir):
-      raise UserError('--srgan_workdir adds SRGAN rows to an SRIM run\'s table; with an SRGAN config, --workdir '
-                      'is already the SRGAN run: drop --srgan_workdir.')
+      raise UserError(
+        "--srgan_workdir adds SRGAN rows to an SRIM run's table; with an SRGAN config, --workdir "
+        'is already the SRGAN run: drop --srgan_workdir.'
+      )
     return {SRGAN: srgan_method(config.data, workdir)}
   rows = srgan_rows(config.data, srgan_workdir)
   rows[SRIM] = srim_method(config, workdir, num_samples)
@@ -168,24 +192,33 @@ def columns(side: int) -> tuple[str, ...]:
   return COLUMNS + (('lpips',) if lpips.available() and side >= lpips.MIN_SIDE[LPIPS_NET] else ())
 
 
-def score(rows: dict[str, Method], lowres: np.ndarray, highres: np.ndarray, key: jax.Array, batch_size: int = 16,
-          figure_rows: int = 0, desc: str = 'Scoring',
-          convention: str = 'bt601') -> tuple[dict[str, dict[str, float]], np.ndarray | None]:
+def score(
+  rows: dict[str, Method],
+  lowres: np.ndarray,
+  highres: np.ndarray,
+  key: jax.Array,
+  batch_size: int = 16,
+  figure_rows: int = 0,
+  desc: str = 'Scoring',
+  convention: str = 'bt601',
+) -> tuple[dict[str, dict[str, float]], np.ndarray | None]:
   """Row -> column -> mean over the examples, and the figure input | bicubic | each row's outputs | truth of the
   first `figure_rows` examples (None if 0). Batch `start` of the outputs is drawn with fold_in(key, start). `desc`
   names the progress lines; `convention` is the luma's (common.metrics)."""
   sums = {name: dict.fromkeys(columns(min(highres.shape[1:3])), 0.0) for name in [BICUBIC, *rows]}
   figure = []
   for start in progress.track(range(0, len(lowres), batch_size), desc=desc, unit='batch'):
-    x, y = lowres[start:start + batch_size], highres[start:start + batch_size]
+    x, y = lowres[start : start + batch_size], highres[start : start + batch_size]
     outputs = {BICUBIC: np.asarray(images.quantize(images.bicubic_upsample(x, y.shape[1:3])))[:, None]}
     outputs.update({name: method(x, jax.random.fold_in(key, start)) for name, method in rows.items()})
     for name, out in outputs.items():  # out: (b, n, H, W, 3)
       n = out.shape[1]
       flat, truth = out.reshape(-1, *out.shape[2:]), np.repeat(y, n, axis=0)
-      values = {'psnr_y': psnr_y(flat, truth, convention) / n,
-                'ssim_y': metrics.ssim_y(flat, truth, convention=convention) / n,
-                'diversity': metrics.diversity(flat, n) if n > 1 else np.zeros(len(x))}
+      values = {
+        'psnr_y': psnr_y(flat, truth, convention) / n,
+        'ssim_y': metrics.ssim_y(flat, truth, convention=convention) / n,
+        'diversity': metrics.diversity(flat, n) if n > 1 else np.zeros(len(x)),
+      }
       if 'lpips' in sums[name]:
         values['lpips'] = lpips.distance(flat, truth, LPIPS_NET) / n
       for column, v in values.items():
@@ -199,49 +232,84 @@ def score(rows: dict[str, Method], lowres: np.ndarray, highres: np.ndarray, key:
   return table, images.make_grid([np.concatenate(parts) for parts in zip(*figure)])
 
 
-def table(config: ml_collections.ConfigDict, workdir: str, num_examples: int, num_samples: int = 4,
-          batch_size: int = 16, *, srgan_workdir: str | Sequence[str] = '',
-          split: str = 'eval') -> dict[str, dict[str, float]]:
+def table(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  num_examples: int,
+  num_samples: int = 4,
+  batch_size: int = 16,
+  *,
+  srgan_workdir: str | Sequence[str] = '',
+  split: str = 'eval',
+) -> dict[str, dict[str, float]]:
   """Row -> column -> mean over the first `num_examples` examples of `split` (0 = all of a tfds split)."""
   rows = methods(config, workdir, num_samples, srgan_workdir)
-  return score(rows, *eval_examples(config.data, num_examples, split), train_loop.seed_key(config.seed, 'evaluate'),
-               batch_size, convention=table_convention(config))[0]
+  return score(
+    rows,
+    *eval_examples(config.data, num_examples, split),
+    train_loop.seed_key(config.seed, 'evaluate'),
+    batch_size,
+    convention=table_convention(config),
+  )[0]
 
 
-def tables(config: ml_collections.ConfigDict, workdir: str, num_examples: int, num_samples: int = 4,
-           batch_size: int = 16, *, srgan_workdir: str | Sequence[str] = '',
-           figure_rows: int = 8) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, np.ndarray]]:
+def tables(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  num_examples: int,
+  num_samples: int = 4,
+  batch_size: int = 16,
+  *,
+  srgan_workdir: str | Sequence[str] = '',
+  figure_rows: int = 8,
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, np.ndarray]]:
   """`table` on every split of `splits(config.data)` with the models restored once: ({label: rows},
   {label: figure})."""
   rows = methods(config, workdir, num_samples, srgan_workdir)
   key = train_loop.seed_key(config.seed, 'evaluate')
   results, figures = {}, {}
   for split, label in splits(config.data).items():
-    results[label], figure = score(rows, *eval_examples(config.data, num_examples, split), key, batch_size,
-                                   figure_rows, desc=f'{config.method.upper()} table, {label}',
-                                   convention=table_convention(config))
+    results[label], figure = score(
+      rows,
+      *eval_examples(config.data, num_examples, split),
+      key,
+      batch_size,
+      figure_rows,
+      desc=f'{config.method.upper()} table, {label}',
+      convention=table_convention(config),
+    )
     if figure is not None:
       figures[label] = figure
   return results, figures
 
 
-def write(results: dict[str, dict[str, dict[str, float]]], workdir: str, note: str,
-          figures: dict[str, np.ndarray] | None = None, convention: str | None = None) -> list[str]:
+def write(
+  results: dict[str, dict[str, dict[str, float]]],
+  workdir: str,
+  note: str,
+  figures: dict[str, np.ndarray] | None = None,
+  convention: str | None = None,
+) -> list[str]:
   """table_srim.md, table_srim.csv and figure_srim[_<label>].png in `workdir`, all or none. `results` is
   {split label: rows}; with several splits the table has an 'Images' column. The note names `convention`, the luma
   convention the results were scored with."""
   labelled = len(results) > 1
   cols = [c for c in (*COLUMNS, 'lpips') if c in next(iter(next(iter(results.values())).values()))]
-  titles = {'psnr_y': ('pSNR (Y)', '.2f'), 'ssim_y': ('SSIM (Y)', '.3f'), 'diversity': ('Diversity', '.4f'),
-            'lpips': ('LPIPS', '.4f')}
+  titles = {
+    'psnr_y': ('pSNR (Y)', '.2f'),
+    'ssim_y': ('SSIM (Y)', '.3f'),
+    'diversity': ('Diversity', '.4f'),
+    'lpips': ('LPIPS', '.4f'),
+  }
   head = '| Method |' + (' Images |' if labelled else '') + ''.join(f' {titles[c][0]} |' for c in cols)
   md = [head, '|---' * head.count(' |') + '|']
   csv = ['method,images,' + ','.join(cols)]
   for name in next(iter(results.values())):
     for label, rows in results.items():
       r = rows[name]
-      md.append(f'| {name} |' + (f' {label} |' if labelled else '') +
-                ''.join(f' {r[c]:{titles[c][1]}} |' for c in cols))
+      md.append(
+        f'| {name} |' + (f' {label} |' if labelled else '') + ''.join(f' {r[c]:{titles[c][1]}} |' for c in cols)
+      )
       csv.append(f'{name},{label},' + ','.join(repr(r[c]) for c in cols))
   if convention:
     note += ' ' + CONVENTION_NOTES[convention]
@@ -251,12 +319,15 @@ def write(results: dict[str, dict[str, dict[str, float]]], workdir: str, note: s
     note += " No LPIPS column: pip install -e '.[lpips]' adds it."
   else:
     note += f' No LPIPS column: {LPIPS_NET} needs images of at least {lpips.MIN_SIDE[LPIPS_NET]} pixels a side.'
-  columns = 'input | ' + ' | '.join(n.replace(' (per sample)', ' samples') for n in next(iter(results.values()))) + \
-      ' | truth'
+  columns = (
+    'input | ' + ' | '.join(n.replace(' (per sample)', ' samples') for n in next(iter(results.values()))) + ' | truth'
+  )
 
   def write_files(folder):
-    for name, lines in (('table_srim.md', md + ['', f'- {note}', f'- Figure columns: {columns}.']),
-                        ('table_srim.csv', csv)):
+    for name, lines in (
+      ('table_srim.md', md + ['', f'- {note}', f'- Figure columns: {columns}.']),
+      ('table_srim.csv', csv),
+    ):
       with open(os.path.join(folder, name), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     for label, figure in (figures or {}).items():

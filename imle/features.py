@@ -17,6 +17,7 @@ are VGG16's, e.g. conv2_2 and conv4_3, its nearest to VGG19's conv4_4.
 - The training loss: 'l2', the paper's ||phi(sample) - phi(truth)||^2 / dim(phi); or 'l1', the authors' port:
   sum_i w_i * mean |phi_i(sample) - phi_i(truth)| (torch's L1Loss per component).
 """
+
 import dataclasses
 import math
 from typing import Literal
@@ -38,6 +39,7 @@ PIXELS = 'pixels'
 @dataclasses.dataclass(frozen=True)
 class FeatureConfig:
   """Built from config.features; the defaults are the paper's."""
+
   components: tuple[str, ...] = (PIXELS, 'conv2_2', 'conv4_4')  # phi's parts: 'pixels' and VGG layers.
   weights: tuple[float, ...] = ()  # w_i per component; () = estimated on training images (`estimate_weights`).
   selection_components: tuple[str, ...] = (PIXELS, 'conv2_2', 'conv4_4')  # Nearest-sample search; port: conv4_4.
@@ -58,16 +60,21 @@ class FeatureConfig:
       if not names or bad or len(set(names)) != len(names):
         raise UserError(f'config.features.{field} must be distinct names among {", ".join(known)}, got {names}.')
     if not set(self.selection_components) <= set(self.components):
-      raise UserError(f'config.features.selection_components {self.selection_components} must be among '
-                      f'config.features.components {self.components}.')
+      raise UserError(
+        f'config.features.selection_components {self.selection_components} must be among '
+        f'config.features.components {self.components}.'
+      )
     if self.weights and (len(self.weights) != len(self.components) or min(self.weights) <= 0):
-      raise UserError(f'config.features.weights must be () (estimate them) or one positive weight per component of '
-                      f'{self.components}, got {self.weights}.')
+      raise UserError(
+        f'config.features.weights must be () (estimate them) or one positive weight per component of '
+        f'{self.components}, got {self.weights}.'
+      )
     if self.projection_dim < 0:
       raise UserError(f'config.features.projection_dim must be >= 0 (0 = no projection), got {self.projection_dim}.')
     if self.num_weight_estimation_images < 1:
-      raise UserError('config.features.num_weight_estimation_images must be >= 1, got '
-                      f'{self.num_weight_estimation_images}.')
+      raise UserError(
+        f'config.features.num_weight_estimation_images must be >= 1, got {self.num_weight_estimation_images}.'
+      )
 
   @property
   def vgg_layers(self) -> tuple[str, ...]:
@@ -80,12 +87,14 @@ class FeatureMap:
 
   frozen = {'vgg': VGG parameters, 'weights': float32 (len(components),), 'projection': {'HxW': {layer: (d, D)}}}.
   """
+
   cfg: FeatureConfig
   preprocessing: vgg19.Preprocessing = 'caffe'
   network: vgg19.Network = 'vgg19'
 
-  def features(self, frozen: dict, images01: jax.Array, components: tuple[str, ...],
-               dtype: jnp.dtype = jnp.float32) -> dict[str, jax.Array]:
+  def features(
+    self, frozen: dict, images01: jax.Array, components: tuple[str, ...], dtype: jnp.dtype = jnp.float32
+  ) -> dict[str, jax.Array]:
     """Unweighted components {name: (N, ...)} of images (N, H, W, 3) in [0, 1]; VGG's in `dtype`."""
     layers = tuple(c for c in components if c != PIXELS)
     out = {}
@@ -155,7 +164,8 @@ def projection_matrices(cfg: FeatureConfig, sizes: list[int], mesh: jax.sharding
         dim = vgg19.output_side(side, layer) ** 2 * vgg19.CHANNELS[layer]
         key = jax.random.fold_in(jax.random.fold_in(root, side), vgg19.LAYERS.index(layer))
         matrices[f'{side}x{side}'][layer] = jax.random.normal(key, (dim, cfg.projection_dim)) / math.sqrt(
-            cfg.projection_dim)
+          cfg.projection_dim
+        )
     return matrices
 
   return jax.jit(draw, out_shardings=sharding.replicated(mesh))()
@@ -172,8 +182,10 @@ def estimate_weights(feature_map: FeatureMap, vgg_params: dict, images01: np.nda
 
   values = [float(m) for m in means(jnp.asarray(images01, jnp.float32))]
   if not all(math.isfinite(m) and m > 0 for m in values):
-    raise UserError(f'Cannot estimate config.features.weights: mean |component| of {components} is {values} on the '
-                    'training images; set config.features.weights explicitly.')
+    raise UserError(
+      f'Cannot estimate config.features.weights: mean |component| of {components} is {values} on the '
+      'training images; set config.features.weights explicitly.'
+    )
   return tuple(1.0 / m for m in values)
 
 
@@ -186,22 +198,32 @@ def load_vgg(config: ml_collections.ConfigDict, feature_cfg: FeatureConfig) -> v
   if cfg.weights_path:
     weights = vgg19.load_weights(cfg.weights_path)
     check_feature_weights(feature_cfg, weights)
-    logging.info('%s weights from %s (%s preprocessing); layers %s.', weights.network.upper(), weights.source,
-                 weights.preprocessing, ', '.join(feature_cfg.vgg_layers))
+    logging.info(
+      '%s weights from %s (%s preprocessing); layers %s.',
+      weights.network.upper(),
+      weights.source,
+      weights.preprocessing,
+      ', '.join(feature_cfg.vgg_layers),
+    )
     return weights
   logging.warning(
-      'config.vgg.weights_path is empty: the feature distance uses UNTRAINED (random) VGG19 features, not the '
-      "paper's perceptual ones. Pass --config.vgg.weights_path=vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 "
-      '(Keras) or a .npz converted from torchvision\'s vgg19-dcbb9e9d.pth by `python -m imle.vgg19 convert --pth '
-      'vgg19-dcbb9e9d.pth --out vgg19.npz`.')
+    'config.vgg.weights_path is empty: the feature distance uses UNTRAINED (random) VGG19 features, not the '
+    "paper's perceptual ones. Pass --config.vgg.weights_path=vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5 "
+    "(Keras) or a .npz converted from torchvision's vgg19-dcbb9e9d.pth by `python -m imle.vgg19 convert --pth "
+    'vgg19-dcbb9e9d.pth --out vgg19.npz`.'
+  )
   return vgg19.random_weights(cfg.random_seed)
 
 
-_PREPROCESSING = {'torch': "torchvision's (RGB, 0-1, ImageNet mean / std)",
-                  'caffe': "Caffe's (BGR, 0-255, minus the ImageNet mean pixel)"}
-_FILE_FOR = {'torch': '`python -m imle.vgg19 convert --pth vgg19-dcbb9e9d.pth --out vgg19_torchvision.npz` '
-                      "(torchvision's weights)",
-             'caffe': "Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"}
+_PREPROCESSING = {
+  'torch': "torchvision's (RGB, 0-1, ImageNet mean / std)",
+  'caffe': "Caffe's (BGR, 0-255, minus the ImageNet mean pixel)",
+}
+_FILE_FOR = {
+  'torch': '`python -m imle.vgg19 convert --pth vgg19-dcbb9e9d.pth --out vgg19_torchvision.npz` '
+  "(torchvision's weights)",
+  'caffe': "Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+}
 
 
 def check_feature_weights(feature_cfg: FeatureConfig, weights: vgg19.VGGWeights) -> None:
@@ -216,9 +238,10 @@ def check_feature_weights(feature_cfg: FeatureConfig, weights: vgg19.VGGWeights)
   tuned = feature_cfg.weights_tuned_for
   if feature_cfg.weights and tuned and tuned != weights.preprocessing:
     raise UserError(
-        f'config.features.weights={feature_cfg.weights} were tuned for {_PREPROCESSING[tuned]} VGG19 inputs '
-        f"(config.features.weights_tuned_for='{tuned}'), but {weights.source} expects "
-        f'{_PREPROCESSING[weights.preprocessing]} inputs, whose VGG features are of another scale (tens of times '
-        'larger for Caffe\'s 0-255 than for torchvision\'s), so the weights no longer balance the terms. Pass '
-        f'{_FILE_FOR[tuned]} as --config.vgg.weights_path, or keep this file and estimate weights for it with '
-        "--config.features.weights='()'.")
+      f'config.features.weights={feature_cfg.weights} were tuned for {_PREPROCESSING[tuned]} VGG19 inputs '
+      f"(config.features.weights_tuned_for='{tuned}'), but {weights.source} expects "
+      f'{_PREPROCESSING[weights.preprocessing]} inputs, whose VGG features are of another scale (tens of times '
+      "larger for Caffe's 0-255 than for torchvision's), so the weights no longer balance the terms. Pass "
+      f'{_FILE_FOR[tuned]} as --config.vgg.weights_path, or keep this file and estimate weights for it with '
+      "--config.features.weights='()'."
+    )

@@ -12,6 +12,7 @@ averages in selection, see models.py).
 Every noise is a fixed function of (key, row, stage, candidate) (`candidate_noise`), so a selection is stored as the
 index of the chosen candidate and the noise is drawn again where it is needed. Ties go to the lowest index.
 """
+
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -32,6 +33,7 @@ _POOL_STREAM, _EVAL_STREAM = 1, 2
 @dataclasses.dataclass(frozen=True)
 class IMLEConfig:
   """Built from config.imle; the paper is silent on these numbers, the defaults are the authors' port."""
+
   pool_size: int = 640  # Training images whose noises are selected together.
   steps_per_pool: int = 20_000  # Training steps on a pool before the next pool is drawn and selected.
   num_candidates: int = 100  # m: noises tried per image and stage.
@@ -51,8 +53,7 @@ class IMLEConfig:
       if isinstance(value, str):  # Literals: checked by from_config.
         continue
       if value < 0 or (value == 0 and field.type is int):
-        raise UserError(f'config.imle.{field.name} must be {"positive" if field.type is int else ">= 0"}, '
-                        f'got {value}.')
+        raise UserError(f'config.imle.{field.name} must be {"positive" if field.type is int else ">= 0"}, got {value}.')
 
 
 def pool_key(base_key: jax.Array, pool: jax.Array | int) -> jax.Array:
@@ -68,12 +69,16 @@ def _row_stage_key(key: jax.Array, row: jax.Array, stage: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(key, row), stage)
 
 
-def candidate_noise(key: jax.Array, rows: jax.Array, stage: int, candidates: jax.Array,
-                    shape: tuple[int, ...]) -> jax.Array:
+def candidate_noise(
+  key: jax.Array, rows: jax.Array, stage: int, candidates: jax.Array, shape: tuple[int, ...]
+) -> jax.Array:
   """Noise of candidate candidates[r, ...] of row rows[r] at `stage`: (R, *candidates.shape[1:], *shape)."""
+
   def one(row, candidate):
-    return jax.random.normal(jax.random.fold_in(jax.random.fold_in(_row_stage_key(key, row, stage), 0), candidate),
-                             shape)
+    return jax.random.normal(
+      jax.random.fold_in(jax.random.fold_in(_row_stage_key(key, row, stage), 0), candidate), shape
+    )
+
   per_row = one
   for _ in range(candidates.ndim - 1):
     per_row = jax.vmap(per_row, in_axes=(None, 0))
@@ -104,8 +109,9 @@ def search_chunks(pool_size: int, num_devices: int, rows_per_chunk: int, at_most
   return largest_divisor(per_device // block, at_most)
 
 
-def _select_block(stage_fn: StageFn, vector_fn: VectorFn, params, lowres01, targets01, rows, key, *,
-                  noise_shapes, num_candidates, chunk):
+def _select_block(
+  stage_fn: StageFn, vector_fn: VectorFn, params, lowres01, targets01, rows, key, *, noise_shapes, num_candidates, chunk
+):
   """Hierarchical selection for r rows: (choice (r, S) int32, squared distance (r, S))."""
   r = rows.shape[0]
   image, choices, distances = lowres01, [], []
@@ -114,8 +120,13 @@ def _select_block(stage_fn: StageFn, vector_fn: VectorFn, params, lowres01, targ
 
     def scan_chunk(best, first, s=s, shape=shape, image=image, target=target):
       noise = candidate_noise(key, rows, s, first + jnp.broadcast_to(jnp.arange(chunk), (r, chunk)), shape)
-      outputs = stage_fn(params, s, jnp.repeat(image, chunk, axis=0), jnp.repeat(lowres01, chunk, axis=0),
-                         noise.reshape(r * chunk, *shape))
+      outputs = stage_fn(
+        params,
+        s,
+        jnp.repeat(image, chunk, axis=0),
+        jnp.repeat(lowres01, chunk, axis=0),
+        noise.reshape(r * chunk, *shape),
+      )
       vectors = vector_fn(params, outputs).reshape(r, chunk, -1)
       d = jnp.square(vectors - target[:, None]).sum(-1)  # (r, chunk)
       j = jnp.argmin(d, axis=1)
@@ -131,9 +142,20 @@ def _select_block(stage_fn: StageFn, vector_fn: VectorFn, params, lowres01, targ
   return jnp.stack(choices, -1), jnp.stack(distances, -1)
 
 
-def select(stage_fn: StageFn, vector_fn: VectorFn, params, lowres01: jax.Array, targets01: list[jax.Array],
-           rows: jax.Array, key: jax.Array, *, noise_shapes: list[tuple[int, ...]], num_candidates: int,
-           candidates_per_chunk: int, rows_per_chunk: int) -> tuple[jax.Array, jax.Array]:
+def select(
+  stage_fn: StageFn,
+  vector_fn: VectorFn,
+  params,
+  lowres01: jax.Array,
+  targets01: list[jax.Array],
+  rows: jax.Array,
+  key: jax.Array,
+  *,
+  noise_shapes: list[tuple[int, ...]],
+  num_candidates: int,
+  candidates_per_chunk: int,
+  rows_per_chunk: int,
+) -> tuple[jax.Array, jax.Array]:
   """Exact hierarchical nearest-sample search on one device.
 
   Args:
@@ -149,21 +171,34 @@ def select(stage_fn: StageFn, vector_fn: VectorFn, params, lowres01: jax.Array, 
   num_rows = rows.shape[0]
   r = largest_divisor(num_rows, rows_per_chunk)
   chunk = largest_divisor(num_candidates, candidates_per_chunk)
-  block = functools.partial(_select_block, stage_fn, vector_fn, params, key=key, noise_shapes=noise_shapes,
-                            num_candidates=num_candidates, chunk=chunk)
+  block = functools.partial(
+    _select_block,
+    stage_fn,
+    vector_fn,
+    params,
+    key=key,
+    noise_shapes=noise_shapes,
+    num_candidates=num_candidates,
+    chunk=chunk,
+  )
   split = lambda x: x.reshape(num_rows // r, r, *x.shape[1:])
-  choice, distance = jax.lax.map(lambda xs: block(xs[0], xs[1], xs[2]),
-                                 (split(lowres01), [split(t) for t in targets01], split(rows)))
+  choice, distance = jax.lax.map(
+    lambda xs: block(xs[0], xs[1], xs[2]), (split(lowres01), [split(t) for t in targets01], split(rows))
+  )
   return choice.reshape(num_rows, -1), distance.reshape(num_rows, -1)
 
 
-def sharded_select(mesh: jax.sharding.Mesh, stage_fn: StageFn, vector_fn: VectorFn, params, lowres01, targets01,
-                   rows, key, **kwargs) -> tuple[jax.Array, jax.Array]:
+def sharded_select(
+  mesh: jax.sharding.Mesh, stage_fn: StageFn, vector_fn: VectorFn, params, lowres01, targets01, rows, key, **kwargs
+) -> tuple[jax.Array, jax.Array]:
   """`select` with the rows split over the mesh's data axis (params and key replicated); call inside jit."""
-  fn = jax.shard_map(functools.partial(select, stage_fn, vector_fn, **kwargs), mesh=mesh,
-                     in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P()),
-                     out_specs=(P(DATA_AXIS), P(DATA_AXIS)),
-                     check_vma=False)  # `select` is plain per-device code (no collectives): skip varying-axis types.
+  fn = jax.shard_map(
+    functools.partial(select, stage_fn, vector_fn, **kwargs),
+    mesh=mesh,
+    in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P()),
+    out_specs=(P(DATA_AXIS), P(DATA_AXIS)),
+    check_vma=False,
+  )  # `select` is plain per-device code (no collectives): skip varying-axis types.
   return fn(params, lowres01, targets01, rows, key)
 
 

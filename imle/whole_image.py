@@ -8,6 +8,7 @@ that of one tile, whatever the image's size. SRIM's noise is one field per stage
 a pixel is a function of its position alone (drawn in fixed blocks keyed by their position), so neighbouring tiles
 agree on the pixels they share and no tile needs more of the field than its own window.
 """
+
 import math
 from collections.abc import Callable, Sequence
 
@@ -29,7 +30,7 @@ def srim_receptive_radius(cfg: models.SRIMConfig) -> int:
   """Low-res pixels of context an SRIM output pixel depends on, on each side (rounded up): stage s, at scale
   2^(s+1), has `num_convs` convs reaching kernel_size // 2 of its pixels each, and its bilinear upsampling of the
   previous image (and of the input, the skip image) reaches one pixel of that image."""
-  radius = sum(cfg.num_convs * (cfg.kernel_size // 2) / 2 ** (s + 1) + 1 / 2 ** s for s in range(cfg.num_stages))
+  radius = sum(cfg.num_convs * (cfg.kernel_size // 2) / 2 ** (s + 1) + 1 / 2**s for s in range(cfg.num_stages))
   return math.ceil(radius)
 
 
@@ -37,7 +38,7 @@ def srgan_receptive_radius(cfg: srgan.SRGANConfig) -> int:
   """The same for SRResNet: the 9x9 conv, two 3x3 convs per residual block and the trunk's 3x3 at low resolution;
   a 3x3 conv per x2 upsampler; the last 9x9 at full resolution."""
   upsamplers = cfg.upsample_factor.bit_length() - 1
-  radius = 4 + 2 * cfg.generator_blocks + 1 + sum(1 / 2 ** u for u in range(upsamplers)) + 4 / cfg.upsample_factor
+  radius = 4 + 2 * cfg.generator_blocks + 1 + sum(1 / 2**u for u in range(upsamplers)) + 4 / cfg.upsample_factor
   return math.ceil(radius)
 
 
@@ -45,8 +46,9 @@ def _cores(length: int, tile: int) -> list[tuple[int, int]]:
   return [(start, min(start + tile, length)) for start in range(0, length, tile)]
 
 
-def super_resolve(fn: TileFn, lowres: np.ndarray, factor: int, *, tile: int, overlap: int,
-                  noises: NoiseFn = lambda *window: ()) -> np.ndarray:
+def super_resolve(
+  fn: TileFn, lowres: np.ndarray, factor: int, *, tile: int, overlap: int, noises: NoiseFn = lambda *window: ()
+) -> np.ndarray:
   """uint8 (h, w, 3) -> uint8 (factor h, factor w, 3), tile by tile; `noises` gives each window's noise fields."""
   if tile < 1 or overlap < 0:
     raise ValueError(f'tile must be >= 1 and overlap >= 0, got tile={tile}, overlap={overlap}.')
@@ -59,8 +61,9 @@ def super_resolve(fn: TileFn, lowres: np.ndarray, factor: int, *, tile: int, ove
       windows = [jnp.asarray(n[None]) for n in noises(wy0, wy1, wx0, wx1)]
       result = np.asarray(fn(jnp.asarray(lowres[None, wy0:wy1, wx0:wx1]), windows))[0]
       oy, ox = (y0 - wy0) * factor, (x0 - wx0) * factor
-      out[y0 * factor:y1 * factor, x0 * factor:x1 * factor] = result[oy:oy + (y1 - y0) * factor,
-                                                                     ox:ox + (x1 - x0) * factor]
+      out[y0 * factor : y1 * factor, x0 * factor : x1 * factor] = result[
+        oy : oy + (y1 - y0) * factor, ox : ox + (x1 - x0) * factor
+      ]
   return out
 
 
@@ -70,19 +73,32 @@ def noise_window(key: jax.Array, top: int, bottom: int, left: int, right: int, c
   b = NOISE_BLOCK
   rows = []
   for i in range(top // b, (bottom - 1) // b + 1):
-    row = [jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j), (b, b, channels))
-           for j in range(left // b, (right - 1) // b + 1)]
+    row = [
+      jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, i), j), (b, b, channels))
+      for j in range(left // b, (right - 1) // b + 1)
+    ]
     rows.append(np.concatenate([np.asarray(block) for block in row], axis=1))
   field = np.concatenate(rows, axis=0)
   y, x = top - (top // b) * b, left - (left // b) * b
-  return field[y:y + bottom - top, x:x + right - left]
+  return field[y : y + bottom - top, x : x + right - left]
 
 
 def srim_noises(cfg: models.SRIMConfig, key: jax.Array) -> NoiseFn:
   """SRIM's noise windows: stage s's field (at scale 2^(s+1)) keyed by fold_in(key, s)."""
+
   def noises(top, bottom, left, right):
-    return [noise_window(jax.random.fold_in(key, s), top * 2 ** (s + 1), bottom * 2 ** (s + 1), left * 2 ** (s + 1),
-                         right * 2 ** (s + 1), cfg.noise_channels) for s in range(cfg.num_stages)]
+    return [
+      noise_window(
+        jax.random.fold_in(key, s),
+        top * 2 ** (s + 1),
+        bottom * 2 ** (s + 1),
+        left * 2 ** (s + 1),
+        right * 2 ** (s + 1),
+        cfg.noise_channels,
+      )
+      for s in range(cfg.num_stages)
+    ]
+
   return noises
 
 
@@ -91,6 +107,7 @@ def srim_tile_fn(model: models.SRIM, variables: dict) -> TileFn:
   def fn(lowres, noises):
     highres01 = model.apply(variables, jnp.asarray(lowres, jnp.float32) / 255.0, noises, train=False)[-1]
     return images.quantize(highres01 * 255.0)
+
   return fn
 
 
@@ -102,10 +119,19 @@ def srgan_tile_fn(model: srgan.Generator, variables: dict) -> TileFn:
 def for_run(config, workdir: str, step: int | None = None):
   """(tile_fn, upsampling factor, receptive radius, key -> NoiseFn) of an SRIM or SRGAN run."""
   from imle import train  # Restoring needs the training module; the tiling above does not.
+
   if config.method == 'srim':
     model, variables = train.restore(config, workdir, step)
-    return (srim_tile_fn(model, variables), 2 ** model.cfg.num_stages, srim_receptive_radius(model.cfg),
-            lambda key: srim_noises(model.cfg, key))
+    return (
+      srim_tile_fn(model, variables),
+      2**model.cfg.num_stages,
+      srim_receptive_radius(model.cfg),
+      lambda key: srim_noises(model.cfg, key),
+    )
   model, variables = srgan.restore(config, workdir, step)
-  return (srgan_tile_fn(model, variables), model.cfg.upsample_factor, srgan_receptive_radius(model.cfg),
-          lambda key: lambda *window: ())
+  return (
+    srgan_tile_fn(model, variables),
+    model.cfg.upsample_factor,
+    srgan_receptive_radius(model.cfg),
+    lambda key: lambda *window: (),
+  )

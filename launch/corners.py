@@ -8,6 +8,7 @@ The models train in <workdir>/l2, ce and pixelcnn (resuming from their checkpoin
 figure2.png, corners.md and corners.csv go into --workdir. The work is in pixelsr/corners.py. Without the folder
 --mnist_dir (default: the lab's ../shared/data/mnist), the digits come from tfds mnist (`tfds build mnist` once).
 """
+
 import os
 import sys
 
@@ -29,17 +30,32 @@ def own_flags(message: str) -> str:
 
 
 def define_flags():
-  flags.DEFINE_string('workdir', 'runs/mnist_corners', 'The three runs go in <workdir>/l2, ce, pixelcnn; the figure '
-                      'and the table in <workdir>.')
+  flags.DEFINE_string(
+    'workdir',
+    'runs/mnist_corners',
+    'The three runs go in <workdir>/l2, ce, pixelcnn; the figure and the table in <workdir>.',
+  )
   flags.DEFINE_integer('num_samples', 4, 'Samples per test input of the sampled rows (and PixelCNN figure columns).')
   flags.DEFINE_integer('num_examples', 0, 'Test inputs measured, the first of the held-out digits; 0 = all.')
   flags.DEFINE_integer('figure_rows', 8, 'Test inputs shown in figure2.png, one per row.')
-  flags.DEFINE_enum('mnist_source', None, ['idx', 'tfds'], 'Overrides config.data.mnist_source: the raw IDX file '
-                    '(idx) or tfds mnist (tfds).')
-  flags.DEFINE_string('mnist_dir', None, 'Overrides config.data.mnist_dir, the folder of t10k-images-idx3-ubyte.gz '
-                      '(relative: from the repository root); where it does not exist, tfds mnist is read instead.')
-  flags.DEFINE_string('tfds_data_dir', None, 'Overrides config.data.tfds_data_dir, where tfds mnist is prepared '
-                      '(default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
+  flags.DEFINE_enum(
+    'mnist_source',
+    None,
+    ['idx', 'tfds'],
+    'Overrides config.data.mnist_source: the raw IDX file (idx) or tfds mnist (tfds).',
+  )
+  flags.DEFINE_string(
+    'mnist_dir',
+    None,
+    'Overrides config.data.mnist_dir, the folder of t10k-images-idx3-ubyte.gz '
+    '(relative: from the repository root); where it does not exist, tfds mnist is read instead.',
+  )
+  flags.DEFINE_string(
+    'tfds_data_dir',
+    None,
+    'Overrides config.data.tfds_data_dir, where tfds mnist is prepared '
+    '(default: $TFDS_DATA_DIR or ~/tensorflow_datasets).',
+  )
   flags.DEFINE_bool('runlocal', False, 'Tiny models and a few steps: a smoke run of the whole command.')
 
 
@@ -53,6 +69,7 @@ def main(argv):
   from common.errors import UserError  # After flag parsing, so --help stays fast.
   from configs import mnist_corners
   from pixelsr import corners
+
   configs = {}
   for model in mnist_corners.MODELS:
     config = mnist_corners.get_config(model + (',runlocal' if args.runlocal else ''))
@@ -61,8 +78,9 @@ def main(argv):
         config.data[field] = args[field].value
     configs[model] = config
   try:
-    rows, paths = corners.reproduce(configs, args.workdir, num_examples=args.num_examples,
-                                    num_samples=args.num_samples, figure_rows=args.figure_rows)
+    rows, paths = corners.reproduce(
+      configs, args.workdir, num_examples=args.num_examples, num_samples=args.num_samples, figure_rows=args.figure_rows
+    )
   except UserError as e:
     fail(own_flags(str(e)), code=1)
   with open(paths[0]) as f:

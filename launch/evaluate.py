@@ -10,6 +10,7 @@ row per run) and SRIM's samples, and its figures 4-6 (input | bicubic | SRGAN | 
 --workdir is the pixel recursive run (as given to launch/train.py; default runs/<config file name>), and where the
 table goes. A row whose model has no checkpoint is skipped with a message. The work is in pixelsr/evaluate.py.
 """
+
 import os
 import sys
 from collections.abc import Sequence
@@ -24,39 +25,68 @@ from common.cli import fail, parse_flags, quiet_logs, use_huge_pages  # noqa: E4
 
 
 def define_flags():
-  config_flags.DEFINE_config_file('config', os.path.join(_REPO, 'configs', 'demo.py'),
-                                  'The pixel recursive config of the run: its data and `evaluate` sections.',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'The pixel recursive run to evaluate; table1.md, table1.csv and table1.png '
-                      'are written here. Default: runs/<config file name>.')
-  flags.DEFINE_string('regression_workdir', '', 'The regression baseline run (configs/*_regression.py); '
-                      'empty: the Regression row is skipped.')
-  flags.DEFINE_integer('num_examples', None, 'Eval examples to score; default config.evaluate.num_examples '
-                       '(SRIM: config.data.num_eval_examples).')
+  config_flags.DEFINE_config_file(
+    'config',
+    os.path.join(_REPO, 'configs', 'demo.py'),
+    'The pixel recursive config of the run: its data and `evaluate` sections.',
+    lock_config=True,
+  )
+  flags.DEFINE_string(
+    'workdir',
+    None,
+    'The pixel recursive run to evaluate; table1.md, table1.csv and table1.png '
+    'are written here. Default: runs/<config file name>.',
+  )
+  flags.DEFINE_string(
+    'regression_workdir',
+    '',
+    'The regression baseline run (configs/*_regression.py); empty: the Regression row is skipped.',
+  )
+  flags.DEFINE_integer(
+    'num_examples',
+    None,
+    'Eval examples to score; default config.evaluate.num_examples (SRIM: config.data.num_eval_examples).',
+  )
   flags.DEFINE_integer('num_samples', 4, 'SRIM only: samples per input, scored each (table_srim.{md,csv}).')
-  flags.DEFINE_list('srgan_workdir', [], 'SRIM only: SRGAN runs (configs/*_srgan.py) on the same data, '
-                    "comma-separated, a row each ('SRGAN' for one; for several, named by variant: 'SRGAN (Ledig)', "
-                    "'SRGAN (tensorlayer)'); empty: no SRGAN row.")
+  flags.DEFINE_list(
+    'srgan_workdir',
+    [],
+    'SRIM only: SRGAN runs (configs/*_srgan.py) on the same data, '
+    "comma-separated, a row each ('SRGAN' for one; for several, named by variant: 'SRGAN (Ledig)', "
+    "'SRGAN (tensorlayer)'); empty: no SRGAN row.",
+  )
   flags.DEFINE_integer('num_figure_rows', 8, 'SRIM / SRGAN: examples in figure_srim*.png.', lower_bound=0)
 
 
-def evaluate_srim(config, workdir: str, *, num_examples: int | None, num_samples: int,
-                  srgan_workdir: str | Sequence[str], num_figure_rows: int):
+def evaluate_srim(
+  config,
+  workdir: str,
+  *,
+  num_examples: int | None,
+  num_samples: int,
+  srgan_workdir: str | Sequence[str],
+  num_figure_rows: int,
+):
   from common.errors import UserError
+
   try:
     from imle import evaluate
+
     num = num_examples if num_examples is not None else config.data.num_eval_examples
-    results, figures = evaluate.tables(config, workdir, num, num_samples, srgan_workdir=srgan_workdir,
-                                       figure_rows=num_figure_rows)
+    results, figures = evaluate.tables(
+      config, workdir, num, num_samples, srgan_workdir=srgan_workdir, figure_rows=num_figure_rows
+    )
     samples = f', {num_samples} SRIM samples each' if config.method == 'srim' else ''
-    paths = evaluate.write(results, workdir, f'{num or "all"} examples per split{samples}.', figures,
-                           evaluate.table_convention(config))
+    paths = evaluate.write(
+      results, workdir, f'{num or "all"} examples per split{samples}.', figures, evaluate.table_convention(config)
+    )
   except UserError as e:
     fail(e, code=1)
   for label, rows in results.items():
     for name, r in rows.items():
-      print(f'{name} ({label}): pSNR(Y) {r["psnr_y"]:.2f} dB, SSIM(Y) {r["ssim_y"]:.3f}, '
-            f'diversity {r["diversity"]:.4f}')
+      print(
+        f'{name} ({label}): pSNR(Y) {r["psnr_y"]:.2f} dB, SSIM(Y) {r["ssim_y"]:.3f}, diversity {r["diversity"]:.4f}'
+      )
   print('wrote ' + ', '.join(paths))
 
 
@@ -69,30 +99,56 @@ def main(argv):
   except OSError as e:
     fail(e)
   F = flags.FLAGS
-  workdir = F.workdir or os.path.join('runs', os.path.splitext(os.path.basename(
-      config_flags.get_config_filename(F['config'])))[0])
-  run(config, workdir, regression_workdir=F.regression_workdir, num_examples=F.num_examples,
-      num_samples=F.num_samples, srgan_workdir=F.srgan_workdir, num_figure_rows=F.num_figure_rows)
+  workdir = F.workdir or os.path.join(
+    'runs', os.path.splitext(os.path.basename(config_flags.get_config_filename(F['config'])))[0]
+  )
+  run(
+    config,
+    workdir,
+    regression_workdir=F.regression_workdir,
+    num_examples=F.num_examples,
+    num_samples=F.num_samples,
+    srgan_workdir=F.srgan_workdir,
+    num_figure_rows=F.num_figure_rows,
+  )
 
 
-def run(config, workdir: str, *, regression_workdir: str = '', num_examples: int | None = None, num_samples: int = 4,
-        srgan_workdir: str | Sequence[str] = '', num_figure_rows: int = 8):
+def run(
+  config,
+  workdir: str,
+  *,
+  regression_workdir: str = '',
+  num_examples: int | None = None,
+  num_samples: int = 4,
+  srgan_workdir: str | Sequence[str] = '',
+  num_figure_rows: int = 8,
+):
   """Writes the tables of `config`'s method for the run in `workdir`; a user error ends in one `error:` line."""
   from common.errors import UserError  # After flag parsing, so --help stays fast.
   from launch import methods
+
   try:
     kind = methods.method(config.method).table  # An unknown method, named.
   except UserError as e:
     fail(e, code=1)
   if kind == 'srim':
-    evaluate_srim(config, workdir, num_examples=num_examples, num_samples=num_samples, srgan_workdir=srgan_workdir,
-                  num_figure_rows=num_figure_rows)
+    evaluate_srim(
+      config,
+      workdir,
+      num_examples=num_examples,
+      num_samples=num_samples,
+      srgan_workdir=srgan_workdir,
+      num_figure_rows=num_figure_rows,
+    )
     return
   if kind != 'table1' or 'evaluate' not in config:
-    fail('--config must be a pixel recursive config (configs/*_pixelcnn.py, configs/demo.py), which has an '
-         '`evaluate` section, or an SRIM or SRGAN config; pass the regression run as --regression_workdir.')
+    fail(
+      '--config must be a pixel recursive config (configs/*_pixelcnn.py, configs/demo.py), which has an '
+      '`evaluate` section, or an SRIM or SRGAN config; pass the regression run as --regression_workdir.'
+    )
   try:
     from pixelsr import evaluate
+
     table = evaluate.table1(config, workdir, regression_workdir, num_examples)
     paths = evaluate.write(table, workdir)
   except UserError as e:

@@ -1,6 +1,7 @@
 """The one table from `config.method` to the module that trains it and to the table launch/evaluate.py writes for
 its runs. It sits above `common/`, `pixelsr/` and `imle/`, so that `common/` never imports a method: each module named
 here has the names of the contract `common.trainer.Method` writes down."""
+
 import dataclasses
 import importlib
 from types import ModuleType
@@ -17,18 +18,20 @@ class Method:
 
 
 METHODS = {
-    'pixelcnn': Method('pixelsr.train', table='table1'),
-    'regression': Method('pixelsr.regression', table=''),
-    'srim': Method('imle.train', table='srim'),
-    'srgan': Method('imle.srgan', table='srim'),
+  'pixelcnn': Method('pixelsr.train', table='table1'),
+  'regression': Method('pixelsr.regression', table=''),
+  'srim': Method('imle.train', table='srim'),
+  'srgan': Method('imle.srgan', table='srim'),
 }
 
 
 def method(name: str) -> Method:
   """`config.method`'s entry, or a UserError naming the methods there are."""
   if name not in METHODS:
-    raise UserError(f'config.method={name!r} is not a method of this library; use '
-                    f"{', '.join(repr(m) for m in list(METHODS)[:-1])} or {list(METHODS)[-1]!r}.")
+    raise UserError(
+      f'config.method={name!r} is not a method of this library; use '
+      f'{", ".join(repr(m) for m in list(METHODS)[:-1])} or {list(METHODS)[-1]!r}.'
+    )
   return METHODS[name]
 
 

@@ -20,6 +20,7 @@ equals the untiled network's. SRIM's noise is one field per stage for the whole 
 output sub-pixel by sub-pixel (pixelsr/whole_image.py). It prints the sub-pixels and a time estimated from a timed
 strip first, and refuses an output of more than --max_pixels pixels. Written: `<input>_x4_tau<t>_<k>.png`.
 """
+
 import os
 import sys
 
@@ -38,33 +39,58 @@ MAX_PIXELS = 512 * 512  # --whole_image's default guard on the pixel recursive m
 def define_flags():
   flags.DEFINE_string('workdir', None, 'A training run: its config.json and latest checkpoint are used.')
   flags.DEFINE_string('checkpoint', None, 'Instead of --workdir: one checkpoint, <workdir>/checkpoints/<step>.')
-  config_flags.DEFINE_config_file('config', None, 'Optional: the experiment config the run must have been trained '
-                                  'with (a checkpoint of another config is refused).', lock_config=True)
+  config_flags.DEFINE_config_file(
+    'config',
+    None,
+    'Optional: the experiment config the run must have been trained with (a checkpoint of another config is refused).',
+    lock_config=True,
+  )
   flags.DEFINE_string('input', None, 'An image file, or a directory whose image files are all used.', required=True)
   flags.DEFINE_string('output', None, 'Directory for the samples, grid.png and nll.csv.', required=True)
   flags.DEFINE_integer('num_samples', 4, 'Samples per input and temperature.', lower_bound=1)
   flags.DEFINE_list('temperature', ['1.0'], "Comma-separated taus (they multiply the logits); 'inf' = greedy.")
   flags.DEFINE_integer('seed', 0, 'Random seed of the draws.')
-  flags.DEFINE_integer('batch_size', 32, 'Inputs per sampler call (each call draws batch_size * num_samples).',
-                       lower_bound=1)
-  flags.DEFINE_bool('whole_image', False, 'Super-resolve each input at its own size (x4 of the whole image, no crop '
-                    'or resize): SRIM and SRGAN in overlapping tiles, the pixel recursive model with its cached '
-                    'sampler, sub-pixel by sub-pixel.')
-  flags.DEFINE_integer('max_pixels', MAX_PIXELS, '--whole_image, pixel recursive: the largest output (pixels) it '
-                       'samples. Time and memory grow with it: one sequential step per sub-pixel, and 3 KiB of '
-                       'logits per pixel and sample (512x512, 4 samples: 3 GiB, minutes on a 2-core CPU).',
-                       lower_bound=1)
-  flags.DEFINE_integer('tile', 64, '--whole_image: low-res pixels per tile side (memory grows with its square).',
-                       lower_bound=1)
-  flags.DEFINE_enum('pixel_kernel', None, ['xla', 'pallas'], "Pixel recursive runs: the cached sampler's colour "
-                    "passes (config.model.pixel_kernel), instead of the run's own; 'pallas' is one kernel per pass, "
-                    'for a GPU (pixelsr/fused_pixel.py). The samples are the same.')
-  flags.DEFINE_integer('overlap', -1, '--whole_image: low-res pixels of context around each tile; -1 = the '
-                       "network's receptive radius, with which the output equals the untiled one.", lower_bound=-1)
+  flags.DEFINE_integer(
+    'batch_size', 32, 'Inputs per sampler call (each call draws batch_size * num_samples).', lower_bound=1
+  )
+  flags.DEFINE_bool(
+    'whole_image',
+    False,
+    'Super-resolve each input at its own size (x4 of the whole image, no crop '
+    'or resize): SRIM and SRGAN in overlapping tiles, the pixel recursive model with its cached '
+    'sampler, sub-pixel by sub-pixel.',
+  )
+  flags.DEFINE_integer(
+    'max_pixels',
+    MAX_PIXELS,
+    '--whole_image, pixel recursive: the largest output (pixels) it '
+    'samples. Time and memory grow with it: one sequential step per sub-pixel, and 3 KiB of '
+    'logits per pixel and sample (512x512, 4 samples: 3 GiB, minutes on a 2-core CPU).',
+    lower_bound=1,
+  )
+  flags.DEFINE_integer(
+    'tile', 64, '--whole_image: low-res pixels per tile side (memory grows with its square).', lower_bound=1
+  )
+  flags.DEFINE_enum(
+    'pixel_kernel',
+    None,
+    ['xla', 'pallas'],
+    "Pixel recursive runs: the cached sampler's colour "
+    "passes (config.model.pixel_kernel), instead of the run's own; 'pallas' is one kernel per pass, "
+    'for a GPU (pixelsr/fused_pixel.py). The samples are the same.',
+  )
+  flags.DEFINE_integer(
+    'overlap',
+    -1,
+    '--whole_image: low-res pixels of context around each tile; -1 = the '
+    "network's receptive radius, with which the output equals the untiled one.",
+    lower_bound=-1,
+  )
 
 
 def input_files(path: str) -> list[str]:
   from common.errors import UserError
+
   if os.path.isdir(path):
     files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
@@ -77,6 +103,7 @@ def input_files(path: str) -> list[str]:
 
 def run_dir_and_step(checkpoint_path: str | None, workdir: str | None) -> tuple[str, int | None]:
   from common.errors import UserError
+
   if (checkpoint_path is None) == (workdir is None):
     raise UserError('pass exactly one of --workdir (latest checkpoint) and --checkpoint (one step).')
   if workdir is not None:
@@ -84,13 +111,16 @@ def run_dir_and_step(checkpoint_path: str | None, workdir: str | None) -> tuple[
   path = os.path.normpath(checkpoint_path)
   step, parent = os.path.basename(path), os.path.dirname(path)
   if not step.isdigit() or os.path.basename(parent) != 'checkpoints':
-    raise UserError(f'--checkpoint={checkpoint_path} is not <workdir>/checkpoints/<step>; pass such a directory, '
-                    'or --workdir for the latest checkpoint.')
+    raise UserError(
+      f'--checkpoint={checkpoint_path} is not <workdir>/checkpoints/<step>; pass such a directory, '
+      'or --workdir for the latest checkpoint.'
+    )
   return os.path.dirname(parent), int(step)
 
 
 def parse_temperatures(values: list[str]) -> list[float]:
   from common.errors import UserError
+
   try:
     taus = [float(v) for v in values]
   except ValueError:
@@ -105,6 +135,7 @@ def pixelcnn_sampler(config, workdir: str, step: int | None):
   import numpy as np
 
   from pixelsr import sampling, train
+
   model, variables = train.restore(config, workdir, step)
 
   def draw(lowres, key, temperature, num_samples):
@@ -120,6 +151,7 @@ def pixelcnn_sampler(config, workdir: str, step: int | None):
 def srim_sampler(config, workdir: str, step: int | None):
   """The same for an SRIM run: samples f(x, z) for fresh noises z; SRIM has no temperature and no likelihood."""
   from imle import models, train
+
   model, variables = train.restore(config, workdir, step)
 
   def draw(lowres, key, temperature, num_samples):
@@ -133,6 +165,7 @@ def srim_sampler(config, workdir: str, step: int | None):
 def srgan_sampler(config, workdir: str, step: int | None):
   """The same for an SRGAN run: the generator's one output per input (batch norm in inference mode)."""
   from imle import srgan
+
   model, variables = srgan.restore(config, workdir, step)
 
   def draw(lowres, key, temperature, num_samples):
@@ -150,21 +183,25 @@ def run_config(workdir: str, expected_config, pixel_kernel: str | None):
   from common import checkpoint
   from common.errors import UserError
   from launch import methods
+
   config = checkpoint.load_config(workdir)
   if expected_config is not None:
     defaults = checkpoint.field_defaults(methods.module(expected_config.method).model_config(expected_config))
     checkpoint.check_config(workdir, expected_config, model_defaults=defaults, record=False)
   if pixel_kernel is not None:
     if config.method != 'pixelcnn':
-      raise UserError(f'--pixel_kernel applies to pixel recursive runs; {workdir} is a config.method='
-                      f'{config.method!r} run: drop the flag.')
+      raise UserError(
+        f'--pixel_kernel applies to pixel recursive runs; {workdir} is a config.method='
+        f'{config.method!r} run: drop the flag.'
+      )
     with config.unlocked():
       config.model.pixel_kernel = pixel_kernel
   return config
 
 
-def super_resolve(*, workdir, step, expected_config, files, output, num_samples, temperatures, seed, batch_size,
-                  pixel_kernel=None):
+def super_resolve(
+  *, workdir, step, expected_config, files, output, num_samples, temperatures, seed, batch_size, pixel_kernel=None
+):
   import jax
   import numpy as np
 
@@ -173,14 +210,15 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
 
   config = run_config(workdir, expected_config, pixel_kernel)
   if config.method not in SAMPLERS:
-    raise UserError(f'{workdir} was trained with config.method={config.method!r}; launch/sample.py samples '
-                    f'{" and ".join(SAMPLERS)} runs.')
+    raise UserError(
+      f'{workdir} was trained with config.method={config.method!r}; launch/sample.py samples '
+      f'{" and ".join(SAMPLERS)} runs.'
+    )
   if config.method == 'srim' and temperatures != [1.0]:
     print('SRIM has no temperature: --temperature is ignored.')
     temperatures = [1.0]
   if config.method == 'srgan' and (temperatures != [1.0] or num_samples != 1):
-    print('SRGAN is deterministic (one output per input, no temperature): --num_samples and --temperature are '
-          'ignored.')
+    print('SRGAN is deterministic (one output per input, no temperature): --num_samples and --temperature are ignored.')
     temperatures, num_samples = [1.0], 1
   colours, draw, nll = SAMPLERS[config.method](config, workdir, step)
   names, lowres = [], []
@@ -199,7 +237,7 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
     tau = temperatures[t]
     if start == 0:
       drawn = []
-    chunk = lowres[start:start + per_call]
+    chunk = lowres[start : start + per_call]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], per_call - len(chunk), 0)])
     x = jax.device_put(padded, sharding.batch_sharding(mesh))
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), t), start)
@@ -209,14 +247,24 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
     drawn.append(np.asarray(y)[:keep].reshape(len(chunk), num_samples, *y.shape[1:]))
     for i in range(keep):
       n, k = start + i // num_samples, i % num_samples
-      rows.append(dict(input=names[n], temperature=tau, sample=k, file=f'{names[n]}_tau{tau:g}_{k}.png',
-                       bits=float(bits[i]), nats=float(nats[i]), image=(t, n, k)))
+      rows.append(
+        dict(
+          input=names[n],
+          temperature=tau,
+          sample=k,
+          file=f'{names[n]}_tau{tau:g}_{k}.png',
+          bits=float(bits[i]),
+          nats=float(nats[i]),
+          image=(t, n, k),
+        )
+      )
     if start + per_call >= len(lowres):
       samples.append(np.concatenate(drawn))
 
   for r in rows:
-    nll_text = (f'NLL {r["bits"]:.3f} bits/dim ({r["nats"]:,.1f} nats)' if nll
-                else f'no likelihood ({config.method.upper()})')
+    nll_text = (
+      f'NLL {r["bits"]:.3f} bits/dim ({r["nats"]:,.1f} nats)' if nll else f'no likelihood ({config.method.upper()})'
+    )
     print(f'{r["input"]} tau={r["temperature"]:g} sample {r["sample"]}: {nll_text} -> {r["file"]}')
   bicubic = np.asarray(images.quantize(images.bicubic_upsample(lowres, samples[0].shape[2:4])))
   columns = [lowres] + [s[:, k] for s in samples for k in range(num_samples)] + [bicubic]
@@ -228,8 +276,9 @@ def super_resolve(*, workdir, step, expected_config, files, output, num_samples,
     images.save_png(os.path.join(folder, 'grid.png'), images.make_grid(columns))
     with open(os.path.join(folder, 'nll.csv'), 'w') as f:
       f.write('input,temperature,sample,file,nll_bits_per_dim,nll_nats\n')
-      f.writelines(f'{r["input"]},{r["temperature"]:g},{r["sample"]},{r["file"]},{r["bits"]:.6f},{r["nats"]:.3f}\n'
-                   for r in rows)
+      f.writelines(
+        f'{r["input"]},{r["temperature"]:g},{r["sample"]},{r["file"]},{r["bits"]:.6f},{r["nats"]:.3f}\n' for r in rows
+      )
 
   written = user_images.write_all_or_nothing(output, write)
   print(f'{len(written)} files in {output}: grid.png (input | samples by temperature | bicubic), nll.csv.')
@@ -255,20 +304,27 @@ def pixelcnn_whole_images(*, config, workdir, step, files, output, num_samples, 
     if cfg.num_colours == 1:  # ITU-R 601 luma, as Pillow's 'L' and user_images.to_model_input
       x = np.round(x.astype(np.float64) @ np.array([299, 587, 114]) / 1000).astype(np.uint8)[..., None]
     inputs.append((path, os.path.splitext(os.path.basename(path))[0], x))
-  timing = pixel_whole_image.time_per_pixel(model, variables, inputs[0][2], temperatures[0], num_samples,
-                                            jax.random.key(seed))
-  print(f'Timed on a strip: {1e3 * timing.seconds_per_pixel:.2f} ms per output pixel ({num_samples} samples side by '
-        f'side), {timing.compile_seconds:.0f} s to compile.')
+  timing = pixel_whole_image.time_per_pixel(
+    model, variables, inputs[0][2], temperatures[0], num_samples, jax.random.key(seed)
+  )
+  print(
+    f'Timed on a strip: {1e3 * timing.seconds_per_pixel:.2f} ms per output pixel ({num_samples} samples side by '
+    f'side), {timing.compile_seconds:.0f} s to compile.'
+  )
   for path, _, x in inputs:
     height, width = x.shape[:2]
     out_h, out_w = pixel_whole_image.output_size(cfg, height, width)
     seconds = pixel_whole_image.estimate(cfg, timing, height, width, len(temperatures))
-    figures = (f'{width}x{height} -> {out_w}x{out_h}: {out_h * out_w * cfg.num_colours:,} sub-pixels drawn one after '
-               f'another ({num_samples} samples side by side, {len(temperatures)} temperature(s)), estimated '
-               f'{pixel_whole_image.duration(seconds)}')
+    figures = (
+      f'{width}x{height} -> {out_w}x{out_h}: {out_h * out_w * cfg.num_colours:,} sub-pixels drawn one after '
+      f'another ({num_samples} samples side by side, {len(temperatures)} temperature(s)), estimated '
+      f'{pixel_whole_image.duration(seconds)}'
+    )
     if out_h * out_w > max_pixels:
-      raise UserError(f'{path}: {figures}; its {out_h * out_w:,} output pixels are over --max_pixels={max_pixels:,}. '
-                      'Pass a smaller image, or a larger --max_pixels to draw it anyway.')
+      raise UserError(
+        f'{path}: {figures}; its {out_h * out_w:,} output pixels are over --max_pixels={max_pixels:,}. '
+        'Pass a smaller image, or a larger --max_pixels to draw it anyway.'
+      )
     print(f'{path}: {figures}.')
   results = {}
   calls = [(n, t) for n in range(len(inputs)) for t in range(len(temperatures))]
@@ -287,8 +343,21 @@ def pixelcnn_whole_images(*, config, workdir, step, files, output, num_samples, 
   print(f'{len(written)} files in {output}.')
 
 
-def whole_images(*, workdir, step, expected_config, files, output, num_samples, seed, tile, overlap,
-                 temperatures=(1.0,), max_pixels=MAX_PIXELS, pixel_kernel=None):
+def whole_images(
+  *,
+  workdir,
+  step,
+  expected_config,
+  files,
+  output,
+  num_samples,
+  seed,
+  tile,
+  overlap,
+  temperatures=(1.0,),
+  max_pixels=MAX_PIXELS,
+  pixel_kernel=None,
+):
   """Each input super-resolved at its own size: by an SRIM or SRGAN run in tiles, `<input>_x<f>_<k>.png` per sample;
   by a pixel recursive run with the cached sampler (`pixelcnn_whole_images`)."""
   import jax
@@ -299,11 +368,22 @@ def whole_images(*, workdir, step, expected_config, files, output, num_samples, 
 
   config = run_config(workdir, expected_config, pixel_kernel)
   if config.method == 'pixelcnn':
-    return pixelcnn_whole_images(config=config, workdir=workdir, step=step, files=files, output=output,
-                                 num_samples=num_samples, temperatures=temperatures, seed=seed, max_pixels=max_pixels)
+    return pixelcnn_whole_images(
+      config=config,
+      workdir=workdir,
+      step=step,
+      files=files,
+      output=output,
+      num_samples=num_samples,
+      temperatures=temperatures,
+      seed=seed,
+      max_pixels=max_pixels,
+    )
   if config.method not in ('srim', 'srgan'):
-    raise UserError(f'--whole_image takes pixel recursive, SRIM and SRGAN runs (fully convolutional); {workdir} is a '
-                    f'config.method={config.method!r} run: drop --whole_image to sample its training size.')
+    raise UserError(
+      f'--whole_image takes pixel recursive, SRIM and SRGAN runs (fully convolutional); {workdir} is a '
+      f'config.method={config.method!r} run: drop --whole_image to sample its training size.'
+    )
   if config.method == 'srgan' and num_samples != 1:
     print('SRGAN is deterministic (one output per input): --num_samples is ignored.')
     num_samples = 1
@@ -311,8 +391,10 @@ def whole_images(*, workdir, step, expected_config, files, output, num_samples, 
   if overlap < 0:
     overlap = radius
   elif overlap < radius:
-    print(f'--overlap={overlap} is below the receptive radius ({radius} low-res pixels): seams between tiles will '
-          'differ from the untiled output.')
+    print(
+      f'--overlap={overlap} is below the receptive radius ({radius} low-res pixels): seams between tiles will '
+      'differ from the untiled output.'
+    )
   results = {}
   for n, path in enumerate(files):
     x = images.load_image(path)
@@ -322,7 +404,8 @@ def whole_images(*, workdir, step, expected_config, files, output, num_samples, 
     for k in progress.track(range(num_samples), desc=f'{name}', unit='sample'):
       key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), n), k)
       results[f'{name}_x{factor}_{k}.png'] = whole_image.super_resolve(
-          fn, x, factor, tile=tile, overlap=overlap, noises=noises(key))
+        fn, x, factor, tile=tile, overlap=overlap, noises=noises(key)
+      )
 
   def write(folder):
     for file, image in results.items():
@@ -336,30 +419,77 @@ def main(argv):
   del argv
   quiet_logs()
   F = flags.FLAGS
-  run(workdir=F.workdir, checkpoint=F.checkpoint, config=F.config, input=F.input, output=F.output,
-      num_samples=F.num_samples, temperature=F.temperature, seed=F.seed, batch_size=F.batch_size,
-      whole_image=F.whole_image, tile=F.tile, overlap=F.overlap, max_pixels=F.max_pixels, pixel_kernel=F.pixel_kernel)
+  run(
+    workdir=F.workdir,
+    checkpoint=F.checkpoint,
+    config=F.config,
+    input=F.input,
+    output=F.output,
+    num_samples=F.num_samples,
+    temperature=F.temperature,
+    seed=F.seed,
+    batch_size=F.batch_size,
+    whole_image=F.whole_image,
+    tile=F.tile,
+    overlap=F.overlap,
+    max_pixels=F.max_pixels,
+    pixel_kernel=F.pixel_kernel,
+  )
 
 
-def run(*, workdir: str | None, checkpoint: str | None, config, input: str, output: str, num_samples: int = 4,
-        temperature: list[str] = ('1.0',), seed: int = 0, batch_size: int = 32, whole_image: bool = False,
-        tile: int = 64, overlap: int = -1, max_pixels: int = MAX_PIXELS, pixel_kernel: str | None = None):
+def run(
+  *,
+  workdir: str | None,
+  checkpoint: str | None,
+  config,
+  input: str,
+  output: str,
+  num_samples: int = 4,
+  temperature: list[str] = ('1.0',),
+  seed: int = 0,
+  batch_size: int = 32,
+  whole_image: bool = False,
+  tile: int = 64,
+  overlap: int = -1,
+  max_pixels: int = MAX_PIXELS,
+  pixel_kernel: str | None = None,
+):
   """The flags' values -> samples in `output`; a user error ends in one `error:` line and exit 1, writing nothing."""
   from common.errors import UserError
   from launch import methods
+
   try:
     if config is not None:  # Checked whole, naming the bad field, before any run is read.
       methods.module(config.method).check_config(config)
     workdir, step = run_dir_and_step(checkpoint, workdir)
     if whole_image:
-      whole_images(workdir=workdir, step=step, expected_config=config, files=input_files(input), output=output,
-                   num_samples=num_samples, seed=seed, tile=tile, overlap=overlap,
-                   temperatures=parse_temperatures(list(temperature)), max_pixels=max_pixels,
-                   pixel_kernel=pixel_kernel)
+      whole_images(
+        workdir=workdir,
+        step=step,
+        expected_config=config,
+        files=input_files(input),
+        output=output,
+        num_samples=num_samples,
+        seed=seed,
+        tile=tile,
+        overlap=overlap,
+        temperatures=parse_temperatures(list(temperature)),
+        max_pixels=max_pixels,
+        pixel_kernel=pixel_kernel,
+      )
       return
-    super_resolve(workdir=workdir, step=step, expected_config=config, files=input_files(input), output=output,
-                  num_samples=num_samples, temperatures=parse_temperatures(list(temperature)), seed=seed,
-                  batch_size=batch_size, pixel_kernel=pixel_kernel)
+    super_resolve(
+      workdir=workdir,
+      step=step,
+      expected_config=config,
+      files=input_files(input),
+      output=output,
+      num_samples=num_samples,
+      temperatures=parse_temperatures(list(temperature)),
+      seed=seed,
+      batch_size=batch_size,
+      pixel_kernel=pixel_kernel,
+    )
   except UserError as e:
     fail(e, code=1)
 

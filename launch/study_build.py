@@ -6,6 +6,7 @@ Fooled: the rows of table 1 come from pixelsr.evaluate.table1 itself (the same s
 ground truth. Preference: SRIM (imle.models.sample), SRGAN (imle.srgan.predict) and bicubic outputs of the images of
 classes seen in training ('eval') and of held-out classes ('eval_unseen', config.data.num_unseen_classes).
 """
+
 import os
 
 import jax
@@ -19,11 +20,13 @@ from common.study import manifest as manifest_lib
 _GRID_PADDING = 2  # common.images.make_grid's default, which table1's figure uses
 
 
-def table1_images(config: ml_collections.ConfigDict, workdir: str, regression_workdir: str,
-                  num_examples: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+def table1_images(
+  config: ml_collections.ConfigDict, workdir: str, regression_workdir: str, num_examples: int
+) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
   """(ground truth (N, H, W, 3), row name -> outputs (N, H, W, 3), notes) of table 1's rows on the first
   `num_examples` eval examples; rows whose run is missing are absent (their reason is in the notes)."""
   from pixelsr import evaluate
+
   config = ml_collections.ConfigDict(config.to_dict())
   config.evaluate.num_figure_rows = num_examples
   table = evaluate.table1(config, workdir, regression_workdir, num_examples)
@@ -34,26 +37,39 @@ def table1_images(config: ml_collections.ConfigDict, workdir: str, regression_wo
 
   def column(k):
     left = pad + k * (side + pad)
-    return np.stack([grid[pad + n * (side + pad):][:side, left:left + side] for n in range(num)])
+    return np.stack([grid[pad + n * (side + pad) :][:side, left : left + side] for n in range(num)])
 
   outputs = {name: column(1 + k) for k, name in enumerate(names)}
   notes = [n for n in table.notes if not n.startswith('Figure columns')] + [
-      f'Skipped {name}: {reason}.' for name, reason in table.skipped.items()]
+    f'Skipped {name}: {reason}.' for name, reason in table.skipped.items()
+  ]
   return column(len(names) + 1), outputs, notes
 
 
-def build_fooled(out: str, workdir: str, regression_workdir: str, *, config: ml_collections.ConfigDict | None,
-                 num_examples: int, rows: list[str], scale: int, **protocol) -> manifest_lib.Manifest:
+def build_fooled(
+  out: str,
+  workdir: str,
+  regression_workdir: str,
+  *,
+  config: ml_collections.ConfigDict | None,
+  num_examples: int,
+  rows: list[str],
+  scale: int,
+  **protocol,
+) -> manifest_lib.Manifest:
   manifest_lib.check_out(out, scale)
   needed = protocol.get('practice_pairs', 10) + protocol.get('main_pairs', 45)
   if num_examples < needed:
-    raise UserError(f'--num_examples={num_examples} is fewer than practice_pairs + main_pairs = {needed}: every pair '
-                    'of a session shows a different example.')
+    raise UserError(
+      f'--num_examples={num_examples} is fewer than practice_pairs + main_pairs = {needed}: every pair '
+      'of a session shows a different example.'
+    )
   if config is None:
     config = checkpoint.load_config(workdir)
   if config.get('method') != 'pixelcnn':
-    raise UserError(f'--workdir {workdir} must be a pixel recursive run (method pixelcnn), not '
-                    f'{config.get("method")!r}.')
+    raise UserError(
+      f'--workdir {workdir} must be a pixel recursive run (method pixelcnn), not {config.get("method")!r}.'
+    )
   truth, outputs, notes = table1_images(config, workdir, regression_workdir, num_examples)
   if 'Bicubic' not in outputs:
     raise UserError('The golden questions need the Bicubic row, which table 1 did not produce.')
@@ -61,11 +77,19 @@ def build_fooled(out: str, workdir: str, regression_workdir: str, *, config: ml_
   missing = [r for r in arms if r not in outputs]
   if missing:
     raise UserError(f'--rows {missing} are not among the rows made: {list(outputs)} ({"; ".join(notes)})')
-  return manifest_lib.write_fooled(out, truth, outputs, scale=scale, arms=arms, notes=tuple(notes),
-                                   source={'workdir': os.path.abspath(workdir),
-                                           'regression_workdir': os.path.abspath(regression_workdir)
-                                           if regression_workdir else ''},
-                                   **protocol)
+  return manifest_lib.write_fooled(
+    out,
+    truth,
+    outputs,
+    scale=scale,
+    arms=arms,
+    notes=tuple(notes),
+    source={
+      'workdir': os.path.abspath(workdir),
+      'regression_workdir': os.path.abspath(regression_workdir) if regression_workdir else '',
+    },
+    **protocol,
+  )
 
 
 def _split_by_class(data_cfg: ml_collections.ConfigDict, split: str, per_class: int) -> tuple[np.ndarray, list[str]]:
@@ -87,8 +111,9 @@ def _split_by_class(data_cfg: ml_collections.ConfigDict, split: str, per_class: 
   return lowres[keep], [classes[n] for n in keep]
 
 
-def build_preference(out: str, srim_workdir: str, srgan_workdir: str, *, per_class: int, scale: int, seed: int,
-                     **protocol) -> manifest_lib.Manifest:
+def build_preference(
+  out: str, srim_workdir: str, srgan_workdir: str, *, per_class: int, scale: int, seed: int, **protocol
+) -> manifest_lib.Manifest:
   """SRIM's Table 2 study: one SRIM sample, the SRGAN output and bicubic for the first `per_class` images of each
   class seen in training ('eval') and each unseen class ('eval_unseen') of the SRIM run's data."""
   manifest_lib.check_out(out, scale)
@@ -96,18 +121,20 @@ def build_preference(out: str, srim_workdir: str, srgan_workdir: str, *, per_cla
   from imle import srgan
   from imle import train as imle_train
   from pixelsr import baselines
+
   config = checkpoint.load_config(srim_workdir)
   if config.get('method') != 'srim':
     raise UserError(f'--workdir {srim_workdir} must be an SRIM run, not {config.get("method")!r}.')
   if not config.data.get('num_unseen_classes', 0):
-    raise UserError(f'The SRIM run of {srim_workdir} holds out no classes (config.data.num_unseen_classes = 0), so '
-                    'there are no unseen classes to show; train it with --config.data.num_unseen_classes=N.')
+    raise UserError(
+      f'The SRIM run of {srim_workdir} holds out no classes (config.data.num_unseen_classes = 0), so '
+      'there are no unseen classes to show; train it with --config.data.num_unseen_classes=N.'
+    )
   srgan_config = checkpoint.load_config(srgan_workdir)
   srim_model, srim_vars = imle_train.restore(config, srim_workdir)
   srgan_model, srgan_vars = srgan.restore(srgan_config, srgan_workdir)
   outputs, classes, splits = {'SRIM': [], 'SRGAN': [], 'Bicubic': []}, [], []
-  for split, name in progress.track((('eval', 'seen'), ('eval_unseen', 'unseen')), desc='Study images',
-                                    unit='split'):
+  for split, name in progress.track((('eval', 'seen'), ('eval_unseen', 'unseen')), desc='Study images', unit='split'):
     lowres, names = _split_by_class(config.data, split, per_class)
     key = jax.random.fold_in(jax.random.key(seed), len(splits))
     outputs['SRIM'].append(np.asarray(imle_models.sample(srim_model, srim_vars, lowres, key, 1))[:, 0])
@@ -115,10 +142,17 @@ def build_preference(out: str, srim_workdir: str, srgan_workdir: str, *, per_cla
     outputs['Bicubic'].append(np.asarray(baselines.bicubic(lowres, config.data.highres_size, config.data.resize)))
     classes += names
     splits += [name] * len(lowres)
-  notes = (f'SRIM: {srim_workdir}; SRGAN: {srgan_workdir}; one SRIM sample per input (seed {seed}); the first '
-           f'{per_class} eval images of each class.',)
-  return manifest_lib.write_preference(out, {k: np.concatenate(v) for k, v in outputs.items()}, classes, splits,
-                                       scale=scale, notes=notes,
-                                       source={'workdir': os.path.abspath(srim_workdir),
-                                               'srgan_workdir': os.path.abspath(srgan_workdir)},
-                                       **protocol)
+  notes = (
+    f'SRIM: {srim_workdir}; SRGAN: {srgan_workdir}; one SRIM sample per input (seed {seed}); the first '
+    f'{per_class} eval images of each class.',
+  )
+  return manifest_lib.write_preference(
+    out,
+    {k: np.concatenate(v) for k, v in outputs.items()},
+    classes,
+    splits,
+    scale=scale,
+    notes=notes,
+    source={'workdir': os.path.abspath(srim_workdir), 'srgan_workdir': os.path.abspath(srgan_workdir)},
+    **protocol,
+  )

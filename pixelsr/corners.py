@@ -9,6 +9,7 @@ columns), where the data puts the digit. An output is
                     so their shares would be noise. Blank outputs are not single-mode.
 Ink outside the corner regions is not counted.
 """
+
 import csv
 import dataclasses
 import io
@@ -39,13 +40,17 @@ def classify(outputs: np.ndarray) -> np.ndarray:
   """uint8 (N, H, W, 1) -> each output's mode, one of MODES (str array (N,))."""
   left, right = corner_ink(outputs)
   total = left + right
-  return np.select([total < BLANK_INK, left >= SINGLE_MODE_SHARE * total, right >= SINGLE_MODE_SHARE * total],
-                   ['blank', 'left', 'right'], 'both')
+  return np.select(
+    [total < BLANK_INK, left >= SINGLE_MODE_SHARE * total, right >= SINGLE_MODE_SHARE * total],
+    ['blank', 'left', 'right'],
+    'both',
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class ModeCounts:
   """How many outputs of a row fell in each mode."""
+
   left: int
   right: int
   both: int
@@ -92,8 +97,14 @@ def train_all(configs: dict[str, ml_collections.ConfigDict], workdir: str) -> di
   return seconds
 
 
-def model_outputs(configs: dict[str, ml_collections.ConfigDict], workdir: str, lowres: np.ndarray, *,
-                  num_samples: int, batch_size: int = 200) -> dict[str, np.ndarray]:
+def model_outputs(
+  configs: dict[str, ml_collections.ConfigDict],
+  workdir: str,
+  lowres: np.ndarray,
+  *,
+  num_samples: int,
+  batch_size: int = 200,
+) -> dict[str, np.ndarray]:
   """Each row's uint8 outputs for the inputs `lowres`: 'L2 regression' (N, ...); 'Cross-entropy, per-pixel mode'
   (N, ...); 'Cross-entropy, samples' and 'PixelCNN, samples' (N * num_samples, ...), the samples of input n in rows
   n * num_samples ... (tau = 1, batch b drawn with the key fold_in(key(seed), b))."""
@@ -102,25 +113,31 @@ def model_outputs(configs: dict[str, ml_collections.ConfigDict], workdir: str, l
   pixelcnn, pixelcnn_variables = train.restore(configs['pixelcnn'], os.path.join(workdir, 'pixelcnn'))
   key = jax.random.key(configs['pixelcnn'].seed)
   methods = {
-      'L2 regression': lambda x, k: regression.predict(l2_model, l2_variables, x),
-      'Cross-entropy, per-pixel mode': lambda x, k: sampling.sample(ce_model, ce_variables, x, k, float('inf')),
-      'Cross-entropy, samples': lambda x, k: sampling.sample(ce_model, ce_variables, x, k, 1.0, num_samples),
-      'PixelCNN, samples': lambda x, k: sampling.sample(pixelcnn, pixelcnn_variables, x, k, 1.0, num_samples)}
+    'L2 regression': lambda x, k: regression.predict(l2_model, l2_variables, x),
+    'Cross-entropy, per-pixel mode': lambda x, k: sampling.sample(ce_model, ce_variables, x, k, float('inf')),
+    'Cross-entropy, samples': lambda x, k: sampling.sample(ce_model, ce_variables, x, k, 1.0, num_samples),
+    'PixelCNN, samples': lambda x, k: sampling.sample(pixelcnn, pixelcnn_variables, x, k, 1.0, num_samples),
+  }
   outputs = {name: [] for name in methods}
   starts = progress.track(range(0, len(lowres), batch_size), desc='Figure 2 outputs', unit='batch')
   for b, start in enumerate(starts):
-    x = lowres[start:start + batch_size]
+    x = lowres[start : start + batch_size]
     for name, method in methods.items():
       outputs[name].append(np.asarray(method(x, jax.random.fold_in(key, b))))
   return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
-def figure(lowres: np.ndarray, outputs: dict[str, np.ndarray], num_rows: int, num_samples: int,
-           scale: int = 4) -> np.ndarray:
+def figure(
+  lowres: np.ndarray, outputs: dict[str, np.ndarray], num_rows: int, num_samples: int, scale: int = 4
+) -> np.ndarray:
   """Figure 2's bottom half: one row per input: input | L2 | CE mode | CE sample | the PixelCNN samples, enlarged."""
   sampled = lambda name, k: outputs[name][k::num_samples][:num_rows]
-  columns = [lowres[:num_rows], outputs['L2 regression'][:num_rows],
-             outputs['Cross-entropy, per-pixel mode'][:num_rows], sampled('Cross-entropy, samples', 0)]
+  columns = [
+    lowres[:num_rows],
+    outputs['L2 regression'][:num_rows],
+    outputs['Cross-entropy, per-pixel mode'][:num_rows],
+    sampled('Cross-entropy, samples', 0),
+  ]
   columns += [sampled('PixelCNN, samples', k) for k in range(num_samples)]
   grid = images.make_grid(columns, pad_value=128)
   return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
@@ -135,8 +152,10 @@ def markdown(rows: dict[str, ModeCounts], notes: list[str]) -> str:
   lines = ['| Output | n | single-mode | left : right (of single-mode) | both corners | blank |', '|---' * 6 + '|']
   for name, c in rows.items():
     split = 'n/a' if c.left + c.right == 0 else f'{100 * c.left_share:.0f} : {100 - 100 * c.left_share:.0f}'
-    lines.append(f'| {name} | {c.total} | {100 * c.single_mode:.1f}% | {split} | {100 * c.both / c.total:.1f}% | '
-                 f'{100 * c.blank / c.total:.1f}% |')
+    lines.append(
+      f'| {name} | {c.total} | {100 * c.single_mode:.1f}% | {split} | {100 * c.both / c.total:.1f}% | '
+      f'{100 * c.blank / c.total:.1f}% |'
+    )
   return '\n'.join(lines + [''] + [f'- {note}' for note in notes]) + '\n'
 
 
@@ -149,8 +168,14 @@ def csv_text(rows: dict[str, ModeCounts]) -> str:
   return out.getvalue()
 
 
-def reproduce(configs: dict[str, ml_collections.ConfigDict], workdir: str, *, num_examples: int = 0,
-              num_samples: int = 4, figure_rows: int = 8) -> tuple[dict[str, ModeCounts], list[str]]:
+def reproduce(
+  configs: dict[str, ml_collections.ConfigDict],
+  workdir: str,
+  *,
+  num_examples: int = 0,
+  num_samples: int = 4,
+  figure_rows: int = 8,
+) -> tuple[dict[str, ModeCounts], list[str]]:
   """Trains (or resumes) the 'l2', 'ce' and 'pixelcnn' runs of `configs` in <workdir>/<name>, measures their outputs
   on the first `num_examples` test inputs (0 = all), and writes corners.md, corners.csv and figure2.png (the first
   `figure_rows` inputs) into `workdir`, each atomically. Returns the table's rows and the paths written."""
@@ -160,13 +185,16 @@ def reproduce(configs: dict[str, ml_collections.ConfigDict], workdir: str, *, nu
   outputs = model_outputs(configs, workdir, lowres, num_samples=num_samples)
   rows = table(highres, outputs)
   steps = ', '.join(f'{name} {configs[name].num_train_steps}' for name in configs)
-  notes = [f'{len(lowres)} test inputs (held-out digits, fixed corners); {num_samples} samples per input at tau = 1 '
-           'for the sampled rows; "per-pixel mode" is the argmax of each sub-pixel\'s softmax (greedy decoding).',
-           f'Single-mode: one upper corner holds >= {SINGLE_MODE_SHARE:.0%} of the two corners\' ink; blank: the '
-           f'corners hold < {BLANK_INK:g} white pixel of ink together (pixelsr/corners.py).',
-           f'Training steps: {steps}; this run trained for ' + ', '.join(f'{n} {s:.0f} s' for n, s in seconds.items())
-           + f' (0 s: already trained), and sampled and measured in {time.time() - start:.0f} s.',
-           f'Figure columns: input | L2 | CE per-pixel mode | CE sample | {num_samples} PixelCNN samples.']
+  notes = [
+    f'{len(lowres)} test inputs (held-out digits, fixed corners); {num_samples} samples per input at tau = 1 '
+    'for the sampled rows; "per-pixel mode" is the argmax of each sub-pixel\'s softmax (greedy decoding).',
+    f"Single-mode: one upper corner holds >= {SINGLE_MODE_SHARE:.0%} of the two corners' ink; blank: the "
+    f'corners hold < {BLANK_INK:g} white pixel of ink together (pixelsr/corners.py).',
+    f'Training steps: {steps}; this run trained for '
+    + ', '.join(f'{n} {s:.0f} s' for n, s in seconds.items())
+    + f' (0 s: already trained), and sampled and measured in {time.time() - start:.0f} s.',
+    f'Figure columns: input | L2 | CE per-pixel mode | CE sample | {num_samples} PixelCNN samples.',
+  ]
   grid = figure(lowres, outputs, min(figure_rows, len(lowres)), num_samples)
   paths = [os.path.join(workdir, name) for name in ('corners.md', 'corners.csv', 'figure2.png')]
   evaluate._write_text(paths[0], markdown(rows, notes))

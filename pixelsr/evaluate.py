@@ -6,6 +6,7 @@ MS-SSIM (common.metrics' conventions), consistency (section 5.2) and the negativ
 under the pixel recursive model in bits per sub-pixel (figure 6). Every value is a mean over the first
 config.evaluate.num_examples examples of the eval split. A row whose model is missing is skipped with its reason.
 """
+
 import csv
 import dataclasses
 import functools
@@ -22,14 +23,20 @@ from common import checkpoint, data, images, metrics, progress, sharding, train_
 from common.errors import UserError
 from pixelsr import baselines, regression, sampling, train
 
-COLUMNS = {'psnr': 'pSNR', 'ssim': 'SSIM', 'ms_ssim': 'MS-SSIM', 'consistency': 'Consistency',
-           'nll_bits_per_dim': 'NLL (bits/dim)'}
+COLUMNS = {
+  'psnr': 'pSNR',
+  'ssim': 'SSIM',
+  'ms_ssim': 'MS-SSIM',
+  'consistency': 'Consistency',
+  'nll_bits_per_dim': 'NLL (bits/dim)',
+}
 _FORMATS = {'psnr': '.2f', 'ssim': '.3f', 'ms_ssim': '.3f', 'consistency': '.4f', 'nll_bits_per_dim': '.3f'}
 
 
 @dataclasses.dataclass
 class Table:
   """Scored rows in table order, name -> column -> mean; `skipped` gives each missing row's reason."""
+
   rows: dict[str, dict[str, float]]
   skipped: dict[str, str]
   figure: np.ndarray  # uint8 grid: input | each scored row | ground truth, for num_figure_rows examples.
@@ -51,12 +58,16 @@ def _restore(workdir: str, method: str, data_cfg: ml_collections.ConfigDict) -> 
     return f'{workdir} holds no training run (no {checkpoint.CONFIG_FILE})'
   saved = checkpoint.load_config(workdir)
   if saved.method != method:
-    raise UserError(f'{workdir} holds a {saved.method!r} run where a {method!r} run was expected; check --workdir '
-                    'and --regression_workdir.')
+    raise UserError(
+      f'{workdir} holds a {saved.method!r} run where a {method!r} run was expected; check --workdir '
+      'and --regression_workdir.'
+    )
   for field in ('lowres_size', 'highres_size', 'resize'):
     if saved.data[field] != data_cfg[field]:
-      raise UserError(f'{workdir} was trained with data.{field}={saved.data[field]}, but --config has '
-                      f'{data_cfg[field]}; evaluate with the config the run was trained with.')
+      raise UserError(
+        f'{workdir} was trained with data.{field}={saved.data[field]}, but --config has '
+        f'{data_cfg[field]}; evaluate with the config the run was trained with.'
+      )
   try:
     manager = checkpoint.open_manager(workdir)
   except UserError as e:  # No checkpoint (yet): the row is skipped, with the reason.
@@ -79,12 +90,14 @@ def _eval_examples(data_cfg: ml_collections.ConfigDict, num_examples: int) -> tu
   return tuple(np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
 
 
-def _nearest_neighbours(config: ml_collections.ConfigDict, cfg: train.EvaluateConfig,
-                        queries: np.ndarray) -> np.ndarray:
+def _nearest_neighbours(
+  config: ml_collections.ConfigDict, cfg: train.EvaluateConfig, queries: np.ndarray
+) -> np.ndarray:
   """High-res counterparts of the queries' nearest low-res images among the first nn_database_size training
   examples (config.seed's training order), streamed once."""
-  stream = data.make_dataset(config.data, 'train', batch_size=cfg.nn_chunk_size, seed=config.seed,
-                             process_index=0, process_count=1)
+  stream = data.make_dataset(
+    config.data, 'train', batch_size=cfg.nn_chunk_size, seed=config.seed, process_index=0, process_count=1
+  )
 
   def chunks():
     for start in range(0, cfg.nn_database_size, cfg.nn_chunk_size):
@@ -97,13 +110,17 @@ def _nearest_neighbours(config: ml_collections.ConfigDict, cfg: train.EvaluateCo
 
 @functools.partial(jax.jit, static_argnames='resize')
 def _scores(lowres: jax.Array, output: jax.Array, highres: jax.Array, *, resize: str) -> dict[str, jax.Array]:
-  return {'psnr': metrics.bounded_psnr(output, highres), 'ssim': metrics.ssim(output, highres),
-          'ms_ssim': metrics.ms_ssim(output, highres),
-          'consistency': metrics.consistency(lowres, output, method=resize)}
+  return {
+    'psnr': metrics.bounded_psnr(output, highres),
+    'ssim': metrics.ssim(output, highres),
+    'ms_ssim': metrics.ms_ssim(output, highres),
+    'consistency': metrics.consistency(lowres, output, method=resize),
+  }
 
 
-def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: str = '',
-           num_examples: int | None = None) -> Table:
+def table1(
+  config: ml_collections.ConfigDict, workdir: str, regression_workdir: str = '', num_examples: int | None = None
+) -> Table:
   """Scores every row of table 1 on the eval split of `config.data`.
 
   Args:
@@ -117,15 +134,17 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
   mesh = sharding.data_mesh(jax.local_devices())
   sharding.check_batch_size(cfg.batch_size, mesh, 'config.evaluate.batch_size')
   pixelcnn = _restore(workdir, 'pixelcnn', config.data)
-  regressor = _restore(regression_workdir, 'regression', config.data) if regression_workdir else (
-      'no --regression_workdir given')
+  regressor = (
+    _restore(regression_workdir, 'regression', config.data) if regression_workdir else ('no --regression_workdir given')
+  )
   lowres, highres = _eval_examples(config.data, cfg.num_examples)
   num = lowres.shape[0]
   logging.info('Scoring %d eval examples.', num)
   nn_highres = _nearest_neighbours(config, cfg, lowres)
   # Padded to whole batches, so nothing compiles twice; the padding rows are dropped from every sum.
   lowres_padded, highres_padded, nn_padded = (
-      np.pad(a, [(0, -num % cfg.batch_size)] + [(0, 0)] * 3) for a in (lowres, highres, nn_highres))
+    np.pad(a, [(0, -num % cfg.batch_size)] + [(0, 0)] * 3) for a in (lowres, highres, nn_highres)
+  )
   put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
   base_key = train_loop.seed_key(config.seed, 'evaluate')
 
@@ -135,10 +154,12 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
 
   # Row name -> (low-res batch, batch number) -> uint8 output, or the reason the row is skipped.
   methods: dict[str, Callable[[jax.Array, int], jax.Array] | str] = {
-      'Bicubic': lambda x, b: baselines.bicubic(x, config.data.highres_size, config.data.resize),
-      'NN': lambda x, b: put(nn_padded[b * cfg.batch_size:(b + 1) * cfg.batch_size]),
-      'Regression': regressor if isinstance(regressor, str) else (
-          lambda x, b: regression.predict(regressor.model, regressor.variables, x))}
+    'Bicubic': lambda x, b: baselines.bicubic(x, config.data.highres_size, config.data.resize),
+    'NN': lambda x, b: put(nn_padded[b * cfg.batch_size : (b + 1) * cfg.batch_size]),
+    'Regression': regressor
+    if isinstance(regressor, str)
+    else (lambda x, b: regression.predict(regressor.model, regressor.variables, x)),
+  }
   for name, tau in cfg.sampled_rows().items():
     methods[name] = pixelcnn if isinstance(pixelcnn, str) else sampler(tau)
   skipped = {name: reason for name, reason in methods.items() if isinstance(reason, str)}
@@ -158,16 +179,19 @@ def table1(config: ml_collections.ConfigDict, workdir: str, regression_workdir: 
       scores = _scores(x, output, y, resize=config.data.resize)
       if not isinstance(pixelcnn, str):
         scores['nll_bits_per_dim'] = sampling.bits_per_dim(
-            sampling.log_prob(pixelcnn.model, pixelcnn.variables, x, output), output.shape[1:])
+          sampling.log_prob(pixelcnn.model, pixelcnn.variables, x, output), output.shape[1:]
+        )
       for column, values in jax.device_get(scores).items():
         sums[name][column] = sums[name].get(column, 0.0) + float(np.sum(values[:count], dtype=np.float64))
       if rows.start < num_fig:
         figure_rows[name].append(np.asarray(output[:count]))
 
   columns = [lowres[:num_fig]] + [np.concatenate(figure_rows[n])[:num_fig] for n in methods] + [highres[:num_fig]]
-  notes = [f'{num} examples of the {config.data.eval_split!r} split of {_data_name(config.data)}; '
-           f'NN searched {cfg.nn_database_size} training examples.',
-           'Figure columns: input | ' + ' | '.join(methods) + ' | ground truth.']
+  notes = [
+    f'{num} examples of the {config.data.eval_split!r} split of {_data_name(config.data)}; '
+    f'NN searched {cfg.nn_database_size} training examples.',
+    'Figure columns: input | ' + ' | '.join(methods) + ' | ground truth.',
+  ]
   if not isinstance(pixelcnn, str):
     notes.append(f'Samples and NLL from the pixel recursive model of {workdir} at step {pixelcnn.step}.')
   if not isinstance(regressor, str):
@@ -186,9 +210,11 @@ def markdown(table: Table) -> str:
     cells = [format(row[c], _FORMATS[c]) if c in row else 'n/a' for c in COLUMNS]
     lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   notes = table.notes + [f'Skipped {name}: {reason}.' for name, reason in table.skipped.items()]
-  notes += ['pSNR, SSIM and MS-SSIM on RGB (common/metrics.py: 11x11 SSIM window; MS-SSIM over 3 scales with a 7x7 '
-            'window); consistency: MSE on [0, 1] between the input and the bicubic downsample of the output; NLL: '
-            '-log2 p(output | input) per sub-pixel under the model.']
+  notes += [
+    'pSNR, SSIM and MS-SSIM on RGB (common/metrics.py: 11x11 SSIM window; MS-SSIM over 3 scales with a 7x7 '
+    'window); consistency: MSE on [0, 1] between the input and the bicubic downsample of the output; NLL: '
+    '-log2 p(output | input) per sub-pixel under the model.'
+  ]
   return '\n'.join(lines + [''] + [f'- {note}' for note in notes]) + '\n'
 
 

@@ -15,6 +15,7 @@ over devices, so a batch sharded over several GPUs is not what it is for (untrie
 Status: exact against the naive sampler (interpreted) and lowered to Triton for CUDA in the tests; not yet compiled
 or timed on a GPU (benchmarks/gpu.sh times it beside XLA's passes).
 """
+
 import functools
 
 import jax
@@ -41,16 +42,36 @@ def prepare(current: list[jax.Array], out: list[dict], head: dict, logits: dict)
   layers, m, n = len(current), current[0].shape[0], head['kernel'].shape[1]
   lp, mp, np_ = _pow2(layers), _pow2(m, 16), _pow2(n, HEAD_CHUNK)
   stack = lambda xs: _pad(jnp.stack(xs), (lp, mp, mp))
-  return dict(tanh=stack([w[:, 0::2] for w in current]), sigmoid=stack([w[:, 1::2] for w in current]),
-              out=stack([o['kernel'] for o in out]),
-              out_bias=_pad(jnp.stack([o['bias'] for o in out])[:, None], (lp, 1, mp)),
-              head=_pad(head['kernel'], (mp, np_)), head_bias=_pad(head['bias'][None], (1, np_)),
-              logits=_pad(logits['kernel'], (np_, logits['kernel'].shape[1])), logits_bias=logits['bias'][None],
-              layers=layers)
+  return dict(
+    tanh=stack([w[:, 0::2] for w in current]),
+    sigmoid=stack([w[:, 1::2] for w in current]),
+    out=stack([o['kernel'] for o in out]),
+    out_bias=_pad(jnp.stack([o['bias'] for o in out])[:, None], (lp, 1, mp)),
+    head=_pad(head['kernel'], (mp, np_)),
+    head_bias=_pad(head['bias'][None], (1, np_)),
+    logits=_pad(logits['kernel'], (np_, logits['kernel'].shape[1])),
+    logits_bias=logits['bias'][None],
+    layers=layers,
+  )
 
 
-def _kernel(h_ref, start_tanh_ref, start_sigmoid_ref, tanh_ref, sigmoid_ref, out_ref, out_bias_ref, head_ref,
-            head_bias_ref, logits_w_ref, logits_bias_ref, logits_ref, inputs_ref, *, layers: int):
+def _kernel(
+  h_ref,
+  start_tanh_ref,
+  start_sigmoid_ref,
+  tanh_ref,
+  sigmoid_ref,
+  out_ref,
+  out_bias_ref,
+  head_ref,
+  head_bias_ref,
+  logits_w_ref,
+  logits_bias_ref,
+  logits_ref,
+  inputs_ref,
+  *,
+  layers: int,
+):
   h = h_ref[...]
   for i in range(layers):
     inputs_ref[i] = h
@@ -69,31 +90,47 @@ def _kernel(h_ref, start_tanh_ref, start_sigmoid_ref, tanh_ref, sigmoid_ref, out
   logits_ref[...] = jax.lax.fori_loop(0, head_ref.shape[1] // HEAD_CHUNK, head_chunk, acc) + logits_bias_ref[...]
 
 
-def colour_pass(h_RM: jax.Array, start_LR2M: jax.Array, w: dict,
-                interpret: bool | None = None) -> tuple[jax.Array, jax.Array]:
+def colour_pass(
+  h_RM: jax.Array, start_LR2M: jax.Array, w: dict, interpret: bool | None = None
+) -> tuple[jax.Array, jax.Array]:
   """Logits (R, K) of one colour and each gated layer's horizontal input (L, R, m), from the first layer's output
   h (R, m, float32) and `pixel_start`'s (L, R, 2m) (interleaved halves) cut to the colour's channels. `interpret`:
   None = on a CPU only."""
   if interpret is None:
     backend = jax.default_backend()
     if backend not in ('cpu', 'gpu'):
-      raise ValueError(f"config.model.pixel_kernel='pallas' is a Triton kernel for GPUs (interpreted on CPUs), not "
-                       f"for {backend}: use pixel_kernel='xla'.")
+      raise ValueError(
+        f"config.model.pixel_kernel='pallas' is a Triton kernel for GPUs (interpreted on CPUs), not "
+        f"for {backend}: use pixel_kernel='xla'."
+      )
     interpret = backend == 'cpu'
   rows, m = h_RM.shape
   lp, mp = w['tanh'].shape[:2]
   layers, levels = w['layers'], w['logits'].shape[1]
   rp = -(-rows // ROWS) * ROWS
   padded = lambda x: _pad(x.astype(jnp.float32), (lp, rp, mp))
-  operands = [_pad(h_RM, (rp, mp)), padded(start_LR2M[..., 0::2]), padded(start_LR2M[..., 1::2]), w['tanh'],
-              w['sigmoid'], w['out'], w['out_bias'], w['head'], w['head_bias'], w['logits'], w['logits_bias']]
+  operands = [
+    _pad(h_RM, (rp, mp)),
+    padded(start_LR2M[..., 0::2]),
+    padded(start_LR2M[..., 1::2]),
+    w['tanh'],
+    w['sigmoid'],
+    w['out'],
+    w['out_bias'],
+    w['head'],
+    w['head_bias'],
+    w['logits'],
+    w['logits_bias'],
+  ]
   whole = lambda x: pl.BlockSpec(x.shape, lambda r, n=x.ndim: (0,) * n)
   by_rows = pl.BlockSpec((lp, ROWS, mp), lambda r: (0, r, 0))
   logits, inputs = pl.pallas_call(
-      functools.partial(_kernel, layers=layers), grid=(rp // ROWS,),
-      in_specs=[pl.BlockSpec((ROWS, mp), lambda r: (r, 0)), by_rows, by_rows] + [whole(x) for x in operands[3:]],
-      out_specs=[pl.BlockSpec((ROWS, levels), lambda r: (r, 0)), by_rows],
-      out_shape=[jax.ShapeDtypeStruct((rp, levels), jnp.float32), jax.ShapeDtypeStruct((lp, rp, mp), jnp.float32)],
-      compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1),  # Triton, not Mosaic GPU
-      interpret=interpret)(*operands)
+    functools.partial(_kernel, layers=layers),
+    grid=(rp // ROWS,),
+    in_specs=[pl.BlockSpec((ROWS, mp), lambda r: (r, 0)), by_rows, by_rows] + [whole(x) for x in operands[3:]],
+    out_specs=[pl.BlockSpec((ROWS, levels), lambda r: (r, 0)), by_rows],
+    out_shape=[jax.ShapeDtypeStruct((rp, levels), jnp.float32), jax.ShapeDtypeStruct((lp, rp, mp), jnp.float32)],
+    compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=1),  # Triton, not Mosaic GPU
+    interpret=interpret,
+  )(*operands)
   return logits[:rows], inputs[:layers, :rows, :m]

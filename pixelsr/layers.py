@@ -12,6 +12,7 @@ i sees image rows <= i (whole rows, as far as the kernels reach) and feeds the h
 down shift, so the horizontal stack at (i, j) sees rows < i through it and row i, columns <= j through its own 1 x
 (k//2+1) convolutions. This removes the blind spot of a plain masked k x k stack.
 """
+
 import functools
 from collections.abc import Callable
 from typing import Literal
@@ -49,12 +50,14 @@ def row_mask(width: int, in_groups: np.ndarray, out_groups: np.ndarray, mask_typ
   return mask
 
 
-def masked_kernel(kernel: jax.Array, mask_type: Literal['A', 'B'], num_colours: int, in_chunks: int = 1,
-                  out_chunks: int = 1) -> jax.Array:
+def masked_kernel(
+  kernel: jax.Array, mask_type: Literal['A', 'B'], num_colours: int, in_chunks: int = 1, out_chunks: int = 1
+) -> jax.Array:
   """A (1, width, C_in, C_out) row kernel with its colour mask applied (shared by the model and the sampler)."""
   _, width, cin, cout = kernel.shape
-  return kernel * row_mask(width, channel_groups(cin, num_colours, in_chunks),
-                           channel_groups(cout, num_colours, out_chunks), mask_type)
+  return kernel * row_mask(
+    width, channel_groups(cin, num_colours, in_chunks), channel_groups(cout, num_colours, out_chunks), mask_type
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -121,7 +124,7 @@ def _column_windows(x: jax.Array, kh: int, kw: int, left: int, right: int) -> ja
   j the input columns j - left .. j + right, tap d's channels at d C."""
   width = x.shape[2]
   padded = jnp.pad(_as_bits(x), ((0, 0), (kh - 1, 0), (left, right), (0, 0)))
-  return _from_bits(jnp.concatenate([padded[:, :, d:d + width] for d in range(kw)], -1), x.dtype)
+  return _from_bits(jnp.concatenate([padded[:, :, d : d + width] for d in range(kw)], -1), x.dtype)
 
 
 def _as_bits(x: jax.Array) -> jax.Array:
@@ -140,7 +143,7 @@ def _conv_as_matmul_fwd(x, kernel, left, right, dtype):
   windows = _column_windows(x.astype(dtype), kh, kw, left, right).reshape(b, -1, kw * c)
   taps = kernel.astype(dtype).transpose(1, 2, 0, 3).reshape(kw * c, kh * o)
   z = jnp.einsum('bmk,kn->bmn', windows, taps, preferred_element_type=jnp.float32).reshape(b, h + kh - 1, w, kh, o)
-  return sum(z[:, d:d + h, :, d] for d in range(kh)), (windows, kernel, jnp.zeros((0,), x.dtype))
+  return sum(z[:, d : d + h, :, d] for d in range(kh)), (windows, kernel, jnp.zeros((0,), x.dtype))
 
 
 def _conv_as_matmul_bwd(left, right, dtype, residuals, g):
@@ -154,31 +157,34 @@ def _conv_as_matmul_bwd(left, right, dtype, residuals, g):
   # Transposed from the 4-D kernel: `taps.T` folded into the dot sent it through float32 on XLA:CPU.
   taps_t = kernel.astype(dtype).transpose(0, 3, 1, 2).reshape(kh * o, kw * c)
   d_windows = jnp.einsum('bmn,nk->bmk', dz, taps_t, preferred_element_type=jnp.float32)
-  d_windows = d_windows.reshape(b, h + kh - 1, w, kw, c)[:, kh - 1:]
+  d_windows = d_windows.reshape(b, h + kh - 1, w, kw, c)[:, kh - 1 :]
   # Input column j - left + d fed output column j through tap d.
   dx = sum(jnp.pad(d_windows[..., d, :], ((0, 0), (0, 0), (d, kw - 1 - d), (0, 0))) for d in range(kw))
   dk = jnp.einsum('bmk,bmn->kn', windows, dz, preferred_element_type=jnp.float32)
-  return dx[:, :, left:left + w].astype(x_dtype.dtype), dk.reshape(kw, c, kh, o).transpose(2, 0, 1, 3)
+  return dx[:, :, left : left + w].astype(x_dtype.dtype), dk.reshape(kw, c, kh, o).transpose(2, 0, 1, 3)
 
 
 conv_as_matmul.defvjp(_conv_as_matmul_fwd, _conv_as_matmul_bwd)
 
 
-def row_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, left: int, right: int, dtype: jnp.dtype,
-             as_matmul: bool) -> jax.Array:
+def row_conv(
+  x: jax.Array, kernel: jax.Array, bias: jax.Array, left: int, right: int, dtype: jnp.dtype, as_matmul: bool
+) -> jax.Array:
   """A stack's convolution: output row i sees input rows i - kh + 1 .. i and columns j - left .. j + right. As
   `nn.Conv` computes it (`lax.conv_general_dilated` in `dtype`), or with `as_matmul` by `conv_as_matmul`."""
   if as_matmul:
     return (conv_as_matmul(x, kernel, left, right, dtype) + bias).astype(dtype)
   x, kernel = x.astype(dtype), kernel.astype(dtype)
-  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((kernel.shape[0] - 1, 0), (left, right)),
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), ((kernel.shape[0] - 1, 0), (left, right)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   return y + bias.astype(dtype)
 
 
 class RowConv(nn.Module):
   """A stack's unmasked convolution (`row_conv`), with `nn.Conv`'s parameters: 'kernel' (kh, kw, C_in, C_out),
   'bias'."""
+
   features: int
   kernel_size: tuple[int, int]
   left: int
@@ -202,6 +208,7 @@ def down_shift(x: jax.Array) -> jax.Array:
 class MaskedConv(nn.Module):
   """A convolution over columns j-width+1 .. j of the current row, masked by colour group at the current pixel:
   the horizontal stack's kernel, and with width 1 the masked 1x1 convolutions."""
+
   features: int
   width: int
   mask_type: Literal['A', 'B']
@@ -215,8 +222,9 @@ class MaskedConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     shape = (1, self.width, x.shape[-1], self.features)
-    kernel = masked_kernel(self.param('kernel', self.kernel_init, shape), self.mask_type, self.num_colours,
-                           self.in_chunks, self.out_chunks)
+    kernel = masked_kernel(
+      self.param('kernel', self.kernel_init, shape), self.mask_type, self.num_colours, self.in_chunks, self.out_chunks
+    )
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     if self.width == 1:
       return pointwise(x, kernel[0, 0], bias, self.dtype)
@@ -225,6 +233,7 @@ class MaskedConv(nn.Module):
 
 class Pointwise(nn.Module):
   """A 1x1 convolution (kernel (1, 1, C_in, C_out), as `nn.Conv`'s) computed by `pointwise`."""
+
   features: int
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32
@@ -244,6 +253,7 @@ def gate(x: jax.Array) -> jax.Array:
 class GatedLayer(nn.Module):
   """One gated PixelCNN layer: vertical stack, horizontal stack fed by the shifted vertical stack, and a residual
   connection on the horizontal stack, summed in float32 whatever `dtype` (see `ResNetBlock`)."""
+
   channels: int
   kernel: int
   num_colours: int
@@ -255,14 +265,25 @@ class GatedLayer(nn.Module):
   def __call__(self, v: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
     k, p = self.kernel, self.channels
     # Output row i covers input rows i-k//2 .. i: the vertical stack never looks down.
-    v_pre = RowConv(2 * p, (k // 2 + 1, k), k // 2, k // 2, self.kernel_init, self.dtype, self.as_matmul,
-                    name='vertical')(v)
-    h_pre = MaskedConv(2 * p, k // 2 + 1, 'B', self.num_colours, out_chunks=2, kernel_init=self.kernel_init,
-                       dtype=self.dtype, as_matmul=self.as_matmul, name='horizontal')(h)
+    v_pre = RowConv(
+      2 * p, (k // 2 + 1, k), k // 2, k // 2, self.kernel_init, self.dtype, self.as_matmul, name='vertical'
+    )(v)
+    h_pre = MaskedConv(
+      2 * p,
+      k // 2 + 1,
+      'B',
+      self.num_colours,
+      out_chunks=2,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      as_matmul=self.as_matmul,
+      name='horizontal',
+    )(h)
     # The vertical stack has seen all of row i; shifted, it tells row i only about rows above.
     h_pre = h_pre + Pointwise(2 * p, self.kernel_init, self.dtype, name='vertical_to_horizontal')(down_shift(v_pre))
-    h_out = MaskedConv(p, 1, 'B', self.num_colours, kernel_init=self.kernel_init, dtype=self.dtype,
-                       name='horizontal_out')(gate(h_pre))
+    h_out = MaskedConv(
+      p, 1, 'B', self.num_colours, kernel_init=self.kernel_init, dtype=self.dtype, name='horizontal_out'
+    )(gate(h_pre))
     return gate(v_pre), h.astype(jnp.float32) + h_out.astype(jnp.float32)
 
 
@@ -275,6 +296,7 @@ class FirstLayer(nn.Module):
   row's later sub-pixels (the last pixel's B included) to the rows below, which a stack started from the masked
   output would never see: v_0 = h_0 leaves a blind spot at the end of each row.
   """
+
   channels: int
   kernel: int
   num_colours: int
@@ -285,10 +307,19 @@ class FirstLayer(nn.Module):
   @nn.compact
   def __call__(self, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     k = self.kernel
-    v = RowConv(self.channels, (k // 2, k), k // 2, k // 2, self.kernel_init, self.dtype, self.as_matmul,
-                name='vertical')(y)
-    h = MaskedConv(self.channels, k // 2 + 1, 'A', self.num_colours, kernel_init=self.kernel_init,
-                   dtype=self.dtype, as_matmul=self.as_matmul, name='horizontal')(y)
+    v = RowConv(
+      self.channels, (k // 2, k), k // 2, k // 2, self.kernel_init, self.dtype, self.as_matmul, name='vertical'
+    )(y)
+    h = MaskedConv(
+      self.channels,
+      k // 2 + 1,
+      'A',
+      self.num_colours,
+      kernel_init=self.kernel_init,
+      dtype=self.dtype,
+      as_matmul=self.as_matmul,
+      name='horizontal',
+    )(y)
     return v, h.astype(jnp.float32) + down_shift(v).astype(jnp.float32)  # The horizontal stream: float32.
 
 
@@ -300,6 +331,7 @@ class ResNetBlock(nn.Module):
 
   The sum is float32 whatever `dtype`: in bf16 (8 bits) a block's small contribution is rounded away against the
   stream it is added to, and the demo's conditioning network stopped learning (benchmarks/README.md)."""
+
   channels: int
   kernel_init: Initializer = nn.initializers.lecun_normal()
   dtype: jnp.dtype = jnp.float32

@@ -7,6 +7,7 @@ conditioning network cannot be ignored. Eq. 8 sums over every sub-pixel of every
 starts its mean square at 1, so its first updates are ~lr x gradient until the mean square has caught up with the
 squared gradients, and the mean's gradients are 3072 times smaller at 32x32x3.
 """
+
 import math
 from typing import Literal
 
@@ -25,8 +26,10 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def per_example_losses(cond_logits: jax.Array, prior_logits: jax.Array, highres: jax.Array) -> dict[str, jax.Array]:
   """Mean over each example's sub-pixels of CE(A + B) and CE(A), shaped (B,)."""
   reduce = lambda ce: ce.reshape(ce.shape[0], -1).mean(axis=1)
-  return {'ce_joint': reduce(cross_entropy(cond_logits + prior_logits, highres)),
-          'ce_cond': reduce(cross_entropy(cond_logits, highres))}
+  return {
+    'ce_joint': reduce(cross_entropy(cond_logits + prior_logits, highres)),
+    'ce_cond': reduce(cross_entropy(cond_logits, highres)),
+  }
 
 
 Reduction = Literal['sum', 'mean']
@@ -36,9 +39,14 @@ def objective(ce_joint: jax.Array, ce_cond: jax.Array, kind: Literal['O1', 'O2']
   return ce_joint + ce_cond if kind == 'O2' else ce_joint
 
 
-def loss_and_metrics(cond_logits: jax.Array, prior_logits: jax.Array, highres: jax.Array,
-                     kind: Literal['O1', 'O2'], weights: jax.Array | None = None, reduction: Reduction = 'mean'
-                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss_and_metrics(
+  cond_logits: jax.Array,
+  prior_logits: jax.Array,
+  highres: jax.Array,
+  kind: Literal['O1', 'O2'],
+  weights: jax.Array | None = None,
+  reduction: Reduction = 'mean',
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The objective to optimise, averaged over examples (weighted by `weights`, e.g. an eval padding mask) and summed
   or averaged over each example's sub-pixels by `reduction`; and its parts in nats per sub-pixel."""
   per_example = per_example_losses(cond_logits, prior_logits, highres)

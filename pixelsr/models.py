@@ -4,6 +4,7 @@ p(y_i | x, y_<i) = softmax(A_i(x) + B_i(y_<i))  (eq. 6). Both networks return lo
 channels, K = 256 levels. Sizes and depths come from `PixelSRConfig`, built from `config.model`. The regression
 baseline of table 1 (`RegressionSR`, `ConditioningConfig`) shares the conditioning network's trunk.
 """
+
 import dataclasses
 import math
 from typing import Literal
@@ -20,6 +21,7 @@ from pixelsr import layers
 class ConditioningConfig:
   """The conditioning network's hyper-parameters, shared by the pixel recursive model and the regression baseline;
   the defaults are appendix A's (table 2) for CelebA."""
+
   num_colours: int = 3  # Colour channels of x and y (3 = RGB, 1 = grey).
   upsample_factor: int = 4  # Output side / input side, a power of two (one transposed conv per factor 2).
   cond_channels: int = 32  # Width of the conditioning ResNet.
@@ -47,13 +49,15 @@ class ConditioningConfig:
     if self.upsample_factor < 1 or self.upsample_factor & (self.upsample_factor - 1):
       raise ValueError(f'config.model.upsample_factor must be a power of two, got {self.upsample_factor}.')
     if self.cond_block not in ('post_activation', 'pre_activation'):
-      raise ValueError("config.model.cond_block must be 'post_activation' or 'pre_activation', got "
-                       f'{self.cond_block!r}.')
+      raise ValueError(
+        f"config.model.cond_block must be 'post_activation' or 'pre_activation', got {self.cond_block!r}."
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class PixelSRConfig(ConditioningConfig):
   """The pixel recursive model: the conditioning network's fields and the prior's."""
+
   num_levels: int = 256  # K: values a sub-pixel takes.
   use_prior: bool = True  # False: the conditioning network alone (the per-pixel cross-entropy model, eq. 4).
   prior_channels: int = 64  # Width of the gated layers (appendix A: 64; section 4.1's text says 32).
@@ -79,8 +83,10 @@ class PixelSRConfig(ConditioningConfig):
     if self.pixel_kernel not in ('xla', 'pallas'):
       raise ValueError(f"config.model.pixel_kernel must be 'xla' or 'pallas', got {self.pixel_kernel!r}.")
     if self.pixel_kernel == 'pallas' and self.dtype != 'float32':
-      raise ValueError("config.model.pixel_kernel='pallas' runs in float32 only: set config.model.dtype='float32' "
-                       "for sampling (a bf16-trained model's parameters are float32 too), or pixel_kernel='xla'.")
+      raise ValueError(
+        "config.model.pixel_kernel='pallas' runs in float32 only: set config.model.dtype='float32' "
+        "for sampling (a bf16-trained model's parameters are float32 too), or pixel_kernel='xla'."
+      )
 
 
 def prior_convs_as_matmul(cfg: PixelSRConfig) -> bool:
@@ -117,8 +123,15 @@ def conditioning_features(cfg: ConditioningConfig, lowres: jax.Array) -> jax.Arr
     for b in range(cfg.cond_blocks):
       h = layers.ResNetBlock(cfg.cond_channels, init, dtype, cfg.zero_init_last, pre, name=f'stage{stage}_block{b}')(h)
     if stage < num_upsamples:
-      h = nn.ConvTranspose(cfg.cond_channels, (3, 3), strides=(2, 2), padding='SAME', kernel_init=init, dtype=dtype,
-                           name=f'upsample{stage}')(h)
+      h = nn.ConvTranspose(
+        cfg.cond_channels,
+        (3, 3),
+        strides=(2, 2),
+        padding='SAME',
+        kernel_init=init,
+        dtype=dtype,
+        name=f'upsample{stage}',
+      )(h)
       # Appendix A's table lists no activation after the transposed convs; with post-activation blocks this ReLU is
       # ours, so that every layer of the trunk ends in one, as each block does (README: "Model details the paper
       # leaves open"). Pre-activation blocks rectify their own input.
@@ -130,6 +143,7 @@ def conditioning_features(cfg: ConditioningConfig, lowres: jax.Array) -> jax.Arr
 class ConditioningNet(nn.Module):
   """A(x): low-res image -> per-sub-pixel logits of the high-res image (appendix A, "conditional network"): the
   trunk (`conditioning_features`) and a 1x1 conv to C*K."""
+
   cfg: PixelSRConfig
 
   @nn.compact
@@ -137,8 +151,9 @@ class ConditioningNet(nn.Module):
     cfg = self.cfg
     h = conditioning_features(cfg, lowres)
     # A 1x1 conv, applied to the (positions, channels) matrix: see `layers.pointwise`.
-    logits = nn.Dense(cfg.num_colours * cfg.num_levels, kernel_init=output_init(cfg), dtype=jnp.dtype(cfg.dtype),
-                      name='logits')(h.reshape(-1, h.shape[-1]))
+    logits = nn.Dense(
+      cfg.num_colours * cfg.num_levels, kernel_init=output_init(cfg), dtype=jnp.dtype(cfg.dtype), name='logits'
+    )(h.reshape(-1, h.shape[-1]))
     return logits.astype(jnp.float32).reshape(*h.shape[:-1], cfg.num_colours, cfg.num_levels)
 
 
@@ -151,36 +166,46 @@ class RegressionSR(nn.Module):
   bicubic + tanh(residual), or the output, not clipped (the L2 loss keeps its gradient at the range's edges);
   `images.signed_to_uint8` clips and rounds it to an image.
   """
+
   cfg: ConditioningConfig
 
   @nn.compact
   def __call__(self, lowres: jax.Array) -> jax.Array:
     cfg = self.cfg
     h = conditioning_features(cfg, lowres)
-    out = nn.Dense(cfg.num_colours, kernel_init=output_init(cfg), dtype=jnp.dtype(cfg.dtype),
-                   name='residual' if cfg.residual else 'output')(h).astype(jnp.float32)
+    out = nn.Dense(
+      cfg.num_colours,
+      kernel_init=output_init(cfg),
+      dtype=jnp.dtype(cfg.dtype),
+      name='residual' if cfg.residual else 'output',
+    )(h).astype(jnp.float32)
     if not cfg.residual:
       return out
-    upsampled = images.bicubic_upsample(lowres, (lowres.shape[-3] * cfg.upsample_factor,
-                                                 lowres.shape[-2] * cfg.upsample_factor))
+    upsampled = images.bicubic_upsample(
+      lowres, (lowres.shape[-3] * cfg.upsample_factor, lowres.shape[-2] * cfg.upsample_factor)
+    )
     return images.uint8_to_signed(upsampled) + jnp.tanh(out)
 
 
 class PixelCNNPrior(nn.Module):
   """B(y_<i): gated PixelCNN over the high-res image (appendix A, "PixelCNN network")."""
+
   cfg: PixelSRConfig
 
   @nn.compact
   def __call__(self, highres: jax.Array) -> jax.Array:
     cfg, init = self.cfg, kernel_init(self.cfg)
     dtype, as_matmul = jnp.dtype(cfg.dtype), prior_convs_as_matmul(cfg)
-    masked = lambda features, name: layers.MaskedConv(features, 1, 'B', cfg.num_colours, kernel_init=init,
-                                                      dtype=dtype, name=name)
-    v, h = layers.FirstLayer(cfg.prior_channels, cfg.prior_first_kernel, cfg.num_colours, init, dtype, as_matmul,
-                             name='first')(images.uint8_to_signed(highres))
+    masked = lambda features, name: layers.MaskedConv(
+      features, 1, 'B', cfg.num_colours, kernel_init=init, dtype=dtype, name=name
+    )
+    v, h = layers.FirstLayer(
+      cfg.prior_channels, cfg.prior_first_kernel, cfg.num_colours, init, dtype, as_matmul, name='first'
+    )(images.uint8_to_signed(highres))
     for i in range(cfg.prior_layers):
-      v, h = layers.GatedLayer(cfg.prior_channels, cfg.prior_kernel, cfg.num_colours, init, dtype, as_matmul,
-                               name=f'gated{i}')(v, h)
+      v, h = layers.GatedLayer(
+        cfg.prior_channels, cfg.prior_kernel, cfg.num_colours, init, dtype, as_matmul, name=f'gated{i}'
+      )(v, h)
     h = nn.relu(masked(cfg.prior_head_channels, 'head')(nn.relu(h)))
     # Output channel o belongs to colour o // K, so the reshape below puts each colour's K logits together.
     logits = masked(cfg.num_colours * cfg.num_levels, 'logits')(h)
@@ -190,6 +215,7 @@ class PixelCNNPrior(nn.Module):
 class PixelRecursiveSR(nn.Module):
   """The combined model. `__call__(lowres, highres) -> (cond_logits A, prior_logits B)`, each (B, H, W, C, K);
   highres is the teacher-forced target (uint8). With `use_prior=False` B is zeros (the per-pixel model)."""
+
   cfg: PixelSRConfig
 
   def setup(self):

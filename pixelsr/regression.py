@@ -5,6 +5,7 @@ with the squared error on the [-1, 1] scale between the prediction and the targe
 image's sub-pixels or averaged (`config.loss_reduction`, the pixel recursive model's field and value), averaged over
 the batch.
 """
+
 import functools
 from collections.abc import Iterator
 
@@ -29,8 +30,10 @@ def model_config(config: ml_collections.ConfigDict) -> models.ConditioningConfig
   cfg = from_config(models.ConditioningConfig, config.model, 'config.model')
   d = config.data
   if d.highres_size != d.lowres_size * cfg.upsample_factor:
-    raise UserError(f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
-                    f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.')
+    raise UserError(
+      f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
+      f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.'
+    )
   return cfg
 
 
@@ -59,8 +62,15 @@ def _squared_errors(prediction: jax.Array, highres: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(prediction - images.uint8_to_signed(highres)), axis=(1, 2, 3))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, schedule: optax.Schedule,
-               num_parts: int = 1, reduction: str = 'mean') -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  schedule: optax.Schedule,
+  num_parts: int = 1,
+  reduction: str = 'mean',
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One synchronous data-parallel step, the batch differentiated in `num_parts` parts (`trainer.batch_parts`). The
   model is deterministic, so `rng` is unused (kept for the loop). `loss` is the objective optimised (its scale set
   by `reduction`), `l2` the mean squared error per sub-pixel."""
@@ -80,8 +90,10 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
   """Sums over the real (mask == True) examples: the loss, the pSNR of the rounded prediction, and each ReLU
   channel's positive fraction (`relu_health`)."""
   prediction, stats = state.apply_fn({'params': state.params}, batch['lowres'], mutable=[relu_health.COLLECTION])
-  per_example = {'l2': _squared_errors(prediction, batch['highres']),
-                 'psnr': metrics.bounded_psnr(images.signed_to_uint8(prediction), batch['highres'])}
+  per_example = {
+    'l2': _squared_errors(prediction, batch['highres']),
+    'psnr': metrics.bounded_psnr(images.signed_to_uint8(prediction), batch['highres']),
+  }
   return {**trainer.masked_sums(per_example, batch['mask']), **relu_health.channel_sums(stats, batch['mask'])}
 
 
@@ -90,12 +102,12 @@ def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: ja
   _, schedule = optim.make_optimizer(config.optimizer)
   num_parts = trainer.batch_parts(config.train_batch_parts, config.batch_size, mesh)
   step = functools.partial(train_step, schedule=schedule, num_parts=num_parts, reduction=config.loss_reduction)
-  return (trainer.jit_train_step(step, state, mesh),
-          trainer.jit_eval_step(eval_step, state, mesh))
+  return (trainer.jit_train_step(step, state, mesh), trainer.jit_eval_step(eval_step, state, mesh))
 
 
-def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn,
-             mesh: jax.sharding.Mesh) -> dict[str, float]:
+def evaluate(
+  state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn, mesh: jax.sharding.Mesh
+) -> dict[str, float]:
   """Means over the whole eval set, each example counted once (padding is masked out), and the dead ReLU channels
   (`relu_health.summarise`; the worst site is logged)."""
   means, relus = relu_health.split(trainer.masked_means(state, eval_batches, eval_fn, mesh))
@@ -103,8 +115,9 @@ def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], e
   return {**means, **relus}
 
 
-def restore(config: ml_collections.ConfigDict, workdir: str,
-            step: int | None = None) -> tuple[models.RegressionSR, dict]:
+def restore(
+  config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> tuple[models.RegressionSR, dict]:
   """The model of a training run and its parameters at `step` (default: the latest checkpoint), replicated."""
   state = trainer.restore_state(functools.partial(create_train_state, config), workdir, step)
   return models.RegressionSR(model_config(config)), {'params': state.params}
@@ -134,9 +147,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     prediction = predict(model, {'params': state.params}, sharding.replicate(grid_lowres, mesh))
     return {'lowres_prediction_truth': images.make_grid([grid_lowres, np.asarray(prediction), grid_highres])}
 
-  _, final = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
-                            train_batches=trainer.train_batches(config),
-                            evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
-                            make_grids=make_grids,
-                            model_defaults=checkpoint.field_defaults(model_config(config)))
+  _, final = train_loop.run(
+    config,
+    workdir,
+    state=state,
+    mesh=mesh,
+    train_step=train_fn,
+    train_batches=trainer.train_batches(config),
+    evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
+    make_grids=make_grids,
+    model_defaults=checkpoint.field_defaults(model_config(config)),
+  )
   return final

@@ -12,6 +12,7 @@ samplers return the same image for the same key (their logits differ only by flo
 only at an exact tie). `temperature` is the paper's tau (an inverse temperature: it multiplies the logits, section
 4); tau = inf is greedy decoding (argmax).
 """
+
 import functools
 import math
 
@@ -29,8 +30,7 @@ def _check_temperature(temperature: float) -> tuple[float, bool]:
   return (1.0, True) if math.isinf(temperature) else (float(temperature), False)
 
 
-def _draw(keys_R: jax.Array, logits_RK: jax.Array, index: jax.Array, temperature: jax.Array,
-          greedy: bool) -> jax.Array:
+def _draw(keys_R: jax.Array, logits_RK: jax.Array, index: jax.Array, temperature: jax.Array, greedy: bool) -> jax.Array:
   if greedy:
     return jnp.argmax(logits_RK, axis=-1).astype(jnp.uint8)
   step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_R, index)
@@ -53,8 +53,9 @@ def _condition(model: nn.Module, variables: dict, lowres: jax.Array, key: jax.Ar
   return cond_logits, jax.random.split(key, cond_logits.shape[0])
 
 
-def sample(model: nn.Module, variables: dict, lowres: jax.Array, key: jax.Array, temperature: float = 1.0,
-           num_samples: int = 1) -> jax.Array:
+def sample(
+  model: nn.Module, variables: dict, lowres: jax.Array, key: jax.Array, temperature: float = 1.0, num_samples: int = 1
+) -> jax.Array:
   """Exact samples with cached activations.
 
   lowres: uint8 (B, h, w, C), on one device or sharded over the batch. Returns uint8 (B * num_samples, H, W, C);
@@ -62,8 +63,7 @@ def sample(model: nn.Module, variables: dict, lowres: jax.Array, key: jax.Array,
   (model, shapes, num_samples, greedy); the temperature is a traced value.
   """
   temperature, greedy = _check_temperature(temperature)
-  return _sample_cached(model, variables, lowres, key, jnp.float32(temperature), greedy=greedy,
-                        num_samples=num_samples)
+  return _sample_cached(model, variables, lowres, key, jnp.float32(temperature), greedy=greedy, num_samples=num_samples)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'greedy', 'num_samples'))
@@ -95,26 +95,43 @@ def _sample_cached(model, variables, lowres, key, temperature, *, greedy, num_sa
       # The last colour's pass saw every colour its inputs may depend on: they are final for this pixel.
       return prior.advance_pixel(pixel_cache, pixel, inputs), pixel
 
-    _, row_WRC = jax.lax.scan(pixel_step, prior.init_pixel_cache(rows),
-                              (jnp.arange(width), jnp.moveaxis(cond_row_RWCK, 1, 0), noise_WRCK))
+    _, row_WRC = jax.lax.scan(
+      pixel_step, prior.init_pixel_cache(rows), (jnp.arange(width), jnp.moveaxis(cond_row_RWCK, 1, 0), noise_WRCK)
+    )
     row_RWC = jnp.moveaxis(row_WRC, 0, 1)
     return prior.advance_row(row_cache, row_RWC), row_RWC
 
-  _, y_HRWC = jax.lax.scan(row_step, prior.init_row_cache(rows, width),
-                           (jnp.arange(height), jnp.moveaxis(cond_logits, 1, 0)))
+  _, y_HRWC = jax.lax.scan(
+    row_step, prior.init_row_cache(rows, width), (jnp.arange(height), jnp.moveaxis(cond_logits, 1, 0))
+  )
   return jnp.moveaxis(y_HRWC, 0, 1)
 
 
-def sample_naive(model: nn.Module, variables: dict, lowres: jax.Array, key: jax.Array, temperature: float = 1.0,
-                 num_samples: int = 1, num_subpixels: int | None = None) -> jax.Array:
+def sample_naive(
+  model: nn.Module,
+  variables: dict,
+  lowres: jax.Array,
+  key: jax.Array,
+  temperature: float = 1.0,
+  num_samples: int = 1,
+  num_subpixels: int | None = None,
+) -> jax.Array:
   """The reference sampler: the whole network re-run for each of the H * W * C sub-pixels.
 
   Same arguments and result as `sample`. `num_subpixels` stops after that many sub-pixels in raster order (the
   rest stay 0), to time or test a prefix of the image.
   """
   temperature, greedy = _check_temperature(temperature)
-  return _sample_naive(model, variables, lowres, key, jnp.float32(temperature), greedy=greedy,
-                       num_samples=num_samples, num_subpixels=num_subpixels)
+  return _sample_naive(
+    model,
+    variables,
+    lowres,
+    key,
+    jnp.float32(temperature),
+    greedy=greedy,
+    num_samples=num_samples,
+    num_subpixels=num_subpixels,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'greedy', 'num_samples', 'num_subpixels'))

@@ -20,6 +20,7 @@ and the consistency of tau = 1.0 samples with their input (table 1's column: MSE
 sample's bicubic downsample), which says whether samples keep the input's colours and shapes.
 `summary_lines` turns them into the few lines launch/train.py prints, with the command that continues the run.
 """
+
 import functools
 import math
 import shlex
@@ -44,17 +45,26 @@ def column_name(tau: float) -> str:
   return 'greedy' if math.isinf(tau) else f'tau={tau:.1f}' if round(tau, 1) == tau else f'tau={tau:g}'
 
 
-def grid_columns(model, variables: dict, lowres: np.ndarray, highres: np.ndarray, key: jax.Array, *,
-                 temperatures: Sequence[float] = TEMPERATURES,
-                 resize_method: str = 'antialiased') -> dict[str, np.ndarray]:
+def grid_columns(
+  model,
+  variables: dict,
+  lowres: np.ndarray,
+  highres: np.ndarray,
+  key: jax.Array,
+  *,
+  temperatures: Sequence[float] = TEMPERATURES,
+  resize_method: str = 'antialiased',
+) -> dict[str, np.ndarray]:
   """Column name -> uint8 (N, H, W, C) (the input at its own size), COLUMNS by default: what `labelled_grid` lays
   out. Every temperature samples with the same `key`.
 
   lowres: uint8 (N, h, w, C), on the host or sharded over the batch; highres: uint8 (N, H, W, C).
   """
   highres = np.asarray(highres)
-  columns = {'input': np.asarray(lowres),
-             'bicubic': np.asarray(baselines.bicubic(lowres, highres.shape[1], resize_method))}
+  columns = {
+    'input': np.asarray(lowres),
+    'bicubic': np.asarray(baselines.bicubic(lowres, highres.shape[1], resize_method)),
+  }
   for tau in temperatures:
     columns[column_name(tau)] = np.asarray(sampling.sample(model, variables, lowres, key, temperature=tau))
   columns['truth'] = highres
@@ -92,6 +102,7 @@ def _residual_counts(truth: np.ndarray, centre: np.ndarray) -> np.ndarray:
 def _laplace_nll_bits(counts: np.ndarray, scales: np.ndarray) -> np.ndarray:
   """Total -log2 p(truth) of the sub-pixels `counts` describes, for each scale, under a Laplace(centre, scale)
   discretised to the integers 0..255 (the mass below 0.5 goes to 0, above 254.5 to 255)."""
+
   def cdf(x):  # Laplace CDF, shape (S, 511).
     z = x[None] / scales[:, None]
     return np.where(z < 0, 0.5 * np.exp(np.minimum(z, 0)), 1 - 0.5 * np.exp(-np.maximum(z, 0)))
@@ -109,9 +120,15 @@ def _cond_log_prob(model, variables: dict, lowres: jax.Array, highres: jax.Array
   return picked.sum(axis=(1, 2, 3))
 
 
-def heldout_figures(model, variables: dict, eval_batches: Iterable[dict[str, np.ndarray]], *,
-                    mesh: jax.sharding.Mesh | None = None, resize_method: str = 'antialiased',
-                    sample_key: jax.Array | None = None) -> dict[str, float]:
+def heldout_figures(
+  model,
+  variables: dict,
+  eval_batches: Iterable[dict[str, np.ndarray]],
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  resize_method: str = 'antialiased',
+  sample_key: jax.Array | None = None,
+) -> dict[str, float]:
   """Bits per sub-pixel over the real (mask == True) examples of `eval_batches` (see the module docstring):
   'bits_per_dim' (the truth under the model), 'bicubic_bits_per_dim' (the bicubic upsample under the model) and
   'bicubic_laplace_bits_per_dim' (the truth under the best bicubic-centred Laplace), with 'bicubic_laplace_scale',
@@ -135,8 +152,11 @@ def heldout_figures(model, variables: dict, eval_batches: Iterable[dict[str, np.
     # Whole (padded) batches through the model, so that the last one compiles nothing new; padding dropped after.
     lowres, truth = put(batch['lowres']), put(batch['highres'])
     bicubic = baselines.bicubic(lowres, truth.shape[1], resize_method)
-    for total, log_prob, image in ((model_bits, sampling.log_prob, truth), (bicubic_bits, sampling.log_prob, bicubic),
-                                   (cond_bits, _cond_log_prob, truth)):
+    for total, log_prob, image in (
+      (model_bits, sampling.log_prob, truth),
+      (bicubic_bits, sampling.log_prob, bicubic),
+      (cond_bits, _cond_log_prob, truth),
+    ):
       nats = np.asarray(log_prob(model, variables, lowres, image), np.float64)[keep]
       total[0] -= nats.sum() / math.log(2)
     if sample_key is not None:
@@ -150,9 +170,13 @@ def heldout_figures(model, variables: dict, eval_batches: Iterable[dict[str, np.
     raise ValueError('heldout_figures: the eval batches hold no real examples.')
   laplace_bits = _laplace_nll_bits(residuals, _LAPLACE_SCALES)
   best = int(np.argmin(laplace_bits))
-  figures = {'bits_per_dim': model_bits[0] / dims, 'bicubic_bits_per_dim': bicubic_bits[0] / dims,
-             'bicubic_laplace_bits_per_dim': float(laplace_bits[best]) / dims,
-             'bicubic_laplace_scale': float(_LAPLACE_SCALES[best]), 'cond_bits_per_dim': cond_bits[0] / dims}
+  figures = {
+    'bits_per_dim': model_bits[0] / dims,
+    'bicubic_bits_per_dim': bicubic_bits[0] / dims,
+    'bicubic_laplace_bits_per_dim': float(laplace_bits[best]) / dims,
+    'bicubic_laplace_scale': float(_LAPLACE_SCALES[best]),
+    'cond_bits_per_dim': cond_bits[0] / dims,
+  }
   figures.update({name: float(np.concatenate(values).mean()) for name, values in consistency.items() if values})
   return figures
 
@@ -181,22 +205,25 @@ def summary_lines(figures: dict[str, float], num_train_steps: int, command: str)
   model, laplace, bicubic = f['bits_per_dim'], f['bicubic_laplace_bits_per_dim'], f['bicubic_bits_per_dim']
   cond = f['cond_bits_per_dim']
   lines = [
-      f'Held-out crops after {num_train_steps} steps, in bits per colour value (lower is better; 8 = a uniform '
-      'guess):',
-      f'  the true images: model {model:.3f} vs. bicubic + the best Laplace noise {laplace:.3f} (scale '
-      f'{f["bicubic_laplace_scale"]:.1f} grey levels): the model is '
-      f'{"better" if model < laplace else "not better yet"}.',
-      f'  from the input alone (the conditioning network, each value on its own): {cond:.3f}: it has '
-      f'{"learned more than" if cond < laplace else "not yet learned what"} bicubic knows.',
-      f'  the bicubic upsample under the model: {bicubic:.3f} ({"less" if bicubic > model else "more"} likely than '
-      'the truth).',
+    f'Held-out crops after {num_train_steps} steps, in bits per colour value (lower is better; 8 = a uniform guess):',
+    f'  the true images: model {model:.3f} vs. bicubic + the best Laplace noise {laplace:.3f} (scale '
+    f'{f["bicubic_laplace_scale"]:.1f} grey levels): the model is '
+    f'{"better" if model < laplace else "not better yet"}.',
+    f'  from the input alone (the conditioning network, each value on its own): {cond:.3f}: it has '
+    f'{"learned more than" if cond < laplace else "not yet learned what"} bicubic knows.',
+    f'  the bicubic upsample under the model: {bicubic:.3f} ({"less" if bicubic > model else "more"} likely than '
+    'the truth).',
   ]
   if 'sample_consistency' in f:
-    lines.append(f'tau = 1.0 samples against their input (consistency, MSE on [0, 1] of their bicubic downsample; '
-                 f"table 1: 0.008 faces, 0.016 bedrooms): {f['sample_consistency']:.4f} (bicubic "
-                 f"{f['bicubic_consistency']:.4f}).")
+    lines.append(
+      f'tau = 1.0 samples against their input (consistency, MSE on [0, 1] of their bicubic downsample; '
+      f'table 1: 0.008 faces, 0.016 bedrooms): {f["sample_consistency"]:.4f} (bicubic '
+      f'{f["bicubic_consistency"]:.4f}).'
+    )
   worst = relu_health.worst_site(figures)
   if worst is not None:
-    lines.append(f'Conditioning network: {worst[1]:.0%} of the ReLU channels of its worst site ({worst[0]}) never '
-                 f"fire on these crops (mean over sites {f['relu_dead_mean']:.0%}).")
+    lines.append(
+      f'Conditioning network: {worst[1]:.0%} of the ReLU channels of its worst site ({worst[0]}) never '
+      f'fire on these crops (mean over sites {f["relu_dead_mean"]:.0%}).'
+    )
   return [*lines, f'Continue training from step {num_train_steps}: {command}']

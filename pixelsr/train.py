@@ -3,6 +3,7 @@
 The shape every method shares (common/trainer.py): model_config, create_train_state, train_step, eval_step,
 compile_steps, evaluate, restore, train_and_evaluate.
 """
+
 import dataclasses
 import functools
 import math
@@ -28,8 +29,10 @@ def model_config(config: ml_collections.ConfigDict) -> models.PixelSRConfig:
   cfg = from_config(models.PixelSRConfig, config.model, 'config.model')
   d = config.data
   if d.highres_size != d.lowres_size * cfg.upsample_factor:
-    raise UserError(f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
-                    f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.')
+    raise UserError(
+      f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
+      f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.'
+    )
   if config.loss not in ('O1', 'O2'):
     raise UserError(f"config.loss must be 'O1' (eq. 7) or 'O2' (eq. 8), got {config.loss!r}.")
   return cfg
@@ -38,6 +41,7 @@ def model_config(config: ml_collections.ConfigDict) -> models.PixelSRConfig:
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
   """config.evaluate (see configs/defaults.py)."""
+
   num_examples: int
   batch_size: int
   temperatures: tuple[float, ...]
@@ -50,11 +54,14 @@ class EvaluateConfig:
     positive = ('batch_size', 'nn_database_size', 'nn_chunk_size', 'num_figure_rows')
     for name in positive + ('num_examples',):
       if getattr(self, name) < (1 if name in positive else 0):
-        raise UserError(f'config.evaluate.{name} must be {"positive" if name in positive else ">= 0"}, got '
-                        f'{getattr(self, name)}.')
+        raise UserError(
+          f'config.evaluate.{name} must be {"positive" if name in positive else ">= 0"}, got {getattr(self, name)}.'
+        )
     if not all(0 < t < math.inf for t in self.temperatures):
-      raise UserError(f'config.evaluate.temperatures must be finite and > 0 (greedy is config.evaluate.greedy), got '
-                      f'{self.temperatures}.')
+      raise UserError(
+        f'config.evaluate.temperatures must be finite and > 0 (greedy is config.evaluate.greedy), got '
+        f'{self.temperatures}.'
+      )
 
   def sampled_rows(self) -> dict[str, float]:
     rows = {f'tau={t}': t for t in self.temperatures}
@@ -92,9 +99,16 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: 
   return trainer.create_sharded(init, rng, mesh)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, loss_kind: str,
-               schedule: optax.Schedule, num_parts: int = 1,
-               reduction: losses.Reduction = 'mean') -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  loss_kind: str,
+  schedule: optax.Schedule,
+  num_parts: int = 1,
+  reduction: losses.Reduction = 'mean',
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One synchronous data-parallel step, the batch differentiated in `num_parts` parts (`trainer.batch_parts`). The
   model is deterministic, so `rng` is unused (kept for the loop). `loss` is the objective optimised (its scale set
   by `reduction`); the other metrics are nats per sub-pixel."""
@@ -112,8 +126,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_kind: str) -> dict[str, jax.Array]:
   """Sums over the real (mask == True) examples of the batch, so batches can be added up exactly: the losses, and
   each conditioning ReLU channel's positive fraction (`relu_health`)."""
-  (cond_logits, prior_logits), stats = state.apply_fn({'params': state.params}, batch['lowres'], batch['highres'],
-                                                      mutable=[relu_health.COLLECTION])
+  (cond_logits, prior_logits), stats = state.apply_fn(
+    {'params': state.params}, batch['lowres'], batch['highres'], mutable=[relu_health.COLLECTION]
+  )
   per_example = losses.per_example_losses(cond_logits, prior_logits, batch['highres'])
   per_example[loss_kind] = losses.objective(per_example['ce_joint'], per_example['ce_cond'], loss_kind)
   return {**trainer.masked_sums(per_example, batch['mask']), **relu_health.channel_sums(stats, batch['mask'])}
@@ -123,15 +138,20 @@ def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: ja
   """(train_fn, eval_fn): the steps jitted with explicit shardings; the train step donates the state."""
   _, schedule = optim.make_optimizer(config.optimizer)
   num_parts = trainer.batch_parts(config.train_batch_parts, config.batch_size, mesh)
-  train_fn = trainer.jit_train_step(functools.partial(train_step, loss_kind=config.loss, schedule=schedule,
-                                                      num_parts=num_parts, reduction=config.loss_reduction),
-                                    state, mesh)
+  train_fn = trainer.jit_train_step(
+    functools.partial(
+      train_step, loss_kind=config.loss, schedule=schedule, num_parts=num_parts, reduction=config.loss_reduction
+    ),
+    state,
+    mesh,
+  )
   eval_fn = trainer.jit_eval_step(functools.partial(eval_step, loss_kind=config.loss), state, mesh)
   return train_fn, eval_fn
 
 
-def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn,
-             mesh: jax.sharding.Mesh) -> dict[str, float]:
+def evaluate(
+  state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], eval_fn, mesh: jax.sharding.Mesh
+) -> dict[str, float]:
   """Metrics over the whole eval set, each example counted once (padding is masked out): the losses, bits/dim and
   the conditioning network's dead ReLU channels (`relu_health.summarise`; the worst site is logged)."""
   metrics, relus = relu_health.split(trainer.masked_means(state, eval_batches, eval_fn, mesh))
@@ -140,8 +160,9 @@ def evaluate(state: TrainState, eval_batches: Iterator[dict[str, np.ndarray]], e
   return {**metrics, **relus}
 
 
-def restore(config: ml_collections.ConfigDict, workdir: str,
-            step: int | None = None) -> tuple[models.PixelRecursiveSR, dict]:
+def restore(
+  config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> tuple[models.PixelRecursiveSR, dict]:
   """The model of a training run and its parameters at `step` (default: the latest checkpoint), replicated."""
   state = trainer.restore_state(functools.partial(create_train_state, config), workdir, step)
   return models.PixelRecursiveSR(model_config(config)), {'params': state.params}
@@ -162,20 +183,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def make_grids(state, step):
     # input | bicubic | tau = config.sample_temperature, 1.2, greedy | truth, labelled (pixelsr/summary.py).
-    columns = summary.grid_columns(model, {'params': state.params}, sharding.replicate(grid_lowres, mesh),
-                                   grid_highres, jax.random.fold_in(sample_rng, step),
-                                   temperatures=sorted({config.sample_temperature, 1.2, math.inf}),
-                                   resize_method=config.data.resize)
+    columns = summary.grid_columns(
+      model,
+      {'params': state.params},
+      sharding.replicate(grid_lowres, mesh),
+      grid_highres,
+      jax.random.fold_in(sample_rng, step),
+      temperatures=sorted({config.sample_temperature, 1.2, math.inf}),
+      resize_method=config.data.resize,
+    )
     return {'lowres_sample_truth': summary.labelled_grid(columns)}
 
-  state, metrics = train_loop.run(config, workdir, state=state, mesh=mesh, train_step=train_fn,
-                                  train_batches=trainer.train_batches(config),
-                                  evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
-                                  make_grids=make_grids,
-                                  model_defaults=checkpoint.field_defaults(model_config(config)))
+  state, metrics = train_loop.run(
+    config,
+    workdir,
+    state=state,
+    mesh=mesh,
+    train_step=train_fn,
+    train_batches=trainer.train_batches(config),
+    evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
+    make_grids=make_grids,
+    model_defaults=checkpoint.field_defaults(model_config(config)),
+  )
   if config.eval_every_steps:  # Where the model stands against bicubic: launch/train.py prints it.
-    figures = summary.heldout_figures(model, {'params': state.params}, trainer.eval_batches(config), mesh=mesh,
-                                      resize_method=config.data.resize,
-                                      sample_key=train_loop.seed_key(config.seed, 'eval'))
+    figures = summary.heldout_figures(
+      model,
+      {'params': state.params},
+      trainer.eval_batches(config),
+      mesh=mesh,
+      resize_method=config.data.resize,
+      sample_key=train_loop.seed_key(config.seed, 'eval'),
+    )
     metrics.update({f'heldout/{k}': v for k, v in figures.items()})
   return metrics

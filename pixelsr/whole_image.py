@@ -7,6 +7,7 @@ The cost is one sequential step per sub-pixel (the samples of an input are drawn
 output's area: before sampling, `time_per_pixel` times the same sampler on a strip of the input, and `estimate`
 turns that into an estimated time for the whole image.
 """
+
 import dataclasses
 import time
 
@@ -22,12 +23,14 @@ STRIP_ROWS, STRIP_COLUMNS = 2, 16  # The low-res strip timed before sampling: 8 
 class Timing:
   """What a timed strip measured: seconds per output pixel (all its colours, all samples side by side), and the
   seconds the first call spent compiling (a new image size compiles again)."""
+
   seconds_per_pixel: float
   compile_seconds: float
 
 
-def time_per_pixel(model, variables, lowres: np.ndarray, temperature: float, num_samples: int,
-                   key: jax.Array) -> Timing:
+def time_per_pixel(
+  model, variables, lowres: np.ndarray, temperature: float, num_samples: int, key: jax.Array
+) -> Timing:
   """Times `sampling.sample` on a strip of `lowres` (uint8 (h, w, C)): its first STRIP_ROWS rows and STRIP_COLUMNS
   columns (edge-padded where it is smaller), with `num_samples` samples, as the whole image will be drawn. The first
   call compiles; the second is the measured one. On a shared CPU the rate varies by 2x from run to run."""

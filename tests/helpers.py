@@ -1,5 +1,6 @@
 """What several test modules share: the repository's root, tiny configs of each method and a tiny sampler model.
 Test modules import from here (and tests/study/helpers.py), never from one another."""
+
 import os
 import subprocess
 import sys
@@ -46,11 +47,16 @@ def tiny_srim_config(**overrides):
   c.data.update(num_eval_examples=8, random_crop_min=24, random_crop_max=48)  # 6 -> 12 -> 24
   c.model.update(num_convs=3, channels=8, kernel_size=3)
   # conv4_4 is tested against Keras in imle/test_vgg19.py; stopping at conv2_2 here compiles and runs 4x faster.
-  c.features.update(components=('pixels', 'conv2_2'), selection_components=('pixels', 'conv2_2'), projection_dim=32,
-                    num_weight_estimation_images=8)
+  c.features.update(
+    components=('pixels', 'conv2_2'),
+    selection_components=('pixels', 'conv2_2'),
+    projection_dim=32,
+    num_weight_estimation_images=8,
+  )
   # Batches of the pool's size and m: evaluation reuses the pool selection's compiled search.
-  c.imle.update(pool_size=8, steps_per_pool=4, num_candidates=4, candidates_per_chunk=4, rows_per_chunk=8,
-                eval_num_candidates=4)
+  c.imle.update(
+    pool_size=8, steps_per_pool=4, num_candidates=4, candidates_per_chunk=4, rows_per_chunk=8, eval_num_candidates=4
+  )
   c.optimizer.learning_rate = 3e-3
   c.batch_size = 8
   c.eval_every_steps = c.sample_every_steps = 0
@@ -65,8 +71,9 @@ def checkpoint_params(workdir: str, step: int):
   return restored['params']
 
 
-SAMPLER_TINY = dict(cond_blocks=1, cond_channels=8, prior_layers=3, prior_channels=12, prior_head_channels=24,
-                    init='lecun_normal')
+SAMPLER_TINY = dict(
+  cond_blocks=1, cond_channels=8, prior_layers=3, prior_channels=12, prior_head_channels=24, init='lecun_normal'
+)
 
 
 def make_sampler_model(lowres_hw=(2, 3), batch=2, seed=0, **fields):

@@ -5,6 +5,7 @@ random token per trial and side, so nothing a worker receives names an algorithm
 image is written by the same Pillow call from a bare array (no text, time or colour-profile chunks), enlarged by the
 same nearest-neighbour factor, so the two images of a pair differ only in their pixels.
 """
+
 import dataclasses
 import io
 import json
@@ -34,6 +35,7 @@ _ID = re.compile(r'[0-9a-f]{32}')
 @dataclasses.dataclass(frozen=True)
 class Example:
   """One input of the study: its images by label ('truth' or an algorithm's name) -> image id."""
+
   index: int
   images: dict[str, str]
   group: str = ''  # preference: the class
@@ -46,6 +48,7 @@ class Manifest:
   `practice_pairs` with feedback on the first examples, then `main_pairs` of which `golden_pairs` pit `golden`
   against the truth. Preference: one arm ('all'); each session holds, for each test, `pairs_per_split` pairs of
   seen and of unseen classes."""
+
   kind: str
   question: str
   display_ms: int  # each pair is shown this long, then hidden before the answer; 0: shown until answered
@@ -72,29 +75,42 @@ class Manifest:
 
 def _check(m: Manifest) -> None:
   """A manifest the protocols can run, or a UserError naming what is missing."""
+
   def need(ok, message):
     if not ok:
       raise UserError(f'Study manifest: {message}.')
+
   need(m.kind in (FOOLED, PREFERENCE), f"kind must be '{FOOLED}' or '{PREFERENCE}', got {m.kind!r}")
-  need(m.display_ms >= 0 and m.scale >= 1 and m.workers_per_arm >= 1, 'display_ms >= 0, scale >= 1 and '
-       'workers_per_arm >= 1 are required')
+  need(
+    m.display_ms >= 0 and m.scale >= 1 and m.workers_per_arm >= 1,
+    'display_ms >= 0, scale >= 1 and workers_per_arm >= 1 are required',
+  )
   need(all(_ID.fullmatch(i) for e in m.examples for i in e.images.values()), 'image ids must be 32 hex digits')
   if m.kind == FOOLED:
     need(m.arms, 'no algorithms to study')
     need(0 <= m.golden_pairs <= m.main_pairs and m.practice_pairs >= 0, 'golden_pairs must be in [0, main_pairs]')
-    need(all({TRUTH, m.golden, *m.arms} <= e.images.keys() for e in m.examples),
-         f'every example needs the truth, {m.golden!r} and {list(m.arms)}')
-    need(len(m.examples) >= m.practice_pairs + m.main_pairs,
-         f'{len(m.examples)} examples are fewer than practice_pairs + main_pairs = {m.practice_pairs + m.main_pairs} '
-         '(every pair of a session shows a different example); build with more --num_examples')
+    need(
+      all({TRUTH, m.golden, *m.arms} <= e.images.keys() for e in m.examples),
+      f'every example needs the truth, {m.golden!r} and {list(m.arms)}',
+    )
+    need(
+      len(m.examples) >= m.practice_pairs + m.main_pairs,
+      f'{len(m.examples)} examples are fewer than practice_pairs + main_pairs = {m.practice_pairs + m.main_pairs} '
+      '(every pair of a session shows a different example); build with more --num_examples',
+    )
   else:
-    need(m.arms == ('all',) and m.tests and m.pairs_per_split >= 1, 'a preference study has arms ("all",), tests '
-         'and pairs_per_split >= 1')
+    need(
+      m.arms == ('all',) and m.tests and m.pairs_per_split >= 1,
+      'a preference study has arms ("all",), tests and pairs_per_split >= 1',
+    )
     for a, b in m.tests:
       for split in ('seen', 'unseen'):
         classes = {e.group for e in m.examples if e.split == split and {a, b} <= e.images.keys()}
-        need(len(classes) >= m.pairs_per_split, f'test {a} vs {b} needs {m.pairs_per_split} {split} classes (each '
-             f'pair from a different class), the study has {len(classes)}')
+        need(
+          len(classes) >= m.pairs_per_split,
+          f'test {a} vs {b} needs {m.pairs_per_split} {split} classes (each '
+          f'pair from a different class), the study has {len(classes)}',
+        )
 
 
 def to_json(m: Manifest) -> dict:
@@ -124,8 +140,9 @@ def load(study: str) -> Manifest:
     raise UserError(f'{path} is not a valid study manifest ({e}); rebuild the study.') from None
   missing = [i for i in sorted(m.image_ids()) if not os.path.isfile(image_path(study, i))]
   if missing:
-    raise UserError(f'{study}: {len(missing)} images of the manifest are missing (e.g. {missing[0]}.png); rebuild '
-                    'the study.')
+    raise UserError(
+      f'{study}: {len(missing)} images of the manifest are missing (e.g. {missing[0]}.png); rebuild the study.'
+    )
   return m
 
 
@@ -180,8 +197,9 @@ class Writer:
     if self.size is None:
       self.size = size
     elif size != self.size:
-      raise UserError(f'Every image of a study must have one size (so that size tells nothing); got {size} and '
-                      f'{self.size}.')
+      raise UserError(
+        f'Every image of a study must have one size (so that size tells nothing); got {size} and {self.size}.'
+      )
     image_id = secrets.token_hex(16)
     with open(image_path(self.staging, image_id), 'wb') as f:
       f.write(encode_png(image, self.scale))
@@ -200,39 +218,93 @@ class Writer:
     shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def write_fooled(out: str, truth: np.ndarray, outputs: dict[str, np.ndarray], *, scale: int, arms: list[str],
-                 golden: str = 'Bicubic', practice_pairs: int = 10, main_pairs: int = 45, golden_pairs: int = 5,
-                 workers_per_arm: int = 40, display_ms: int = 1000, notes: tuple[str, ...] = (),
-                 source: dict | None = None) -> Manifest:
+def write_fooled(
+  out: str,
+  truth: np.ndarray,
+  outputs: dict[str, np.ndarray],
+  *,
+  scale: int,
+  arms: list[str],
+  golden: str = 'Bicubic',
+  practice_pairs: int = 10,
+  main_pairs: int = 45,
+  golden_pairs: int = 5,
+  workers_per_arm: int = 40,
+  display_ms: int = 1000,
+  notes: tuple[str, ...] = (),
+  source: dict | None = None,
+) -> Manifest:
   """A "% Fooled" study of uint8 (N, H, W, 3) ground truths against each algorithm's (N, H, W, 3) outputs."""
   unknown = [a for a in [*arms, golden] if a not in outputs]
   if unknown:
     raise UserError(f'No images for {unknown}; the rows available are {sorted(outputs)}.')
   writer = Writer(out, scale)
   try:
-    examples = tuple(Example(index=n, images={TRUTH: writer.add(truth[n])} | {
-        name: writer.add(images[n]) for name, images in outputs.items() if name in (*arms, golden)})
-        for n in range(len(truth)))
-    return writer.finish(kind=FOOLED, question=FOOLED_QUESTION, display_ms=display_ms, arms=tuple(arms),
-                         workers_per_arm=workers_per_arm, examples=examples, practice_pairs=practice_pairs,
-                         main_pairs=main_pairs, golden_pairs=golden_pairs, golden=golden, notes=tuple(notes),
-                         source=source or {})
+    examples = tuple(
+      Example(
+        index=n,
+        images={TRUTH: writer.add(truth[n])}
+        | {name: writer.add(images[n]) for name, images in outputs.items() if name in (*arms, golden)},
+      )
+      for n in range(len(truth))
+    )
+    return writer.finish(
+      kind=FOOLED,
+      question=FOOLED_QUESTION,
+      display_ms=display_ms,
+      arms=tuple(arms),
+      workers_per_arm=workers_per_arm,
+      examples=examples,
+      practice_pairs=practice_pairs,
+      main_pairs=main_pairs,
+      golden_pairs=golden_pairs,
+      golden=golden,
+      notes=tuple(notes),
+      source=source or {},
+    )
   except BaseException:
     writer.abort()
     raise
 
 
-def write_preference(out: str, outputs: dict[str, np.ndarray], classes: list[str], splits: list[str], *,
-                     scale: int, tests=SRIM_TESTS, pairs_per_split: int = 10, participants: int = 31,
-                     display_ms: int = 0, notes: tuple[str, ...] = (), source: dict | None = None) -> Manifest:
+def write_preference(
+  out: str,
+  outputs: dict[str, np.ndarray],
+  classes: list[str],
+  splits: list[str],
+  *,
+  scale: int,
+  tests=SRIM_TESTS,
+  pairs_per_split: int = 10,
+  participants: int = 31,
+  display_ms: int = 0,
+  notes: tuple[str, ...] = (),
+  source: dict | None = None,
+) -> Manifest:
   """A pairwise preference study: outputs[method] uint8 (N, H, W, 3), the class and 'seen'/'unseen' of each input."""
   writer = Writer(out, scale)
   try:
-    examples = tuple(Example(index=n, images={name: writer.add(images[n]) for name, images in outputs.items()},
-                             group=str(classes[n]), split=splits[n]) for n in range(len(classes)))
-    return writer.finish(kind=PREFERENCE, question=PREFERENCE_QUESTION, display_ms=display_ms, arms=('all',),
-                         workers_per_arm=participants, examples=examples, tests=tuple(tuple(t) for t in tests),
-                         pairs_per_split=pairs_per_split, notes=tuple(notes), source=source or {})
+    examples = tuple(
+      Example(
+        index=n,
+        images={name: writer.add(images[n]) for name, images in outputs.items()},
+        group=str(classes[n]),
+        split=splits[n],
+      )
+      for n in range(len(classes))
+    )
+    return writer.finish(
+      kind=PREFERENCE,
+      question=PREFERENCE_QUESTION,
+      display_ms=display_ms,
+      arms=('all',),
+      workers_per_arm=participants,
+      examples=examples,
+      tests=tuple(tuple(t) for t in tests),
+      pairs_per_split=pairs_per_split,
+      notes=tuple(notes),
+      source=source or {},
+    )
   except BaseException:
     writer.abort()
     raise

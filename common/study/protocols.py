@@ -9,6 +9,7 @@ Preference (SRIM Table 2): for each test (A vs B), `pairs_per_split` classes see
 pair from a different class (a random example of it), the test's pairs in random order with seen and unseen mixed,
 sides drawn per pair; the tests follow one another.
 """
+
 import dataclasses
 
 import numpy as np
@@ -36,8 +37,14 @@ class Trial:
 def _pair(rng: np.random.Generator, example, a: str, b: str, **fields) -> Trial:
   if rng.random() < 0.5:
     a, b = b, a
-  return Trial(example=example.index, left_label=a, right_label=b, left_image=example.images[a],
-               right_image=example.images[b], **fields)
+  return Trial(
+    example=example.index,
+    left_label=a,
+    right_label=b,
+    left_image=example.images[a],
+    right_image=example.images[b],
+    **fields,
+  )
 
 
 def compose_session(m: Manifest, arm: str, rng: np.random.Generator) -> list[Trial]:
@@ -47,12 +54,14 @@ def compose_session(m: Manifest, arm: str, rng: np.random.Generator) -> list[Tri
 
 
 def _fooled(m: Manifest, arm: str, rng: np.random.Generator) -> list[Trial]:
-  practice = [_pair(rng, e, TRUTH, arm, phase=PRACTICE, kind=PRACTICE) for e in m.examples[:m.practice_pairs]]
-  pool = m.examples[m.practice_pairs:]
+  practice = [_pair(rng, e, TRUTH, arm, phase=PRACTICE, kind=PRACTICE) for e in m.examples[: m.practice_pairs]]
+  pool = m.examples[m.practice_pairs :]
   chosen = rng.choice(len(pool), m.main_pairs, replace=False)
   golden = set(rng.choice(m.main_pairs, m.golden_pairs, replace=False).tolist())
-  main = [_pair(rng, pool[i], TRUTH, m.golden if k in golden else arm, phase=MAIN,
-                kind=GOLDEN if k in golden else COUNTED) for k, i in enumerate(chosen)]
+  main = [
+    _pair(rng, pool[i], TRUTH, m.golden if k in golden else arm, phase=MAIN, kind=GOLDEN if k in golden else COUNTED)
+    for k, i in enumerate(chosen)
+  ]
   return practice + main
 
 
@@ -68,8 +77,9 @@ def _preference(m: Manifest, rng: np.random.Generator) -> list[Trial]:
       classes = sorted(by_class)
       for c in rng.choice(len(classes), m.pairs_per_split, replace=False):
         members = by_class[classes[c]]
-        block.append(_pair(rng, members[rng.integers(len(members))], a, b, phase=MAIN, kind=PAIR,
-                           test=f'{a} vs {b}', split=split))
+        block.append(
+          _pair(rng, members[rng.integers(len(members))], a, b, phase=MAIN, kind=PAIR, test=f'{a} vs {b}', split=split)
+        )
     trials += [block[i] for i in rng.permutation(len(block))]
   return trials
 

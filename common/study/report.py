@@ -7,6 +7,7 @@ replacement), which keeps each worker's answers together: workers differ in how 
 are not independent and a binomial interval over answers would be too narrow. Only sessions that answered every
 golden question right and finished count; the others are reported as discarded or incomplete.
 """
+
 import csv
 import io
 import os
@@ -25,8 +26,9 @@ def _chosen(answer: dict) -> str:
   return answer['left_label'] if answer['choice'] == protocols.LEFT else answer['right_label']
 
 
-def bootstrap_interval(fooled: np.ndarray, counted: np.ndarray, rng: np.random.Generator,
-                       num: int = NUM_BOOTSTRAP) -> tuple[float, float]:
+def bootstrap_interval(
+  fooled: np.ndarray, counted: np.ndarray, rng: np.random.Generator, num: int = NUM_BOOTSTRAP
+) -> tuple[float, float]:
   """95% percentile interval of sum(fooled) / sum(counted) with sessions resampled with replacement."""
   if len(fooled) == 0:
     return float('nan'), float('nan')
@@ -50,10 +52,16 @@ def fooled_rows(study: str, m: manifest_lib.Manifest, seed: int = 0) -> dict[str
         per_session[a['session']][1] += 1
     fooled, counted = (np.array([v[k] for v in per_session.values()], np.int64) for k in (0, 1))
     lo, hi = bootstrap_interval(fooled, counted, rng)
-    rows[arm] = {'valid': len(valid), 'discarded': sum(s['status'] == storage.DISCARDED for s in mine),
-                 'incomplete': sum(s['status'] == storage.ACTIVE for s in mine), 'answers': int(counted.sum()),
-                 'fooled': int(fooled.sum()), 'rate': fooled.sum() / counted.sum() if counted.sum() else float('nan'),
-                 'lo': lo, 'hi': hi}
+    rows[arm] = {
+      'valid': len(valid),
+      'discarded': sum(s['status'] == storage.DISCARDED for s in mine),
+      'incomplete': sum(s['status'] == storage.ACTIVE for s in mine),
+      'answers': int(counted.sum()),
+      'fooled': int(fooled.sum()),
+      'rate': fooled.sum() / counted.sum() if counted.sum() else float('nan'),
+      'lo': lo,
+      'hi': hi,
+    }
   return rows
 
 
@@ -96,7 +104,8 @@ def figure7(study: str, m: manifest_lib.Manifest, per_side: int = 4) -> np.ndarr
     top = 20 + r * (h + caption_h + pad)
     draw.text((4, top + h // 2), arm, fill='black', font=font)
     for k, (fraction, n, ex) in [(k, x) for k, x in enumerate(best)] + [
-        (per_side + 1 + k, x) for k, x in enumerate(worst)]:
+      (per_side + 1 + k, x) for k, x in enumerate(worst)
+    ]:
       left = label_w + k * (w + pad)
       with Image.open(manifest_lib.image_path(study, examples[ex].images[arm])) as im:
         canvas.paste(im.convert('RGB'), (left, top))
@@ -116,14 +125,20 @@ def fooled_cell(row: dict) -> str:
 
 
 def fooled_markdown(rows: dict[str, dict]) -> str:
-  lines = ['| Algorithm | % Fooled | 95% interval | valid sessions | discarded | incomplete | counted answers |',
-           '|---|---|---|---|---|---|---|']
+  lines = [
+    '| Algorithm | % Fooled | 95% interval | valid sessions | discarded | incomplete | counted answers |',
+    '|---|---|---|---|---|---|---|',
+  ]
   for arm, r in rows.items():
-    lines.append(f'| {arm} | {_fraction(r["rate"])} | [{_fraction(r["lo"])}, {_fraction(r["hi"])}] | {r["valid"]} '
-                 f'| {r["discarded"]} | {r["incomplete"]} | {r["answers"]} |')
-  return '\n'.join(lines) + ('\n\n- % Fooled: how often the algorithm\'s image was chosen as the one from a camera, '
-                             'over the counted pairs of valid sessions; 95% interval: percentile bootstrap over '
-                             f'workers ({NUM_BOOTSTRAP} resamples).\n')
+    lines.append(
+      f'| {arm} | {_fraction(r["rate"])} | [{_fraction(r["lo"])}, {_fraction(r["hi"])}] | {r["valid"]} '
+      f'| {r["discarded"]} | {r["incomplete"]} | {r["answers"]} |'
+    )
+  return '\n'.join(lines) + (
+    "\n\n- % Fooled: how often the algorithm's image was chosen as the one from a camera, "
+    'over the counted pairs of valid sessions; 95% interval: percentile bootstrap over '
+    f'workers ({NUM_BOOTSTRAP} resamples).\n'
+  )
 
 
 def merge_table1(text: str, rows: dict[str, dict]) -> str:
@@ -136,16 +151,20 @@ def merge_table1(text: str, rows: dict[str, dict]) -> str:
   column = header.index(FOOLED_COLUMN) if FOOLED_COLUMN in header else None
   for n, i in enumerate(table):
     cells = [c.strip() for c in lines[i].strip('|').split('|')]
-    value = FOOLED_COLUMN if n == 0 else '---' if n == 1 else fooled_cell(rows[cells[0]]) if cells[0] in rows else (
-        'n/a')
+    value = (
+      FOOLED_COLUMN if n == 0 else '---' if n == 1 else fooled_cell(rows[cells[0]]) if cells[0] in rows else ('n/a')
+    )
     if column is None:
       cells.append(value)
     else:
       cells[column] = value
     lines[i] = '| ' + ' | '.join(cells) + ' |' if n != 1 else '|' + '|'.join(cells) + '|'
-  note = ('- % Fooled (human study, PRSR section 5.3): percent of counted pairs in which workers chose the '
-          'algorithm\'s image as the one from a camera, with its 95% bootstrap interval over workers; valid sessions: '
-          + ', '.join(f'{a} {r["valid"]}' for a, r in rows.items()) + '.')
+  note = (
+    '- % Fooled (human study, PRSR section 5.3): percent of counted pairs in which workers chose the '
+    "algorithm's image as the one from a camera, with its 95% bootstrap interval over workers; valid sessions: "
+    + ', '.join(f'{a} {r["valid"]}' for a, r in rows.items())
+    + '.'
+  )
   lines = [line for line in lines if not line.startswith('- % Fooled')]
   while lines and lines[-1] == '':
     lines.pop()
@@ -185,9 +204,11 @@ def preference_markdown(table, m: manifest_lib.Manifest, participants: int) -> s
       row = table.get((split, f'{first} vs {second}'))
       cells += ['n/a', 'n/a'] if row is None else [f'{row[x][0]:.3f} ± {row[x][1]:.3f}' for x in (first, second)]
     lines.append(f'| {title} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + (f'\n\n- {participants} participants with finished sessions; each cell: the proportion '
-                             'of that method\'s outputs chosen as more realistic, mean ± standard deviation across '
-                             'participants (SRIM Table 2).\n')
+  return '\n'.join(lines) + (
+    f'\n\n- {participants} participants with finished sessions; each cell: the proportion '
+    "of that method's outputs chosen as more realistic, mean ± standard deviation across "
+    'participants (SRIM Table 2).\n'
+  )
 
 
 def summary(study: str) -> str:

@@ -8,6 +8,7 @@
 
 Every refusal is a 4xx with a JSON {"error": message}; bodies over MAX_BODY bytes get 413 before they are read.
 """
+
 import contextlib
 import json
 import os
@@ -28,12 +29,19 @@ MAX_BODY = 4096
 MAX_HEADERS = 16 * 1024
 ADMIN_TOKEN = 'admin_token'
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'static')
-_PAGES = {'/': ('index.html', 'text/html; charset=utf-8'), '/study.js': ('study.js', 'text/javascript'),
-          '/study.css': ('study.css', 'text/css')}
+_PAGES = {
+  '/': ('index.html', 'text/html; charset=utf-8'),
+  '/study.js': ('study.js', 'text/javascript'),
+  '/study.css': ('study.css', 'text/css'),
+}
 # No X-Frame-Options / frame-ancestors: crowd platforms (e.g. MTurk's ExternalQuestion) show the page in a frame.
-_HEADERS = {'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer', 'cache-control': 'no-store',
-            'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                                       "connect-src 'self'; base-uri 'none'; form-action 'none'"}
+_HEADERS = {
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'cache-control': 'no-store',
+  'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+  "connect-src 'self'; base-uri 'none'; form-action 'none'",
+}
 
 
 def admin_token(study: str) -> str:
@@ -80,15 +88,18 @@ class _SecurityHeaders:
   async def __call__(self, scope, receive, send):
     if scope['type'] == 'http' and sum(len(k) + len(v) for k, v in scope['headers']) > MAX_HEADERS:
       await JSONResponse({'error': f'Request headers are at most {MAX_HEADERS} bytes.'}, status_code=431)(
-          scope, receive, send)
+        scope, receive, send
+      )
       return
 
     async def send_with_headers(message):
       if message['type'] == 'http.response.start':
         names = {k.lower() for k, _ in message.get('headers', [])}
         message['headers'] = list(message.get('headers', [])) + [
-            (k.encode(), v.encode()) for k, v in _HEADERS.items() if k.encode() not in names]
+          (k.encode(), v.encode()) for k, v in _HEADERS.items() if k.encode() not in names
+        ]
       await send(message)
+
     await self.app(scope, receive, send_with_headers if scope['type'] == 'http' else send)
 
 
@@ -97,6 +108,7 @@ def _closing(store: storage.Store):
   async def lifespan(app):
     yield
     store.close()
+
   return lifespan
 
 
@@ -115,8 +127,9 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
 
   async def start(request: Request):
     data = await _json_body(request)
-    return JSONResponse(await run_in_threadpool(store.start, data.get('worker'), data.get('token'),
-                                                request.headers.get('user-agent', '')))
+    return JSONResponse(
+      await run_in_threadpool(store.start, data.get('worker'), data.get('token'), request.headers.get('user-agent', ''))
+    )
 
   async def trial(request: Request):
     data = await _json_body(request)
@@ -124,8 +137,11 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
 
   async def answer(request: Request):
     data = await _json_body(request)
-    return JSONResponse(await run_in_threadpool(store.answer, data.get('token'), data.get('trial'),
-                                                data.get('choice'), data.get('display_ms')))
+    return JSONResponse(
+      await run_in_threadpool(
+        store.answer, data.get('token'), data.get('trial'), data.get('choice'), data.get('display_ms')
+      )
+    )
 
   async def image(request: Request):
     image_id = await run_in_threadpool(store.image, request.path_params['token'])
@@ -147,6 +163,7 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
   async def admin_report(request: Request):
     check_admin(request)
     from common.study import report  # numpy-only; loaded on first use so that the server starts fast
+
     return PlainTextResponse(await run_in_threadpool(lambda: report.summary(study)))
 
   async def refused(request: Request, e: storage.Refused):
@@ -159,26 +176,51 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
     return JSONResponse({'error': 'Internal error; the answer was not recorded, please try again.'}, status_code=500)
 
   routes = [Route(path, page) for path in _PAGES] + [
-      Route('/api/session', start, methods=['POST']), Route('/api/trial', trial, methods=['POST']),
-      Route('/api/answer', answer, methods=['POST']), Route('/img/{token:str}', image),
-      Route('/admin/status', admin_status), Route('/admin/report', admin_report),
-      Route('/api/info', lambda request: JSONResponse(info)),
-      Route('/healthz', lambda request: PlainTextResponse('ok'))]
-  app = Starlette(routes=routes, exception_handlers={storage.Refused: refused, HTTPException: http_error,
-                                                     Exception: internal},
-                  lifespan=_closing(store))
+    Route('/api/session', start, methods=['POST']),
+    Route('/api/trial', trial, methods=['POST']),
+    Route('/api/answer', answer, methods=['POST']),
+    Route('/img/{token:str}', image),
+    Route('/admin/status', admin_status),
+    Route('/admin/report', admin_report),
+    Route('/api/info', lambda request: JSONResponse(info)),
+    Route('/healthz', lambda request: PlainTextResponse('ok')),
+  ]
+  app = Starlette(
+    routes=routes,
+    exception_handlers={storage.Refused: refused, HTTPException: http_error, Exception: internal},
+    lifespan=_closing(store),
+  )
   app.state.store = store
   return _SecurityHeaders(app)
 
 
-def serve(study: str, *, host: str, port: int, registry: str = '', abandon_after_s: float = 1800,
-          forwarded_allow_ips: str = '127.0.0.1', seed: int | None = None) -> None:
+def serve(
+  study: str,
+  *,
+  host: str,
+  port: int,
+  registry: str = '',
+  abandon_after_s: float = 1800,
+  forwarded_allow_ips: str = '127.0.0.1',
+  seed: int | None = None,
+) -> None:
   """Runs the study's server until interrupted; prints where workers go and the admin token."""
   import uvicorn
+
   app = make_app(study, registry=registry, abandon_after_s=abandon_after_s, seed=seed)
   shown = 'localhost' if host in ('0.0.0.0', '::', '127.0.0.1') else host
   print(f'Study {study}: workers open http://{shown}:{port}/?worker=ID', flush=True)
   print(f'Admin token (for /admin/status, /admin/report): {admin_token(study)}', flush=True)
-  uvicorn.run(app, host=host, port=port, log_level='warning', access_log=False, server_header=False,
-              proxy_headers=True, forwarded_allow_ips=forwarded_allow_ips, timeout_keep_alive=5,
-              h11_max_incomplete_event_size=16 * 1024, limit_concurrency=1000)
+  uvicorn.run(
+    app,
+    host=host,
+    port=port,
+    log_level='warning',
+    access_log=False,
+    server_header=False,
+    proxy_headers=True,
+    forwarded_allow_ips=forwarded_allow_ips,
+    timeout_keep_alive=5,
+    h11_max_incomplete_event_size=16 * 1024,
+    limit_concurrency=1000,
+  )

@@ -6,6 +6,7 @@ protocol is checked here, inside one transaction per request: the session token,
 and is its next unanswered one, one answer per trial (also a primary key), the display time. One connection behind
 a lock serialises the writes, which SQLite would serialise anyway.
 """
+
 import contextlib
 import math
 import os
@@ -73,8 +74,9 @@ class Store:
   """The answers of one study. `registry`: an optional SQLite file shared by several studies, so that a worker takes
   part in only one of them. `abandon_after_s`: an active session idle this long no longer holds its arm's place."""
 
-  def __init__(self, study: str, manifest: Manifest, *, registry: str = '', abandon_after_s: float = 1800,
-               seed: int | None = None):
+  def __init__(
+    self, study: str, manifest: Manifest, *, registry: str = '', abandon_after_s: float = 1800, seed: int | None = None
+  ):
     self.manifest, self.abandon_after_s = manifest, abandon_after_s
     self._lock = threading.Lock()
     self._rng = np.random.default_rng(seed)
@@ -85,8 +87,9 @@ class Store:
     self.registry = None
     if registry:
       self.registry = connect(registry)
-      self.registry.execute('CREATE TABLE IF NOT EXISTS workers(worker TEXT PRIMARY KEY, study TEXT NOT NULL, '
-                            'created REAL NOT NULL)')
+      self.registry.execute(
+        'CREATE TABLE IF NOT EXISTS workers(worker TEXT PRIMARY KEY, study TEXT NOT NULL, created REAL NOT NULL)'
+      )
 
   def close(self):
     for db in (self.db, self.registry):
@@ -132,37 +135,77 @@ class Store:
         self.registry.execute('INSERT OR IGNORE INTO workers VALUES (?, ?, ?)', (worker, self.study_id, now))
         owner = self.registry.execute('SELECT study FROM workers WHERE worker = ?', (worker,)).fetchone()[0]
         if owner != self.study_id:
-          raise Refused(409, 'This worker id has already taken part in one of our studies; each worker takes part '
-                        'once.')
+          raise Refused(
+            409, 'This worker id has already taken part in one of our studies; each worker takes part once.'
+          )
       trials = protocols.compose_session(self.manifest, arm, self._rng)
       cursor = db.execute(
-          'INSERT INTO sessions(token, worker, arm, status, num_trials, code, user_agent, created, updated) '
-          'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
-          (secrets.token_hex(16), worker, arm, ACTIVE, len(trials), secrets.token_hex(6).upper(), user_agent[:300],
-           now, now))
+        'INSERT INTO sessions(token, worker, arm, status, num_trials, code, user_agent, created, updated) '
+        'VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        (
+          secrets.token_hex(16),
+          worker,
+          arm,
+          ACTIVE,
+          len(trials),
+          secrets.token_hex(6).upper(),
+          user_agent[:300],
+          now,
+          now,
+        ),
+      )
       db.executemany(
-          'INSERT INTO trials(session_id, position, token, phase, kind, example, left_label, right_label, left_image,'
-          ' right_image, left_token, right_token, test, split) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-          [(cursor.lastrowid, k, secrets.token_hex(16), t.phase, t.kind, t.example, t.left_label, t.right_label,
-            t.left_image, t.right_image, secrets.token_hex(16), secrets.token_hex(16), t.test, t.split)
-           for k, t in enumerate(trials)])
+        'INSERT INTO trials(session_id, position, token, phase, kind, example, left_label, right_label, left_image,'
+        ' right_image, left_token, right_token, test, split) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        [
+          (
+            cursor.lastrowid,
+            k,
+            secrets.token_hex(16),
+            t.phase,
+            t.kind,
+            t.example,
+            t.left_label,
+            t.right_label,
+            t.left_image,
+            t.right_image,
+            secrets.token_hex(16),
+            secrets.token_hex(16),
+            t.test,
+            t.split,
+          )
+          for k, t in enumerate(trials)
+        ],
+      )
       return self._describe(db.execute('SELECT * FROM sessions WHERE id = ?', (cursor.lastrowid,)).fetchone())
 
   def _describe(self, row) -> dict:
     m = self.manifest
-    return {'token': row['token'], 'kind': m.kind, 'question': m.question, 'display_ms': m.display_ms,
-            'image_size': list(m.image_size), 'practice': m.practice_pairs if m.kind == FOOLED else 0,
-            'total': row['num_trials'], 'answered': row['answered']}
+    return {
+      'token': row['token'],
+      'kind': m.kind,
+      'question': m.question,
+      'display_ms': m.display_ms,
+      'image_size': list(m.image_size),
+      'practice': m.practice_pairs if m.kind == FOOLED else 0,
+      'total': row['num_trials'],
+      'answered': row['answered'],
+    }
 
   def _counts(self, db, now) -> tuple[dict, dict]:
     valid = dict(db.execute('SELECT arm, COUNT(*) FROM sessions WHERE status = ? GROUP BY arm', (COMPLETE,)))
-    active = dict(db.execute('SELECT arm, COUNT(*) FROM sessions WHERE status = ? AND updated > ? GROUP BY arm',
-                             (ACTIVE, now - self.abandon_after_s)))
+    active = dict(
+      db.execute(
+        'SELECT arm, COUNT(*) FROM sessions WHERE status = ? AND updated > ? GROUP BY arm',
+        (ACTIVE, now - self.abandon_after_s),
+      )
+    )
     return valid, active
 
   def _current(self, db, session) -> sqlite3.Row | None:
-    return db.execute('SELECT * FROM trials WHERE session_id = ? AND position = ?',
-                      (session['id'], session['answered'])).fetchone()
+    return db.execute(
+      'SELECT * FROM trials WHERE session_id = ? AND position = ?', (session['id'], session['answered'])
+    ).fetchone()
 
   def next_trial(self, token) -> dict:
     """The session's next unanswered pair (again after a reload or a restart), or its end."""
@@ -174,8 +217,14 @@ class Store:
       trial = self._current(db, session)
       # Issued now: the answer must come at least the display time later.
       db.execute('UPDATE trials SET issued = ?, shown = shown + 1 WHERE id = ?', (now, trial['id']))
-      return {'done': False, 'trial': trial['token'], 'position': trial['position'], 'phase': trial['phase'],
-              'left': f'/img/{trial["left_token"]}', 'right': f'/img/{trial["right_token"]}'}
+      return {
+        'done': False,
+        'trial': trial['token'],
+        'position': trial['position'],
+        'phase': trial['phase'],
+        'left': f'/img/{trial["left_token"]}',
+        'right': f'/img/{trial["right_token"]}',
+      }
 
   def image(self, image_token) -> str | None:
     """The manifest image id behind a token of the current pair of an active session; None for anything else."""
@@ -183,9 +232,10 @@ class Store:
       return None
     with self._lock:
       row = self.db.execute(
-          'SELECT t.left_token, t.left_image, t.right_image FROM trials t JOIN sessions s ON s.id = t.session_id '
-          'WHERE (t.left_token = ? OR t.right_token = ?) AND s.status = ? AND t.position = s.answered',
-          (image_token, image_token, ACTIVE)).fetchone()
+        'SELECT t.left_token, t.left_image, t.right_image FROM trials t JOIN sessions s ON s.id = t.session_id '
+        'WHERE (t.left_token = ? OR t.right_token = ?) AND s.status = ? AND t.position = s.answered',
+        (image_token, image_token, ACTIVE),
+      ).fetchone()
     if row is None:
       return None
     return row['left_image'] if row['left_token'] == image_token else row['right_image']
@@ -203,8 +253,10 @@ class Store:
         raise Refused(409, 'This session is finished.')
       trial = self._current(db, session)
       if not _is_token(trial_token) or not secrets.compare_digest(trial_token, trial['token']):
-        known = db.execute('SELECT position FROM trials WHERE token = ? AND session_id = ?',
-                           (trial_token if _is_token(trial_token) else '', session['id'])).fetchone()
+        known = db.execute(
+          'SELECT position FROM trials WHERE token = ? AND session_id = ?',
+          (trial_token if _is_token(trial_token) else '', session['id']),
+        ).fetchone()
         if known is not None and known[0] < session['answered']:
           raise Refused(409, 'This pair is already answered.')
         raise Refused(409, 'Not the current pair of this session; answer the pairs in order.')
@@ -212,14 +264,19 @@ class Store:
         raise Refused(409, 'This pair has not been shown yet.')
       server_ms = (now - trial['issued']) * 1000
       self._check_display(display_ms, server_ms)
-      db.execute('INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)',
-                 (trial['id'], session['id'], trial['position'], choice, float(display_ms), server_ms, now))
+      db.execute(
+        'INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)',
+        (trial['id'], session['id'], trial['position'], choice, float(display_ms), server_ms, now),
+      )
       truth = protocols.truth_side(trial['left_label'], trial['right_label'])
       missed = int(trial['kind'] == protocols.GOLDEN and choice != truth)
       done = trial['position'] + 1 == session['num_trials']
       status = ACTIVE if not done else DISCARDED if session['golden_missed'] + missed else COMPLETE
-      db.execute('UPDATE sessions SET answered = answered + 1, golden_missed = golden_missed + ?, status = ?, '
-                 'updated = ?, finished = ? WHERE id = ?', (missed, status, now, now if done else None, session['id']))
+      db.execute(
+        'UPDATE sessions SET answered = answered + 1, golden_missed = golden_missed + ?, status = ?, '
+        'updated = ?, finished = ? WHERE id = ?',
+        (missed, status, now, now if done else None, session['id']),
+      )
       result = {'done': done}
       if trial['phase'] == protocols.PRACTICE:
         result |= {'feedback': 'right' if choice == truth else 'wrong', 'camera': truth}
@@ -230,8 +287,11 @@ class Store:
   def _check_display(self, display_ms: float, server_ms: float) -> None:
     target = self.manifest.display_ms
     if target and not 0.9 * target <= display_ms <= target + max(target, 1000):
-      raise Refused(422, f'The pair was shown for {display_ms:.0f} ms instead of {target} ms (was the page hidden?); '
-                    'it will be shown again.')
+      raise Refused(
+        422,
+        f'The pair was shown for {display_ms:.0f} ms instead of {target} ms (was the page hidden?); '
+        'it will be shown again.',
+      )
     if display_ms < 0 or server_ms < 0.9 * max(target, display_ms) - 50:
       raise Refused(422, 'The answer came sooner than the pair could have been shown; it will be shown again.')
 
@@ -261,12 +321,16 @@ def _read_only(study: str, query: str) -> list[dict]:
 
 def read_answers(study: str) -> list[dict]:
   """Every answer with its trial and session, for the report."""
-  return _read_only(study, 'SELECT s.id AS session, s.worker, s.arm, s.status, t.position, t.phase, t.kind, '
-                    't.example, t.left_label, t.right_label, t.test, t.split, a.choice, a.display_ms, a.server_ms '
-                    'FROM answers a JOIN trials t ON t.id = a.trial_id JOIN sessions s ON s.id = a.session_id '
-                    'ORDER BY s.id, t.position')
+  return _read_only(
+    study,
+    'SELECT s.id AS session, s.worker, s.arm, s.status, t.position, t.phase, t.kind, '
+    't.example, t.left_label, t.right_label, t.test, t.split, a.choice, a.display_ms, a.server_ms '
+    'FROM answers a JOIN trials t ON t.id = a.trial_id JOIN sessions s ON s.id = a.session_id '
+    'ORDER BY s.id, t.position',
+  )
 
 
 def read_sessions(study: str) -> list[dict]:
-  return _read_only(study, 'SELECT id, worker, arm, status, golden_missed, answered, num_trials FROM sessions '
-                    'ORDER BY id')
+  return _read_only(
+    study, 'SELECT id, worker, arm, status, golden_missed, answered, num_trials FROM sessions ORDER BY id'
+  )

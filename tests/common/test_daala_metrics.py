@@ -11,6 +11,7 @@ They change only if `reference_images()` does (numpy's Generator streams, scikit
 With DAALA_TOOLS=<folder holding those three binaries>, `test_equals_the_built_tools_on_random_images` compares
 many more images directly.
 """
+
 import hashlib
 import os
 import subprocess
@@ -31,7 +32,7 @@ def degrade(truth: np.ndarray, seed: int) -> np.ndarray:
   """A blurred, noisy copy: a 3x3 box blur plus integer noise in [-6, 6], rounded to uint8."""
   padded = np.pad(truth.astype(np.float64), ((1, 1), (1, 1), (0, 0)), mode='edge')
   h, w = truth.shape[:2]
-  blurred = sum(padded[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)) / 9
+  blurred = sum(padded[dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)) / 9
   noise = np.random.default_rng(seed).integers(-6, 7, truth.shape)
   return np.clip(np.round(blurred + noise), 0, 255).astype(np.uint8)
 
@@ -39,18 +40,20 @@ def degrade(truth: np.ndarray, seed: int) -> np.ndarray:
 def reference_images() -> dict[str, np.ndarray]:
   """name -> uint8 (H, W, 3): random, a smooth gradient, two photo crops (128x128, and 45x67: odd, non-square)."""
   yy, xx = np.mgrid[:128, :128]
-  return {'random': np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8),
-          'gradient': np.stack([2 * xx, 2 * yy, 255 - xx - yy], axis=-1).astype(np.uint8),
-          'astronaut': skimage.data.astronaut()[64:192, 160:288],
-          'chelsea_45x67': skimage.data.chelsea()[100:145, 200:267]}
+  return {
+    'random': np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8),
+    'gradient': np.stack([2 * xx, 2 * yy, 255 - xx - yy], axis=-1).astype(np.uint8),
+    'astronaut': skimage.data.astronaut()[64:192, 160:288],
+    'chelsea_45x67': skimage.data.chelsea()[100:145, 200:267],
+  }
 
 
 # name -> (sha256[:16] of png2y4m's Y' plane of the truth, of the degraded image, dump_psnr -y, dump_ssim -y -r).
 REFERENCE = {
-    'random': ('685f40fb56930369', 'e8aa1f73e78e3f31', 15.1189, 0.102461),
-    'gradient': ('78b4d4de04513df5', 'bccf9a1441c6267d', 41.0169, 0.933941),
-    'astronaut': ('b0ebbea6b23bc033', '0ab87ff76b63d1fa', 31.1837, 0.857229),
-    'chelsea_45x67': ('729ce5841989cfdf', 'a545fca45a41d3dd', 31.379, 0.997733),  # 45 rows: a 1-tap window.
+  'random': ('685f40fb56930369', 'e8aa1f73e78e3f31', 15.1189, 0.102461),
+  'gradient': ('78b4d4de04513df5', 'bccf9a1441c6267d', 41.0169, 0.933941),
+  'astronaut': ('b0ebbea6b23bc033', '0ab87ff76b63d1fa', 31.1837, 0.857229),
+  'chelsea_45x67': ('729ce5841989cfdf', 'a545fca45a41d3dd', 31.379, 0.997733),  # 45 rows: a 1-tap window.
 }
 
 
@@ -81,8 +84,9 @@ def test_batched_and_jitted_equal_the_references():
   np.testing.assert_allclose(psnr[:, 0], [REFERENCE[n][2] for n in squares], atol=6e-5)
   np.testing.assert_allclose(ssim[:, 0], [REFERENCE[n][3] for n in squares], atol=6e-7)
   # Floats on [0, 1] are the same 8-bit images.
-  np.testing.assert_allclose(metrics.psnr_y(truth / 255, degraded / 255, max_val=1.0, convention='daala'), psnr[:, 0],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    metrics.psnr_y(truth / 255, degraded / 255, max_val=1.0, convention='daala'), psnr[:, 0], rtol=1e-6
+  )
   np.testing.assert_allclose(metrics.daala_luma(truth / 255, max_val=1.0), metrics.daala_luma(truth) / 255, atol=1e-6)
 
 
@@ -143,7 +147,7 @@ def test_dump_ssim_closed_forms():
   np.testing.assert_allclose(metrics._daala_ssim_plane(plane, plane), [1.0, 1.0], atol=1e-6)
   # Flat planes have no variance: SSIM is the luminance term (2 a b + C1) / (a^2 + b^2 + C1), C1 = (0.01 x 255)^2,
   # whatever the window: 22006.5025 / 22106.5025 for 100 against 110.
-  flat = (2 * 100 * 110 + 6.5025) / (100 ** 2 + 110 ** 2 + 6.5025)
+  flat = (2 * 100 * 110 + 6.5025) / (100**2 + 110**2 + 6.5025)
   for shape in ((128, 128), (28, 28), (45, 67)):
     assert float(metrics._daala_ssim_plane(np.full(shape, 100), np.full(shape, 110))) == pytest.approx(flat, abs=2e-7)
   # One tap (28 rows): each pixel alone; one pixel of 784 at 110 instead of 100.
@@ -163,6 +167,7 @@ def test_dump_psnr_formula():
 def test_srim_table_scores_and_names_its_convention(tmp_path):
   from configs import demo_srim
   from imle import evaluate
+
   assert evaluate.table_convention(demo_srim.get_config()) == 'daala'
   highres = np.stack([reference_images()['astronaut'][:28, :28], reference_images()['gradient'][:28, :28]])
   lowres = np.asarray(images.downsample(highres, (7, 7)))
@@ -179,7 +184,7 @@ def test_srim_table_scores_and_names_its_convention(tmp_path):
     assert evaluate.CONVENTION_NOTES[convention] in (tmp_path / convention / 'table_srim.md').read_text()
   assert scores['daala']['ssim_y'] > scores['bt601']['ssim_y'] + 0.05  # 28 pixels: daala's one-pixel window.
   # An exact match counts as one pixel one level off: 10 log10(255^2 x 28 x 28) dB, whichever the luma.
-  assert float(evaluate.psnr_y(highres, highres, 'daala')[0]) == pytest.approx(10 * np.log10(255 ** 2 * 784))
+  assert float(evaluate.psnr_y(highres, highres, 'daala')[0]) == pytest.approx(10 * np.log10(255**2 * 784))
 
 
 def test_unknown_conventions_are_refused():
@@ -187,6 +192,7 @@ def test_unknown_conventions_are_refused():
   with pytest.raises(ValueError, match="Unknown luma convention 'bt709'"):
     metrics.psnr_y(image, image, convention='bt709')
   from configs import imagenet_srgan, imagenet_srim
+
   for config in (imagenet_srim.get_config(), imagenet_srgan.get_config()):
     assert config.metrics_convention == 'daala'
     config.metrics_convention = 'bt709'
@@ -194,8 +200,11 @@ def test_unknown_conventions_are_refused():
       validation.check_values(config)
 
 
-@pytest.mark.skipif(not TOOLS, reason='set DAALA_TOOLS to a folder with daala\'s png2y4m, dump_psnr and dump_ssim '
-                    'built (module docstring) to compare against them directly')
+@pytest.mark.skipif(
+  not TOOLS,
+  reason="set DAALA_TOOLS to a folder with daala's png2y4m, dump_psnr and dump_ssim "
+  'built (module docstring) to compare against them directly',
+)
 def test_equals_the_built_tools_on_random_images(tmp_path):
   def run(tool, *args):
     return subprocess.run([os.path.join(TOOLS, tool), *args], check=True, capture_output=True, text=True).stdout
@@ -205,7 +214,7 @@ def test_equals_the_built_tools_on_random_images(tmp_path):
     run('png2y4m', '-o', str(tmp_path / f'{name}.y4m'), str(tmp_path / f'{name}.png'))
     data = (tmp_path / f'{name}.y4m').read_bytes()
     start = data.index(b'FRAME\n') + len(b'FRAME\n')
-    return str(tmp_path / f'{name}.y4m'), np.frombuffer(data[start:start + image[..., 0].size], np.uint8)
+    return str(tmp_path / f'{name}.y4m'), np.frombuffer(data[start : start + image[..., 0].size], np.uint8)
 
   rng = np.random.default_rng(0)
   for h, w in ((128, 128), (1, 1), (7, 9), (28, 28), (64, 48), (53, 37)):

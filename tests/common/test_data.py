@@ -1,4 +1,5 @@
 """Tests for common.data: pairs, determinism, resumption, process sharding, eval padding, sources."""
+
 import collections
 import io
 import itertools
@@ -82,8 +83,10 @@ def test_same_seed_same_stream_and_resume(stream):
 
 def test_processes_split_each_global_batch_by_rows(stream):
   for step in (1, 3):
-    parts = [_batches(_embedded_config(), count=1, seed=3, start_index=step * BATCH, process_index=p,
-                      process_count=2)[0] for p in range(2)]
+    parts = [
+      _batches(_embedded_config(), count=1, seed=3, start_index=step * BATCH, process_index=p, process_count=2)[0]
+      for p in range(2)
+    ]
     assert parts[0]['highres'].shape[0] == BATCH // 2
     np.testing.assert_array_equal(np.concatenate([p['highres'] for p in parts]), stream[step]['highres'])
 
@@ -101,7 +104,7 @@ def test_eval_is_finite_padded_and_covers_each_example_once():
   parts = [_batches(_embedded_config(), 'eval', process_index=p, process_count=2) for p in range(2)]
   assert len(parts[0]) == len(parts[1]) == 3
   for step in range(3):
-    np.testing.assert_array_equal(np.concatenate([p[step]['mask'] for p in parts]), mask[4 * step:4 * step + 4])
+    np.testing.assert_array_equal(np.concatenate([p[step]['mask'] for p in parts]), mask[4 * step : 4 * step + 4])
     np.testing.assert_array_equal(np.concatenate([p[step]['highres'] for p in parts]), batches[step]['highres'])
 
 
@@ -110,6 +113,7 @@ def test_embedded_eval_region_is_held_out():
   held_out = data.embedded_photo('chelsea', 'eval', 0.1)
   assert held_out.shape == (30, 451, 3) and photo.shape == (270, 451, 3)
   import skimage.data
+
   np.testing.assert_array_equal(np.concatenate([photo, held_out]), skimage.data.chelsea())
 
 
@@ -119,8 +123,7 @@ def test_argument_errors():
   with pytest.raises(ValueError, match='start_index'):
     data.make_dataset(_embedded_config(), 'train', batch_size=4, start_index=6, process_index=0, process_count=1)
   with pytest.raises(UserError, match='num_eval_examples'):
-    data.make_dataset(_embedded_config(num_eval_examples=0), 'eval', batch_size=4, process_index=0,
-                      process_count=1)
+    data.make_dataset(_embedded_config(num_eval_examples=0), 'eval', batch_size=4, process_index=0, process_count=1)
 
 
 def test_crops():
@@ -136,7 +139,7 @@ def test_crops():
     crop = data.crop_image(image, cfg, tf.constant([0, i], tf.int64)).numpy()
     assert crop.shape[0] == crop.shape[1] and 50 <= crop.shape[0] <= 60
     top, left = divmod(int(crop[0, 0, 0]) // 3, 178)
-    np.testing.assert_array_equal(crop, image[top:top + crop.shape[0], left:left + crop.shape[0]])
+    np.testing.assert_array_equal(crop, image[top : top + crop.shape[0], left : left + crop.shape[0]])
     sides.add(crop.shape[0])
   assert len(sides) > 3
   clipped = data.crop_image(small, cfg, seed)
@@ -222,8 +225,9 @@ def test_unseen_classes_are_held_out_whole(class_folder):
   assert not set(splits['train']) & set(splits['eval'])
 
   cfg = data_config()
-  cfg.update(source='folder', folder=str(folder), crop='none', eval_fraction=0.3, num_unseen_classes=2,
-             num_eval_examples=0)
+  cfg.update(
+    source='folder', folder=str(folder), crop='none', eval_fraction=0.3, num_unseen_classes=2, num_eval_examples=0
+  )
   seen_levels = {v for c in CLASSES[:3] for v in levels[c]}
   unseen_levels = levels['dog'] + levels['eel']
   unseen_batches = _batches(cfg, 'eval_unseen')
@@ -256,8 +260,16 @@ def test_eval_files_are_held_out_class_by_class(tmp_path_factory, image_folder):
   assert per_class(splits['eval_unseen']) == {'dog': 167}
   assert not set(splits['train']) & set(splits['eval']) and data.folder_files(str(root), 0.1, 1) == splits
   cfg = data_config()
-  cfg.update(source='folder', folder=str(root), crop='none', eval_fraction=0.1, num_unseen_classes=1,
-             num_eval_examples=0, highres_size=4, lowres_size=2)
+  cfg.update(
+    source='folder',
+    folder=str(root),
+    crop='none',
+    eval_fraction=0.1,
+    num_unseen_classes=1,
+    num_eval_examples=0,
+    highres_size=4,
+    lowres_size=2,
+  )
   assert sum(b['mask'].sum() for b in _batches(cfg, 'eval')) == 35  # Every held-out file once.
 
   flat = sorted(str(p) for p in image_folder.rglob('*') if p.suffix.lower() in ('.jpg', '.png'))
@@ -310,8 +322,12 @@ def test_flip_rot90_augments_training_pairs_only(stream):
   resumed = _batches(_embedded_config(augment='flip_rot90'), count=2, seed=3, start_index=2 * BATCH)
   for a, b in zip(resumed, augmented[2:]):
     np.testing.assert_array_equal(a['highres'], b['highres'])
-  parts = [_batches(_embedded_config(augment='flip_rot90'), count=1, seed=3, start_index=BATCH, process_index=p,
-                    process_count=2)[0] for p in range(2)]
+  parts = [
+    _batches(
+      _embedded_config(augment='flip_rot90'), count=1, seed=3, start_index=BATCH, process_index=p, process_count=2
+    )[0]
+    for p in range(2)
+  ]
   np.testing.assert_array_equal(np.concatenate([p['highres'] for p in parts]), augmented[1]['highres'])
   # Eval is never augmented.
   for a, b in zip(_batches(_embedded_config(augment='flip_rot90'), 'eval'), _batches(_embedded_config(), 'eval')):
@@ -334,13 +350,16 @@ def _tfds_reference_highres(name, crop):
 def _centre(image):
   side = min(image.shape[:2])
   top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-  return image[top:top + side, left:left + side]
+  return image[top : top + side, left : left + side]
 
 
-@pytest.mark.parametrize('name, crop, reference_crop', [
+@pytest.mark.parametrize(
+  'name, crop, reference_crop',
+  [
     ('celeb_a', 'celeba', lambda image: image[40:188, 15:163]),
     ('lsun/bedroom', 'centre', _centre),
-])
+  ],
+)
 def test_tfds_source_with_mock_data(name, crop, reference_crop):
   cfg = data_config()
   cfg.update(source='tfds', name=name, crop=crop, num_eval_examples=0)

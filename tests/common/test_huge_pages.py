@@ -1,6 +1,7 @@
 """The launchers restart themselves with glibc's malloc asking for transparent huge pages (common/cli.py,
 `use_huge_pages`): the same pid and arguments, the tunable set, a user's own setting kept, and, where the kernel
 allows them, a large array touched in far fewer page faults than in 4 KiB pages."""
+
 import os
 import pathlib
 import subprocess
@@ -14,7 +15,7 @@ THP = '/sys/kernel/mm/transparent_hugepage/enabled'
 
 # Prints the pid before and after the call (the restart runs the script again from the top), the tunables, and the
 # page faults of touching 512 MiB from malloc.
-SCRIPT = '''
+SCRIPT = """
 import ctypes, os, resource, sys
 sys.path.insert(0, sys.argv[1])
 print('pid', os.getpid(), flush=True)
@@ -27,14 +28,15 @@ block = libc.malloc(1 << 29)  # as XLA's buffers: malloc, not numpy's allocator 
 ctypes.memset(block, 1, 1 << 29)
 print('tunables', os.environ.get('GLIBC_TUNABLES'), 'args', sys.argv[2:], 'faults',
       resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-'''
+"""
 
 
 def run(tmp_path, env):
   script = tmp_path / 'script.py'
   script.write_text(SCRIPT)
-  out = subprocess.run([sys.executable, str(script), REPO, '--flag=1'], capture_output=True, text=True, timeout=120,
-                       env=env)
+  out = subprocess.run(
+    [sys.executable, str(script), REPO, '--flag=1'], capture_output=True, text=True, timeout=120, env=env
+  )
   assert out.returncode == 0, out.stderr
   return out.stdout.split()
 

@@ -1,4 +1,5 @@
 """Tests for common.images: TF-equal resizes, quantization, grids and image files."""
+
 import os
 
 import numpy as np
@@ -13,8 +14,10 @@ def _random_images(shape, seed=0):
   return np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
 
 
-@pytest.mark.parametrize('shape, size', [((2, 32, 32, 3), (8, 8)), ((2, 37, 53, 3), (32, 32)),
-                                         ((1, 8, 8, 3), (32, 32)), ((1, 13, 20, 3), (30, 7))])
+@pytest.mark.parametrize(
+  'shape, size',
+  [((2, 32, 32, 3), (8, 8)), ((2, 37, 53, 3), (32, 32)), ((1, 8, 8, 3), (32, 32)), ((1, 13, 20, 3), (30, 7))],
+)
 @pytest.mark.parametrize('antialias', [True, False])
 def test_resize_equals_tf_bicubic(shape, size, antialias):
   x = _random_images(shape)
@@ -23,8 +26,17 @@ def test_resize_equals_tf_bicubic(shape, size, antialias):
   np.testing.assert_allclose(images.resize(x, size, method=method), expected, atol=1e-3)
 
 
-@pytest.mark.parametrize('shape, size', [((2, 32, 32, 3), (8, 8)), ((2, 8, 8, 3), (32, 32)), ((1, 17, 23, 3), (8, 5)),
-                                         ((1, 5, 7, 3), (13, 11)), ((2, 30, 40, 3), (7, 9)), ((1, 9, 9, 3), (10, 29))])
+@pytest.mark.parametrize(
+  'shape, size',
+  [
+    ((2, 32, 32, 3), (8, 8)),
+    ((2, 8, 8, 3), (32, 32)),
+    ((1, 17, 23, 3), (8, 5)),
+    ((1, 5, 7, 3), (13, 11)),
+    ((2, 30, 40, 3), (7, 9)),
+    ((1, 9, 9, 3), (10, 29)),
+  ],
+)
 def test_tf1_resize_equals_tf_compat_v1_resize_bicubic(shape, size):
   x = _random_images(shape, seed=sum(shape))
   expected = tf.compat.v1.image.resize_bicubic(x, size, align_corners=False, half_pixel_centers=False).numpy()
@@ -85,7 +97,7 @@ def test_make_grid_layout():
   assert grid.shape == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2, 3) and grid.dtype == np.uint8
   # Row 1, column 0: the low-res pixel (3, 5) is enlarged 4x by nearest neighbour.
   top, left = 2 + 34 + 3 * 4, 2 + 5 * 4
-  np.testing.assert_array_equal(grid[top:top + 4, left:left + 4], np.broadcast_to([10, 20, 30], (4, 4, 3)))
+  np.testing.assert_array_equal(grid[top : top + 4, left : left + 4], np.broadcast_to([10, 20, 30], (4, 4, 3)))
   assert grid[top - 1, left].tolist() == [0, 0, 0] and grid[top + 4, left].tolist() == [0, 0, 0]
   np.testing.assert_array_equal(grid[2 + 10, 2 + 34 + 20], [40, 50, 60])  # Row 0, column 1.
   assert (grid[:2] == 255).all() and (grid[:, 34:36] == 255).all()  # Padding.

@@ -1,5 +1,6 @@
 """The library's import graph, read from the source with `ast`: `common/` sits below the methods, and no module
 imports itself through others (imports inside functions count: they are the same dependency, only later)."""
+
 import ast
 import os
 
@@ -36,7 +37,7 @@ def imports_of(source: str, module: str, known: set[str]) -> set[str]:
       base = node.module or ''
       if node.level:
         parts = package.split('.')
-        base = '.'.join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+        base = '.'.join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
       names = [f'{base}.{alias.name}' if f'{base}.{alias.name}' in known else base for alias in node.names]
     else:
       continue
@@ -68,7 +69,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     path.append(node)
     for nxt in sorted(graph.get(node, ())):
       if state.get(nxt) == 1:
-        return path[path.index(nxt):] + [nxt]
+        return path[path.index(nxt) :] + [nxt]
       if nxt not in state and (cycle := visit(nxt)):
         return cycle
     path.pop()
@@ -88,8 +89,10 @@ def graph():
 
 def test_the_parser_sees_imports_at_every_depth():
   known = {'common', 'common.train_loop', 'common.errors', 'pixelsr', 'pixelsr.train', 'pixelsr.models'}
-  source = ('from common import train_loop\nimport common.errors\n'
-            'def f():\n  from pixelsr import models\n  from . import models as m\n')
+  source = (
+    'from common import train_loop\nimport common.errors\n'
+    'def f():\n  from pixelsr import models\n  from . import models as m\n'
+  )
   assert imports_of(source, 'pixelsr.train', known) == {'common.train_loop', 'common.errors', 'pixelsr.models'}
 
 
@@ -104,8 +107,13 @@ def test_find_cycle_reports_a_circle():
 
 
 def test_common_imports_no_method(graph):
-  upward = sorted(f'{m} -> {n}' for m, targets in graph.items() if m.split('.')[0] == 'common'
-                  for n in targets if n.split('.')[0] in ('pixelsr', 'imle', 'launch'))
+  upward = sorted(
+    f'{m} -> {n}'
+    for m, targets in graph.items()
+    if m.split('.')[0] == 'common'
+    for n in targets
+    if n.split('.')[0] in ('pixelsr', 'imle', 'launch')
+  )
   assert not upward, f'common/ imports a method or a launcher: {upward}'
 
 

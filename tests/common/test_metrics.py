@@ -1,4 +1,5 @@
 """common.metrics against reference implementations: TensorFlow's tf.image and scikit-image."""
+
 import jax
 import numpy as np
 import pytest
@@ -27,8 +28,9 @@ def test_psnr_equals_tf_and_skimage():
   a, b = image_pairs()
   ours = np.asarray(metrics.psnr(a, b))
   np.testing.assert_allclose(ours, tf.image.psnr(a, b, 255.0).numpy(), rtol=RTOL)
-  np.testing.assert_allclose(ours, [skimage.metrics.peak_signal_noise_ratio(x, y, data_range=255)
-                                    for x, y in zip(a, b)], rtol=RTOL)
+  np.testing.assert_allclose(
+    ours, [skimage.metrics.peak_signal_noise_ratio(x, y, data_range=255) for x, y in zip(a, b)], rtol=RTOL
+  )
   # uint8 on 0..255 and floats on [0, 1] with max_val=1 are the same metric.
   np.testing.assert_allclose(metrics.psnr(a.astype(np.uint8), b.astype(np.uint8)), ours, rtol=RTOL)
   np.testing.assert_allclose(metrics.psnr(a / 255, b / 255, max_val=1.0), ours, rtol=RTOL)
@@ -41,7 +43,7 @@ def test_bounded_psnr_is_psnr_except_for_an_exact_match():
   exact = float(metrics.bounded_psnr(a[:1], a[:1])[0])
   one_off = a[:1].copy()
   one_off[0, 5, 7, 1] += 1 if one_off[0, 5, 7, 1] < 255 else -1
-  assert exact == pytest.approx(10 * np.log10(255.0 ** 2 * 32 * 32 * 3), rel=1e-6)  # 83.0 dB
+  assert exact == pytest.approx(10 * np.log10(255.0**2 * 32 * 32 * 3), rel=1e-6)  # 83.0 dB
   assert exact == pytest.approx(float(metrics.psnr(a[:1], one_off)[0]), rel=1e-6)
 
 
@@ -68,16 +70,20 @@ def test_ms_ssim_at_32x32_equals_tf_with_the_same_settings():
   a, b = image_pairs()
   ours = np.asarray(metrics.ms_ssim(a, b))
   assert pytest.approx((0.0448 / 0.6305, 0.2856 / 0.6305, 0.3001 / 0.6305)) == metrics.MS_SSIM_POWER_FACTORS
-  reference = tf.image.ssim_multiscale(a, b, 255.0, power_factors=metrics.MS_SSIM_POWER_FACTORS,
-                                       filter_size=metrics.MS_SSIM_FILTER_SIZE, filter_sigma=1.5).numpy()
+  reference = tf.image.ssim_multiscale(
+    a, b, 255.0, power_factors=metrics.MS_SSIM_POWER_FACTORS, filter_size=metrics.MS_SSIM_FILTER_SIZE, filter_sigma=1.5
+  ).numpy()
   np.testing.assert_allclose(ours, reference, rtol=RTOL, atol=1e-6)
   assert ours[0] > 0.9 and np.all(np.diff(ours) < 0)
 
 
-@pytest.mark.parametrize('shape, kwargs', [
+@pytest.mark.parametrize(
+  'shape, kwargs',
+  [
     ((2, 176, 176, 3), {'power_factors': (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), 'filter_size': 11}),  # TF default
     ((2, 37, 45, 1), {'power_factors': (0.5, 0.5), 'filter_size': 5, 'filter_sigma': 1.0}),  # odd sides: padding
-])
+  ],
+)
 def test_ms_ssim_other_settings_equal_tf(shape, kwargs):
   a, b = image_pairs(shape, seed=2)
   reference = tf.image.ssim_multiscale(a, b, 255.0, **kwargs).numpy()
@@ -90,17 +96,25 @@ def test_luminance_is_bt601_as_skimage_and_matlab():
   np.testing.assert_allclose(metrics.luminance(a), reference, rtol=1e-6, atol=1e-4)
   np.testing.assert_allclose(metrics.luminance(a / 255.0, max_val=1.0), reference / 255.0, rtol=1e-6, atol=1e-6)
   # MATLAB's rgb2ycbcr: white -> 235, black -> 16.
-  np.testing.assert_allclose(metrics.luminance(np.array([[[[255.0, 255, 255], [0, 0, 0]]]]))[..., 0], [[[235, 16]]],
-                             atol=1e-3)
+  np.testing.assert_allclose(
+    metrics.luminance(np.array([[[[255.0, 255, 255], [0, 0, 0]]]]))[..., 0], [[[235, 16]]], atol=1e-3
+  )
 
 
 def test_psnr_y_and_ssim_y_equal_skimage_on_ycbcr():
   a, b = image_pairs()
   ya, yb = (skimage.color.rgb2ycbcr(x / 255.0)[..., 0] for x in (a, b))
-  np.testing.assert_allclose(metrics.psnr_y(a, b), [skimage.metrics.peak_signal_noise_ratio(
-      x, y, data_range=255) for x, y in zip(ya, yb)], rtol=RTOL)
-  np.testing.assert_allclose(metrics.ssim_y(a, b), [skimage.metrics.structural_similarity(
-      x, y, **SKIMAGE_SSIM) for x, y in zip(ya, yb)], rtol=RTOL, atol=1e-6)
+  np.testing.assert_allclose(
+    metrics.psnr_y(a, b),
+    [skimage.metrics.peak_signal_noise_ratio(x, y, data_range=255) for x, y in zip(ya, yb)],
+    rtol=RTOL,
+  )
+  np.testing.assert_allclose(
+    metrics.ssim_y(a, b),
+    [skimage.metrics.structural_similarity(x, y, **SKIMAGE_SSIM) for x, y in zip(ya, yb)],
+    rtol=RTOL,
+    atol=1e-6,
+  )
 
 
 def test_consistency():
@@ -132,8 +146,15 @@ def test_metrics_jit_and_match_eager():
   lowres = np.asarray(images.downsample(a, 8))
 
   def all_metrics(a, b, lowres):
-    return [metrics.psnr(a, b), metrics.ssim(a, b), metrics.ms_ssim(a, b), metrics.psnr_y(a, b), metrics.ssim_y(a, b),
-            metrics.consistency(lowres, b), metrics.diversity(b, 3)]
+    return [
+      metrics.psnr(a, b),
+      metrics.ssim(a, b),
+      metrics.ms_ssim(a, b),
+      metrics.psnr_y(a, b),
+      metrics.ssim_y(a, b),
+      metrics.consistency(lowres, b),
+      metrics.diversity(b, 3),
+    ]
 
   for jitted, eager in zip(jax.jit(all_metrics)(a, b, lowres), all_metrics(a, b, lowres)):
     np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
 """config.profile_steps: a jax.profiler trace of the chosen train steps under <workdir>/profile."""
+
 import glob
 import os
 

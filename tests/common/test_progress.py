@@ -1,4 +1,5 @@
 """common.progress: plain lines with count, rate and ETA in a log; tqdm's bar on a terminal."""
+
 import io
 import itertools
 
@@ -17,10 +18,11 @@ def test_plain_lines_every_tenth_with_rate_and_eta():
   assert items == list(range(20))
   # The clock is read at the start and at each printed line: line k is at 2k s, after 5k items.
   assert stream.getvalue().splitlines() == [
-      'Table 1: 5/20 batch (25%), 2.5 batch/s, ETA 0:06',
-      'Table 1: 10/20 batch (50%), 2.5 batch/s, ETA 0:04',
-      'Table 1: 15/20 batch (75%), 2.5 batch/s, ETA 0:02',
-      'Table 1: 20/20 batch in 0:08, 2.5 batch/s']
+    'Table 1: 5/20 batch (25%), 2.5 batch/s, ETA 0:06',
+    'Table 1: 10/20 batch (50%), 2.5 batch/s, ETA 0:04',
+    'Table 1: 15/20 batch (75%), 2.5 batch/s, ETA 0:02',
+    'Table 1: 20/20 batch in 0:08, 2.5 batch/s',
+  ]
 
 
 def test_plain_slow_rate_in_seconds_per_item_and_hours():
@@ -28,9 +30,10 @@ def test_plain_slow_rate_in_seconds_per_item_and_hours():
   clock = lambda: 1800.0 * next(ticks)  # noqa: E731  (30 minutes per line)
   list(progress.track(['a', 'b', 'c'], desc='pool', unit='image', stream=stream, clock=clock))
   assert stream.getvalue().splitlines() == [
-      'pool: 1/3 image (33%), 1.8e+03 s/image, ETA 1:00:00',
-      'pool: 2/3 image (67%), 1.8e+03 s/image, ETA 30:00',  # at 3600 s after 2 items
-      'pool: 3/3 image in 1:30:00, 1.8e+03 s/image']
+    'pool: 1/3 image (33%), 1.8e+03 s/image, ETA 1:00:00',
+    'pool: 2/3 image (67%), 1.8e+03 s/image, ETA 30:00',  # at 3600 s after 2 items
+    'pool: 3/3 image in 1:30:00, 1.8e+03 s/image',
+  ]
 
 
 def test_terminal_gets_tqdm_bar():

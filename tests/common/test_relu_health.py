@@ -1,5 +1,6 @@
 """Dead ReLU channels (common/relu_health.py) on a conditioning network whose dead units are known by construction,
 through the pixel recursive eval step, padding excluded."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,15 +21,17 @@ def constructed_model():
   - stage0_block0 out = relu(stem + b2) with b2 = (0, 0, 0, -3): channel 0 fires where red > 0, channel 3 never
     (stem <= 1); channels 1 and 2 are 0 + 0 = 0, which is not positive: dead too;
   - every other site: kernels 0, biases 1 (all alive)."""
-  cfg = models.PixelSRConfig(cond_blocks=1, cond_channels=C, prior_layers=1, prior_channels=6, prior_head_channels=6,
-                             upsample_factor=2)
+  cfg = models.PixelSRConfig(
+    cond_blocks=1, cond_channels=C, prior_layers=1, prior_channels=6, prior_head_channels=6, upsample_factor=2
+  )
   model = models.PixelRecursiveSR(cfg)
   lowres, highres = jnp.zeros((1, 4, 4, 3), jnp.uint8), jnp.zeros((1, 8, 8, 3), jnp.uint8)
   variables = model.init(jax.random.key(0), lowres, highres)
   assert list(variables) == ['params']  # init records no ReLU statistics.
   params = jax.tree.map(jnp.zeros_like, variables['params'])
   cond = jax.tree_util.tree_map_with_path(
-      lambda path, x: jnp.ones_like(x) if path[-1].key == 'bias' else x, params['conditioning'])
+    lambda path, x: jnp.ones_like(x) if path[-1].key == 'bias' else x, params['conditioning']
+  )
   cond['stem']['kernel'] = cond['stem']['kernel'].at[1, 1, 0, 0].set(1.0)
   cond['stem']['bias'] = jnp.zeros(C)
   block = cond['stage0_block0']
@@ -43,6 +46,7 @@ def eval_sums(model, variables, lowres, mask):
   class State:
     params = variables['params']
     apply_fn = staticmethod(model.apply)
+
   batch = {'lowres': lowres, 'highres': np.zeros((len(lowres), 8, 8, 3), np.uint8), 'mask': mask}
   return jax.device_get(pixelsr_train.eval_step(State, batch, loss_kind='O2'))
 
@@ -67,9 +71,12 @@ def test_dead_channels_of_a_constructed_network_padding_excluded():
   # (out's channel 0 = relu(red): positive on example 0's top half), the 12 others 1.
   assert figures['relu_active'] == pytest.approx((2.25 + 0.25 + 12) / 20)
   assert relu_health.worst_site({f'eval/{k}': v for k, v in figures.items()}) == (
-      'conditioning/stage0_block0/out', 0.75)
+    'conditioning/stage0_block0/out',
+    0.75,
+  )
   assert relu_health.describe(figures) == (
-      'worst site conditioning/stage0_block0/out: 75% of its channels dead (mean over sites 20%)')
+    'worst site conditioning/stage0_block0/out: 75% of its channels dead (mean over sites 20%)'
+  )
 
   # The padded all-red example would have kept inner channel 0 alive: without the mask it counts.
   sums = eval_sums(model, variables, lowres[1:], np.array([True, True]))
@@ -88,8 +95,11 @@ def test_training_and_sampling_record_nothing():
 def test_masked_means_keep_array_sums():
   mesh = sharding.data_mesh()
   batches = [{'x': np.ones(2), 'mask': np.array([True, True])}, {'x': np.ones(2), 'mask': np.array([True, False])}]
-  eval_fn = lambda state, batch: {'count': batch['mask'].sum(), 's': 2.0 * batch['mask'].sum(),
-                                  'v': np.array([1.0, 0.0]) * batch['mask'].sum()}
+  eval_fn = lambda state, batch: {
+    'count': batch['mask'].sum(),
+    's': 2.0 * batch['mask'].sum(),
+    'v': np.array([1.0, 0.0]) * batch['mask'].sum(),
+  }
   means = trainer.masked_means(None, iter(batches), eval_fn, mesh)
   assert means['s'] == 2.0 and isinstance(means['s'], float)
   np.testing.assert_array_equal(means['v'], [1.0, 0.0])

@@ -1,4 +1,5 @@
 """SRIM's parts: the exact hierarchical search, the two-stage network's wiring, the feature distances."""
+
 import dataclasses
 import functools
 import re
@@ -39,9 +40,14 @@ def numpy_stage(s, image, noise):
 
 def all_candidate_noises(key, rows, m):
   """[stage] -> (rows, m, *shape): every candidate's noise."""
-  return [np.asarray(jax.jit(imle.candidate_noise, static_argnums=(2, 4))(
-      key, jnp.asarray(rows), s, jnp.broadcast_to(jnp.arange(m), (len(rows), m)), shape))
-          for s, shape in enumerate(SHAPES)]
+  return [
+    np.asarray(
+      jax.jit(imle.candidate_noise, static_argnums=(2, 4))(
+        key, jnp.asarray(rows), s, jnp.broadcast_to(jnp.arange(m), (len(rows), m)), shape
+      )
+    )
+    for s, shape in enumerate(SHAPES)
+  ]
 
 
 def brute_force(lowres, targets, rows, key, m):
@@ -77,9 +83,17 @@ def test_hierarchical_selection_returns_the_true_nearest_sample(reference, candi
   lowres, targets, rows, key = constructed_case()
   params = {'scale': jnp.asarray([1.0, 0.9])}
   # (5, 4) -> chunks of 4 candidates (3 per stage) and blocks of 3 rows (2 per device): running minima across chunks.
-  choice, distance = jax.jit(lambda *a: imle.select(
-      known_stage, pixel_vectors, *a, noise_shapes=SHAPES, num_candidates=12,
-      candidates_per_chunk=candidates_per_chunk, rows_per_chunk=rows_per_chunk))(params, lowres, targets, rows, key)
+  choice, distance = jax.jit(
+    lambda *a: imle.select(
+      known_stage,
+      pixel_vectors,
+      *a,
+      noise_shapes=SHAPES,
+      num_candidates=12,
+      candidates_per_chunk=candidates_per_chunk,
+      rows_per_chunk=rows_per_chunk,
+    )
+  )(params, lowres, targets, rows, key)
   expected, finals = reference
   np.testing.assert_array_equal(np.asarray(choice), expected)
   assert len(set(expected[:, 1])) > 2  # The answer is not a constant a wrong search could also return.
@@ -87,7 +101,7 @@ def test_hierarchical_selection_returns_the_true_nearest_sample(reference, candi
   np.testing.assert_allclose(distance[:, 1], np.square(finals - targets[1]).sum((1, 2, 3)), rtol=1e-5)
 
 
-_SHARDED = textwrap.dedent('''
+_SHARDED = textwrap.dedent("""
     import os, sys
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
     sys.path.insert(0, sys.argv[1])
@@ -108,7 +122,7 @@ _SHARDED = textwrap.dedent('''
       results.append(np.asarray(choice))
     np.testing.assert_array_equal(results[0], results[1])
     print('SAME')
-    ''')
+    """)
 
 
 @pytest.mark.slow
@@ -177,16 +191,18 @@ def test_norm_and_activation_choices_and_stage_alone():
 
 
 def _kernels(variables):
-  return np.concatenate([np.asarray(p['kernel']).ravel() for stage in variables['params'].values()
-                         for p in stage.values() if 'kernel' in p])
+  return np.concatenate(
+    [np.asarray(p['kernel']).ravel() for stage in variables['params'].values() for p in stage.values() if 'kernel' in p]
+  )
 
 
 def test_conv_init_choices():
   cfg = dataclasses.replace(TINY, channels=32, kernel_size=5)  # ~110k kernel entries: std within ~1%.
   lowres01 = jnp.zeros((1, 4, 4, 3))
   noises = [jnp.zeros((1, *models.noise_shape(cfg, 4, s))) for s in range(2)]
-  normal = _kernels(models.SRIM(dataclasses.replace(cfg, init='normal', init_stddev=0.1)).init(
-      jax.random.key(0), lowres01, noises))
+  normal = _kernels(
+    models.SRIM(dataclasses.replace(cfg, init='normal', init_stddev=0.1)).init(jax.random.key(0), lowres01, noises)
+  )
   assert normal.size > 100_000
   assert normal.std() == pytest.approx(0.1, rel=0.02) and abs(normal.mean()) < 1e-3  # Default: ~0.034.
   # Flax's default, LeCun normal: std 1 / sqrt(fan_in), fan_in = 5 * 5 * (32 + 3) in the middle convs.
@@ -202,8 +218,9 @@ def test_weight_norm_starts_at_the_drawn_kernel_as_torch():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 4)), jnp.float32)
   conv = models.WeightNormConv(5, 3, nn.initializers.normal(0.02))
   params = conv.init(jax.random.key(1), x)['params']
-  np.testing.assert_allclose(params['scale'], np.sqrt(np.square(np.asarray(params['kernel'])).sum((0, 1, 2))),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    params['scale'], np.sqrt(np.square(np.asarray(params['kernel'])).sum((0, 1, 2))), rtol=1e-6
+  )
   plain = nn.Conv(5, (3, 3), padding='SAME').apply({'params': {'kernel': params['kernel'], 'bias': params['bias']}}, x)
   np.testing.assert_allclose(conv.apply({'params': params}, x), plain, atol=1e-6)
   # Afterwards the direction and the size are separate parameters: doubling v changes nothing, doubling g doubles.
@@ -222,17 +239,23 @@ def test_samples_are_uint8_independent_of_the_other_inputs():
   assert not np.array_equal(samples[0, 0], samples[0, 1])  # Different noises, different samples.
   other = lowres.copy()
   other[1] = 255 - other[1]
-  np.testing.assert_array_equal(np.asarray(models.sample(model, variables, other, jax.random.key(1), 3))[0],
-                                samples[0])
+  np.testing.assert_array_equal(np.asarray(models.sample(model, variables, other, jax.random.key(1), 3))[0], samples[0])
 
 
 def test_projection_roughly_preserves_distances():
-  cfg = features.FeatureConfig(components=('pixels', 'conv2_2'), selection_components=('pixels', 'conv2_2'),
-                               weights=(1.0, 0.05), projection_dim=1024)
+  cfg = features.FeatureConfig(
+    components=('pixels', 'conv2_2'),
+    selection_components=('pixels', 'conv2_2'),
+    weights=(1.0, 0.05),
+    projection_dim=1024,
+  )
   mesh = sharding.data_mesh(jax.devices()[:1])
   vgg = vgg19.VGG19(outputs=('conv2_2',)).init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))['params']
-  frozen = {'vgg': vgg, 'weights': jnp.asarray(cfg.weights),
-            'projection': features.projection_matrices(cfg, [16], mesh)}
+  frozen = {
+    'vgg': vgg,
+    'weights': jnp.asarray(cfg.weights),
+    'projection': features.projection_matrices(cfg, [16], mesh),
+  }
   assert frozen['projection']['16x16']['conv2_2'].shape == (8 * 8 * 128, 1024)
   images = jnp.asarray(np.random.default_rng(0).uniform(size=(6, 16, 16, 3)), jnp.float32)
   exact = features.FeatureMap(dataclasses.replace(cfg, projection_dim=0))
@@ -268,20 +291,30 @@ def small_srim_selection_case(num_rows=16):
   """A small SRIM model, pixels + projected conv2_2 of a random VGG19, and 16 crops of scikit-image's photos."""
   from common import data, images
   from configs import demo_srim
+
   cfg = models.SRIMConfig(num_stages=2, num_convs=3, channels=16, kernel_size=3, noise_channels=2)
-  fcfg = features.FeatureConfig(components=('pixels', 'conv2_2'), selection_components=('pixels', 'conv2_2'),
-                                weights=(3.0, 0.03), projection_dim=256)
+  fcfg = features.FeatureConfig(
+    components=('pixels', 'conv2_2'),
+    selection_components=('pixels', 'conv2_2'),
+    weights=(3.0, 0.03),
+    projection_dim=256,
+  )
   noise_shapes = [(8, 8, 2), (16, 16, 2)]
-  variables = models.SRIM(cfg).init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)),
-                                    [jnp.zeros((1, *shape)) for shape in noise_shapes], train=False)
-  frozen = {'vgg': vgg19.VGG19(outputs=('conv2_2',)).init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))['params'],
-            'weights': jnp.asarray(fcfg.weights),
-            'projection': features.projection_matrices(fcfg, [8, 16], sharding.data_mesh(jax.devices()[:1]))}
+  variables = models.SRIM(cfg).init(
+    jax.random.key(0), jnp.zeros((1, 4, 4, 3)), [jnp.zeros((1, *shape)) for shape in noise_shapes], train=False
+  )
+  frozen = {
+    'vgg': vgg19.VGG19(outputs=('conv2_2',)).init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))['params'],
+    'weights': jnp.asarray(fcfg.weights),
+    'projection': features.projection_matrices(fcfg, [8, 16], sharding.data_mesh(jax.devices()[:1])),
+  }
   data_cfg = demo_srim.get_config().data.unlock()
   data_cfg.update(highres_size=16, lowres_size=4)
   batch = next(data.make_dataset(data_cfg, 'train', batch_size=num_rows, seed=0, process_index=0, process_count=1))
-  targets = [jnp.clip(images.resize(batch['highres'], 8), 0, 255) / 255,
-             jnp.asarray(batch['highres'], jnp.float32) / 255]
+  targets = [
+    jnp.clip(images.resize(batch['highres'], 8), 0, 255) / 255,
+    jnp.asarray(batch['highres'], jnp.float32) / 255,
+  ]
   return cfg, fcfg, variables, frozen, jnp.asarray(batch['lowres'], jnp.float32) / 255, targets, noise_shapes
 
 
@@ -303,10 +336,21 @@ def test_bfloat16_selection_chooses_as_float32():
 
   results = {}
   for candidate_dtype, feature_dtype in [(jnp.float32,) * 2, (jnp.float32, jnp.bfloat16), (jnp.bfloat16,) * 2]:
-    select = jax.jit(lambda params, low, t, c=candidate_dtype, f=feature_dtype: imle.select(
+    select = jax.jit(
+      lambda params, low, t, c=candidate_dtype, f=feature_dtype: imle.select(
         lambda p, s, image, low, noise: models.apply_stage(cfg, p[0], s, image, low, noise, c),
-        lambda p, x, f=f: fmap.selection_vectors(p[1], x, f), params, low, t, jnp.arange(16), jax.random.key(5),
-        noise_shapes=noise_shapes, num_candidates=16, candidates_per_chunk=8, rows_per_chunk=8))
+        lambda p, x, f=f: fmap.selection_vectors(p[1], x, f),
+        params,
+        low,
+        t,
+        jnp.arange(16),
+        jax.random.key(5),
+        noise_shapes=noise_shapes,
+        num_candidates=16,
+        candidates_per_chunk=8,
+        rows_per_chunk=8,
+      )
+    )
     results[candidate_dtype, feature_dtype] = [np.asarray(r) for r in select((variables, frozen), lowres01, targets)]
   choice32, distance32 = results[jnp.float32, jnp.float32]
   for choice, distance in list(results.values())[1:]:

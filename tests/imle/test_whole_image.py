@@ -1,5 +1,6 @@
 """Whole images in tiles (imle/whole_image.py): with the receptive radius as overlap, the stitched output of an
 odd-sized image equals the untiled network's, bit for bit; with less, it does not."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +56,9 @@ def test_noise_is_one_field_whatever_the_window():
   np.testing.assert_array_equal(window[1], whole[1][20:76, 12:44])
   assert abs(float(whole[1].std()) - 1.0) < 0.05 and not np.array_equal(whole[0], whole[1][:46, :34])
   block = whole_image.NOISE_BLOCK
-  first = np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
-      jax.random.key(1), 1), 0), 1), (block, block, 5)))
-  np.testing.assert_array_equal(whole[1][:block, block:2 * block], first)  # stage 2, block (0, 1)
+  first = np.asarray(
+    jax.random.normal(
+      jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(1), 1), 0), 1), (block, block, 5)
+    )
+  )
+  np.testing.assert_array_equal(whole[1][:block, block : 2 * block], first)  # stage 2, block (0, 1)

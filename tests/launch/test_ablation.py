@@ -1,4 +1,5 @@
 """examples/ablation.py: each arm's config change reaches the loss it trains, and the table has a row per arm."""
+
 import math
 import os
 import sys

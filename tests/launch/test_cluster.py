@@ -1,5 +1,6 @@
 """launch/cluster/*.sh: the commands and sbatch script they print with --dry-run, their errors, and that a real run
 calls gcloud/sbatch as printed. gcloud, sbatch, srun, scancel and scontrol are fakes on PATH that log their argv."""
+
 import os
 import shlex
 import signal
@@ -17,15 +18,17 @@ OVERRIDES = ['--config.name=my run', "--config.note=it's $HOME"]  # A space, a q
 # Each call writes its argv (NUL-separated) to a file under $FAKE_LOG; sbatch also keeps its stdin.
 LOG_ARGV = 'log() { : > "$1"; local f=$1; shift; for a in "$@"; do printf "%s\\0" "$a" >> "$f"; done; }\n'
 FAKES = {
-    'gcloud': 'n=$(ls "$FAKE_LOG" | wc -l); log "$FAKE_LOG/call$n.gcloud" "$@"',
-    'sbatch': 'log "$FAKE_LOG/sbatch" "$@"; cat > "$FAKE_LOG/sbatch.stdin"; echo "Submitted batch job 42"',
-    # A task of the job: waits for SIGTERM like launch/train.py (saves, exits 0), or exits with $FAKE_SRUN_EXIT.
-    'srun': ('log "$FAKE_LOG/srun" "$@"; [ -z "${FAKE_SRUN_EXIT:-}" ] || exit "$FAKE_SRUN_EXIT"\n'
-             'trap \'touch "$FAKE_LOG/srun.got_term"; exit 0\' TERM; echo $$ > "$FAKE_LOG/srun.pid"\n'
-             'while :; do sleep 0.01; done'),
-    # Slurm delivers the signal to the step's tasks: here, the fake srun.
-    'scancel': 'log "$FAKE_LOG/scancel" "$@"; kill -TERM "$(cat "$FAKE_LOG/srun.pid")"',
-    'scontrol': 'log "$FAKE_LOG/scontrol" "$@"',
+  'gcloud': 'n=$(ls "$FAKE_LOG" | wc -l); log "$FAKE_LOG/call$n.gcloud" "$@"',
+  'sbatch': 'log "$FAKE_LOG/sbatch" "$@"; cat > "$FAKE_LOG/sbatch.stdin"; echo "Submitted batch job 42"',
+  # A task of the job: waits for SIGTERM like launch/train.py (saves, exits 0), or exits with $FAKE_SRUN_EXIT.
+  'srun': (
+    'log "$FAKE_LOG/srun" "$@"; [ -z "${FAKE_SRUN_EXIT:-}" ] || exit "$FAKE_SRUN_EXIT"\n'
+    'trap \'touch "$FAKE_LOG/srun.got_term"; exit 0\' TERM; echo $$ > "$FAKE_LOG/srun.pid"\n'
+    'while :; do sleep 0.01; done'
+  ),
+  # Slurm delivers the signal to the step's tasks: here, the fake srun.
+  'scancel': 'log "$FAKE_LOG/scancel" "$@"; kill -TERM "$(cat "$FAKE_LOG/srun.pid")"',
+  'scontrol': 'log "$FAKE_LOG/scontrol" "$@"',
 }
 
 
@@ -54,17 +57,26 @@ def run(script, args, env, cwd=REPO):
   return subprocess.run([script, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=10)
 
 
-TPU_ARGS = ['--tpu=sr-pod', '--zone=us-central2-b', '--config=configs/celeba_pixelcnn.py',
-            '--workdir=/gcs/bucket/runs/celeba']
-TRAIN_ARGV = ['launch/train.py', '--config=configs/celeba_pixelcnn.py', '--workdir=/gcs/bucket/runs/celeba',
-              '--distributed', *OVERRIDES]
+TPU_ARGS = [
+  '--tpu=sr-pod',
+  '--zone=us-central2-b',
+  '--config=configs/celeba_pixelcnn.py',
+  '--workdir=/gcs/bucket/runs/celeba',
+]
+TRAIN_ARGV = [
+  'launch/train.py',
+  '--config=configs/celeba_pixelcnn.py',
+  '--workdir=/gcs/bucket/runs/celeba',
+  '--distributed',
+  *OVERRIDES,
+]
 
 
 def ssh_parts(argv):
   """gcloud argv -> (argv before --command, the remote command line split by the remote shell)."""
   assert argv[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh']
   assert argv[-1].startswith('--command=')
-  return argv[:-1], shlex.split(argv[-1][len('--command='):])
+  return argv[:-1], shlex.split(argv[-1][len('--command=') :])
 
 
 def test_tpu_dry_run_prints_the_training_command_for_all_workers(env):
@@ -73,21 +85,51 @@ def test_tpu_dry_run_prints_the_training_command_for_all_workers(env):
   lines = result.stdout.splitlines()
   assert len(lines) == 1
   head, remote = ssh_parts(shlex.split(lines[0]))
-  assert head == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'sr-pod', '--zone=us-central2-b',
-                  '--project=my-proj', '--worker=all']
+  assert head == [
+    'gcloud',
+    'compute',
+    'tpus',
+    'tpu-vm',
+    'ssh',
+    'sr-pod',
+    '--zone=us-central2-b',
+    '--project=my-proj',
+    '--worker=all',
+  ]
   assert remote == ['cd', 'probabilistic-sr', '&&', 'python3', *TRAIN_ARGV]
   assert os.listdir(env['FAKE_LOG']) == []  # Nothing ran.
 
 
 def test_tpu_dry_run_with_setup_clones_and_installs_first(env):
-  result = run(TPU, [*TPU_ARGS, '--setup', '--repo-url=https://example.com/psr.git', '--repo-dir=code/psr',
-                     '--python=/opt/venv/bin/python', '--dry-run'], env)
+  result = run(
+    TPU,
+    [
+      *TPU_ARGS,
+      '--setup',
+      '--repo-url=https://example.com/psr.git',
+      '--repo-dir=code/psr',
+      '--python=/opt/venv/bin/python',
+      '--dry-run',
+    ],
+    env,
+  )
   assert result.returncode == 0, result.stderr
   setup, train = [ssh_parts(shlex.split(line)) for line in result.stdout.splitlines()]
   assert setup[0] == train[0] and '--worker=all' in setup[0] and not any('project' in a for a in setup[0])
   assert 'else git clone -q https://example.com/psr.git code/psr; fi' in ' '.join(setup[1])
-  assert setup[1][-11:] == ['&&', 'cd', 'code/psr', '&&', '/opt/venv/bin/python', '-m', 'pip', 'install', '-q', '-e',
-                            '.[tpu]']
+  assert setup[1][-11:] == [
+    '&&',
+    'cd',
+    'code/psr',
+    '&&',
+    '/opt/venv/bin/python',
+    '-m',
+    'pip',
+    'install',
+    '-q',
+    '-e',
+    '.[tpu]',
+  ]
   assert train[1] == ['cd', 'code/psr', '&&', '/opt/venv/bin/python', *TRAIN_ARGV[:4]]
   assert os.listdir(env['FAKE_LOG']) == []
 
@@ -103,10 +145,13 @@ def test_tpu_runs_gcloud_as_printed(env):
   assert [shlex.split(line[2:]) for line in result.stderr.splitlines()] == calls  # Echoed as `+ command`.
 
 
-@pytest.mark.parametrize('args, missing', [
+@pytest.mark.parametrize(
+  'args, missing',
+  [
     ([], '--tpu --zone --config --workdir'),
     (['--tpu=x', '--zone=z', '--workdir=/gcs/b/w'], '--config'),
-])
+  ],
+)
 def test_tpu_missing_options(env, args, missing):
   result = run(TPU, [*args, '--dry-run'], env)
   assert result.returncode == 2 and result.stdout == ''
@@ -126,9 +171,16 @@ def test_tpu_setup_needs_a_repo_url_and_bad_arguments_fail(env):
   assert os.listdir(env['FAKE_LOG']) == []
 
 
-SLURM_ARGS = ['--nodes=4', '--gpus-per-node=8', '--config=configs/celeba_pixelcnn.py:big',
-              '--workdir=/shared/runs/celeba pcnn', '--venv=/shared/envs/psr', '--time=48:00:00',
-              '--job-name=celeba', '--partition=gpu']
+SLURM_ARGS = [
+  '--nodes=4',
+  '--gpus-per-node=8',
+  '--config=configs/celeba_pixelcnn.py:big',
+  '--workdir=/shared/runs/celeba pcnn',
+  '--venv=/shared/envs/psr',
+  '--time=48:00:00',
+  '--job-name=celeba',
+  '--partition=gpu',
+]
 
 
 def slurm_dry_run(env, args, cwd=REPO):
@@ -151,25 +203,44 @@ def test_slurm_dry_run_prints_the_sbatch_script(env):
   assert script[0] == '#!/bin/bash'
   directives = [line for line in script if line.startswith('#SBATCH')]
   assert directives == [
-      '#SBATCH --job-name=celeba', '#SBATCH --nodes=4', '#SBATCH --ntasks-per-node=1', '#SBATCH --gpus-per-node=8',
-      '#SBATCH --cpus-per-task=8', '#SBATCH --time=48:00:00', '#SBATCH --output=slurm-%x-%j.out',
-      '#SBATCH --open-mode=append', '#SBATCH --requeue', '#SBATCH --signal=B:USR1@120', '#SBATCH --partition=gpu']
-  assert script[1:len(directives) + 1] == directives  # sbatch reads #SBATCH lines only before the first command.
+    '#SBATCH --job-name=celeba',
+    '#SBATCH --nodes=4',
+    '#SBATCH --ntasks-per-node=1',
+    '#SBATCH --gpus-per-node=8',
+    '#SBATCH --cpus-per-task=8',
+    '#SBATCH --time=48:00:00',
+    '#SBATCH --output=slurm-%x-%j.out',
+    '#SBATCH --open-mode=append',
+    '#SBATCH --requeue',
+    '#SBATCH --signal=B:USR1@120',
+    '#SBATCH --partition=gpu',
+  ]
+  assert script[1 : len(directives) + 1] == directives  # sbatch reads #SBATCH lines only before the first command.
   assert f'cd {REPO}' in script or f'cd {shlex.quote(REPO)}' in script
   assert 'source /shared/envs/psr/bin/activate' in script
   assert 'export JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7' in script
   assert """trap 'requeue=1; scancel --signal=TERM "$SLURM_JOB_ID"' USR1""" in script
   assert srun_argv(script) == [
-      'srun', '--kill-on-bad-exit=1', 'python', 'launch/train.py', '--config=configs/celeba_pixelcnn.py:big',
-      '--workdir=/shared/runs/celeba pcnn', '--distributed', *OVERRIDES]
+    'srun',
+    '--kill-on-bad-exit=1',
+    'python',
+    'launch/train.py',
+    '--config=configs/celeba_pixelcnn.py:big',
+    '--workdir=/shared/runs/celeba pcnn',
+    '--distributed',
+    *OVERRIDES,
+  ]
   result = subprocess.run(['bash', '-n'], input='\n'.join(script), capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
   assert os.listdir(env['FAKE_LOG']) == []  # Nothing submitted.
 
 
 def test_slurm_defaults_and_relative_paths(env, tmp_path):
-  script = slurm_dry_run(env, ['--nodes=1', '--gpus-per-node=2', '--config=configs/demo.py', '--workdir=runs/x',
-                               '--grace=300', '--account=proj'], cwd=tmp_path)
+  script = slurm_dry_run(
+    env,
+    ['--nodes=1', '--gpus-per-node=2', '--config=configs/demo.py', '--workdir=runs/x', '--grace=300', '--account=proj'],
+    cwd=tmp_path,
+  )
   assert '#SBATCH --signal=B:USR1@300' in script and '#SBATCH --account=proj' in script
   assert not any('activate' in line for line in script)
   assert 'export JAX_LOCAL_DEVICE_IDS=0,1' in script
@@ -187,10 +258,13 @@ def test_slurm_submits_the_printed_script(env):
     assert f.read().splitlines() == script
 
 
-@pytest.mark.parametrize('args, missing', [
+@pytest.mark.parametrize(
+  'args, missing',
+  [
     ([], '--nodes --gpus-per-node --config --workdir'),
     (['--nodes=2', '--config=c.py', '--workdir=/w'], '--gpus-per-node'),
-])
+  ],
+)
 def test_slurm_missing_options(env, args, missing):
   result = run(SLURM, [*args, '--dry-run'], env)
   assert result.returncode == 2 and result.stdout == ''
@@ -216,10 +290,17 @@ def test_dry_run_after_the_overrides_is_refused(env, script, args):
 def start_job(env, tmp_path, **extra_env):
   """Runs the generated sbatch script as Slurm would, with fake srun/scancel/scontrol."""
   job = tmp_path / 'job.sbatch'
-  job.write_text('\n'.join(slurm_dry_run(env, ['--nodes=2', '--gpus-per-node=4', '--config=configs/demo.py',
-                                                '--workdir=/shared/w'])) + '\n')
-  return subprocess.Popen(['bash', str(job)], env=dict(env, SLURM_JOB_ID='42', SLURM_CPUS_PER_TASK='8', **extra_env),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  job.write_text(
+    '\n'.join(slurm_dry_run(env, ['--nodes=2', '--gpus-per-node=4', '--config=configs/demo.py', '--workdir=/shared/w']))
+    + '\n'
+  )
+  return subprocess.Popen(
+    ['bash', str(job)],
+    env=dict(env, SLURM_JOB_ID='42', SLURM_CPUS_PER_TASK='8', **extra_env),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def test_slurm_job_near_time_limit_stops_training_with_sigterm_and_requeues(env, tmp_path):

@@ -7,6 +7,7 @@ takes seconds; a few subprocess runs at the end check the same through the comma
 misses would start real work: the data pipeline and the state's initialisation are replaced by a failure here, so a
 missed check fails fast and says so.
 """
+
 import contextlib
 import glob
 import importlib
@@ -24,53 +25,75 @@ from common import data, trainer
 from launch import methods
 from tests.helpers import REPO
 
-CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
-                 if os.path.basename(p) not in ('__init__.py', 'defaults.py'))
+CONFIGS = sorted(
+  os.path.splitext(os.path.basename(p))[0]
+  for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))
+  if os.path.basename(p) not in ('__init__.py', 'defaults.py')
+)
 
 # Fields that accept any value of their type, with the reason. Bools are all exempt: no bool is invalid alone.
 EXEMPT = {
-    'seed': 'any int seeds the run',
-    'vgg.random_seed': 'any int seeds the untrained VGG19',
-    'features.projection_seed': 'any int seeds the projection',
-    'data.name': 'a tfds name: checked when the dataset is opened (DatasetNotFoundError, tests/test_data.py)',
-    'data.train_split': 'a tfds split name: checked when the dataset is opened',
-    'data.eval_split': 'a tfds split name: checked when the dataset is opened',
-    'data.tfds_data_dir': "a path; '' = tfds' default: checked when the dataset is opened",
-    'data.manual_dir': 'a path: checked when tfds reads it',
-    'data.folder': "a path, used only with source='folder': checked when opened (tests/test_data.py)",
-    'data.mnist_dir': "a path, used only with source='mnist_corners': checked when opened",
-    'vgg.weights_path': "a path; '' = untrained weights: checked when loaded (tests/test_vgg19.py)",
+  'seed': 'any int seeds the run',
+  'vgg.random_seed': 'any int seeds the untrained VGG19',
+  'features.projection_seed': 'any int seeds the projection',
+  'data.name': 'a tfds name: checked when the dataset is opened (DatasetNotFoundError, tests/test_data.py)',
+  'data.train_split': 'a tfds split name: checked when the dataset is opened',
+  'data.eval_split': 'a tfds split name: checked when the dataset is opened',
+  'data.tfds_data_dir': "a path; '' = tfds' default: checked when the dataset is opened",
+  'data.manual_dir': 'a path: checked when tfds reads it',
+  'data.folder': "a path, used only with source='folder': checked when opened (tests/test_data.py)",
+  'data.mnist_dir': "a path, used only with source='mnist_corners': checked when opened",
+  'vgg.weights_path': "a path; '' = untrained weights: checked when loaded (tests/test_vgg19.py)",
 }
 # Int fields where 0 is meaningful (the comment in configs/defaults.py or the dataclass says what it means).
-ZERO_OK = {'num_train_steps', 'train_batch_parts', 'eval_every_steps', 'sample_every_steps', 'data.num_eval_examples',
-           'data.num_unseen_classes', 'optimizer.lr_halve_every', 'features.projection_dim', 'srgan.pretrain_steps',
-           'srgan.lr_decay_after', 'evaluate.num_examples'}
+ZERO_OK = {
+  'num_train_steps',
+  'train_batch_parts',
+  'eval_every_steps',
+  'sample_every_steps',
+  'data.num_eval_examples',
+  'data.num_unseen_classes',
+  'optimizer.lr_halve_every',
+  'features.projection_dim',
+  'srgan.pretrain_steps',
+  'srgan.lr_decay_after',
+  'evaluate.num_examples',
+}
 # Fields whose default gives no invalid value by rule (empty tuples): theirs.
 SPECIAL = {
-    'profile_steps': [(3, 2), (0, 1)],
-    'optimizer.lr_halve_at': [(0,)],
-    'features.weights': [(-1.0, 1.0, 1.0), (1.0,)],
-    'features.weights_tuned_for': ['no_such_value'],
+  'profile_steps': [(3, 2), (0, 1)],
+  'optimizer.lr_halve_at': [(0,)],
+  'features.weights': [(-1.0, 1.0, 1.0), (1.0,)],
+  'features.weights_tuned_for': ['no_such_value'],
 }
 # Impossible combinations: (method or None for all, overrides, the field the error must name).
 COMBINATIONS = [
-    (None, {'data.random_crop_min': 200, 'data.random_crop_max': 100}, 'config.data.random_crop_min'),
-    (None, {'data.lowres_size': 64, 'data.highres_size': 32}, 'config.data.lowres_size'),
-    (None, {'data.num_unseen_classes': 2, 'data.source': 'embedded'}, 'config.data.num_unseen_classes'),
-    (None, {'data.source': 'mnist_corners', 'data.num_unseen_classes': 0, 'data.augment': 'flip_rot90'},
-     'config.data.augment'),
-    (None, {'data.source': 'mnist_corners', 'data.num_unseen_classes': 0, 'data.corner_digit_size': 100},
-     'config.data.corner_digit_size'),
-    (None, {'data.celeba_crop_box': (1, 2)}, 'config.data.celeba_crop_box'),
-    ('pixelcnn', {'data.highres_size': 40}, 'config.data.highres_size'),
-    ('regression', {'data.highres_size': 40}, 'config.data.highres_size'),
-    ('srgan', {'data.highres_size': 40}, 'config.data.highres_size'),
-    ('srim', {'data.highres_size': 40}, 'config.data.highres_size'),
-    ('srim', {'features.components': ('pixels',), 'features.selection_components': ('pixels', 'conv2_2')},
-     'config.features.selection_components'),
-    ('srim', {'features.components': ('pixels', 'pixels')}, 'config.features.components'),
-    ('pixelcnn', {'evaluate.temperatures': (1.0, float('inf'))}, 'config.evaluate.temperatures'),
-    ('srgan', {'srgan.content_layer': 'conv9_9'}, 'config.srgan.content_layer'),
+  (None, {'data.random_crop_min': 200, 'data.random_crop_max': 100}, 'config.data.random_crop_min'),
+  (None, {'data.lowres_size': 64, 'data.highres_size': 32}, 'config.data.lowres_size'),
+  (None, {'data.num_unseen_classes': 2, 'data.source': 'embedded'}, 'config.data.num_unseen_classes'),
+  (
+    None,
+    {'data.source': 'mnist_corners', 'data.num_unseen_classes': 0, 'data.augment': 'flip_rot90'},
+    'config.data.augment',
+  ),
+  (
+    None,
+    {'data.source': 'mnist_corners', 'data.num_unseen_classes': 0, 'data.corner_digit_size': 100},
+    'config.data.corner_digit_size',
+  ),
+  (None, {'data.celeba_crop_box': (1, 2)}, 'config.data.celeba_crop_box'),
+  ('pixelcnn', {'data.highres_size': 40}, 'config.data.highres_size'),
+  ('regression', {'data.highres_size': 40}, 'config.data.highres_size'),
+  ('srgan', {'data.highres_size': 40}, 'config.data.highres_size'),
+  ('srim', {'data.highres_size': 40}, 'config.data.highres_size'),
+  (
+    'srim',
+    {'features.components': ('pixels',), 'features.selection_components': ('pixels', 'conv2_2')},
+    'config.features.selection_components',
+  ),
+  ('srim', {'features.components': ('pixels', 'pixels')}, 'config.features.components'),
+  ('pixelcnn', {'evaluate.temperatures': (1.0, float('inf'))}, 'config.evaluate.temperatures'),
+  ('srgan', {'srgan.content_layer': 'conv9_9'}, 'config.srgan.content_layer'),
 ]
 
 
@@ -128,8 +151,10 @@ def launchers():
 @pytest.fixture(autouse=True)
 def no_real_work(monkeypatch):
   """A value the checks miss would start a run: fail at once instead, saying so."""
+
   def missed(*args, **kwargs):
     raise AssertionError('not refused before the data or the model were touched')
+
   monkeypatch.setattr(data, 'make_dataset', missed)
   monkeypatch.setattr(trainer, 'create_sharded', missed)
 
@@ -146,8 +171,9 @@ def launch(launchers, which, config, tmp_path):
       if which == 'train':
         launchers['train'].run(config, str(workdir))
       elif which == 'sample':
-        launchers['sample'].run(workdir=str(workdir), checkpoint=None, config=config, input=str(image),
-                                output=str(output))
+        launchers['sample'].run(
+          workdir=str(workdir), checkpoint=None, config=config, input=str(image), output=str(output)
+        )
       else:
         launchers['evaluate'].run(config, str(workdir))
       code = 0
@@ -219,15 +245,28 @@ def test_evaluate_refuses_a_regression_config_in_one_line(launchers, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('script, args', [
+@pytest.mark.parametrize(
+  'script, args',
+  [
     ('train.py', ['--config=configs/demo_srim.py:runlocal', '--config.imle.pool_size=-8']),
     ('evaluate.py', ['--config=configs/demo.py:runlocal', '--config.evaluate.nn_chunk_size=0']),
     ('sample.py', ['--config=configs/demo_srgan.py:runlocal', '--config.srgan.adam_b1=1.5', '--input=README.md']),
-])
+  ],
+)
 def test_the_command_line_says_the_same(tmp_path, script, args):
-  out = subprocess.run([sys.executable, f'launch/{script}', *args, f'--workdir={tmp_path / "run"}',
-                        *([f'--output={tmp_path / "out"}'] if script == 'sample.py' else [])],
-                       capture_output=True, text=True, timeout=300, cwd=REPO)
+  out = subprocess.run(
+    [
+      sys.executable,
+      f'launch/{script}',
+      *args,
+      f'--workdir={tmp_path / "run"}',
+      *([f'--output={tmp_path / "out"}'] if script == 'sample.py' else []),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   field = args[1].split('=')[0].lstrip('-')
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith('error: ') and field in out.stderr.strip().splitlines()[-1]

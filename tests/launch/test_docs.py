@@ -1,6 +1,7 @@
 """README.md, docs/ and benchmarks/README.md stay true: every relative link leads to a file, and every command line
 they name runs a script that exists, with flags that script defines, config files that exist and `--config.*`
 fields those configs have."""
+
 import glob
 import importlib
 import os
@@ -16,8 +17,19 @@ PAGES = ['README.md', 'benchmarks/README.md', *sorted(os.path.relpath(p, REPO) f
 LINK = re.compile(r'\[[^\]]*\]\(([^)\s]+)\)')
 COMMAND = re.compile(r'\bpython3? ((?:launch|examples|benchmarks)/[\w/]+\.py)\b(.*)')
 # absl's own flags, which every absl script accepts.
-ABSL_FLAGS = {'verbosity', 'v', 'help', 'helpfull', 'helpshort', 'logtostderr', 'alsologtostderr', 'flagfile',
-              'log_dir', 'stderrthreshold', 'only_check_args'}
+ABSL_FLAGS = {
+  'verbosity',
+  'v',
+  'help',
+  'helpfull',
+  'helpshort',
+  'logtostderr',
+  'alsologtostderr',
+  'flagfile',
+  'log_dir',
+  'stderrthreshold',
+  'only_check_args',
+}
 DEFINED = re.compile(r"""(?:DEFINE_\w+|add_argument)\(\s*['"](?:--)?(\w+)['"]""")
 
 
@@ -78,7 +90,7 @@ def problems_of_command(script: str, args: list[str]) -> list[str]:
     name = arg.lstrip('-').split('=', 1)[0]
     if name.startswith('config.'):
       fields = config_fields(config) if config else None
-      if fields is not None and name[len('config.'):] not in fields:
+      if fields is not None and name[len('config.') :] not in fields:
         found.append(f'{script}: {config} has no field {name}')
     elif name not in defined and not re.fullmatch(r'v|\d+', name):
       found.append(f'{script} defines no flag --{name}')
@@ -115,16 +127,18 @@ def test_links_and_commands_of_the_page_exist(page):
 
 
 def test_the_checker_finds_a_broken_link_an_unknown_flag_a_missing_field_and_marker():
-  text = ('See [the page](docs/no_such_page.md) and [a figure](docs/figure2.png).\n'
-          '```bash\npython launch/train.py --config=configs/demo.py --no_such_flag=1 \\\n'
-          '    --config.model.no_such_field=3 --config.model.prior_channels=8\n```\n'
-          '`python launch/no_such_script.py --x` and `pytest -q -m "unit and not fast"`.\n')
+  text = (
+    'See [the page](docs/no_such_page.md) and [a figure](docs/figure2.png).\n'
+    '```bash\npython launch/train.py --config=configs/demo.py --no_such_flag=1 \\\n'
+    '    --config.model.no_such_field=3 --config.model.prior_channels=8\n```\n'
+    '`python launch/no_such_script.py --x` and `pytest -q -m "unit and not fast"`.\n'
+  )
   assert problems_of_page(text, REPO) == [
-      'link to docs/no_such_page.md: no such file',
-      'launch/train.py defines no flag --no_such_flag',
-      'launch/train.py: configs/demo.py has no field config.model.no_such_field',
-      'launch/no_such_script.py does not exist',
-      "pytest -m names no marker 'fast'",
+    'link to docs/no_such_page.md: no such file',
+    'launch/train.py defines no flag --no_such_flag',
+    'launch/train.py: configs/demo.py has no field config.model.no_such_field',
+    'launch/no_such_script.py does not exist',
+    "pytest -m names no marker 'fast'",
   ]
 
 

@@ -1,6 +1,7 @@
 """Preemption and restarts through launch/train.py: SIGTERM saves and exits 0, kill -9 (also during a checkpoint
 write) and a damaged latest checkpoint resume, and the run ends with the parameters of one never stopped, bit for
 bit. Several processes on their own runtime reach the parameters of one process with as many devices."""
+
 import glob
 import os
 import pathlib
@@ -20,33 +21,64 @@ from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow  # Launches processes (pyproject.toml's markers).
 
-PIXELCNN = ['--config=configs/demo.py:runlocal', '--config.model.cond_blocks=1', '--config.model.cond_channels=8',
-            '--config.model.prior_layers=1', '--config.model.prior_channels=6', '--config.model.prior_head_channels=12',
-            '--config.data.num_eval_examples=16', '--config.batch_size=8', '--config.eval_every_steps=0',
-            '--config.sample_every_steps=0']
-SRIM = ['--config=configs/demo_srim.py:runlocal', '--config.data.num_eval_examples=8',
-        '--config.data.random_crop_min=24', '--config.data.random_crop_max=48', '--config.model.num_convs=3',
-        '--config.model.channels=8', '--config.model.kernel_size=3',
-        "--config.features.components=('pixels','conv2_2')",
-        "--config.features.selection_components=('pixels','conv2_2')", '--config.features.projection_dim=32',
-        '--config.features.num_weight_estimation_images=8', '--config.imle.pool_size=8',
-        '--config.imle.steps_per_pool=3',
-        '--config.imle.num_candidates=4', '--config.imle.candidates_per_chunk=4', '--config.imle.rows_per_chunk=8',
-        '--config.imle.eval_num_candidates=4', '--config.batch_size=8', '--config.eval_every_steps=0',
-        '--config.sample_every_steps=0']
+PIXELCNN = [
+  '--config=configs/demo.py:runlocal',
+  '--config.model.cond_blocks=1',
+  '--config.model.cond_channels=8',
+  '--config.model.prior_layers=1',
+  '--config.model.prior_channels=6',
+  '--config.model.prior_head_channels=12',
+  '--config.data.num_eval_examples=16',
+  '--config.batch_size=8',
+  '--config.eval_every_steps=0',
+  '--config.sample_every_steps=0',
+]
+SRIM = [
+  '--config=configs/demo_srim.py:runlocal',
+  '--config.data.num_eval_examples=8',
+  '--config.data.random_crop_min=24',
+  '--config.data.random_crop_max=48',
+  '--config.model.num_convs=3',
+  '--config.model.channels=8',
+  '--config.model.kernel_size=3',
+  "--config.features.components=('pixels','conv2_2')",
+  "--config.features.selection_components=('pixels','conv2_2')",
+  '--config.features.projection_dim=32',
+  '--config.features.num_weight_estimation_images=8',
+  '--config.imle.pool_size=8',
+  '--config.imle.steps_per_pool=3',
+  '--config.imle.num_candidates=4',
+  '--config.imle.candidates_per_chunk=4',
+  '--config.imle.rows_per_chunk=8',
+  '--config.imle.eval_num_candidates=4',
+  '--config.batch_size=8',
+  '--config.eval_every_steps=0',
+  '--config.sample_every_steps=0',
+]
 
 
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
   """The launches of a test compile the same programs: a shared persistent cache compiles them once."""
-  return dict(os.environ, PYTHONUNBUFFERED='1', JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+  return dict(
+    os.environ,
+    PYTHONUNBUFFERED='1',
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp('jax_cache')),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1',
+  )
 
 
 def launch(flags, workdir, log, env, devices=1):
   env = dict(env, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  return subprocess.Popen([sys.executable, 'launch/train.py', *flags, f'--workdir={workdir}'], cwd=REPO, env=env,
-                          stdout=open(log, 'w'), stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, 'launch/train.py', *flags, f'--workdir={workdir}'],
+    cwd=REPO,
+    env=env,
+    stdout=open(log, 'w'),
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def finish(process, log, timeout=300):
@@ -78,8 +110,9 @@ def restore(path):
   """A checkpoint's arrays as host values, whatever devices wrote it."""
   with ocp.StandardCheckpointer() as reader:
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-                          dict(reader.metadata(path).item_metadata))
+    target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), dict(reader.metadata(path).item_metadata)
+    )
     return jax.tree.map(np.asarray, reader.restore(path, target))
 
 
@@ -89,8 +122,12 @@ def final_params(workdir, step):
 
 def test_sigterm_kill9_and_a_damaged_checkpoint_resume_to_the_uninterrupted_params(tmp_path, env):
   steps, every = 24, 4
-  flags = PIXELCNN + [f'--config.num_train_steps={steps}', '--config.log_every_steps=1',
-                      f'--config.checkpoint_every_steps={every}', '--config.keep_checkpoints=10']
+  flags = PIXELCNN + [
+    f'--config.num_train_steps={steps}',
+    '--config.log_every_steps=1',
+    f'--config.checkpoint_every_steps={every}',
+    '--config.keep_checkpoints=10',
+  ]
   straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
   log = str(tmp_path / 'log')
   code, out = finish(launch(flags, straight, log, env), log)
@@ -137,14 +174,16 @@ def test_sigterm_kill9_and_a_damaged_checkpoint_resume_to_the_uninterrupted_para
   assert code == 0, out[-3000:]
   assert re.search(rf'Checkpoint {latest} in \S+ cannot be read', out), out[-3000:]
   assert f'Resumed from the checkpoint of step {previous}' in out
-  assert [os.path.basename(p).split('-')[0] for p in glob.glob(os.path.join(stopped, 'corrupt_checkpoints', '*'))] \
-      == [str(latest)]
+  assert [os.path.basename(p).split('-')[0] for p in glob.glob(os.path.join(stopped, 'corrupt_checkpoints', '*'))] == [
+    str(latest)
+  ]
   assert not torn()  # Cleaned up at the start.
 
   a, b = final_params(straight, steps), final_params(stopped, steps)
   jax.tree.map(np.testing.assert_array_equal, a, b)
-  assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(
-      final_params(stopped, previous))))  # The comparison can fail: training moved the parameters.
+  assert not all(
+    np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(final_params(stopped, previous)))
+  )  # The comparison can fail: training moved the parameters.
 
 
 def free_port():
@@ -154,16 +193,29 @@ def free_port():
 
 
 def launch_two(flags, workdir, tmp_path, env, address):
-  return [launch(flags + [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'], workdir,
-                 str(tmp_path / f'log{i}'), env, devices=2) for i in range(2)]
+  return [
+    launch(
+      flags + [f'--coordinator_address={address}', '--num_processes=2', f'--process_id={i}'],
+      workdir,
+      str(tmp_path / f'log{i}'),
+      env,
+      devices=2,
+    )
+    for i in range(2)
+  ]
 
 
 @pytest.mark.parametrize('flags, preempt', [(PIXELCNN, True), (SRIM, False)], ids=['pixelcnn', 'srim'])
 def test_two_processes_of_two_devices_reach_one_process_of_four(tmp_path, env, flags, preempt):
   steps = 30 if preempt else 6
-  flags = flags + [f'--config.num_train_steps={steps}', f'--config.checkpoint_every_steps={steps}',
-                   '--config.log_every_steps=1', f'--config.eval_every_steps={steps}',
-                   f'--config.sample_every_steps={steps}', '--config.num_sample_images=2']
+  flags = flags + [
+    f'--config.num_train_steps={steps}',
+    f'--config.checkpoint_every_steps={steps}',
+    '--config.log_every_steps=1',
+    f'--config.eval_every_steps={steps}',
+    f'--config.sample_every_steps={steps}',
+    '--config.num_sample_images=2',
+  ]
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   if preempt:  # SIGTERM to process 1 alone: JAX's preemption service has both save the same step and stop.
     runs = launch_two(flags, two, tmp_path, env, f'localhost:{free_port()}')
@@ -200,8 +252,9 @@ def test_two_processes_of_two_devices_reach_one_process_of_four(tmp_path, env, f
       compared += x.size
   assert compared > 0.99 * sum(x.size for x in jax.tree.leaves(a))
   # The function is the same: both runs report the same held-out metrics.
-  metrics = [dict(re.findall(r'(eval/\w+)=([-\d.e]+)', re.search('final metrics: (.*)', o).group(1)))
-             for o in (outs[0][1], out)]
+  metrics = [
+    dict(re.findall(r'(eval/\w+)=([-\d.e]+)', re.search('final metrics: (.*)', o).group(1))) for o in (outs[0][1], out)
+  ]
   assert metrics[0] and metrics[0].keys() == metrics[1].keys()
   for k in metrics[0]:
     assert float(metrics[0][k]) == pytest.approx(float(metrics[1][k]), rel=1e-3), k

@@ -1,4 +1,5 @@
 """Table 1's baselines: bicubic, nearest neighbour against brute force, the regression model's wiring and training."""
+
 import dataclasses
 
 import jax
@@ -36,9 +37,13 @@ def database_with_ties(seed=0):
   lowres[400] = lowres[37]  # Exact duplicates in different chunks: the lower index must win.
   lowres[90] = lowres[91]
   highres = rng.integers(0, 256, (500, 32, 32, 3), dtype=np.uint8)
-  queries = np.concatenate([lowres[[37, 91, 250]],  # exact hits, two of them tied
-                            np.clip(lowres[[5, 499]].astype(int) + rng.integers(-9, 10, (2, 8, 8, 3)), 0, 255),
-                            rng.integers(0, 256, (4, 8, 8, 3))]).astype(np.uint8)
+  queries = np.concatenate(
+    [
+      lowres[[37, 91, 250]],  # exact hits, two of them tied
+      np.clip(lowres[[5, 499]].astype(int) + rng.integers(-9, 10, (2, 8, 8, 3)), 0, 255),
+      rng.integers(0, 256, (4, 8, 8, 3)),
+    ]
+  ).astype(np.uint8)
   # Two entries equidistant from a query: +1 and -1 on the same sub-pixel of a query image.
   tie = queries[-1].copy().astype(int)
   tie[0, 0, 0] = 100
@@ -74,8 +79,7 @@ def test_nearest_neighbours_compile_once_for_any_chunk_lengths():
 def test_bicubic_baseline_is_tf_antialiased_bicubic_rounded():
   lowres = np.random.default_rng(2).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
   ours = np.asarray(baselines.bicubic(lowres, 32))
-  reference = np.clip(np.round(tf.image.resize(lowres.astype(np.float32), (32, 32), 'bicubic', antialias=True)), 0,
-                      255)
+  reference = np.clip(np.round(tf.image.resize(lowres.astype(np.float32), (32, 32), 'bicubic', antialias=True)), 0, 255)
   assert ours.dtype == np.uint8 and ours.shape == (3, 32, 32, 3)
   assert np.abs(ours.astype(int) - reference).max() <= 1 and np.mean(ours == reference) > 0.99
 
@@ -112,8 +116,11 @@ def test_regression_shares_the_conditioning_trunk():
   # the two models share (zero_init_last aside, the baseline's own init), and nothing the pixelcnn has alone.
   shared = set(defaults.CONDITIONING_FIELDS) - {'zero_init_last'}
   assert shared < {f.name for f in dataclasses.fields(models.PixelSRConfig)}
-  for pixelcnn, baseline in ((celeba_pixelcnn, celeba_regression), (lsun_pixelcnn, lsun_regression),
-                             (demo, demo_regression)):
+  for pixelcnn, baseline in (
+    (celeba_pixelcnn, celeba_regression),
+    (lsun_pixelcnn, lsun_regression),
+    (demo, demo_regression),
+  ):
     p, r = pixelcnn.get_config(), baseline.get_config()
     assert set(r.model) == set(defaults.CONDITIONING_FIELDS)
     assert {k: r.model[k] for k in shared} == {k: p.model[k] for k in shared}, baseline.__name__
@@ -140,8 +147,10 @@ def test_untrained_regression_starts_at_bicubic_not_saturated():
   assert float(jnp.mean(jnp.abs(jnp.tanh(residual)) > 0.99)) > 0.9 and float(trunk.std()) > 50
   residual, trunk, variables = residual_and_trunk(regression.model_config(config))
   assert float(jnp.abs(residual).max()) == 0.0 and 0.01 < float(trunk.std()) < 1
-  np.testing.assert_array_equal(regression.predict(models.RegressionSR(regression.model_config(config)), variables,
-                                                   lowres), baselines.bicubic(lowres, 32))
+  np.testing.assert_array_equal(
+    regression.predict(models.RegressionSR(regression.model_config(config)), variables, lowres),
+    baselines.bicubic(lowres, 32),
+  )
 
 
 def bicubic_l2(data_cfg) -> float:
@@ -162,8 +171,13 @@ def test_regression_learns_to_beat_bicubic(tmp_path):
   photos: after STEPS steps its held-out L2 is at least MARGIN below bicubic's (measured on these 64 crops: 0.0105
   against 0.0124). Before zero_init_last it scored bicubic's L2 to 4 digits (the README's old demo table)."""
   config = demo_regression.get_config().unlock()
-  config.update(num_train_steps=STEPS, eval_every_steps=STEPS, log_every_steps=STEPS, checkpoint_every_steps=STEPS,
-                sample_every_steps=0)
+  config.update(
+    num_train_steps=STEPS,
+    eval_every_steps=STEPS,
+    log_every_steps=STEPS,
+    checkpoint_every_steps=STEPS,
+    sample_every_steps=0,
+  )
   config.data.num_eval_examples = 64
   bicubic = bicubic_l2(config.data)
   final = regression.train_and_evaluate(config, str(tmp_path))

@@ -1,5 +1,6 @@
 """launch/evaluate.py and pixelsr/evaluate.py end to end on tiny trained models: table 1's values are the metrics of
 each method's outputs computed directly; missing models skip rows; bad flags fail in one line and write nothing."""
+
 import csv
 import os
 import subprocess
@@ -23,8 +24,15 @@ ROWS = ['Bicubic', 'NN', 'Regression', 'tau=1.0', 'tau=1.5', 'greedy']
 def evaluate_config():
   config = tiny_config(num_train_steps=2, checkpoint_every_steps=2, log_every_steps=2)
   # 6 examples in batches of 4: the second batch is padded.
-  config.evaluate.update(num_examples=6, batch_size=4, temperatures=(1.0, 1.5), greedy=True, nn_database_size=300,
-                         nn_chunk_size=128, num_figure_rows=3)
+  config.evaluate.update(
+    num_examples=6,
+    batch_size=4,
+    temperatures=(1.0, 1.5),
+    greedy=True,
+    nn_database_size=300,
+    nn_chunk_size=128,
+    num_figure_rows=3,
+  )
   return config
 
 
@@ -45,8 +53,12 @@ def read_csv(path):
 
 def direct_scores(lowres, output, highres, nll_model=None):
   """Table 1's columns for one method, computed without pixelsr.evaluate."""
-  scores = {'psnr': metrics.bounded_psnr(output, highres), 'ssim': metrics.ssim(output, highres),
-            'ms_ssim': metrics.ms_ssim(output, highres), 'consistency': metrics.consistency(lowres, output)}
+  scores = {
+    'psnr': metrics.bounded_psnr(output, highres),
+    'ssim': metrics.ssim(output, highres),
+    'ms_ssim': metrics.ms_ssim(output, highres),
+    'consistency': metrics.consistency(lowres, output),
+  }
   if nll_model is not None:
     model, variables = nll_model
     cond, prior = model.apply(variables, lowres, output)
@@ -76,13 +88,19 @@ def test_table1_values_are_the_metrics_of_each_methods_outputs(runs):
   key = train_loop.seed_key(0, 'evaluate')
 
   def sampled(tau):
-    batches = [sampling.sample(model, variables, padded[4 * b:4 * b + 4], jax.random.fold_in(key, b), tau)
-               for b in (0, 1)]
+    batches = [
+      sampling.sample(model, variables, padded[4 * b : 4 * b + 4], jax.random.fold_in(key, b), tau) for b in (0, 1)
+    ]
     return np.concatenate(batches)[:6]
 
-  outputs = {'Bicubic': baselines.bicubic(lowres, 32), 'NN': database['highres'][index],
-             'Regression': regression.predict(reg_model, reg_variables, lowres),
-             'tau=1.0': sampled(1.0), 'tau=1.5': sampled(1.5), 'greedy': sampled(float('inf'))}
+  outputs = {
+    'Bicubic': baselines.bicubic(lowres, 32),
+    'NN': database['highres'][index],
+    'Regression': regression.predict(reg_model, reg_variables, lowres),
+    'tau=1.0': sampled(1.0),
+    'tau=1.5': sampled(1.5),
+    'greedy': sampled(float('inf')),
+  }
   assert not np.array_equal(outputs['tau=1.0'], outputs['tau=1.5'])
   for name, output in outputs.items():
     expected = direct_scores(lowres, output, highres, (model, variables))
@@ -90,11 +108,11 @@ def test_table1_values_are_the_metrics_of_each_methods_outputs(runs):
 
   figure = np.asarray(Image.open(paths[2]))
   assert figure.shape == (3 * 34 + 2, (1 + len(ROWS) + 1) * 34 + 2, 3)
-  np.testing.assert_array_equal(figure[2:34, 2 + 34:34 + 34], outputs['Bicubic'][0])  # Row 0, column Bicubic.
+  np.testing.assert_array_equal(figure[2:34, 2 + 34 : 34 + 34], outputs['Bicubic'][0])  # Row 0, column Bicubic.
   with open(paths[0]) as f:
     markdown = f.read()
   assert '| Method | pSNR | SSIM | MS-SSIM | Consistency | NLL (bits/dim) |' in markdown
-  assert f"| greedy | {rows['greedy']['psnr']:.2f} | " in markdown
+  assert f'| greedy | {rows["greedy"]["psnr"]:.2f} | ' in markdown
 
 
 def test_a_regression_workdir_that_holds_another_method_is_refused(runs):
@@ -104,8 +122,13 @@ def test_a_regression_workdir_that_holds_another_method_is_refused(runs):
 
 
 def run_cli(*flags):
-  return subprocess.run([sys.executable, 'launch/evaluate.py', '--config=configs/demo.py:runlocal', *flags],
-                        capture_output=True, text=True, timeout=300, cwd=REPO)
+  return subprocess.run(
+    [sys.executable, 'launch/evaluate.py', '--config=configs/demo.py:runlocal', *flags],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
 
 
 @pytest.mark.slow
@@ -125,11 +148,14 @@ def test_rows_without_a_checkpoint_are_skipped_with_a_message(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('flag, needle', [
+@pytest.mark.parametrize(
+  'flag, needle',
+  [
     ('--num_examples=-1', 'config.evaluate.num_examples must be >= 0'),
     ('--config.evaluate.temperatures=(0.0,)', 'config.evaluate.temperatures must be finite and > 0'),
     ('--config=configs/demo_regression.py', '--config must be a pixel recursive config'),
-])
+  ],
+)
 def test_bad_flags_end_in_one_error_line_and_write_nothing(tmp_path, flag, needle):
   out = run_cli(f'--workdir={tmp_path}', flag)
   assert out.returncode != 0

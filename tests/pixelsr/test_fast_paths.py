@@ -9,6 +9,7 @@ prior's row convolutions as one matmul with a written-out gradient (`config.mode
 bf16 on a CPU): the convolution and its gradients to float rounding, and in bf16 the f32 convolution of the rounded
 operands. (The sampler's fast paths are checked by tests/test_sampling.py: its samples equal the naive sampler's.)
 """
+
 import functools
 import re
 
@@ -21,13 +22,15 @@ from common import sharding, trainer
 from common.errors import UserError
 from pixelsr import layers, losses, models
 
-SMALL = models.PixelSRConfig(cond_blocks=1, cond_channels=8, prior_channels=12, prior_layers=3,
-                             prior_head_channels=48, init='lecun_normal')
+SMALL = models.PixelSRConfig(
+  cond_blocks=1, cond_channels=8, prior_channels=12, prior_layers=3, prior_head_channels=48, init='lecun_normal'
+)
 
 
 def convolution_1x1(x, kernel, bias, dtype):
-  y = jax.lax.conv_general_dilated(x.astype(dtype), kernel[None, None].astype(dtype), (1, 1), 'VALID',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = jax.lax.conv_general_dilated(
+    x.astype(dtype), kernel[None, None].astype(dtype), (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   return y + bias.astype(dtype)
 
 
@@ -37,6 +40,7 @@ def loss_and_grads(params, lowres, highres):
   def loss(params):
     cond_logits, prior_logits = model.apply({'params': params}, lowres, highres)
     return losses.loss_and_metrics(cond_logits, prior_logits, highres, 'O2')[0]
+
   return jax.value_and_grad(loss)(params)
 
 
@@ -59,13 +63,19 @@ def test_matmul_1x1s_give_the_convolutions_loss_and_gradients(monkeypatch):
 
 
 def plain_row_conv(x, kernel, left, right):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((kernel.shape[0] - 1, 0), (left, right)),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), ((kernel.shape[0] - 1, 0), (left, right)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
 
 
-@pytest.mark.parametrize('kernel_shape, left, right', [((3, 5, 6, 10), 2, 2),  # a gated layer's vertical stack
-                                                       ((1, 3, 6, 10), 2, 0),  # its horizontal stack
-                                                       ((3, 7, 3, 5), 3, 3)])  # the first layer's vertical part
+@pytest.mark.parametrize(
+  'kernel_shape, left, right',
+  [
+    ((3, 5, 6, 10), 2, 2),  # a gated layer's vertical stack
+    ((1, 3, 6, 10), 2, 0),  # its horizontal stack
+    ((3, 7, 3, 5), 3, 3),
+  ],
+)  # the first layer's vertical part
 def test_conv_as_matmul_is_the_convolution_and_its_gradients(kernel_shape, left, right):
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((2, 7, 9, kernel_shape[2])), jnp.float32)
@@ -75,6 +85,7 @@ def test_conv_as_matmul_is_the_convolution_and_its_gradients(kernel_shape, left,
   def value_and_grads(conv, x, kernel, g):
     y, vjp = jax.vjp(conv, x, kernel)
     return (y, *vjp(g))
+
   plain = value_and_grads(lambda x, k: plain_row_conv(x, k, left, right), x, kernel, g)
   fast = value_and_grads(lambda x, k: layers.conv_as_matmul(x, k, left, right, jnp.dtype(jnp.float32)), x, kernel, g)
   for name, a, b in zip(('output', 'd input', 'd kernel'), plain, fast):
@@ -84,10 +95,11 @@ def test_conv_as_matmul_is_the_convolution_and_its_gradients(kernel_shape, left,
   # convolution of the rounded values, the input's gradient then rounded to bf16 as the input was.
   round_ = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
   plain = value_and_grads(lambda x, k: plain_row_conv(x, k, left, right), round_(x), round_(kernel), round_(g))
-  fast = value_and_grads(lambda x, k: layers.conv_as_matmul(x, k, left, right, jnp.dtype(jnp.bfloat16)),
-                         x.astype(jnp.bfloat16), kernel, g)
+  fast = value_and_grads(
+    lambda x, k: layers.conv_as_matmul(x, k, left, right, jnp.dtype(jnp.bfloat16)), x.astype(jnp.bfloat16), kernel, g
+  )
   assert [a.dtype for a in fast] == [jnp.float32, jnp.bfloat16, jnp.float32]
-  for name, a, b, tol in zip(('output', 'd input', 'd kernel'), plain, fast, (1e-5, 2 ** -8, 1e-5)):
+  for name, a, b, tol in zip(('output', 'd input', 'd kernel'), plain, fast, (1e-5, 2**-8, 1e-5)):
     np.testing.assert_allclose(b.astype(jnp.float32), a, rtol=tol, atol=1e-5 * float(jnp.abs(a).max()), err_msg=name)
   unrounded = value_and_grads(lambda x, k: plain_row_conv(x, k, left, right), x, kernel, g)
   assert float(jnp.abs(fast[2] - unrounded[2]).max()) > 1e-3 * float(jnp.abs(unrounded[2]).max())  # it did round
@@ -105,9 +117,13 @@ def test_low_precision_dot_is_the_float32_product_of_rounded_operands_in_bf16_ke
   def value_and_grads(x, w):
     y, vjp = jax.vjp(lambda x, w: layers.low_precision_dot(x, w, bf16), x, w)
     return (y, *vjp(g))
+
   round_ = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)
-  want = (jnp.einsum('bmk,kn->bmn', round_(x), round_(w)), jnp.einsum('bmn,kn->bmk', round_(g), round_(w)),
-          jnp.einsum('bmk,bmn->kn', round_(x), round_(g)))
+  want = (
+    jnp.einsum('bmk,kn->bmn', round_(x), round_(w)),
+    jnp.einsum('bmn,kn->bmk', round_(g), round_(w)),
+    jnp.einsum('bmk,bmn->kn', round_(x), round_(g)),
+  )
   for name, a, b in zip(('output', 'd x', 'd w'), want, value_and_grads(x, w)):
     assert b.dtype == jnp.float32
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * float(jnp.abs(a).max()), err_msg=name)
@@ -128,19 +144,24 @@ def test_prior_convs_as_matmuls_give_the_convolutions_loss_and_gradients():
   assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params, matmul_params))
 
   def loss(cfg, params):
-    return losses.loss_and_metrics(*models.PixelRecursiveSR(cfg).apply({'params': params}, lowres, highres),
-                                   highres, 'O2')[0]
+    return losses.loss_and_metrics(
+      *models.PixelRecursiveSR(cfg).apply({'params': params}, lowres, highres), highres, 'O2'
+    )[0]
+
   plain_loss, plain_grads = jax.value_and_grad(functools.partial(loss, configs['xla']))(params)
   fast_loss, fast_grads = jax.value_and_grad(functools.partial(loss, configs['matmul']))(params)
   np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-6)
   for path, grad in jax.tree_util.tree_leaves_with_path(fast_grads):
     want = dict(jax.tree_util.tree_leaves_with_path(plain_grads))[path]
-    np.testing.assert_allclose(grad, want, rtol=0, atol=1e-5 * (float(jnp.abs(want).max()) + 1e-12),
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      grad, want, rtol=0, atol=1e-5 * (float(jnp.abs(want).max()) + 1e-12), err_msg=jax.tree_util.keystr(path)
+    )
 
 
-@pytest.mark.parametrize('convs, dtype, matmul', [('auto', 'float32', False), ('auto', 'bfloat16', True),
-                                                  ('xla', 'bfloat16', False), ('matmul', 'float32', True)])
+@pytest.mark.parametrize(
+  'convs, dtype, matmul',
+  [('auto', 'float32', False), ('auto', 'bfloat16', True), ('xla', 'bfloat16', False), ('matmul', 'float32', True)],
+)
 def test_prior_convs_auto_is_matmul_in_bfloat16_on_a_cpu(convs, dtype, matmul):
   cfg = models.PixelSRConfig(**{**SMALL.__dict__, 'prior_convs': convs, 'dtype': dtype})
   model = models.PixelRecursiveSR(cfg)
@@ -167,6 +188,7 @@ def test_bfloat16_mode_keeps_parameters_logits_and_loss_in_float32():
 
   def loss(model, params):
     return losses.loss_and_metrics(*model.apply({'params': params}, lowres, highres), highres, 'O2')[0]
+
   f32_loss, f32_grads = jax.value_and_grad(lambda p: loss(models.PixelRecursiveSR(SMALL), p))(params)
   bf16_loss, bf16_grads = jax.value_and_grad(lambda p: loss(bf16, p))(params)
   assert bf16_loss.dtype == jnp.float32
@@ -199,14 +221,18 @@ def test_bfloat16_mode_sums_the_residual_streams_in_float32():
 
 def test_the_batch_in_parts_gives_the_whole_batch_loss_metrics_and_gradients():
   rng = np.random.default_rng(2)
-  batch = {'lowres': rng.integers(0, 256, (8, 4, 4, 3), np.uint8),
-           'highres': rng.integers(0, 256, (8, 16, 16, 3), np.uint8)}
+  batch = {
+    'lowres': rng.integers(0, 256, (8, 4, 4, 3), np.uint8),
+    'highres': rng.integers(0, 256, (8, 16, 16, 3), np.uint8),
+  }
   model = models.PixelRecursiveSR(SMALL)
   params = model.init(jax.random.key(0), batch['lowres'][:1], batch['highres'][:1])['params']
 
   def loss_fn(params, batch):
-    return losses.loss_and_metrics(*model.apply({'params': params}, batch['lowres'], batch['highres']),
-                                   batch['highres'], 'O2')
+    return losses.loss_and_metrics(
+      *model.apply({'params': params}, batch['lowres'], batch['highres']), batch['highres'], 'O2'
+    )
+
   step = jax.jit(trainer.value_and_grad_in_parts, static_argnums=(0, 3))
   (whole_loss, whole_metrics), whole_grads = step(loss_fn, params, batch, 1)
   (loss, metrics), grads = step(loss_fn, params, batch, 4)

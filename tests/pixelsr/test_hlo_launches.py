@@ -1,4 +1,5 @@
 """common/hlo_launches.py counts the kernels of one step of the cached sampler's pixel loop."""
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -10,7 +11,7 @@ from tests.helpers import make_sampler_model as make_model
 
 # A row scan over a pixel scan of 4 trips each; the pixel step holds 2 fusions, a cuBLAS call, a copy and a loop of
 # 3 trips around one more fusion: 5 fusions, 1 library call, 1 other per pixel.
-HLO = '''HloModule sampler
+HLO = """HloModule sampler
 
 %fused_exp (p.0: f32[2]) -> f32[2] {
   %p.0 = f32[2]{0} parameter(0)
@@ -49,7 +50,7 @@ ENTRY %main (a: (s32[], f32[2])) -> (s32[], f32[2]) {
   %a = (s32[], f32[2]{0}) parameter(0)
   ROOT %w.3 = f32[2] while(%a), condition=%cond, body=%row_body, backend_config={"known_trip_count":{"n":"4"}}
 }
-'''
+"""
 
 
 def test_counts_one_pixel_step_with_its_inner_loops():
@@ -63,8 +64,9 @@ def test_refuses_a_program_without_that_loop():
 
 def test_finds_the_pixel_loop_of_the_compiled_sampler():
   model, variables, lowres = make_model()  # 8 x 12 outputs
-  compiled = sampling._sample_cached.lower(model, variables, lowres, jax.random.key(0), jnp.float32(1.0),
-                                           greedy=False, num_samples=1).compile()
+  compiled = sampling._sample_cached.lower(
+    model, variables, lowres, jax.random.key(0), jnp.float32(1.0), greedy=False, num_samples=1
+  ).compile()
   launches = hlo_launches.pixel_step(compiled.as_text(), 12)
   # At least one kernel per gated layer of the horizontal stack and per colour's head.
   assert sum(launches.values()) >= TINY['prior_layers'] + 3

@@ -1,5 +1,6 @@
 """MNIST corners: the IDX reader, the pair generator behind make_dataset(source='mnist_corners'), the mode measure,
 and launch/corners.py end to end on tiny models."""
+
 import gzip
 import itertools
 import os
@@ -37,7 +38,7 @@ def digits(tmp_path_factory):
   images = np.zeros((NUM_DIGITS, 28, 28), np.uint8)
   for image in images:
     top, left = rng.integers(4, 10, size=2)
-    image[top:top + rng.integers(8, 15), left:left + rng.integers(3, 15)] = rng.integers(100, 256)
+    image[top : top + rng.integers(8, 15), left : left + rng.integers(3, 15)] = rng.integers(100, 256)
   folder = tmp_path_factory.mktemp('mnist')
   write_idx(folder / mnist.IDX_IMAGES, images)
   return str(folder), images
@@ -45,8 +46,15 @@ def digits(tmp_path_factory):
 
 def corners_config(folder, **overrides):
   cfg = defaults.data_config()
-  cfg.update(source='mnist_corners', mnist_dir=folder, mnist_eval_digits=NUM_EVAL, lowres_size=16, highres_size=16,
-             corner_digit_size=8, num_eval_examples=0)
+  cfg.update(
+    source='mnist_corners',
+    mnist_dir=folder,
+    mnist_eval_digits=NUM_EVAL,
+    lowres_size=16,
+    highres_size=16,
+    corner_digit_size=8,
+    num_eval_examples=0,
+  )
   cfg.update(overrides)
   return cfg
 
@@ -81,9 +89,13 @@ def test_read_idx_names_the_fault(tmp_path):
   array = np.ones((4, 6, 6), np.uint8)
   write_idx(tmp_path / 'ok.gz', array)
   whole = gzip.decompress((tmp_path / 'ok.gz').read_bytes())
-  faults = {'magic number is 08030000': b'\x08\x03\0\0' + whole[4:],
-            'magic number is 00000d03': whole[:2] + b'\x0d' + whole[3:],  # float type
-            'truncated': whole[:-1], 'too long': whole + b'\0', 'promises a header': whole[:9]}
+  faults = {
+    'magic number is 08030000': b'\x08\x03\0\0' + whole[4:],
+    'magic number is 00000d03': whole[:2] + b'\x0d' + whole[3:],  # float type
+    'truncated': whole[:-1],
+    'too long': whole + b'\0',
+    'promises a header': whole[:9],
+  }
   for expected, raw in faults.items():
     (tmp_path / 'bad').write_bytes(raw)
     with pytest.raises(ValueError, match=expected):
@@ -104,8 +116,9 @@ def test_the_shared_t10k_files():
   assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)
   assert list(labels[:5]) == [7, 2, 1, 0, 4]  # MNIST's test set starts 7 2 1 0 4.
   assert 80 < images.astype(np.float64).mean() * 784 / 255 < 120  # ~100 white pixels' worth of ink per digit
-  assert mnist.load_digits(corners_config(os.path.relpath(SHARED_MNIST, REPO), mnist_eval_digits=1000),
-                           'eval').shape == (1000, 28, 28)  # relative to the repository root, whatever the cwd
+  assert mnist.load_digits(
+    corners_config(os.path.relpath(SHARED_MNIST, REPO), mnist_eval_digits=1000), 'eval'
+  ).shape == (1000, 28, 28)  # relative to the repository root, whatever the cwd
 
 
 def test_missing_or_corrupt_digits_are_one_user_error(tmp_path):
@@ -149,7 +162,7 @@ def test_pairs_hold_the_digit_intact_in_one_upper_corner(digits):
   assert np.all(left != right)
   for y, is_left in zip(highres, left):
     empty = y.copy()
-    empty[:8, (0 if is_left else 8):(8 if is_left else 16)] = 0
+    empty[:8, (0 if is_left else 8) : (8 if is_left else 16)] = 0
     assert not empty.any()  # the other quadrant and the bottom half are black
   assert 40 <= left.sum() <= 80  # 120 fair draws: 60 +- 10 (~3.7 sd)
   corners_of = {d: {bool(x) for x, e in zip(left, which) if e == d} for d in range(30)}
@@ -275,9 +288,11 @@ def test_the_l2_model_erases_the_input_and_splits_the_ink_between_the_corners(di
   left, right = corners.corner_ink(outputs)
   half = sum(corners.corner_ink(highres)) / 2  # half the target digit's ink, which lies in one upper quadrant
   input_lower_ink = lowres[:, 8:].sum((1, 2, 3)) / 255
-  print(f'residual={residual}: lower-half ink: inputs {input_lower_ink.round(1)}, outputs {lower_ink.round(2)}, '
-        f'darkest {outputs[:, 8:].max()}; quadrant ink / half the digit: left {(left / half).round(2)}, '
-        f'right {(right / half).round(2)}')
+  print(
+    f'residual={residual}: lower-half ink: inputs {input_lower_ink.round(1)}, outputs {lower_ink.round(2)}, '
+    f'darkest {outputs[:, 8:].max()}; quadrant ink / half the digit: left {(left / half).round(2)}, '
+    f'right {(right / half).round(2)}'
+  )
   # Black: under 2 white pixels' worth of ink over the lower half's 128 pixels (a mean grey of 4 / 255), no pixel
   # above a quarter of white.
   black = lower_ink.max() < 2 and outputs[:, 8:].max() < 64
@@ -297,8 +312,13 @@ def test_reproduce_writes_the_figure_and_the_table(digits, tmp_path):
     c.update(num_train_steps=2, eval_every_steps=0, sample_every_steps=0)  # Fewer compilations.
   rows, paths = corners.reproduce(configs, str(tmp_path), num_examples=6, num_samples=3, figure_rows=2)
   assert [os.path.basename(p) for p in paths] == ['corners.md', 'corners.csv', 'figure2.png']
-  assert list(rows) == ['Ground truth', 'L2 regression', 'Cross-entropy, per-pixel mode', 'Cross-entropy, samples',
-                        'PixelCNN, samples']
+  assert list(rows) == [
+    'Ground truth',
+    'L2 regression',
+    'Cross-entropy, per-pixel mode',
+    'Cross-entropy, samples',
+    'PixelCNN, samples',
+  ]
   assert [r.total for r in rows.values()] == [6, 6, 6, 18, 18]
   assert rows['Ground truth'].single_mode == 1.0
   with open(paths[1]) as f:
@@ -312,15 +332,16 @@ def test_reproduce_writes_the_figure_and_the_table(digits, tmp_path):
   assert grid.shape == (4 * (2 * 18 + 2), 4 * (7 * 18 + 2), 3)  # 2 rows; input, L2, CE x 2, 3 samples; x4
 
   def cell(row, column):  # Every 4th pixel of the enlarged 16x16 image at (row, column).
-    return grid[4 * (2 + 18 * row):4 * (18 + 18 * row):4, 4 * (2 + 18 * column):4 * (18 + 18 * column):4]
+    return grid[4 * (2 + 18 * row) : 4 * (18 + 18 * row) : 4, 4 * (2 + 18 * column) : 4 * (18 + 18 * column) : 4]
 
   np.testing.assert_array_equal(cell(1, 0)[..., :1], lowres[1])
   np.testing.assert_array_equal(cell(1, 6)[..., :1], samples[1 * 3 + 2])
 
 
 def run_cli(*flags):
-  return subprocess.run([sys.executable, 'launch/corners.py', *flags], capture_output=True, text=True, timeout=300,
-                        cwd=REPO)
+  return subprocess.run(
+    [sys.executable, 'launch/corners.py', *flags], capture_output=True, text=True, timeout=300, cwd=REPO
+  )
 
 
 @pytest.mark.slow
@@ -329,5 +350,6 @@ def test_bad_flags_and_missing_digits_fail_in_one_line(tmp_path):
   assert out.returncode != 0 and out.stderr.strip() == 'error: --num_samples must be >= 1, got 0'
   out = run_cli('--runlocal', f'--mnist_dir={tmp_path}', f'--workdir={tmp_path}')  # a folder without the file
   assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith(
-      'error: Cannot read the MNIST digits: [Errno 2] No such file or directory')
+    'error: Cannot read the MNIST digits: [Errno 2] No such file or directory'
+  )
   assert not os.path.exists(tmp_path / 'corners.md')

@@ -1,4 +1,5 @@
 """The prior is causal with no blind spot; shapes and parameters follow appendix A; the losses match hand values."""
+
 import math
 
 import jax
@@ -8,8 +9,16 @@ import pytest
 
 from pixelsr import layers, losses, models
 
-TINY = models.PixelSRConfig(cond_blocks=1, cond_channels=8, prior_channels=12, prior_layers=5, prior_kernel=5,
-                            prior_first_kernel=7, prior_head_channels=48, init='lecun_normal')
+TINY = models.PixelSRConfig(
+  cond_blocks=1,
+  cond_channels=8,
+  prior_channels=12,
+  prior_layers=5,
+  prior_kernel=5,
+  prior_first_kernel=7,
+  prior_head_channels=48,
+  init='lecun_normal',
+)
 
 
 def prior_input_gradient(cfg: models.PixelSRConfig, size: int, i: int, j: int, c: int, seed: int = 0):
@@ -46,7 +55,7 @@ def test_prior_receptive_field_is_causal_and_hole_free(i, j, c):
 
 def test_paper_size_prior_receptive_field():
   cfg = models.PixelSRConfig()  # appendix A: 7x7, 20 gated 5x5 layers of 64, 1x1 to 1024, 1x1 to 3x256.
-  for (i, j, c) in [(16, 20, 1), (31, 0, 0)]:
+  for i, j, c in [(16, 20, 1), (31, 0, 0)]:
     grad = prior_input_gradient(cfg, 32, i, j, c)
     expected = expected_dependencies(32, 3, i, j, c)
     assert np.all(grad[~expected] == 0)
@@ -55,8 +64,9 @@ def test_paper_size_prior_receptive_field():
 
 def test_reach_is_limited_by_depth():
   # With one 3x3 gated layer after a 3x3 first layer, a pixel far to the left on the same row is out of reach.
-  cfg = models.PixelSRConfig(prior_channels=6, prior_layers=1, prior_kernel=3, prior_first_kernel=3,
-                             prior_head_channels=6, init='lecun_normal')
+  cfg = models.PixelSRConfig(
+    prior_channels=6, prior_layers=1, prior_kernel=3, prior_first_kernel=3, prior_head_channels=6, init='lecun_normal'
+  )
   grad = prior_input_gradient(cfg, 8, 4, 6, 0)
   assert grad[4, 5].sum() > 0 and grad[4, 4].sum() > 0  # 1 column from the 3x3 + 1 from the gated layer
   assert grad[4, 0:3].sum() == 0
@@ -74,10 +84,8 @@ def test_channel_groups_split_uneven_widths():
 
 def test_mask_a_and_b_of_the_current_pixel():
   groups = np.array([0, 1, 2])
-  np.testing.assert_array_equal(layers.colour_mask(groups, groups, 'A'),
-                                [[0, 1, 1], [0, 0, 1], [0, 0, 0]])
-  np.testing.assert_array_equal(layers.colour_mask(groups, groups, 'B'),
-                                [[1, 1, 1], [0, 1, 1], [0, 0, 1]])
+  np.testing.assert_array_equal(layers.colour_mask(groups, groups, 'A'), [[0, 1, 1], [0, 0, 1], [0, 0, 0]])
+  np.testing.assert_array_equal(layers.colour_mask(groups, groups, 'B'), [[1, 1, 1], [0, 1, 1], [0, 0, 1]])
 
 
 def test_paper_shapes_and_layers():
@@ -108,8 +116,7 @@ def test_truncated_normal_init_and_zero_bias():
   kernel = np.asarray(params['params']['prior']['head']['kernel'])
   assert abs(kernel.std() - 0.1 * 0.8796) < 0.003  # std of N(0, 0.1) truncated at 2 sigma
   assert np.abs(kernel).max() <= 0.2
-  assert all(np.all(b == 0) for path, b in jax.tree_util.tree_leaves_with_path(params)
-             if path[-1].key == 'bias')
+  assert all(np.all(b == 0) for path, b in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == 'bias')
 
 
 def test_per_pixel_model_has_no_prior():
@@ -151,12 +158,21 @@ def test_loss_reduction_sum_is_eq_8_per_image():
   rng = np.random.default_rng(0)
   cond, prior = rng.normal(size=(2, 2, 2, 3)), rng.normal(size=(2, 2, 2, 3))  # (images, sub-pixels..., K) as numpy
   labels = rng.integers(0, 3, size=(2, 2, 2))
-  eq8 = [-sum(2 * cond[b, i, c, labels[b, i, c]] + prior[b, i, c, labels[b, i, c]]
-              - lse(*(cond[b, i, c] + prior[b, i, c])) - lse(*cond[b, i, c]) for i in range(2) for c in range(2))
-         for b in range(2)]
+  eq8 = [
+    -sum(
+      2 * cond[b, i, c, labels[b, i, c]]
+      + prior[b, i, c, labels[b, i, c]]
+      - lse(*(cond[b, i, c] + prior[b, i, c]))
+      - lse(*cond[b, i, c])
+      for i in range(2)
+      for c in range(2)
+    )
+    for b in range(2)
+  ]
   shape = lambda x: jnp.asarray(x, jnp.float32).reshape(2, 2, 1, 2, *x.shape[3:])
-  total, metrics = losses.loss_and_metrics(shape(cond), shape(prior), shape(labels).astype(jnp.int32), 'O2',
-                                           reduction='sum')
+  total, metrics = losses.loss_and_metrics(
+    shape(cond), shape(prior), shape(labels).astype(jnp.int32), 'O2', reduction='sum'
+  )
   assert total == pytest.approx(np.mean(eq8), rel=1e-5)
   mean, mean_metrics = losses.loss_and_metrics(shape(cond), shape(prior), shape(labels).astype(jnp.int32), 'O2')
   assert mean == pytest.approx(np.mean(eq8) / 4, rel=1e-5)
@@ -176,8 +192,9 @@ def test_resnet_block_by_hand(preactivation):
   p = block.init(jax.random.key(1), x)['params']
   p['conv2']['bias'] = jnp.full((4,), 0.3)
   first = jax.nn.relu(x) if preactivation else x
-  y = conv3x3(jax.nn.relu(conv3x3(first, p['conv1']['kernel'], p['conv1']['bias'])), p['conv2']['kernel'],
-              p['conv2']['bias'])
+  y = conv3x3(
+    jax.nn.relu(conv3x3(first, p['conv1']['kernel'], p['conv1']['bias'])), p['conv2']['kernel'], p['conv2']['bias']
+  )
   want = x + y if preactivation else jax.nn.relu(x + y)
   got = block.apply({'params': p}, x)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -185,14 +202,26 @@ def test_resnet_block_by_hand(preactivation):
 
 
 def test_pre_activation_trunk_ends_in_one_relu_and_no_relu_after_the_upsamplers():
-  cfg = models.PixelSRConfig(cond_blocks=1, cond_channels=4, prior_layers=1, prior_channels=6, prior_head_channels=6,
-                             upsample_factor=2, cond_block='pre_activation')
+  cfg = models.PixelSRConfig(
+    cond_blocks=1,
+    cond_channels=4,
+    prior_layers=1,
+    prior_channels=6,
+    prior_head_channels=6,
+    upsample_factor=2,
+    cond_block='pre_activation',
+  )
   model = models.PixelRecursiveSR(cfg)
   lowres = jax.random.randint(jax.random.key(0), (1, 4, 4, 3), 0, 256).astype(jnp.uint8)
   variables = model.init(jax.random.key(1), lowres, jnp.zeros((1, 8, 8, 3), jnp.uint8))
   _, stats = model.apply(variables, lowres, method='condition', mutable=['relu_stats'])
   sites = {f'{block}/{relu}' for block, relus in stats['relu_stats']['conditioning'].items() for relu in relus}
-  assert sites == {'stage0_block0/pre', 'stage0_block0/inner', 'stage1_block0/pre', 'stage1_block0/inner',
-                   'final_relu/active'}
+  assert sites == {
+    'stage0_block0/pre',
+    'stage0_block0/inner',
+    'stage1_block0/pre',
+    'stage1_block0/inner',
+    'final_relu/active',
+  }
   with pytest.raises(ValueError, match="cond_block must be 'post_activation' or 'pre_activation'"):
     models.PixelSRConfig(cond_block='preact')

@@ -1,6 +1,7 @@
 """Whole images through the pixel recursive model (pixelsr/whole_image.py, launch/sample.py --whole_image): the cached
 sampler is exact on a non-square output of any size, and the command estimates the time, refuses what is too large
 in one line, and writes the sampler's draws."""
+
 import os
 
 import jax
@@ -13,8 +14,9 @@ from pixelsr import models, sampling, train, whole_image
 from tests.helpers import sample_cli as cli
 from tests.helpers import tiny_config
 
-TINY = dict(cond_blocks=1, cond_channels=8, prior_layers=2, prior_channels=12, prior_head_channels=24,
-            init='lecun_normal')
+TINY = dict(
+  cond_blocks=1, cond_channels=8, prior_layers=2, prior_channels=12, prior_head_channels=24, init='lecun_normal'
+)
 
 
 def test_cached_sampler_equals_naive_on_a_non_square_image_of_another_size():
@@ -47,12 +49,21 @@ def test_whole_image_draws_the_cached_samplers_output_at_the_inputs_own_size(run
   photo = np.random.default_rng(0).integers(0, 256, (3, 5, 3), dtype=np.uint8)  # 5 wide, 3 high
   Image.fromarray(photo).save(tmp_path / 'photo.png')
   out = tmp_path / 'out'
-  result = cli(f'--workdir={run_dir}', f'--input={tmp_path / "photo.png"}', f'--output={out}', '--whole_image',
-               '--num_samples=2', '--temperature=1.0,inf', '--seed=3')
+  result = cli(
+    f'--workdir={run_dir}',
+    f'--input={tmp_path / "photo.png"}',
+    f'--output={out}',
+    '--whole_image',
+    '--num_samples=2',
+    '--temperature=1.0,inf',
+    '--seed=3',
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'ms per output pixel (2 samples side by side)' in result.stdout
-  assert ('photo.png: 5x3 -> 20x12: 720 sub-pixels drawn one after another (2 samples side by side, 2 '
-          'temperature(s)), estimated ') in result.stdout
+  assert (
+    'photo.png: 5x3 -> 20x12: 720 sub-pixels drawn one after another (2 samples side by side, 2 '
+    'temperature(s)), estimated '
+  ) in result.stdout
   assert sorted(os.listdir(out)) == [f'photo_x4_tau{t}_{k}.png' for t in ('1', 'inf') for k in (0, 1)]
   model, variables = train.restore(tiny_config(), run_dir)
   for t, tau in enumerate((1.0, float('inf'))):
@@ -70,8 +81,12 @@ def test_an_image_over_max_pixels_is_refused_in_one_line_with_the_figures(run_di
   result = cli(f'--workdir={run_dir}', f'--input={tmp_path}', f'--output={out}', '--whole_image', '--max_pixels=9000')
   assert result.returncode == 1
   error = result.stderr.strip().splitlines()[-1]
-  assert error.startswith(f'error: {tmp_path / "b_large.png"}: 30x20 -> 120x80: 28,800 sub-pixels drawn one after '
-                          'another (4 samples side by side, 1 temperature(s)), estimated ')
-  assert error.endswith('; its 9,600 output pixels are over --max_pixels=9,000. Pass a smaller image, or a larger '
-                        '--max_pixels to draw it anyway.')
+  assert error.startswith(
+    f'error: {tmp_path / "b_large.png"}: 30x20 -> 120x80: 28,800 sub-pixels drawn one after '
+    'another (4 samples side by side, 1 temperature(s)), estimated '
+  )
+  assert error.endswith(
+    '; its 9,600 output pixels are over --max_pixels=9,000. Pass a smaller image, or a larger '
+    '--max_pixels to draw it anyway.'
+  )
   assert 'Traceback' not in result.stderr and not out.exists()  # nothing drawn, nothing written

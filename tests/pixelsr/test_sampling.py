@@ -1,4 +1,5 @@
 """The cached sampler draws exactly what the naive one draws; temperature, greedy decoding and log p(y | x)."""
+
 import subprocess
 import sys
 import textwrap
@@ -53,18 +54,22 @@ def test_cached_sampler_in_bfloat16_draws_what_the_bfloat16_network_draws():
 
 
 def test_cached_equals_naive_with_one_colour_and_other_kernels():
-  model, variables, lowres = make_model(lowres_hw=(3, 2), num_colours=1, prior_kernel=3, prior_first_kernel=3,
-                                        upsample_factor=2)
+  model, variables, lowres = make_model(
+    lowres_hw=(3, 2), num_colours=1, prior_kernel=3, prior_first_kernel=3, upsample_factor=2
+  )
   key = jax.random.key(3)
-  np.testing.assert_array_equal(sampling.sample(model, variables, lowres, key, 1.0),
-                                sampling.sample_naive(model, variables, lowres, key, 1.0))
+  np.testing.assert_array_equal(
+    sampling.sample(model, variables, lowres, key, 1.0), sampling.sample_naive(model, variables, lowres, key, 1.0)
+  )
 
 
 def test_per_pixel_model_samples_equal_naive():
   model, variables, lowres = make_model(use_prior=False)
   key = jax.random.key(5)
-  np.testing.assert_array_equal(sampling.sample(model, variables, lowres, key, 1.1, num_samples=3),
-                                sampling.sample_naive(model, variables, lowres, key, 1.1, num_samples=3))
+  np.testing.assert_array_equal(
+    sampling.sample(model, variables, lowres, key, 1.1, num_samples=3),
+    sampling.sample_naive(model, variables, lowres, key, 1.1, num_samples=3),
+  )
 
 
 def paper_size_model(**fields):
@@ -94,10 +99,12 @@ def test_pallas_colour_passes_sample_what_the_naive_sampler_samples():
   key = jax.random.key(7)
   fast = sampling.sample(model, variables, lowres, key, 1.0, num_samples=2)
   np.testing.assert_array_equal(fast, sampling.sample_naive(model, variables, lowres, key, 1.0, num_samples=2))
-  model, variables, lowres = make_model(lowres_hw=(3, 2), num_colours=1, prior_kernel=3, prior_first_kernel=3,
-                                        upsample_factor=2, pixel_kernel='pallas')
-  np.testing.assert_array_equal(sampling.sample(model, variables, lowres, key, 1.0),
-                                sampling.sample_naive(model, variables, lowres, key, 1.0))
+  model, variables, lowres = make_model(
+    lowres_hw=(3, 2), num_colours=1, prior_kernel=3, prior_first_kernel=3, upsample_factor=2, pixel_kernel='pallas'
+  )
+  np.testing.assert_array_equal(
+    sampling.sample(model, variables, lowres, key, 1.0), sampling.sample_naive(model, variables, lowres, key, 1.0)
+  )
 
 
 def test_pallas_colour_passes_at_the_paper_size():
@@ -115,8 +122,9 @@ def test_pallas_colour_pass_lowers_to_one_triton_kernel_for_cuda(monkeypatch):
   cached = cached_prior.CachedPrior(variables['params']['prior'], model.cfg)
   weights = fused_pixel.prepare(**cached.by_colour[2])
   f = jax.jit(lambda h, start: fused_pixel.colour_pass(h, start, weights, interpret=False))
-  exported = export.export(f, platforms=['cuda'], disabled_checks=[
-      export.DisabledSafetyCheck.custom_call('__gpu$xla.gpu.triton')])(jnp.zeros((1, 64)), jnp.zeros((20, 1, 128)))
+  exported = export.export(
+    f, platforms=['cuda'], disabled_checks=[export.DisabledSafetyCheck.custom_call('__gpu$xla.gpu.triton')]
+  )(jnp.zeros((1, 64)), jnp.zeros((20, 1, 128)))
   module = exported.mlir_module()
   assert module.count('stablehlo.custom_call @__gpu$xla.gpu.triton') == 1
   assert '(tensor<16x64xf32>, tensor<32x16x64xf32>, tensor<32x16x64xf32>, tensor<32x64x64xf32>' in module
@@ -131,8 +139,15 @@ def test_pallas_colour_pass_lowers_to_one_triton_kernel_for_cuda(monkeypatch):
 
 def test_temperature_multiplies_the_logits():
   # A per-pixel model with 4 levels: every sub-pixel is an independent draw from softmax(tau * A).
-  model, variables, lowres = make_model(lowres_hw=(1, 1), batch=1, use_prior=False, num_levels=4,
-                                        upsample_factor=2, init='truncated_normal', init_stddev=0.5)
+  model, variables, lowres = make_model(
+    lowres_hw=(1, 1),
+    batch=1,
+    use_prior=False,
+    num_levels=4,
+    upsample_factor=2,
+    init='truncated_normal',
+    init_stddev=0.5,
+  )
   logits = np.asarray(model.apply(variables, lowres, method='condition'))[0]  # (2, 2, 3, 4)
   n = 4000
   for tau in (0.5, 2.0):

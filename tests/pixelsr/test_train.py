@@ -1,4 +1,5 @@
 """The training loop end to end on the embedded photos: loss falls, resume is exact, sharding changes nothing."""
+
 import json
 import os
 import subprocess
@@ -24,7 +25,8 @@ def test_demo_run_lowers_loss_and_writes_a_sample_grid(tmp_path):
   workdir = str(tmp_path)
   before = train.train_and_evaluate(tiny_config(num_train_steps=1, eval_every_steps=1), workdir)
   after = train.train_and_evaluate(
-      tiny_config(num_train_steps=60, eval_every_steps=60, sample_every_steps=60, num_sample_images=2), workdir)
+    tiny_config(num_train_steps=60, eval_every_steps=60, sample_every_steps=60, num_sample_images=2), workdir
+  )
   assert after['eval/O2'] < before['eval/O2'] - 0.5, (before, after)
   assert after['eval/bits_per_dim'] == pytest.approx(after['eval/ce_joint'] / np.log(2), rel=1e-5)
   grid = np.asarray(Image.open(os.path.join(workdir, 'samples', 'lowres_sample_truth_00000060.png')))
@@ -40,8 +42,9 @@ def test_resume_continues_at_the_same_step_with_identical_params(tmp_path):
   assert resumed['train/loss'] == full['train/loss']  # the window of steps 6..10 only: no step was redone
   a, b = checkpoint_params(straight, 10), checkpoint_params(interrupted, 10)
   jax.tree.map(np.testing.assert_array_equal, a, b)
-  assert not any(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(
-      checkpoint_params(interrupted, 5))))
+  assert not any(
+    np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(checkpoint_params(interrupted, 5)))
+  )
 
 
 def test_a_workdir_of_another_model_is_refused(tmp_path):
@@ -67,7 +70,7 @@ def test_a_workdir_recorded_before_a_new_model_field_resumes_at_its_default(tmp_
   assert json.loads(path.read_text())['model']['residual'] is True  # recorded from now on
 
 
-_SHARDED = textwrap.dedent('''
+_SHARDED = textwrap.dedent("""
     import os, sys
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
     sys.path.insert(0, sys.argv[1])
@@ -93,14 +96,15 @@ _SHARDED = textwrap.dedent('''
       hlo = step.lower(state, sharding.to_global(next(batches), mesh), jax.random.key(0)).compile().as_text()
       assert not any(op in hlo for op in ('all-to-all', 'collective-permute', 'all-gather')), n
     print('LOSSES', losses[1], losses[2], losses[8])
-    ''')
+    """)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_eight_devices_reach_the_one_device_loss(dtype):
-  out = subprocess.run([sys.executable, '-c', _SHARDED, REPO, dtype], capture_output=True, text=True, timeout=600,
-                       cwd=REPO)
+  out = subprocess.run(
+    [sys.executable, '-c', _SHARDED, REPO, dtype], capture_output=True, text=True, timeout=600, cwd=REPO
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   one, two, eight = map(float, out.stdout.split('LOSSES')[1].split())
   # Same data and params; only the order of the cross-device reductions and the parts' sums differs.
@@ -112,7 +116,7 @@ def test_model_config_errors_name_the_field():
     from_config(models.PixelSRConfig, {'prior_layerz': 3}, 'config.model')
   with pytest.raises(UserError, match='config.model.prior_layers must be an int'):
     from_config(models.PixelSRConfig, {'prior_layers': 2.5}, 'config.model')
-  with pytest.raises(UserError, match="config.model.init must be one of"):
+  with pytest.raises(UserError, match='config.model.init must be one of'):
     from_config(models.PixelSRConfig, {'init': 'xavier'}, 'config.model')
   bad = tiny_config()
   bad.data.highres_size = 24
@@ -121,17 +125,25 @@ def test_model_config_errors_name_the_field():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('flag,needle', [
+@pytest.mark.parametrize(
+  'flag,needle',
+  [
     ('--config.batch_sise=8', 'batch_sise'),
     ('--config.batch_size=eight', 'batch_size'),
     ('--config.model.prior_layers=2.5', 'prior_layers'),
-    ("--config.loss=O3", 'config.loss'),
+    ('--config.loss=O3', 'config.loss'),
     ('--config.optimizer.name=sgd', 'config.optimizer.name'),
     ('--config=configs/no_such_config.py', 'no_such_config.py'),
-])
+  ],
+)
 def test_bad_command_line_fields_end_in_one_clear_error(tmp_path, flag, needle):
-  out = subprocess.run([sys.executable, 'launch/train.py', '--config=configs/demo.py:runlocal',
-                        f'--workdir={tmp_path}', flag], capture_output=True, text=True, timeout=300, cwd=REPO)
+  out = subprocess.run(
+    [sys.executable, 'launch/train.py', '--config=configs/demo.py:runlocal', f'--workdir={tmp_path}', flag],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=REPO,
+  )
   assert out.returncode != 0
   errors = [line for line in out.stderr.splitlines() if line.startswith('error: ')]
   assert len(errors) == 1 and needle in errors[0], out.stderr[-2000:]

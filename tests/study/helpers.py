@@ -1,4 +1,5 @@
 """Helpers of the study tests (no tests here): generated studies, a real server process, simulated workers."""
+
 import json
 import os
 import signal
@@ -20,8 +21,7 @@ def make_fooled(out, *, arms=('A', 'B'), num_examples=60, size=8, scale=4, seed=
   """A fooled study of random images: each arm's output is its truth with noise, Bicubic a flat grey."""
   rng = np.random.default_rng(seed)
   truth = rng.integers(0, 256, (num_examples, size, size, 3), dtype=np.uint8)
-  outputs = {a: np.clip(truth.astype(int) + rng.integers(-40, 40, truth.shape), 0, 255).astype(np.uint8)
-             for a in arms}
+  outputs = {a: np.clip(truth.astype(int) + rng.integers(-40, 40, truth.shape), 0, 255).astype(np.uint8) for a in arms}
   outputs['Bicubic'] = np.full_like(truth, 128)
   return manifest.write_fooled(str(out), truth, outputs, scale=scale, arms=list(arms), **protocol)
 
@@ -51,9 +51,19 @@ class Server:
 
   def start(self, timeout=60):
     self.proc = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, 'launch', 'study.py'), 'serve', f'--study={self.study}',
-         f'--port={self.port}', *self.args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=REPO)
+      [
+        sys.executable,
+        os.path.join(REPO, 'launch', 'study.py'),
+        'serve',
+        f'--study={self.study}',
+        f'--port={self.port}',
+        *self.args,
+      ],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      cwd=REPO,
+    )
     self.output = []
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -93,8 +103,9 @@ class Server:
 def request(url, method='GET', body=None, headers=None, raw=None, timeout=30) -> tuple[int, bytes, dict]:
   """(status, body, headers) of one HTTP request; `raw` bytes are sent as the body as they are."""
   data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-  req = urllib.request.Request(url, data=data, method=method, headers={'Content-Type': 'application/json',
-                                                                        **(headers or {})})
+  req = urllib.request.Request(
+    url, data=data, method=method, headers={'Content-Type': 'application/json', **(headers or {})}
+  )
   try:
     with urllib.request.urlopen(req, timeout=timeout) as r:
       return r.status, r.read(), dict(r.headers)
@@ -154,8 +165,9 @@ def continue_worker(base, study, token, choose, display_ms=0, fetch_images=False
         assert request(base + trial[side])[0] == 200
     time.sleep(display_ms / 1000)
     choice = choose(*trial_truth(study, trial['trial']))
-    status, result = api(base, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': choice,
-                                               'display_ms': display_ms})
+    status, result = api(
+      base, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': choice, 'display_ms': display_ms}
+    )
     assert status == 200, result
     answers += 1
     if result['done']:

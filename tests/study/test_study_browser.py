@@ -2,6 +2,7 @@
 `launch/study.py serve`. Practice feedback appears, each pair disappears after one second (timed in the page by a
 requestAnimationFrame probe independent of the app's own measurement), answers land in the database, and a session
 that misses a golden question is discarded."""
+
 import os
 import sqlite3
 
@@ -12,8 +13,9 @@ from PIL import Image
 
 CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-  pytest.skip(f'needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)',
-              allow_module_level=True)
+  pytest.skip(
+    f'needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)', allow_module_level=True
+  )
 pytest.importorskip('selenium', reason="needs pip install -e '.[test]'")
 pytest.importorskip('uvicorn', reason="the study server needs pip install -e '.[study]'")
 
@@ -53,19 +55,37 @@ def _photo_study(out):
       truth.append(np.asarray(crop))
       blocky.append(np.asarray(small.resize((32, 32), Image.NEAREST)))
       smooth.append(np.asarray(small.resize((32, 32), Image.BICUBIC)))
-  return manifest.write_fooled(str(out), np.stack(truth), {'NN': np.stack(blocky), 'Bicubic': np.stack(smooth)},
-                               scale=4, arms=['NN'], practice_pairs=3, main_pairs=6, golden_pairs=2,
-                               workers_per_arm=5, display_ms=1000)
+  return manifest.write_fooled(
+    str(out),
+    np.stack(truth),
+    {'NN': np.stack(blocky), 'Bicubic': np.stack(smooth)},
+    scale=4,
+    arms=['NN'],
+    practice_pairs=3,
+    main_pairs=6,
+    golden_pairs=2,
+    workers_per_arm=5,
+    display_ms=1000,
+  )
 
 
 @pytest.fixture(scope='module')
 def browser(tmp_path_factory):
   options = webdriver.ChromeOptions()
   options.binary_location = CHROMIUM
-  for flag in ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-               '--disable-background-networking', '--disable-component-update', '--disable-sync',
-               '--disable-dev-shm-usage', '--window-size=900,640',
-               f'--user-data-dir={tmp_path_factory.mktemp("chromium")}'):
+  for flag in (
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--disable-dev-shm-usage',
+    '--window-size=900,640',
+    f'--user-data-dir={tmp_path_factory.mktemp("chromium")}',
+  ):
     options.add_argument(flag)
   driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
   yield driver
@@ -75,8 +95,11 @@ def browser(tmp_path_factory):
 def _current(study, worker):
   db = sqlite3.connect(f'file:{os.path.join(study, storage.DATABASE)}?mode=ro', uri=True)
   try:
-    return db.execute('SELECT t.kind, t.left_label, t.position FROM trials t JOIN sessions s ON s.id = t.session_id '
-                      'WHERE s.worker = ? AND t.position = s.answered', (worker,)).fetchone()
+    return db.execute(
+      'SELECT t.kind, t.left_label, t.position FROM trials t JOIN sessions s ON s.id = t.session_id '
+      'WHERE s.worker = ? AND t.position = s.answered',
+      (worker,),
+    ).fetchone()
   finally:
     db.close()
 
@@ -90,8 +113,12 @@ def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice
   driver.find_element(By.ID, 'start').click()
   feedback, buttons_while_shown = [], []
   for n in range(9):
-    wait.until(lambda d: d.find_element(By.ID, 'trial').get_attribute('data-state') == 'shown'
-               and len(d.find_elements(By.CSS_SELECTOR, '#pair img')) == 2)
+    wait.until(
+      lambda d: (
+        d.find_element(By.ID, 'trial').get_attribute('data-state') == 'shown'
+        and len(d.find_elements(By.CSS_SELECTOR, '#pair img')) == 2
+      )
+    )
     buttons_while_shown.append(driver.find_element(By.ID, 'choose-left').is_enabled())
     if screenshot and n == 4:
       driver.save_screenshot(screenshot)
@@ -113,8 +140,12 @@ def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice
       wait.until(lambda d: d.find_element(By.ID, 'interlude').is_displayed())
       driver.find_element(By.ID, 'continue').click()
   wait.until(lambda d: d.find_element(By.ID, 'end').is_displayed())
-  return {'feedback': feedback, 'shown_ms': driver.execute_script('return window.__shown'),
-          'buttons_while_shown': buttons_while_shown, 'code': driver.find_element(By.ID, 'code').text}
+  return {
+    'feedback': feedback,
+    'shown_ms': driver.execute_script('return window.__shown'),
+    'buttons_while_shown': buttons_while_shown,
+    'code': driver.find_element(By.ID, 'code').text,
+  }
 
 
 def test_whole_sessions_in_a_real_browser(tmp_path, browser):
@@ -123,8 +154,9 @@ def test_whole_sessions_in_a_real_browser(tmp_path, browser):
   server = Server(study)
   try:
     careful = _session(browser, server, study, 'careful', wrong_practice=(1,))
-    careless = _session(browser, server, study, 'careless', miss_golden=True,
-                        screenshot=str(tmp_path / 'study_trial.png'))
+    careless = _session(
+      browser, server, study, 'careless', miss_golden=True, screenshot=str(tmp_path / 'study_trial.png')
+    )
   finally:
     server.stop()
   assert careful['feedback'][0].startswith('Right') and careful['feedback'][1].startswith('Wrong')
@@ -133,10 +165,14 @@ def test_whole_sessions_in_a_real_browser(tmp_path, browser):
   # Every pair was on screen for one second, as the page's own frames saw it.
   assert len(careful['shown_ms']) == 9 and all(950 <= t <= 1500 for t in careful['shown_ms']), careful['shown_ms']
   db = sqlite3.connect(os.path.join(study, storage.DATABASE))
-  rows = db.execute('SELECT s.worker, s.status, s.code, COUNT(a.trial_id), MIN(a.display_ms), MAX(a.display_ms) '
-                    'FROM sessions s JOIN answers a ON a.session_id = s.id GROUP BY s.id ORDER BY s.id').fetchall()
-  assert [(r[0], r[1], r[2], r[3]) for r in rows] == [('careful', 'complete', careful['code'], 9),
-                                                     ('careless', 'discarded', careless['code'], 9)]
+  rows = db.execute(
+    'SELECT s.worker, s.status, s.code, COUNT(a.trial_id), MIN(a.display_ms), MAX(a.display_ms) '
+    'FROM sessions s JOIN answers a ON a.session_id = s.id GROUP BY s.id ORDER BY s.id'
+  ).fetchall()
+  assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+    ('careful', 'complete', careful['code'], 9),
+    ('careless', 'discarded', careless['code'], 9),
+  ]
   assert all(r[4] >= 950 and r[5] <= 1500 for r in rows)
   # On a phone-sized screen the pair still sits side by side, inside the screen.
   server.start()
@@ -146,7 +182,8 @@ def test_whole_sessions_in_a_real_browser(tmp_path, browser):
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, 'start').is_enabled())
     browser.find_element(By.ID, 'start').click()
     WebDriverWait(browser, 30, poll_frequency=0.02).until(
-        lambda d: len(d.find_elements(By.CSS_SELECTOR, '#pair img')) == 2)
+      lambda d: len(d.find_elements(By.CSS_SELECTOR, '#pair img')) == 2
+    )
     width = browser.execute_script('return document.documentElement.clientWidth')
     left, right = (browser.find_element(By.ID, side).rect for side in ('left', 'right'))
     assert left['x'] >= 0 and left['x'] + left['width'] <= right['x'] and right['x'] + right['width'] <= width

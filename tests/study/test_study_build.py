@@ -1,5 +1,6 @@
 """`launch/study.py build --kind=fooled` on tiny trained runs: the study's images are table 1's rows of the eval
 examples (the truth and bicubic checked pixel for pixel), enlarged by nearest neighbour; bad flags fail in one line."""
+
 import os
 import subprocess
 import sys
@@ -16,16 +17,22 @@ from tests.helpers import REPO, tiny_config
 
 
 def _study(*flags):
-  return subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'study.py'), *flags], capture_output=True,
-                        text=True, cwd=REPO, timeout=600)
+  return subprocess.run(
+    [sys.executable, os.path.join(REPO, 'launch', 'study.py'), *flags],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=600,
+  )
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('runs')
   config = tiny_config(num_train_steps=2, checkpoint_every_steps=2, log_every_steps=2)
-  config.evaluate.update(num_examples=12, batch_size=4, temperatures=(1.0,), greedy=True, nn_database_size=64,
-                         nn_chunk_size=64)
+  config.evaluate.update(
+    num_examples=12, batch_size=4, temperatures=(1.0,), greedy=True, nn_database_size=64, nn_chunk_size=64
+  )
   train.train_and_evaluate(config, str(root / 'pixelcnn'))
   regression.train_and_evaluate(defaults.regression_config(config), str(root / 'regression'))
   return config, root
@@ -35,9 +42,18 @@ def runs(tmp_path_factory):
 def test_build_fooled_from_trained_runs(runs, tmp_path):
   config, root = runs
   out = tmp_path / 'study'
-  result = _study('build', '--kind=fooled', f'--workdir={root / "pixelcnn"}',
-                  f'--regression_workdir={root / "regression"}', f'--out={out}', '--num_examples=12',
-                  '--practice_pairs=2', '--main_pairs=8', '--golden_pairs=2', '--workers_per_algorithm=3')
+  result = _study(
+    'build',
+    '--kind=fooled',
+    f'--workdir={root / "pixelcnn"}',
+    f'--regression_workdir={root / "regression"}',
+    f'--out={out}',
+    '--num_examples=12',
+    '--practice_pairs=2',
+    '--main_pairs=8',
+    '--golden_pairs=2',
+    '--workers_per_algorithm=3',
+  )
   assert result.returncode == 0, result.stderr
   assert 'images shown at 128x128 pixels' in result.stdout and 'tau=1.0, greedy)' in result.stdout
   m = manifest.load(str(out))
@@ -50,22 +66,29 @@ def test_build_fooled_from_trained_runs(runs, tmp_path):
     big = np.asarray(Image.open(manifest.image_path(str(out), m.examples[example].images[label])))
     assert np.array_equal(big, np.repeat(np.repeat(big[::4, ::4], 4, 0), 4, 1))
     return big[::4, ::4]
+
   for n in range(12):
     assert np.array_equal(shown(n, manifest.TRUTH), batch['highres'][n])
     assert np.array_equal(shown(n, 'Bicubic'), bicubic[n])
   # Samples differ from the truth and between temperatures (a tiny model draws noise).
   assert not np.array_equal(shown(0, 'tau=1.0'), shown(0, 'greedy'))
-  assert _study('build', '--kind=fooled', f'--workdir={root / "pixelcnn"}', f'--out={out}').stderr.strip().endswith(
-      'already holds a study (its answers live there too); choose a new --out.')
+  assert (
+    _study('build', '--kind=fooled', f'--workdir={root / "pixelcnn"}', f'--out={out}')
+    .stderr.strip()
+    .endswith('already holds a study (its answers live there too); choose a new --out.')
+  )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('flags, needle', [
+@pytest.mark.parametrize(
+  'flags, needle',
+  [
     (['build', '--out=/tmp/x'], 'error: build needs --workdir.'),
     (['report'], 'error: report needs --study.'),
     (['serve', '--study=/nonexistent'], 'is not a study (manifest.json missing)'),
     (['launch'], 'error: usage: launch/study.py {build|serve|report}'),
-])
+  ],
+)
 def test_bad_commands_end_in_one_error_line(flags, needle):
   result = _study(*flags)
   assert result.returncode != 0 and needle in result.stderr.strip().splitlines()[-1], result.stderr
@@ -83,6 +106,7 @@ def test_preference_inputs_cover_every_seen_and_unseen_class(tmp_path):
   """The preference build's inputs: the first `per_class` held-out images of every class, seen and unseen, each
   labelled with its class subfolder (checked against the folder's own split and the pipeline's images)."""
   from launch import study_build as build
+
   rng = np.random.default_rng(0)
   for c in range(14):
     os.makedirs(tmp_path / f'class{c:02d}')

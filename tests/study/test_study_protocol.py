@@ -1,4 +1,5 @@
 """The study's protocols, manifest and report, without a server: session composition, arm assignment, statistics."""
+
 import collections
 import os
 import struct
@@ -47,8 +48,13 @@ def test_fooled_needs_enough_examples_and_the_golden_row(tmp_path):
     make_fooled(tmp_path / 'a', num_examples=54)
   assert not os.path.exists(tmp_path / 'a')  # A failed build leaves nothing.
   with pytest.raises(UserError, match='No images for'):
-    manifest.write_fooled(str(tmp_path / 'b'), np.zeros((60, 4, 4, 3), np.uint8),
-                          {'A': np.zeros((60, 4, 4, 3), np.uint8)}, scale=1, arms=['A'])
+    manifest.write_fooled(
+      str(tmp_path / 'b'),
+      np.zeros((60, 4, 4, 3), np.uint8),
+      {'A': np.zeros((60, 4, 4, 3), np.uint8)},
+      scale=1,
+      arms=['A'],
+    )
 
 
 def test_existing_study_is_never_overwritten(tmp_path):
@@ -61,7 +67,7 @@ def _png_chunks(data: bytes) -> list[bytes]:
   assert data[:8] == b'\x89PNG\r\n\x1a\n'
   chunks, pos = [], 8
   while pos < len(data):
-    length, kind = struct.unpack('>I4s', data[pos:pos + 8])
+    length, kind = struct.unpack('>I4s', data[pos : pos + 8])
     chunks.append(kind)
     pos += 12 + length
   return chunks
@@ -92,8 +98,19 @@ def test_images_are_opaque_same_size_and_bare(tmp_path):
 
 
 def test_choose_arm_fills_the_emptiest_until_full():
-  m = manifest.Manifest(kind='fooled', question='q', display_ms=0, scale=1, image_size=(1, 1), arms=('A', 'B', 'C'),
-                        workers_per_arm=2, examples=(), practice_pairs=0, main_pairs=0, golden='A')
+  m = manifest.Manifest(
+    kind='fooled',
+    question='q',
+    display_ms=0,
+    scale=1,
+    image_size=(1, 1),
+    arms=('A', 'B', 'C'),
+    workers_per_arm=2,
+    examples=(),
+    practice_pairs=0,
+    main_pairs=0,
+    golden='A',
+  )
   rng = np.random.default_rng(0)
   assert {protocols.choose_arm(m, {}, {}, rng) for _ in range(50)} == {'A', 'B', 'C'}
   assert protocols.choose_arm(m, {'A': 1, 'B': 1}, {}, rng) == 'C'
@@ -110,7 +127,7 @@ def test_preference_session_is_srim_protocol(tmp_path):
     trials = protocols.compose_session(m, 'all', rng)
     assert len(trials) == 60
     for k, (a, b) in enumerate(manifest.SRIM_TESTS):
-      block = trials[20 * k:20 * (k + 1)]
+      block = trials[20 * k : 20 * (k + 1)]
       assert {t.test for t in block} == {f'{a} vs {b}'}
       assert all({t.left_label, t.right_label} == {a, b} for t in block)
       for split in ('seen', 'unseen'):
@@ -143,13 +160,15 @@ def _fool(k):
       return truth
     state['counted'] += 1
     return other if state['counted'] <= k else truth
+
   return choose
 
 
 def test_fooled_report_counts_and_interval(tmp_path):
   m = make_fooled(tmp_path / 's', arms=('A',), workers_per_arm=4, display_ms=0)
-  miss_golden = lambda row: ('right' if row['left_label'] == manifest.TRUTH else 'left') if row['kind'] == (
-      protocols.GOLDEN) else 'left'
+  miss_golden = lambda row: (
+    ('right' if row['left_label'] == manifest.TRUTH else 'left') if row['kind'] == (protocols.GOLDEN) else 'left'
+  )
   store = _scripted_store(tmp_path, m, {'w1': _fool(4), 'w2': _fool(8), 'w3': _fool(12), 'bad': miss_golden})
   store.close()
   rows = report.fooled_rows(str(tmp_path / 's'), m)
@@ -182,12 +201,18 @@ TABLE1 = """| Method | pSNR | SSIM |
 
 
 def test_merge_table1_adds_then_replaces_the_column():
-  rows = {'tau=1.0': {'answers': 400, 'rate': 0.3125, 'lo': 0.25, 'hi': 0.375, 'valid': 10},
-          'NN': {'answers': 400, 'rate': 0.05, 'lo': 0.0375, 'hi': 0.0625, 'valid': 10}}
+  rows = {
+    'tau=1.0': {'answers': 400, 'rate': 0.3125, 'lo': 0.25, 'hi': 0.375, 'valid': 10},
+    'NN': {'answers': 400, 'rate': 0.05, 'lo': 0.0375, 'hi': 0.0625, 'valid': 10},
+  }
   merged = report.merge_table1(TABLE1, rows)
   assert merged.split('\n')[:5] == [
-      '| Method | pSNR | SSIM | % Fooled |', '|---|---|---|---|', '| Bicubic | 31.81 | 0.770 | n/a |',
-      '| NN | 24.44 | 0.500 | 5.0 [3.8, 6.2] |', '| tau=1.0 | 17.52 | 0.293 | 31.2 [25.0, 37.5] |']
+    '| Method | pSNR | SSIM | % Fooled |',
+    '|---|---|---|---|',
+    '| Bicubic | 31.81 | 0.770 | n/a |',
+    '| NN | 24.44 | 0.500 | 5.0 [3.8, 6.2] |',
+    '| tau=1.0 | 17.52 | 0.293 | 31.2 [25.0, 37.5] |',
+  ]
   assert '- 128 examples.' in merged and merged.count('- % Fooled') == 1
   rows['NN']['rate'] = 0.1
   again = report.merge_table1(merged, rows)
@@ -200,6 +225,7 @@ def test_preference_table_by_hand(tmp_path):
 
   def prefers(method, seen_rate_of_first):
     """Chooses `method` when shown; in other tests the test's first method on seen pairs, its second otherwise."""
+
     def choose(row):
       labels = (row['left_label'], row['right_label'])
       if method in labels:
@@ -207,7 +233,9 @@ def test_preference_table_by_hand(tmp_path):
       first = row['test'].split(' vs ')[0]
       want = first if row['split'] == 'seen' else [x for x in labels if x != first][0]
       return 'left' if labels[0] == want else 'right'
+
     return choose
+
   _scripted_store(tmp_path, m, {'p1': prefers('SRIM', 1), 'p2': prefers('Bicubic', 1)}).close()
   table = report.preference_rows(str(tmp_path / 's'), m)
   # Test 1 (SRIM vs SRGAN): p1 always SRIM (1.0); p2 (no Bicubic shown) SRIM on seen, SRGAN on unseen.

@@ -1,5 +1,6 @@
 """The study's real server (`launch/study.py serve`, uvicorn) over HTTP on 127.0.0.1: what strangers can send and
 see, a simulated crowd with known fool rates, 50 concurrent workers, and kill -9 with a restart."""
+
 import concurrent.futures
 import http.client
 import json
@@ -77,17 +78,28 @@ def test_nothing_sent_tells_which_image_is_real(served):
     assert pngs[0][12:29] == pngs[1][12:29]
     assert all(b'tEXt' not in p and b'iTXt' not in p and b'tIME' not in p and b'iCCP' not in p for p in pngs)
     time.sleep(0.16)
-    assert api(server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left',
-                                           'display_ms': 155})[0] == 200
+    assert (
+      api(server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left', 'display_ms': 155})[0]
+      == 200
+    )
   assert len(seen_tokens) == 6  # fresh tokens per pair and side
 
 
 def test_no_path_traversal(served):
   study, server = served
   image_id = next(iter(manifest.load(str(study)).image_ids()))
-  for path in ('/img/' + image_id, '/img/..%2Fmanifest.json', '/img/../manifest.json', '/manifest.json',
-               '/study.sqlite', '/images/' + image_id + '.png', '/admin_token', '/study.js/../admin_token',
-               '/%2e%2e/%2e%2e/etc/passwd', '/img/' + '0' * 32):
+  for path in (
+    '/img/' + image_id,
+    '/img/..%2Fmanifest.json',
+    '/img/../manifest.json',
+    '/manifest.json',
+    '/study.sqlite',
+    '/images/' + image_id + '.png',
+    '/admin_token',
+    '/study.js/../admin_token',
+    '/%2e%2e/%2e%2e/etc/passwd',
+    '/img/' + '0' * 32,
+  ):
     status, body, _ = request(server.url + path)
     assert status == 404, (path, status)
     assert b'PNG' not in body and b'workers_per_arm' not in body
@@ -98,14 +110,20 @@ def test_no_path_traversal(served):
 def test_malformed_and_oversized_requests_get_4xx(served):
   study, server = served
   token = _start(server, 'fuzzer')
-  cases = [('/api/session', b'not json'), ('/api/session', b'[1, 2]'), ('/api/session', b'\xff\xfe'),
-           ('/api/session', b'{"worker": {"a": 1}}'), ('/api/trial', b'{"token": 5}'), ('/api/trial', b'{}'),
-           ('/api/answer', json.dumps({'token': token, 'trial': None, 'choice': 'left', 'display_ms': 1}).encode()),
-           ('/api/answer', json.dumps({'token': token, 'trial': 't', 'choice': 'left', 'display_ms': 'x'}).encode()),
-           ('/api/answer', json.dumps({'token': [token]}).encode()),
-           ('/api/answer', json.dumps({'token': token, 'trial': 'é' * 32, 'choice': 'left', 'display_ms': 1}).encode()),
-           ('/api/session', json.dumps({'worker': 'fuzzer', 'token': 'é' * 32}).encode()),
-           ('/api/session', b'{"worker": "' + b'w' * 5000 + b'"}')]
+  cases = [
+    ('/api/session', b'not json'),
+    ('/api/session', b'[1, 2]'),
+    ('/api/session', b'\xff\xfe'),
+    ('/api/session', b'{"worker": {"a": 1}}'),
+    ('/api/trial', b'{"token": 5}'),
+    ('/api/trial', b'{}'),
+    ('/api/answer', json.dumps({'token': token, 'trial': None, 'choice': 'left', 'display_ms': 1}).encode()),
+    ('/api/answer', json.dumps({'token': token, 'trial': 't', 'choice': 'left', 'display_ms': 'x'}).encode()),
+    ('/api/answer', json.dumps({'token': [token]}).encode()),
+    ('/api/answer', json.dumps({'token': token, 'trial': 'é' * 32, 'choice': 'left', 'display_ms': 1}).encode()),
+    ('/api/session', json.dumps({'worker': 'fuzzer', 'token': 'é' * 32}).encode()),
+    ('/api/session', b'{"worker": "' + b'w' * 5000 + b'"}'),
+  ]
   for path, body in cases:
     status, data, _ = request(server.url + path, 'POST', raw=body)
     assert 400 <= status < 500, (path, body[:40], status, data)
@@ -114,8 +132,15 @@ def test_malformed_and_oversized_requests_get_4xx(served):
   # A declared or streamed body over 4 KB is refused before it is read whole.
   big = b'POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n'
   assert raw_http(server.port, big + b'{').startswith(b'HTTP/1.1 413')
-  chunked = (b'POST /api/session HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
-             + b'1000\r\n' + b'a' * 4096 + b'\r\n' + b'1000\r\n' + b'a' * 4096 + b'\r\n0\r\n\r\n')
+  chunked = (
+    b'POST /api/session HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+    + b'1000\r\n'
+    + b'a' * 4096
+    + b'\r\n'
+    + b'1000\r\n'
+    + b'a' * 4096
+    + b'\r\n0\r\n\r\n'
+  )
   assert raw_http(server.port, chunked).startswith(b'HTTP/1.1 413')
   bad_length = b'POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n'
   assert raw_http(server.port, bad_length).split(b' ')[1].startswith(b'4')
@@ -130,8 +155,9 @@ def test_answers_are_checked_on_the_server(served):
   token, other = _start(server, 'checked'), _start(server, 'other')
   trial = api(server.url, '/api/trial', {'token': token})[1]
   theirs = api(server.url, '/api/trial', {'token': other})[1]
-  answer = lambda **kw: api(server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left',
-                                                        'display_ms': 150} | kw)
+  answer = lambda **kw: api(
+    server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left', 'display_ms': 150} | kw
+  )
   assert answer()[0] == 422  # sooner than the pair could have been shown
   time.sleep(0.16)
   assert answer(display_ms=10)[0] == 422  # a display time the page cannot have measured
@@ -177,6 +203,7 @@ def test_simulated_crowd_recovers_its_fool_rates(tmp_path):
         if kind == 'golden':
           return other if careless else truth
         return other if rng.random() < rates.get(arm, 0.5) else truth
+
       run_worker(server.url, study, f'crowd{k}', choose)
     assert api(server.url, '/api/session', {'worker': 'late'})[0] == 410
     status, text, _ = request(server.url + '/admin/report', headers={'Authorization': f'Bearer {server.admin_token}'})
@@ -194,8 +221,19 @@ def test_simulated_crowd_recovers_its_fool_rates(tmp_path):
   # The command line: report.md, fooled.csv, figure7.png, and the column merged into the run's table1.md.
   (tmp_path / 'run').mkdir()
   (tmp_path / 'run' / 'table1.md').write_text('| Method | pSNR |\n|---|---|\n| A | 20.00 |\n| B | 21.00 |\n')
-  out = subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'study.py'), 'report', f'--study={study}',
-                        f'--table1_dir={tmp_path / "run"}'], capture_output=True, text=True, cwd=REPO, timeout=120)
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, 'launch', 'study.py'),
+      'report',
+      f'--study={study}',
+      f'--table1_dir={tmp_path / "run"}',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr
   table1 = (tmp_path / 'run' / 'table1.md').read_text().split('\n')
   assert table1[0] == '| Method | pSNR | % Fooled |'
@@ -210,8 +248,7 @@ def test_fifty_concurrent_workers_lose_and_duplicate_nothing(tmp_path):
   server = Server(study)
   try:
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
-      futures = [pool.submit(run_worker, server.url, study, f'load{k}', _honest, 20, k % 10 == 0)
-                 for k in range(50)]
+      futures = [pool.submit(run_worker, server.url, study, f'load{k}', _honest, 20, k % 10 == 0) for k in range(50)]
       results = [f.result(timeout=240) for f in futures]
   finally:
     server.stop()
@@ -221,8 +258,13 @@ def test_fifty_concurrent_workers_lose_and_duplicate_nothing(tmp_path):
   assert db.execute("SELECT COUNT(*) FROM sessions WHERE status = 'complete' AND answered = 55").fetchone()[0] == 50
   assert db.execute('SELECT arm, COUNT(*) FROM sessions GROUP BY arm').fetchall() == [('A', 25), ('B', 25)]
   # Each session's answers are its positions 0..54, once each.
-  assert db.execute('SELECT COUNT(*) FROM (SELECT session_id FROM answers GROUP BY session_id '
-                    'HAVING COUNT(*) = 55 AND MIN(position) = 0 AND MAX(position) = 54)').fetchone()[0] == 50
+  assert (
+    db.execute(
+      'SELECT COUNT(*) FROM (SELECT session_id FROM answers GROUP BY session_id '
+      'HAVING COUNT(*) = 55 AND MIN(position) = 0 AND MAX(position) = 54)'
+    ).fetchone()[0]
+    == 50
+  )
 
 
 def test_kill9_and_restart_lose_nothing_and_resume(tmp_path):
@@ -241,11 +283,16 @@ def test_kill9_and_restart_lose_nothing_and_resume(tmp_path):
           trial = api(server.url, '/api/trial', {'token': token})[1]
           if trial['done']:
             break
-          if api(server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left',
-                                             'display_ms': 0})[0] == 200:
+          if (
+            api(
+              server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left', 'display_ms': 0}
+            )[0]
+            == 200
+          ):
             acknowledged.append(trial['trial'])
     except (OSError, http.client.HTTPException):  # the server is gone, perhaps in the middle of a reply
       pass
+
   threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
   for t in threads:
     t.start()
@@ -291,12 +338,19 @@ def test_serve_without_the_web_packages_names_the_install(tmp_path):
   blocker = tmp_path / 'block'
   blocker.mkdir()
   (blocker / 'sitecustomize.py').write_text(
-      'import sys\nclass _Block:\n  def find_spec(self, name, *a):\n'
-      '    if name.split(".")[0] in ("starlette", "uvicorn"):\n      raise ImportError(name=name)\n'
-      'sys.meta_path.insert(0, _Block())\n')
+    'import sys\nclass _Block:\n  def find_spec(self, name, *a):\n'
+    '    if name.split(".")[0] in ("starlette", "uvicorn"):\n      raise ImportError(name=name)\n'
+    'sys.meta_path.insert(0, _Block())\n'
+  )
   env = dict(os.environ, PYTHONPATH=f'{blocker}{os.pathsep}{os.environ.get("PYTHONPATH", "")}')
-  out = subprocess.run([sys.executable, os.path.join(REPO, 'launch', 'study.py'), 'serve',
-                        f'--study={tmp_path / "s"}'], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+  out = subprocess.run(
+    [sys.executable, os.path.join(REPO, 'launch', 'study.py'), 'serve', f'--study={tmp_path / "s"}'],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env=env,
+    timeout=60,
+  )
   assert out.returncode == 1
   assert out.stderr.strip().splitlines()[-1].startswith('error: serve needs the web server packages')
   assert "pip install -e '.[study]'" in out.stderr

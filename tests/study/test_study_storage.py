@@ -1,4 +1,5 @@
 """The study's database rules, straight through common.study.storage (the server adds only HTTP around them)."""
+
 import sqlite3
 import time
 
@@ -36,8 +37,9 @@ def test_answers_are_validated(tmp_path):
   _refused(403, store.answer, 'f' * 32, trial['trial'], 'left', 100)
   _refused(403, store.answer, '../etc', trial['trial'], 'left', 100)
   _refused(409, store.answer, a, other['trial'], 'left', 100)
-  later = store.db.execute('SELECT t.token FROM trials t JOIN sessions s ON s.id = t.session_id '
-                           'WHERE s.token = ? AND t.position = 3', (a,)).fetchone()[0]
+  later = store.db.execute(
+    'SELECT t.token FROM trials t JOIN sessions s ON s.id = t.session_id WHERE s.token = ? AND t.position = 3', (a,)
+  ).fetchone()[0]
   _refused(409, store.answer, a, later, 'left', 100)
   _refused(400, store.answer, a, trial['trial'], 'middle', 100)
   _refused(400, store.answer, a, trial['trial'], 'left', float('nan'))
@@ -62,8 +64,9 @@ def test_images_only_for_the_current_pair(tmp_path):
   token = store.start('w')['token']
   trial = store.next_trial(token)
   left = trial['left'].removeprefix('/img/')
-  row = store.db.execute('SELECT left_image, left_token, right_token FROM trials WHERE token = ?',
-                         (trial['trial'],)).fetchone()
+  row = store.db.execute(
+    'SELECT left_image, left_token, right_token FROM trials WHERE token = ?', (trial['trial'],)
+  ).fetchone()
   assert store.image(left) == row['left_image'] and left != row['left_image']
   assert store.image(row['left_image']) is None  # a manifest id is not a token
   nxt = store.db.execute('SELECT left_token FROM trials WHERE position = 1').fetchone()[0]
@@ -107,8 +110,10 @@ def test_assignment_until_enough_valid_workers_per_algorithm(tmp_path):
 def test_active_sessions_hold_places_until_abandoned(tmp_path):
   m = make_fooled(tmp_path / 's', arms=('A', 'B'), workers_per_arm=5, display_ms=0)
   store = storage.Store(str(tmp_path / 's'), m, seed=0, abandon_after_s=3600)
-  arms = [store.db.execute('SELECT arm FROM sessions WHERE token = ?', (store.start(f'w{k}')['token'],)).fetchone()[0]
-          for k in range(4)]
+  arms = [
+    store.db.execute('SELECT arm FROM sessions WHERE token = ?', (store.start(f'w{k}')['token'],)).fetchone()[0]
+    for k in range(4)
+  ]
   assert sorted(arms) == ['A', 'A', 'B', 'B']  # in progress, they balance the arms
   store.abandon_after_s = 0
   store.db.execute("UPDATE sessions SET status = 'complete' WHERE worker = 'w0'")
