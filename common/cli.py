@@ -1,8 +1,10 @@
 """What the launch/ scripts share: one-line user errors, flag parsing that reports them, quiet library logs."""
 
+import logging as std_logging
 import os
 import re
 import sys
+from typing import NoReturn
 
 # Before TensorFlow loads: its C++ warnings would print the whole Python traceback of an unreadable image file
 # above the one-line error that names it.
@@ -30,7 +32,7 @@ def use_huge_pages() -> None:
   os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-def fail(error: Exception | str, code: int = 2):
+def fail(error: Exception | str, code: int = 2) -> NoReturn:
   """One line on stderr and a non-zero exit; config_flags' errors are rewritten without their traceback."""
   if isinstance(error, (KeyError, AttributeError)) and error.args:  # ml_collections: an unknown field
     # ml_collections nests the message in reprs: "'\\'name\\'\\nDid you mean ...'". Keep the name and the hint.
@@ -70,13 +72,13 @@ def quiet_logs(imports_tensorflow: bool = True):
   records stay."""
   everything = logging.get_verbosity() >= 1
 
-  class _Filter(logging.logging.Filter):
+  class _Filter(std_logging.Filter):
     def filter(self, record):
       if '/orbax/' in record.pathname:
-        return record.levelno >= logging.logging.CRITICAL
+        return record.levelno >= std_logging.CRITICAL
       return (
         everything
-        or record.levelno >= logging.logging.WARNING
+        or record.levelno >= std_logging.WARNING
         or record.pathname.startswith(_OWN)
         or any(lib in record.pathname for lib in _PROGRESS_LIBRARIES)
       )

@@ -2,7 +2,7 @@
 
 import dataclasses
 import typing
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import ml_collections
 
@@ -45,7 +45,7 @@ def from_config(cls: type[T], section: ml_collections.ConfigDict | dict, where: 
   """
   values = dict(section)
   hints = typing.get_type_hints(cls)
-  names = {f.name for f in dataclasses.fields(cls)}
+  names = {f.name for f in dataclasses.fields(cast(Any, cls))}
   unknown = sorted(set(values) - names)
   if unknown:
     raise UserError(f'Unknown field {where}.{unknown[0]}; {where} accepts: {", ".join(sorted(names))}.')

@@ -175,7 +175,7 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
     except tf.errors.OpError as e:
       error = e.with_traceback(None)  # TF's frames in the traceback hold the iterator.
     else:
-      yield batch
+      yield batch  # pyright: ignore[reportReturnType]  (tensorflow's stubs type as_numpy_iterator's items as arrays)
       continue
     batches = error.__context__ = None
     bad_file = re.search(r'ImageError: (.*)', error.message)
@@ -207,7 +207,7 @@ def augment_square(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """One of the 8 flips and 90-degree rotations of a square (S, S, C) image, each with probability 1/8, keyed by
   `seed` (int64 [2]): a horizontal flip, a vertical flip and a transpose, each with probability 1/2 and in that
   order, as the augmentation of BasicSR, on which the SRIM authors' PyTorch port is built."""
-  key = tf.random.experimental.stateless_fold_in(seed, 1)  # Not the crop's key: the draws must be independent.
+  key = tf.random.experimental.stateless_fold_in(seed, 1)  # pyright: ignore[reportAttributeAccessIssue]  (not in tensorflow's stubs)  # Not the crop's key: the draws must be independent.
   flip_h, flip_v, transpose = tf.unstack(tf.random.stateless_uniform([3], seed=key) < 0.5)
   image = tf.where(flip_h, image[:, ::-1], image)
   image = tf.where(flip_v, image[::-1], image)
@@ -411,8 +411,12 @@ def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
   def load(split_name):
     """Undecoded images: shuffling and skipping move bytes, and only kept examples are decoded."""
     try:
+      # tfds' decorator hides as_dataset's parameters from type checkers.
       ds = builder.as_dataset(
-        split=split_name, shuffle_files=False, read_config=read_config, decoders={'image': tfds.decode.SkipDecoding()}
+        split=split_name,  # pyright: ignore[reportCallIssue]
+        shuffle_files=False,
+        read_config=read_config,
+        decoders={'image': tfds.decode.SkipDecoding()},
       )
     except AssertionError as e:  # What tfds raises for a dataset missing from data_dir.
       if builder.is_prepared():
@@ -441,7 +445,11 @@ def _tfds_examples(data_cfg, split, *, shard, seed, start_index):
 
     def epoch(e):
       epoch_seed = tf.random.stateless_uniform(
-        [], seed=tf.stack([tf.constant(seed, tf.int64), e]), minval=None, maxval=None, dtype=tf.int64
+        [],
+        seed=tf.stack([tf.constant(seed, tf.int64), e]),
+        minval=None,  # pyright: ignore[reportArgumentType]  (tf stubs; None: the full int64 range)
+        maxval=None,
+        dtype=tf.int64,
       )
       return records.shuffle(data_cfg.shuffle_buffer, seed=epoch_seed)
 

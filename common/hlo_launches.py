@@ -24,6 +24,14 @@ def _computations(hlo: str) -> dict[str, list[str]]:
   return comps
 
 
+def _body(line: str) -> str:
+  """The body computation of a while instruction's line."""
+  match = re.search(r'body=%?([\w.-]+)', line)
+  if match is None:
+    raise ValueError(f'a while instruction without a body: {line!r}')
+  return match.group(1)
+
+
 def _opcode(line: str) -> str:
   op = re.search(r' ([a-z][\w-]*)\(', line.split(' = ', 1)[-1])
   return op.group(1) if op else ''
@@ -38,7 +46,7 @@ def _launches(comps: dict, name: str) -> collections.Counter:
     if op in _FREE:
       continue
     if op == 'while':
-      body = re.search(r'body=%?([\w.-]+)', line).group(1)
+      body = _body(line)
       trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
       for k, v in _launches(comps, body).items():
         count[k] += v * (int(trips.group(1)) if trips else 1)
@@ -61,7 +69,7 @@ def pixel_step(hlo: str, width: int) -> collections.Counter:
     for line in lines:
       trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
       if _opcode(line) == 'while' and trips and int(trips.group(1)) == width:
-        loops[re.search(r'body=%?([\w.-]+)', line).group(1)] = None
+        loops[_body(line)] = None
   nested = {
     body
     for body in loops

@@ -9,6 +9,7 @@ import functools
 import os
 import uuid
 from collections.abc import Sequence
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,10 @@ class ImageError(UserError, ValueError):
 
 
 def _size_2d(size: int | Sequence[int]) -> tuple[int, int]:
-  return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
+  if np.ndim(size) == 0:  # An int, or a NumPy scalar.
+    return int(cast(int, size)), int(cast(int, size))
+  pair = cast(Sequence[int], size)
+  return int(pair[0]), int(pair[1])
 
 
 @functools.cache
@@ -77,7 +81,7 @@ def _tf_bicubic_weights(in_size: int, out_size: int, half_pixel_centers: bool) -
   return weights
 
 
-def resize(images: jax.Array, size: int | Sequence[int], *, method: str = 'antialiased') -> jax.Array:
+def resize(images: jax.Array | np.ndarray, size: int | Sequence[int], *, method: str = 'antialiased') -> jax.Array:
   """Bicubic resize of an image (H, W, C) or a batch (..., H, W, C) to `size` (h, w).
 
   'antialiased' equals `tf.image.resize(x, size, 'bicubic', antialias=True)` (and
@@ -108,12 +112,14 @@ def quantize(x: jax.Array) -> jax.Array:
   return jnp.clip(jnp.round(jnp.asarray(x, jnp.float32)), 0, 255).astype(jnp.uint8)
 
 
-def downsample(highres: jax.Array, size: int | Sequence[int], *, method: str = 'antialiased') -> jax.Array:
+def downsample(highres: jax.Array | np.ndarray, size: int | Sequence[int], *, method: str = 'antialiased') -> jax.Array:
   """uint8 high-res -> uint8 low-res, the operator the data pipeline uses to make inputs (config.data.resize)."""
   return quantize(resize(highres, size, method=method))
 
 
-def bicubic_upsample(lowres: jax.Array, size: int | Sequence[int], *, method: str = 'antialiased') -> jax.Array:
+def bicubic_upsample(
+  lowres: jax.Array | np.ndarray, size: int | Sequence[int], *, method: str = 'antialiased'
+) -> jax.Array:
   """uint8 low-res -> float32 in [0, 255]: the bicubic baseline, clipped to valid pixels. 'antialiased' and
   'no_antialias' are the same kernel when upsampling; 'tf1' is TF1's resize_bicubic, as a TF1-era baseline was."""
   return jnp.clip(resize(lowres, size, method=method), 0.0, 255.0)

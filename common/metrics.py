@@ -40,6 +40,7 @@ Luminance (Y): two conventions, the `convention` argument of `luma`, `psnr_y` an
 
 import functools
 import math
+import operator
 from collections.abc import Sequence
 
 import jax
@@ -56,7 +57,7 @@ _BT601_Y = np.array([65.481, 128.553, 24.966]) / 255.0  # Y weights on the 0..25
 _HIGHEST = jax.lax.Precision.HIGHEST  # GPUs/TPUs would otherwise filter in reduced precision.
 
 
-def _float(x: jax.Array) -> jax.Array:
+def _float(x: jax.Array | np.ndarray) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
 
@@ -161,14 +162,14 @@ def ms_ssim(
   return jnp.mean(jnp.prod(terms ** jnp.asarray(power_factors, jnp.float32), axis=-1), axis=-1)
 
 
-def luminance(rgb: jax.Array, max_val: float = 255.0) -> jax.Array:
+def luminance(rgb: jax.Array | np.ndarray, max_val: float = 255.0) -> jax.Array:
   """BT.601 Y of RGB images on [0, max_val] -> (..., H, W, 1) on the same scale (16/255 .. 235/255 of max_val)."""
   weights = jnp.asarray(_BT601_Y, jnp.float32)
   y = jnp.einsum('...c,c->...', _float(rgb), weights, precision=_HIGHEST) + 16.0 / 255.0 * max_val
   return y[..., None]
 
 
-def luma(rgb: jax.Array, max_val: float = 255.0, convention: str = 'bt601') -> jax.Array:
+def luma(rgb: jax.Array | np.ndarray, max_val: float = 255.0, convention: str = 'bt601') -> jax.Array:
   """Y of RGB images under `convention` (module docstring) -> (..., H, W, 1) on the scale of max_val."""
   if convention == 'daala':
     return daala_luma(rgb, max_val)
@@ -176,12 +177,16 @@ def luma(rgb: jax.Array, max_val: float = 255.0, convention: str = 'bt601') -> j
   return luminance(rgb, max_val)
 
 
-def psnr_y(a: jax.Array, b: jax.Array, max_val: float = 255.0, convention: str = 'bt601') -> jax.Array:
+def psnr_y(
+  a: jax.Array | np.ndarray, b: jax.Array | np.ndarray, max_val: float = 255.0, convention: str = 'bt601'
+) -> jax.Array:
   """pSNR of the luminance of RGB images: BT.601 as the super-resolution literature reports it, or daala's."""
   return psnr(luma(a, max_val, convention), luma(b, max_val, convention), max_val)
 
 
-def ssim_y(a: jax.Array, b: jax.Array, max_val: float = 255.0, convention: str = 'bt601') -> jax.Array:
+def ssim_y(
+  a: jax.Array | np.ndarray, b: jax.Array | np.ndarray, max_val: float = 255.0, convention: str = 'bt601'
+) -> jax.Array:
   """SSIM of the luminance of RGB images: BT.601 with `ssim`'s window (11x11, sigma 1.5), or daala's dump_ssim."""
   if convention == 'daala':
     return _daala_ssim_plane(_daala_y8(a, max_val), _daala_y8(b, max_val))
@@ -205,7 +210,7 @@ def consistency(lowres: jax.Array, highres: jax.Array, *, method: str = 'antiali
   return mse(lowres, down) / 255.0**2
 
 
-def diversity(samples: jax.Array, num_samples: int, max_val: float = 255.0) -> jax.Array:
+def diversity(samples: jax.Array | np.ndarray, num_samples: int, max_val: float = 255.0) -> jax.Array:
   """Mean over pixels and channels of the standard deviation across samples of one input, on a [0, 1] scale.
 
   samples: (B * num_samples, H, W, C) with the samples of input b in rows b * num_samples ... (b + 1) *
@@ -223,7 +228,7 @@ def diversity(samples: jax.Array, num_samples: int, max_val: float = 255.0) -> j
 # less than 2^27.
 
 # A term is a product of factors: int32 or uint32 arrays and Python ints of any size.
-Term = tuple[jax.Array | int, ...]
+Term = tuple[jax.Array | np.ndarray | int, ...]
 # png2y4m's triangular dither spans +-1 quantiser step of Y', Cb and Cr, in the units of its fixed-point BT.709.
 _DITHER_HALF_WIDTHS = (1223320000, 1479548743, 1255654969)
 
@@ -371,7 +376,7 @@ def _daala_reconstruct(y: jax.Array, cb: jax.Array, cr: jax.Array) -> tuple[jax.
     - 1
   )
   green = luma_part - chroma_part + carry
-  return tuple(jnp.clip(c, 0, 65535) for c in (red, green, blue))
+  return jnp.clip(red, 0, 65535), jnp.clip(green, 0, 65535), jnp.clip(blue, 0, 65535)
 
 
 def _daala_luma_steps(rgb16: jax.Array, cb: jax.Array, cr: jax.Array) -> jax.Array:
@@ -424,7 +429,7 @@ def _daala_y8(rgb: jax.Array, max_val: float, dither: bool = True) -> jax.Array:
   return _daala_luma_steps(rgb16, cb, cr) + 16
 
 
-def daala_luma(rgb: jax.Array, max_val: float = 255.0) -> jax.Array:
+def daala_luma(rgb: jax.Array | np.ndarray, max_val: float = 255.0) -> jax.Array:
   """xiph/daala png2y4m's Y' of RGB images (module docstring) -> (..., H, W, 1) float32 on the scale of max_val."""
   return (_daala_y8(rgb, max_val).astype(jnp.float32) * (max_val / 255.0))[..., None]
 
@@ -447,7 +452,8 @@ def _filter_truncated(x: jax.Array, kernel: tuple[int, ...], axis: int) -> jax.A
   pad = [(0, 0)] * x.ndim
   pad[axis] = (half, half)
   padded = jnp.pad(x, pad)
-  return sum(jnp.uint32(k) * jax.lax.slice_in_dim(padded, i, i + size, axis=axis) for i, k in enumerate(kernel))
+  taps = [jnp.uint32(k) * jax.lax.slice_in_dim(padded, i, i + size, axis=axis) for i, k in enumerate(kernel)]
+  return functools.reduce(operator.add, taps)
 
 
 @jax.jit

@@ -126,7 +126,7 @@ def _tfds_digits(data_cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
     raise streams.DatasetNotFoundError(f'tfds has no dataset named {data_cfg.name!r}: check --config.data.name') from e
   split_name = data_cfg.train_split if split == 'train' else data_cfg.eval_split
   try:
-    batches = builder.as_dataset(split=split_name, batch_size=4096)
+    batches = builder.as_dataset(split=split_name, batch_size=4096)  # pyright: ignore[reportCallIssue]  (tfds' decorator)
   except AssertionError as e:  # What tfds raises for a dataset missing from data_dir (as in common.data).
     if builder.is_prepared():
       raise
@@ -153,7 +153,7 @@ def corner_pair(example: dict[str, tf.Tensor], data_cfg: ml_collections.ConfigDi
   )
   free = data_cfg.highres_size - data_cfg.corner_digit_size
   left = tf.where(tf.random.stateless_uniform([], seed=example['seed']) < 0.5, 0, free)
-  highres = tf.pad(small, [[0, free], [left, free - left], [0, 0]])
+  highres = tf.pad(small, [[0, free], [left, free - left], [0, 0]])  # pyright: ignore[reportArgumentType]  (tf stubs)
   highres.set_shape([data_cfg.highres_size, data_cfg.highres_size, 1])
   pair = {'lowres': lowres, 'highres': highres}
   if 'mask' in example:

@@ -7,8 +7,8 @@ the ETA, then the total time.
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import IO, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import IO, TextIO, TypeVar, cast
 
 import tqdm
 
@@ -34,8 +34,8 @@ def track(
     every: the fraction of `total` between two plain lines.
     clock: seconds, for the rate and the ETA (tests pass a fake one).
   """
-  stream = stream or sys.stderr
-  total = len(items) if total is None else total
+  stream = cast(IO[str], stream or sys.stderr)
+  total = len(cast(Sized, items)) if total is None else total
   if _is_terminal(stream):
     yield from tqdm.tqdm(items, desc=desc, total=total, unit=unit, file=stream, dynamic_ncols=True)
     return
@@ -60,7 +60,7 @@ def track(
   print(f'{desc}: {done}/{total} {unit} in {_duration(elapsed)}, {_rate(rate, unit)}', file=stream, flush=True)
 
 
-def _is_terminal(stream: IO[str]) -> bool:
+def _is_terminal(stream: IO[str] | TextIO) -> bool:
   try:
     return stream.isatty()
   except (AttributeError, ValueError):  # No isatty, or a closed stream.

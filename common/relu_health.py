@@ -12,6 +12,8 @@ no gradient, so it never comes back by itself.
   figures = relu_health.summarise(means)         # the sums over an eval set / its examples -> dead fractions
 """
 
+from typing import Any, cast
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,6 +42,7 @@ def channel_sums(stats: dict, mask: jax.Array) -> dict[str, jax.Array]:
   entry per `ReLU` applied; <site> is its module path below the collection, e.g. 'conditioning/stage0_block1/out'."""
   weights = mask.astype(jnp.float32)[:, None]
   flat = traverse_util.flatten_dict(dict(stats.get(COLLECTION, {})), sep='/')
+  flat = cast(dict[str, Any], flat)
   return {_PREFIX + path.removesuffix('/active'): (values[0] * weights).sum(axis=0) for path, values in flat.items()}
 
 
@@ -61,8 +64,9 @@ def summarise(means: dict[str, np.ndarray]) -> dict[str, float]:
   return figures
 
 
-def split(means: dict[str, np.ndarray | float]) -> tuple[dict[str, float], dict[str, float]]:
-  """(the scalar means, `summarise` of the ReLU sums) of `trainer.masked_means`'s output."""
+def split(means: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+  """(the scalar means, `summarise` of the ReLU sums) of `trainer.masked_means`'s output: floats, and (C,) arrays
+  under the ReLU sums' keys."""
   return {k: v for k, v in means.items() if not k.startswith(_PREFIX)}, summarise(means)
 
 

@@ -41,11 +41,11 @@ class Shard:
 
   def global_index(self, local: tf.Tensor) -> tf.Tensor:
     """Local example number -> index in the global stream (row-block split of each batch)."""
-    step, row = local // self.batch, local % self.batch
+    step, row = local // self.batch, local % self.batch  # pyright: ignore[reportOperatorIssue]  (tf stubs lack %)
     return step * self.global_batch + self.index * self.batch + row
 
   def owns(self, index: tf.Tensor) -> tf.Tensor:
-    return (index % self.global_batch) // self.batch == self.index
+    return (index % self.global_batch) // self.batch == self.index  # pyright: ignore[reportOperatorIssue]  (tf stubs)
 
 
 def options() -> tf.data.Options:
@@ -78,7 +78,7 @@ def epoch_stream(num_items: int, seed: int, start_index: int, shard: Shard) -> t
   def epoch(e):
     keys = tf.random.stateless_uniform([num_items], seed=tf.stack([tf.constant(seed, tf.int64), -1 - e]))
     return tf.data.Dataset.from_tensor_slices(
-      {
+      {  # pyright: ignore[reportArgumentType]  (tf stubs: a dict of tensors is a nest)
         'index': e * num_items + tf.range(num_items, dtype=tf.int64),
         'item': tf.argsort(keys),
       }

@@ -9,7 +9,7 @@ skipped: the table serves every method.
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import ml_collections
 
@@ -110,7 +110,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     present, value = _lookup(config, path)
     if present:
       each = rule[0] == 'each'
-      _check(path, value, rule[1] if each else rule, each)
+      _check(path, value, cast(Rule, rule[1] if each else rule), each)
   present, model = _lookup(config, 'model')
   if present:
     for name, value in model.items():

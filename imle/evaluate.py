@@ -71,7 +71,8 @@ def eval_examples(
       'config.data.num_unseen_classes.'
     )
   mask = np.concatenate([b['mask'] for b in batches])
-  return tuple(np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
+  lowres, highres = (np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
+  return lowres, highres
 
 
 def srim_method(config: ml_collections.ConfigDict, workdir: str, num_samples: int) -> Method:

@@ -20,7 +20,7 @@ are VGG16's, e.g. conv2_2 and conv4_3, its nearest to VGG19's conv4_4.
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +100,7 @@ class FeatureMap:
     out = {}
     if layers:
       vgg = vgg19.VGG(outputs=layers, preprocessing=self.preprocessing, dtype=dtype, network=self.network)
-      out.update(vgg.apply({'params': frozen['vgg']}, images01))
+      out.update(cast(dict[str, jax.Array], vgg.apply({'params': frozen['vgg']}, images01)))
     if PIXELS in components:
       out[PIXELS] = images01
     return out
@@ -112,7 +112,7 @@ class FeatureMap:
     """Training distance per image (N,) between samples and ground truth, both (N, H, W, 3) in [0, 1]."""
     mine = self.features(frozen, samples01, self.cfg.components)
     target = jax.lax.stop_gradient(self.features(frozen, truth01, self.cfg.components))
-    total, size = 0.0, 0
+    total, size = jnp.zeros(samples01.shape[0]), 0
     for c in self.cfg.components:
       diff = (mine[c] - target[c]).reshape(samples01.shape[0], -1)
       if self.cfg.loss == 'l1':

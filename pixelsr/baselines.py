@@ -16,7 +16,7 @@ import numpy as np
 from common import images
 
 
-def bicubic(lowres: jax.Array, size: int, method: str = 'antialiased') -> jax.Array:
+def bicubic(lowres: jax.Array | np.ndarray, size: int, method: str = 'antialiased') -> jax.Array:
   """uint8 (..., h, w, C) -> uint8 (..., size, size, C): bicubic upsampling by `method` (config.data.resize: 'tf1'
   is TF1's resize_bicubic, as the paper's baseline most likely was), clipped and rounded."""
   return images.quantize(images.bicubic_upsample(lowres, size, method=method))
@@ -27,11 +27,11 @@ class Neighbours(NamedTuple):
   integer), its index in the database order, and its high-res image (uint8 (Q, H, W, C))."""
 
   distance: jax.Array
-  index: jax.Array
+  index: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (a field named as in the papers' NN)
   highres: jax.Array
 
 
-def _centred_int8(lowres: jax.Array) -> jax.Array:
+def _centred_int8(lowres: jax.Array | np.ndarray) -> jax.Array:
   """uint8 images -> int8 vectors minus 128: distances are unchanged and int8 products accumulate exactly in int32."""
   flat = jnp.asarray(lowres).reshape(lowres.shape[0], -1)
   return (flat.astype(jnp.int32) - 128).astype(jnp.int8)
@@ -63,7 +63,9 @@ def _merge_chunk(
 
 
 def nearest_neighbours(
-  queries: jax.Array, database: Iterable[tuple[jax.Array, jax.Array]], chunk_size: int
+  queries: jax.Array | np.ndarray,
+  database: Iterable[tuple[jax.Array | np.ndarray, jax.Array | np.ndarray]],
+  chunk_size: int,
 ) -> Neighbours:
   """Exact Euclidean nearest neighbours of low-res `queries` among a stream of (lowres, highres) database chunks.
 

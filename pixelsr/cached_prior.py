@@ -19,7 +19,7 @@ It reads the parameters of `models.PixelCNNPrior` (names and masks as there) and
 position, so its logits equal the full network's up to float rounding in the order of the sums.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -100,7 +100,7 @@ class CachedPrior:
     # slices of the weights are taken here, once, not in every step of the sampling loop.
     prefix = lambda channels: [int((layers.channel_groups(channels, nc) <= c).sum()) for c in range(nc)]
     self.prior_prefix = prefix(p)
-    self.by_colour = [
+    self.by_colour: list[dict[str, Any]] = [
       dict(
         current=[current[i, :m, : 2 * m] for i in range(num_layers)],
         out=[dict(kernel=o['kernel'][:m, :m], bias=o['bias'][:m]) for o in out],

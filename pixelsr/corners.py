@@ -83,7 +83,8 @@ def held_out_pairs(data_cfg: ml_collections.ConfigDict, num_examples: int) -> tu
   data_cfg.num_eval_examples = num_examples
   batches = list(data.make_dataset(data_cfg, 'eval', batch_size=250, process_index=0, process_count=1))
   mask = np.concatenate([b['mask'] for b in batches])
-  return tuple(np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
+  lowres, highres = (np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
+  return lowres, highres
 
 
 def train_all(configs: dict[str, ml_collections.ConfigDict], workdir: str) -> dict[str, float]:

@@ -13,6 +13,7 @@ import functools
 import io
 import os
 from collections.abc import Callable
+from typing import Any, cast
 
 import jax
 import ml_collections
@@ -45,7 +46,7 @@ class Table:
 
 @dataclasses.dataclass(frozen=True)
 class _Restored:
-  model: object
+  model: Any
   variables: dict
   step: int
 
@@ -74,6 +75,7 @@ def _restore(workdir: str, method: str, data_cfg: ml_collections.ConfigDict) -> 
     return str(e).rstrip('.')
   step = manager.latest_step()
   manager.close()
+  assert step is not None  # open_manager refuses a run without a finished checkpoint.
   model, variables = (train.restore if method == 'pixelcnn' else regression.restore)(saved, workdir, step)
   logging.info('Restored the %s model of %s at step %d.', method, workdir, step)
   return _Restored(model, variables, step)
@@ -87,7 +89,8 @@ def _eval_examples(data_cfg: ml_collections.ConfigDict, num_examples: int) -> tu
   if not batches:
     raise UserError(f'The eval split {data_cfg.eval_split!r} yielded no examples; check config.data.eval_split.')
   mask = np.concatenate([b['mask'] for b in batches])
-  return tuple(np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
+  lowres, highres = (np.concatenate([b[k] for b in batches])[mask] for k in ('lowres', 'highres'))
+  return lowres, highres
 
 
 def _nearest_neighbours(
@@ -150,7 +153,8 @@ def table1(
 
   def sampler(tau: float) -> Callable[[jax.Array, int], jax.Array]:
     # Every temperature draws batch b with the same key, so the rows differ by tau only.
-    return lambda x, b: sampling.sample(pixelcnn.model, pixelcnn.variables, x, jax.random.fold_in(base_key, b), tau)
+    restored = cast(_Restored, pixelcnn)  # Called only when the run was restored.
+    return lambda x, b: sampling.sample(restored.model, restored.variables, x, jax.random.fold_in(base_key, b), tau)
 
   # Row name -> (low-res batch, batch number) -> uint8 output, or the reason the row is skipped.
   methods: dict[str, Callable[[jax.Array, int], jax.Array] | str] = {
@@ -165,16 +169,16 @@ def table1(
   skipped = {name: reason for name, reason in methods.items() if isinstance(reason, str)}
   for name, reason in skipped.items():
     logging.warning('Table 1: skipping row %s: %s.', name, reason)
-  methods = {name: fn for name, fn in methods.items() if name not in skipped}
+  scored = {name: fn for name, fn in methods.items() if not isinstance(fn, str)}
 
   num_fig = min(cfg.num_figure_rows, num)
-  sums = {name: {} for name in methods}
-  figure_rows = {name: [] for name in methods}
+  sums = {name: {} for name in scored}
+  figure_rows = {name: [] for name in scored}
   for b in progress.track(range(len(lowres_padded) // cfg.batch_size), desc='Table 1', unit='batch'):
     rows = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
     count = min(cfg.batch_size, num - rows.start)
     x, y = put(lowres_padded[rows]), put(highres_padded[rows])
-    for name, method in methods.items():
+    for name, method in scored.items():
       output = method(x, b)
       scores = _scores(x, output, y, resize=config.data.resize)
       if not isinstance(pixelcnn, str):
@@ -186,11 +190,11 @@ def table1(
       if rows.start < num_fig:
         figure_rows[name].append(np.asarray(output[:count]))
 
-  columns = [lowres[:num_fig]] + [np.concatenate(figure_rows[n])[:num_fig] for n in methods] + [highres[:num_fig]]
+  columns = [lowres[:num_fig]] + [np.concatenate(figure_rows[n])[:num_fig] for n in scored] + [highres[:num_fig]]
   notes = [
     f'{num} examples of the {config.data.eval_split!r} split of {_data_name(config.data)}; '
     f'NN searched {cfg.nn_database_size} training examples.',
-    'Figure columns: input | ' + ' | '.join(methods) + ' | ground truth.',
+    'Figure columns: input | ' + ' | '.join(scored) + ' | ground truth.',
   ]
   if not isinstance(pixelcnn, str):
     notes.append(f'Samples and NLL from the pixel recursive model of {workdir} at step {pixelcnn.step}.')

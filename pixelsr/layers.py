@@ -15,7 +15,7 @@ down shift, so the horizontal stack at (i, j) sees rows < i through it and row i
 
 import functools
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import flax.linen as nn
 import jax
@@ -143,7 +143,8 @@ def _conv_as_matmul_fwd(x, kernel, left, right, dtype):
   windows = _column_windows(x.astype(dtype), kh, kw, left, right).reshape(b, -1, kw * c)
   taps = kernel.astype(dtype).transpose(1, 2, 0, 3).reshape(kw * c, kh * o)
   z = jnp.einsum('bmk,kn->bmn', windows, taps, preferred_element_type=jnp.float32).reshape(b, h + kh - 1, w, kh, o)
-  return sum(z[:, d : d + h, :, d] for d in range(kh)), (windows, kernel, jnp.zeros((0,), x.dtype))
+  out = cast(jax.Array, sum(z[:, d : d + h, :, d] for d in range(kh)))
+  return out, (windows, kernel, jnp.zeros((0,), x.dtype))
 
 
 def _conv_as_matmul_bwd(left, right, dtype, residuals, g):
@@ -159,7 +160,7 @@ def _conv_as_matmul_bwd(left, right, dtype, residuals, g):
   d_windows = jnp.einsum('bmn,nk->bmk', dz, taps_t, preferred_element_type=jnp.float32)
   d_windows = d_windows.reshape(b, h + kh - 1, w, kw, c)[:, kh - 1 :]
   # Input column j - left + d fed output column j through tap d.
-  dx = sum(jnp.pad(d_windows[..., d, :], ((0, 0), (0, 0), (d, kw - 1 - d), (0, 0))) for d in range(kw))
+  dx = cast(jax.Array, sum(jnp.pad(d_windows[..., d, :], ((0, 0), (0, 0), (d, kw - 1 - d), (0, 0))) for d in range(kw)))
   dk = jnp.einsum('bmk,bmn->kn', windows, dz, preferred_element_type=jnp.float32)
   return dx[:, :, left : left + w].astype(x_dtype.dtype), dk.reshape(kw, c, kh, o).transpose(2, 0, 1, 3)
 
@@ -173,7 +174,7 @@ def row_conv(
   """A stack's convolution: output row i sees input rows i - kh + 1 .. i and columns j - left .. j + right. As
   `nn.Conv` computes it (`lax.conv_general_dilated` in `dtype`), or with `as_matmul` by `conv_as_matmul`."""
   if as_matmul:
-    return (conv_as_matmul(x, kernel, left, right, dtype) + bias).astype(dtype)
+    return (cast(jax.Array, conv_as_matmul(x, kernel, left, right, dtype)) + bias).astype(dtype)
   x, kernel = x.astype(dtype), kernel.astype(dtype)
   y = jax.lax.conv_general_dilated(
     x, kernel, (1, 1), ((kernel.shape[0] - 1, 0), (left, right)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')

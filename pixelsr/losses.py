@@ -17,6 +17,9 @@ import jax.numpy as jnp
 LN2 = math.log(2.0)
 
 
+Objective = Literal['O1', 'O2']  # Eq. 7, eq. 8.
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-sub-pixel -log softmax(logits)[label]; logits (..., K), integer labels (...)."""
   label_logits = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
@@ -35,7 +38,7 @@ def per_example_losses(cond_logits: jax.Array, prior_logits: jax.Array, highres:
 Reduction = Literal['sum', 'mean']
 
 
-def objective(ce_joint: jax.Array, ce_cond: jax.Array, kind: Literal['O1', 'O2']) -> jax.Array:
+def objective(ce_joint: jax.Array, ce_cond: jax.Array, kind: Objective) -> jax.Array:
   return ce_joint + ce_cond if kind == 'O2' else ce_joint
 
 
@@ -43,7 +46,7 @@ def loss_and_metrics(
   cond_logits: jax.Array,
   prior_logits: jax.Array,
   highres: jax.Array,
-  kind: Literal['O1', 'O2'],
+  kind: Objective,
   weights: jax.Array | None = None,
   reduction: Reduction = 'mean',
 ) -> tuple[jax.Array, dict[str, jax.Array]]:

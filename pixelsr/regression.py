@@ -8,6 +8,7 @@ the batch.
 
 import functools
 from collections.abc import Iterator
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +127,7 @@ def restore(
 @functools.partial(jax.jit, static_argnames='model')
 def predict(model: models.RegressionSR, variables: dict, lowres: jax.Array) -> jax.Array:
   """uint8 low-res (B, h, w, C) -> the baseline's uint8 high-res image (B, H, W, C)."""
-  return images.signed_to_uint8(model.apply(variables, lowres))
+  return images.signed_to_uint8(cast(jax.Array, model.apply(variables, lowres)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

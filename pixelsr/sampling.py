@@ -15,10 +15,12 @@ only at an exact tie). `temperature` is the paper's tau (an inverse temperature:
 
 import functools
 import math
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pixelsr import cached_prior
 
@@ -49,12 +51,17 @@ def _row_noise(keys_R: jax.Array, first_index: jax.Array, width: int, colours: i
 
 def _condition(model: nn.Module, variables: dict, lowres: jax.Array, key: jax.Array, num_samples: int):
   lowres = jnp.repeat(lowres, num_samples, axis=0)
-  cond_logits = model.apply(variables, lowres, method='condition')
+  cond_logits = cast(jax.Array, model.apply(variables, lowres, method='condition'))
   return cond_logits, jax.random.split(key, cond_logits.shape[0])
 
 
 def sample(
-  model: nn.Module, variables: dict, lowres: jax.Array, key: jax.Array, temperature: float = 1.0, num_samples: int = 1
+  model: nn.Module,
+  variables: dict,
+  lowres: jax.Array | np.ndarray,
+  key: jax.Array,
+  temperature: float = 1.0,
+  num_samples: int = 1,
 ) -> jax.Array:
   """Exact samples with cached activations.
 
@@ -86,6 +93,7 @@ def _sample_cached(model, variables, lowres, key, temperature, *, greedy, num_sa
       c, cond_pixel_RCK, noise_RCK = xs
       pixel = jnp.zeros((rows, colours), jnp.uint8)
       start = prior.pixel_start(row_cache, c, pixel_cache)
+      inputs: Any = None  # Each colour's pass sets it; there is at least one colour.
       for colour in range(colours):
         logits, inputs = prior.pixel_logits(row_cache, c, pixel_cache, start, pixel, colour)
         logits = cond_pixel_RCK[:, colour] + logits
@@ -141,7 +149,7 @@ def _sample_naive(model, variables, lowres, key, temperature, *, greedy, num_sam
 
   def body(i, y):
     r, c, ch = i // (width * colours), (i // colours) % width, i % colours
-    prior_logits = model.apply(variables, y, method='prior_logits')
+    prior_logits = cast(jax.Array, model.apply(variables, y, method='prior_logits'))
     logits = cond_logits[:, r, c, ch] + prior_logits[:, r, c, ch]
     return y.at[:, r, c, ch].set(_draw(keys, logits, i, temperature, greedy))
 

@@ -48,7 +48,7 @@ def column_name(tau: float) -> str:
 def grid_columns(
   model,
   variables: dict,
-  lowres: np.ndarray,
+  lowres: jax.Array | np.ndarray,
   highres: np.ndarray,
   key: jax.Array,
   *,
@@ -75,7 +75,7 @@ def _header(names: Sequence[str], cell: int, padding: int, width: int) -> np.nda
   """A white strip with each name centred over its column, in Pillow's built-in font."""
   font = ImageFont.load_default()
   height = max(font.getbbox(n)[3] for n in names) + 2 * padding
-  strip = Image.new('RGB', (width, height), (255, 255, 255))
+  strip = Image.new('RGB', (width, int(height)), (255, 255, 255))
   draw = ImageDraw.Draw(strip)
   for k, name in enumerate(names):
     left = padding + k * (cell + padding)
@@ -109,7 +109,7 @@ def _laplace_nll_bits(counts: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
   diff = np.arange(-255, 256, dtype=np.float64)
   mass = {0: cdf(diff + 0.5), 1: cdf(diff + 0.5) - cdf(diff - 0.5), 2: 1 - cdf(diff - 0.5)}
-  return sum(-(np.log2(np.maximum(mass[e], 1e-300)) * counts[e]).sum(axis=1) for e in range(3))
+  return np.sum([-(np.log2(np.maximum(mass[e], 1e-300)) * counts[e]).sum(axis=1) for e in range(3)], axis=0)
 
 
 @functools.partial(jax.jit, static_argnames=('model',))

@@ -104,7 +104,7 @@ def train_step(
   batch: dict[str, jax.Array],
   rng: jax.Array,
   *,
-  loss_kind: str,
+  loss_kind: losses.Objective,
   schedule: optax.Schedule,
   num_parts: int = 1,
   reduction: losses.Reduction = 'mean',
@@ -123,7 +123,7 @@ def train_step(
   return state.apply_gradients(grads=grads), metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_kind: str) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_kind: losses.Objective) -> dict[str, jax.Array]:
   """Sums over the real (mask == True) examples of the batch, so batches can be added up exactly: the losses, and
   each conditioning ReLU channel's positive fraction (`relu_health`)."""
   (cond_logits, prior_logits), stats = state.apply_fn(

@@ -37,11 +37,12 @@ def time_per_pixel(
   strip = lowres[:STRIP_ROWS, :STRIP_COLUMNS]
   pad = ((0, STRIP_ROWS - strip.shape[0]), (0, STRIP_COLUMNS - strip.shape[1]), (0, 0))
   strip = np.pad(strip, pad, mode='edge')[None]
-  seconds = []
+  seconds, y = [], None
   for _ in range(2):
     start = time.perf_counter()
     y = jax.block_until_ready(sampling.sample(model, variables, strip, key, temperature, num_samples))
     seconds.append(time.perf_counter() - start)
+  assert y is not None
   return Timing(seconds[1] / (y.shape[1] * y.shape[2]), max(seconds[0] - seconds[1], 0.0))
 
 

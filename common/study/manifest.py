@@ -206,6 +206,8 @@ class Writer:
     return image_id
 
   def finish(self, **fields) -> Manifest:
+    if self.size is None:
+      raise UserError('A study needs at least one image; none was added.')
     m = Manifest(scale=self.scale, image_size=self.size, **fields)
     with open(os.path.join(self.staging, MANIFEST), 'w') as f:
       json.dump(to_json(m), f, indent=1)

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import stat
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -187,7 +188,7 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
   ]
   app = Starlette(
     routes=routes,
-    exception_handlers={storage.Refused: refused, HTTPException: http_error, Exception: internal},
+    exception_handlers=cast(dict[Any, Any], {storage.Refused: refused, HTTPException: http_error, Exception: internal}),
     lifespan=_closing(store),
   )
   app.state.store = store

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from typing import TypeGuard
 
 import numpy as np
 
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS answers(
 """
 
 
-def _is_token(value) -> bool:
+def _is_token(value) -> TypeGuard[str]:
   """One of our random tokens' shape (ASCII hex, so that secrets.compare_digest accepts it)."""
   return isinstance(value, str) and TOKEN.fullmatch(value) is not None
 
@@ -124,7 +125,12 @@ class Store:
     with self._transaction() as db:
       row = db.execute('SELECT * FROM sessions WHERE worker = ?', (worker,)).fetchone()
       if row is not None:
-        if row['status'] == ACTIVE and _is_token(token) and secrets.compare_digest(token, row['token']):
+        if (
+          row['status'] == ACTIVE
+          and isinstance(token, str)
+          and _is_token(token)
+          and secrets.compare_digest(token, row['token'])
+        ):
           return self._describe(row)
         raise Refused(409, 'This worker id has already taken part in this study; each worker takes part once.')
       valid, active = self._counts(db, now)
@@ -202,7 +208,8 @@ class Store:
     )
     return valid, active
 
-  def _current(self, db, session) -> sqlite3.Row | None:
+  def _current(self, db, session) -> sqlite3.Row:
+    """The active session's pair at its position (it has one until its last answer, which completes it)."""
     return db.execute(
       'SELECT * FROM trials WHERE session_id = ? AND position = ?', (session['id'], session['answered'])
     ).fetchone()
