@@ -25,7 +25,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 
 from common.config import from_config  # noqa: E402  (after the path)
-from imle import models, srgan, whole_image  # noqa: E402
+from imle import models, srgan_models, whole_image  # noqa: E402
 
 config_flags.DEFINE_config_file(
   'config', os.path.join(_REPO, 'configs', 'imagenet_srim.py'), 'SRIM or SRGAN config.', lock_config=False
@@ -49,8 +49,8 @@ def tile_fn_and_radius(config):
       whole_image.srim_receptive_radius(cfg),
       whole_image.srim_noises(cfg, jax.random.key(1)),
     )
-  cfg = from_config(srgan.SRGANConfig, config.model, 'config.model')
-  model = srgan.Generator(cfg)
+  cfg = from_config(srgan_models.SRGANConfig, config.model, 'config.model')
+  model = srgan_models.Generator(cfg)
   variables = model.init(jax.random.key(0), jnp.zeros((1, side, side, 3)))
   return whole_image.srgan_tile_fn(model, variables), whole_image.srgan_receptive_radius(cfg), lambda *window: ()
 

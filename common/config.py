@@ -50,7 +50,4 @@ def from_config(cls: type[T], section: ml_collections.ConfigDict | dict, where: 
   if unknown:
     raise UserError(f'Unknown field {where}.{unknown[0]}; {where} accepts: {", ".join(sorted(names))}.')
   kwargs = {k: _check_type(v, hints[k], f'{where}.{k}') for k, v in values.items()}
-  try:
-    return cls(**kwargs)
-  except ValueError as e:  # A dataclass's own check (__post_init__) of a well-typed but impossible value.
-    raise UserError(str(e)) from e
+  return cls(**kwargs)  # A dataclass's own check (__post_init__) raises UserError for an impossible value.

@@ -159,3 +159,13 @@ def check_common(config: ml_collections.ConfigDict) -> None:
   train_loop.LoopConfig.from_config(config)
   if 'optimizer' in config:
     optim.make_optimizer(config.optimizer)
+
+
+def check_sizes_agree(data: ml_collections.ConfigDict, factor: int, factor_field: str) -> None:
+  """config.data.highres_size is config.data.lowres_size x the model's upsampling `factor` (named by `factor_field`,
+  as a user sets it), or a UserError naming the three fields."""
+  if data.highres_size != data.lowres_size * factor:
+    raise UserError(
+      f'config.data.highres_size={data.highres_size} is not config.data.lowres_size={data.lowres_size} x '
+      f'{factor_field}={factor}; make the three agree.'
+    )

@@ -53,7 +53,7 @@ def srgan_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.seed = 0  # Parameter init and data order derive from it.
   c.data = ml_collections.ConfigDict(data.to_dict())
   c.model = ml_collections.ConfigDict(
-    dict(  # Fields of imle.srgan.SRGANConfig (documented there).
+    dict(  # Fields of imle.srgan_models.SRGANConfig (documented there).
       upsample_factor=4,  # Two sub-pixel convolution x2 upsamplers.
       generator_blocks=16,  # B residual blocks of 3x3 convs, batch norm, PReLU.
       generator_channels=64,

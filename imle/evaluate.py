@@ -21,7 +21,7 @@ import numpy as np
 
 from common import checkpoint, data, images, lpips, metrics, progress, train_loop, user_images
 from common.errors import UserError
-from imle import models, srgan, train
+from imle import models, srgan, srgan_models, train
 
 COLUMNS = ('psnr_y', 'ssim_y', 'diversity')
 LPIPS_NET = 'alexnet'  # The official default backbone.
@@ -109,7 +109,7 @@ def srgan_method(
   return lambda x, key: np.asarray(srgan.predict(model, variables, x))[:, None]
 
 
-# The networks that tell SRIM's two SRGANs apart (config.model): Ledig et al.'s (imle.srgan.SRGANConfig's defaults)
+# The networks that tell SRIM's two SRGANs apart (config.model): Ledig et al.'s (srgan_models.SRGANConfig's defaults)
 # and tensorlayer/srgan's (configs/imagenet_srgan.py:tensorlayer). Widths, depths and losses vary between a run and
 # its demo, so they name no variant.
 _VARIANT_FIELDS = (
@@ -120,7 +120,7 @@ _VARIANT_FIELDS = (
   'discriminator_layout',
 )
 SRGAN_VARIANTS = {
-  'Ledig': {f: getattr(srgan.SRGANConfig(), f) for f in _VARIANT_FIELDS},
+  'Ledig': {f: getattr(srgan_models.SRGANConfig(), f) for f in _VARIANT_FIELDS},
   'tensorlayer': dict(
     lowres_range='signed',
     generator_input_kernel=3,

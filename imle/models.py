@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from common import images
+from common.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +50,9 @@ class SRIMConfig:
 
   def __post_init__(self):
     if min(self.num_stages, self.num_convs, self.channels, self.kernel_size, self.noise_channels) < 1:
-      raise ValueError(f'config.model sizes must be positive, got {self}.')
+      raise UserError(f'config.model sizes must be positive, got {self}.')
     if self.init_stddev <= 0:
-      raise ValueError(f'config.model.init_stddev must be positive, got {self.init_stddev}.')
+      raise UserError(f'config.model.init_stddev must be positive, got {self.init_stddev}.')
 
   def kernel_init(self) -> Callable:
     return nn.initializers.normal(self.init_stddev) if self.init == 'normal' else nn.linear.default_kernel_init

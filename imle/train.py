@@ -41,12 +41,7 @@ class TrainState(train_state.TrainState):
 def model_config(config: ml_collections.ConfigDict) -> models.SRIMConfig:
   """The typed model config, checked against the data sizes and the VGG layers it must fit."""
   cfg = from_config(models.SRIMConfig, config.model, 'config.model')
-  d = config.data
-  if d.highres_size != d.lowres_size * 2**cfg.num_stages:
-    raise UserError(
-      f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
-      f'2^config.model.num_stages={2**cfg.num_stages}; make the three agree.'
-    )
+  validation.check_sizes_agree(config.data, 2**cfg.num_stages, '2^config.model.num_stages')
   return cfg
 
 

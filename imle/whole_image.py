@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import images
-from imle import models, srgan
+from imle import models, srgan, srgan_models
 
 # (lowres uint8 (1, h, w, 3), one noise window per stage (1, f_s h, f_s w, C)) -> uint8 (1, f h, f w, 3).
 TileFn = Callable[[jax.Array, Sequence[jax.Array]], jax.Array]
@@ -35,7 +35,7 @@ def srim_receptive_radius(cfg: models.SRIMConfig) -> int:
   return math.ceil(radius)
 
 
-def srgan_receptive_radius(cfg: srgan.SRGANConfig) -> int:
+def srgan_receptive_radius(cfg: srgan_models.SRGANConfig) -> int:
   """The same for SRResNet: the 9x9 conv, two 3x3 convs per residual block and the trunk's 3x3 at low resolution;
   a 3x3 conv per x2 upsampler; the last 9x9 at full resolution."""
   upsamplers = cfg.upsample_factor.bit_length() - 1
@@ -115,7 +115,7 @@ def srim_tile_fn(model: models.SRIM, variables: dict) -> TileFn:
   return fn
 
 
-def srgan_tile_fn(model: srgan.Generator, variables: dict) -> TileFn:
+def srgan_tile_fn(model: srgan_models.Generator, variables: dict) -> TileFn:
   fn = jax.jit(lambda lowres: srgan.predict(model, variables, lowres))
   return lambda lowres, noises: fn(lowres)
 

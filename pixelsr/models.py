@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from common import images, relu_health
+from common.errors import UserError
 from pixelsr import layers
 
 
@@ -47,9 +48,9 @@ class ConditioningConfig:
 
   def __post_init__(self):
     if self.upsample_factor < 1 or self.upsample_factor & (self.upsample_factor - 1):
-      raise ValueError(f'config.model.upsample_factor must be a power of two, got {self.upsample_factor}.')
+      raise UserError(f'config.model.upsample_factor must be a power of two, got {self.upsample_factor}.')
     if self.cond_block not in ('post_activation', 'pre_activation'):
-      raise ValueError(
+      raise UserError(
         f"config.model.cond_block must be 'post_activation' or 'pre_activation', got {self.cond_block!r}."
       )
 
@@ -79,11 +80,11 @@ class PixelSRConfig(ConditioningConfig):
   def __post_init__(self):
     super().__post_init__()
     if self.prior_convs not in ('auto', 'xla', 'matmul'):
-      raise ValueError(f"config.model.prior_convs must be 'auto', 'xla' or 'matmul', got {self.prior_convs!r}.")
+      raise UserError(f"config.model.prior_convs must be 'auto', 'xla' or 'matmul', got {self.prior_convs!r}.")
     if self.pixel_kernel not in ('xla', 'pallas'):
-      raise ValueError(f"config.model.pixel_kernel must be 'xla' or 'pallas', got {self.pixel_kernel!r}.")
+      raise UserError(f"config.model.pixel_kernel must be 'xla' or 'pallas', got {self.pixel_kernel!r}.")
     if self.pixel_kernel == 'pallas' and self.dtype != 'float32':
-      raise ValueError(
+      raise UserError(
         "config.model.pixel_kernel='pallas' runs in float32 only: set config.model.dtype='float32' "
         "for sampling (a bf16-trained model's parameters are float32 too), or pixel_kernel='xla'."
       )

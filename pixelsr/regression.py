@@ -20,7 +20,6 @@ from flax.training import train_state
 
 from common import checkpoint, images, metrics, optim, relu_health, sharding, train_loop, trainer, validation
 from common.config import from_config
-from common.errors import UserError
 from pixelsr import models
 
 TrainState = train_state.TrainState
@@ -29,12 +28,7 @@ TrainState = train_state.TrainState
 def model_config(config: ml_collections.ConfigDict) -> models.ConditioningConfig:
   """The typed model config, checked against the data sizes it must fit."""
   cfg = from_config(models.ConditioningConfig, config.model, 'config.model')
-  d = config.data
-  if d.highres_size != d.lowres_size * cfg.upsample_factor:
-    raise UserError(
-      f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
-      f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.'
-    )
+  validation.check_sizes_agree(config.data, cfg.upsample_factor, 'config.model.upsample_factor')
   return cfg
 
 

@@ -27,12 +27,7 @@ TrainState = train_state.TrainState
 def model_config(config: ml_collections.ConfigDict) -> models.PixelSRConfig:
   """The typed model config, checked against the data sizes it must fit."""
   cfg = from_config(models.PixelSRConfig, config.model, 'config.model')
-  d = config.data
-  if d.highres_size != d.lowres_size * cfg.upsample_factor:
-    raise UserError(
-      f'config.data.highres_size={d.highres_size} is not config.data.lowres_size={d.lowres_size} x '
-      f'config.model.upsample_factor={cfg.upsample_factor}; make the three agree.'
-    )
+  validation.check_sizes_agree(config.data, cfg.upsample_factor, 'config.model.upsample_factor')
   if config.loss not in ('O1', 'O2'):
     raise UserError(f"config.loss must be 'O1' (eq. 7) or 'O2' (eq. 8), got {config.loss!r}.")
   return cfg

@@ -7,7 +7,7 @@ import pytest
 
 from common import optim
 from configs import defaults, imagenet_srgan, imagenet_srim
-from imle import features, imle, srgan, vgg19
+from imle import features, imle, srgan, srgan_models, vgg19
 from imle import models as imle_models
 from pixelsr import models as pixelsr_models
 
@@ -33,7 +33,7 @@ def _configs():
     ),
     'srgan': (
       imagenet_srgan.srgan_config(srim.data),
-      {'model': srgan.SRGANConfig, 'srgan': srgan.TrainConfig, 'vgg': vgg19.VGGConfig},
+      {'model': srgan_models.SRGANConfig, 'srgan': srgan.TrainConfig, 'vgg': vgg19.VGGConfig},
     ),
   }
 

@@ -209,7 +209,7 @@ def test_conv_init_choices():
   default = models.SRIM(cfg).init(jax.random.key(0), lowres01, noises)
   middle = np.asarray(default['params']['stage1']['conv2']['kernel'])
   assert middle.std() == pytest.approx(1 / np.sqrt(5 * 5 * 35), rel=0.03)
-  with pytest.raises(ValueError, match='init_stddev must be positive'):
+  with pytest.raises(UserError, match='init_stddev must be positive'):
     models.SRIMConfig(init='normal', init_stddev=0.0)
 
 

@@ -20,11 +20,11 @@ from common import checkpoint, images, metrics, sharding, train_loop, trainer, u
 from common.config import from_config
 from common.errors import UserError
 from configs import demo_srgan, imagenet_srgan
-from imle import evaluate, models, srgan, train, vgg19
+from imle import evaluate, models, srgan, srgan_models, train, vgg19
 from tests.helpers import REPO, tiny_srim_config
 
 pytestmark = pytest.mark.usefixtures('compile_once')  # tests/conftest.py
-TINY = srgan.SRGANConfig(
+TINY = srgan_models.SRGANConfig(
   generator_blocks=2, generator_channels=8, discriminator_channels=(4, 4, 8, 8, 8, 8, 16, 16), discriminator_dense=16
 )
 
@@ -50,7 +50,7 @@ def tiny_config(**overrides):
 
 def test_pixel_shuffle_is_depth_to_space():
   x = np.arange(2 * 2 * 3 * 12, dtype=np.float32).reshape(2, 2, 3, 12)  # r = 2, 3 output channels.
-  out = np.asarray(srgan.pixel_shuffle(jnp.asarray(x), 2))
+  out = np.asarray(srgan_models.pixel_shuffle(jnp.asarray(x), 2))
   assert out.shape == (2, 4, 6, 3)
   for b, h, w, i, j, c in np.ndindex(2, 2, 3, 2, 2, 3):
     assert out[b, 2 * h + i, 2 * w + j, c] == x[b, h, w, (2 * i + j) * 3 + c]
@@ -66,7 +66,7 @@ def param_count(tree):
 
 def test_generator_is_srresnet():
   lowres = jnp.zeros((2, 6, 6, 3))
-  variables = jax.eval_shape(lambda: srgan.Generator(srgan.SRGANConfig()).init(jax.random.key(0), lowres))
+  variables = jax.eval_shape(lambda: srgan_models.Generator(srgan_models.SRGANConfig()).init(jax.random.key(0), lowres))
   p = variables['params']
   # 16 blocks of two 3x3/64 convs + BN with a PReLU between; 9x9 convs at both ends; two 3x3/256 upsamplers.
   assert sorted(k for k in p if k.startswith('block')) == sorted(f'block{i}' for i in range(1, 17))
@@ -78,14 +78,14 @@ def test_generator_is_srresnet():
   # By hand: conv_in 15,616 + PReLU 64 + 16 x (2 x 36,864 + 2 x 128 + 64) + trunk conv 36,864 + BN 128
   # + 2 x (147,712 + 64) + conv_out 15,555 (convs followed by batch norm have no bias).
   assert param_count(p) == 1_548_547
-  model = srgan.Generator(TINY)
+  model = srgan_models.Generator(TINY)
   variables = model.init(jax.random.key(0), lowres)
   out = model.apply(variables, jax.random.uniform(jax.random.key(1), (2, 6, 6, 3)))
   assert out.shape == (2, 24, 24, 3) and float(jnp.abs(out).max()) <= 1.0
 
 
 def test_discriminator_layers_and_strides():
-  model = srgan.Discriminator(srgan.SRGANConfig())
+  model = srgan_models.Discriminator(srgan_models.SRGANConfig())
   x = jnp.zeros((1, 128, 128, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
   logits, state = jax.eval_shape(
@@ -154,7 +154,7 @@ def changed(a, b):
   return jax.tree.leaves(jax.tree.map(lambda x, y: not np.array_equal(x, y), a, b))
 
 
-def tiny_state_and_batch(cfg: srgan.SRGANConfig):
+def tiny_state_and_batch(cfg: srgan_models.SRGANConfig):
   """A train state of `cfg`'s networks (seed 0), a random batch of 4 (6 -> 24 pixels) and the generator that drew it,
   for stepping the updates by hand."""
   config = tiny_config()
@@ -187,7 +187,7 @@ def test_each_update_changes_only_its_own_network():
     float(g_metrics['content_loss'] + 1e-3 * g_metrics['adversarial_loss']), rel=1e-6
   )
 
-  fake = srgan.Generator(cfg).apply(
+  fake = srgan_models.Generator(cfg).apply(
     {'params': state.generator.params, 'batch_stats': state.generator.batch_stats}, batch['lowres'] / np.float32(255)
   )
   d_new, d_metrics = jax.jit(lambda s: srgan.discriminator_update(s, batch, fake, cfg=cfg, tx=tx, lr=lr))(state)
@@ -704,14 +704,14 @@ def tensorlayer_vgg_term(features, fake, real, side):
 def test_tensorlayer_networks():
   lowres = jnp.zeros((1, 32, 32, 3))
   cfg = srgan.model_config(imagenet_srgan.get_config('tensorlayer'))
-  p = jax.eval_shape(lambda: srgan.Generator(cfg).init(jax.random.key(0), lowres))['params']
+  p = jax.eval_shape(lambda: srgan_models.Generator(cfg).init(jax.random.key(0), lowres))['params']
   assert p['conv_in']['kernel'].shape == (3, 3, 3, 64) and p['conv_out']['kernel'].shape == (1, 1, 64, 3)
   assert set(p['block1']) == {'conv1', 'batch_norm1', 'conv2', 'batch_norm2'}  # ReLU: no PReLU slopes.
   assert not any('prelu' in k for k in p)
   # conv_in 1,792 + 16 x (2 x 36,864 + 2 x 128) + trunk 36,864 + 128 + 2 x (147,456 + 256) + conv_out 195.
   assert param_count(p) == 1_518_147
 
-  model, x = srgan.Discriminator(cfg), jnp.zeros((1, 128, 128, 3))
+  model, x = srgan_models.Discriminator(cfg), jnp.zeros((1, 128, 128, 3))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
   _, state = jax.eval_shape(
     lambda v: model.apply(v, x, capture_intermediates=True, mutable=['intermediates']), variables
@@ -736,10 +736,10 @@ def test_tensorlayer_networks():
   # [-1, 1] input: the 'signed' generator on x is the 'unit' one on 2x - 1, with the same parameters.
   unit = dataclasses.replace(TINY_TENSORLAYER, lowres_range='unit')
   small = jax.random.uniform(jax.random.key(1), (2, 6, 6, 3))
-  variables = jax.jit(srgan.Generator(TINY_TENSORLAYER).init)(jax.random.key(0), small)
+  variables = jax.jit(srgan_models.Generator(TINY_TENSORLAYER).init)(jax.random.key(0), small)
   np.testing.assert_allclose(
-    jax.jit(srgan.Generator(TINY_TENSORLAYER).apply)(variables, small),
-    jax.jit(srgan.Generator(unit).apply)(variables, 2 * small - 1),
+    jax.jit(srgan_models.Generator(TINY_TENSORLAYER).apply)(variables, small),
+    jax.jit(srgan_models.Generator(unit).apply)(variables, 2 * small - 1),
     rtol=1e-5,
     atol=1e-6,
   )
@@ -747,7 +747,7 @@ def test_tensorlayer_networks():
   kernels = np.concatenate([np.ravel(variables['params']['block1'][k]['kernel']) for k in ('conv1', 'conv2')])
   scales = np.asarray(variables['params']['batch_norm_trunk']['scale'])
   assert abs(kernels.std() - 0.02) < 0.002 and abs(scales.mean() - 1) < 0.02 and 0 < scales.std() < 0.04
-  flax_init = jax.jit(srgan.Generator(dataclasses.replace(TINY_TENSORLAYER, init_normal_stddev=0.0)).init)(
+  flax_init = jax.jit(srgan_models.Generator(dataclasses.replace(TINY_TENSORLAYER, init_normal_stddev=0.0)).init)(
     jax.random.key(0), small
   )['params']
   assert abs(np.std(flax_init['block1']['conv1']['kernel']) - 1 / math.sqrt(3 * 3 * 8)) < 0.03
@@ -820,13 +820,13 @@ def test_tensorlayer_generator_loss_is_mse_plus_vgg_plus_adversarial():
 
   @jax.jit
   def networks(g, d):  # Both in training mode, as in the update.
-    fake, _ = srgan.Generator(cfg).apply(
+    fake, _ = srgan_models.Generator(cfg).apply(
       {'params': g.params, 'batch_stats': g.batch_stats},
       batch['lowres'] / np.float32(255),
       train=True,
       mutable=['batch_stats'],
     )
-    logits, _ = srgan.Discriminator(cfg).apply(
+    logits, _ = srgan_models.Discriminator(cfg).apply(
       {'params': d.params, 'batch_stats': d.batch_stats}, fake, train=True, mutable=['batch_stats']
     )
     return fake, logits

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imle import models, srgan, whole_image
+from imle import models, srgan_models, whole_image
 
 LOWRES = np.random.default_rng(0).integers(0, 256, (23, 17, 3), dtype=np.uint8)  # odd, non-square, not tile-sized
 
@@ -20,8 +20,8 @@ def srim_setup():
 
 
 def srgan_setup():
-  cfg = srgan.SRGANConfig(generator_blocks=2, generator_channels=8)
-  model = srgan.Generator(cfg)
+  cfg = srgan_models.SRGANConfig(generator_blocks=2, generator_channels=8)
+  model = srgan_models.Generator(cfg)
   variables = model.init(jax.random.key(0), jnp.zeros((1, 23, 17, 3)))
   return cfg, whole_image.srgan_tile_fn(model, variables), lambda *window: ()
 
@@ -30,7 +30,7 @@ def test_receptive_radii_by_hand():
   # SRIM, paper sizes: stage 1 reaches 9 convs x 2 px at x2 = 9 low-res px + 1 (bilinear); stage 2 4.5 + 0.5.
   assert whole_image.srim_receptive_radius(models.SRIMConfig()) == 15
   # SRResNet: 4 (9x9) + 16 x 2 + 1 (trunk) + 1 + 0.5 (upsamplers' 3x3 at x1, x2) + 1 (9x9 at x4) = 39.5.
-  assert whole_image.srgan_receptive_radius(srgan.SRGANConfig()) == 40
+  assert whole_image.srgan_receptive_radius(srgan_models.SRGANConfig()) == 40
 
 
 @pytest.mark.parametrize('setup, tile', [(srim_setup, 6), (srgan_setup, 7)])

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from common.errors import UserError
 from pixelsr import layers, losses, models
 
 TINY = models.PixelSRConfig(
@@ -223,5 +224,5 @@ def test_pre_activation_trunk_ends_in_one_relu_and_no_relu_after_the_upsamplers(
     'stage1_block0/inner',
     'final_relu/active',
   }
-  with pytest.raises(ValueError, match="cond_block must be 'post_activation' or 'pre_activation'"):
+  with pytest.raises(UserError, match="cond_block must be 'post_activation' or 'pre_activation'"):
     models.PixelSRConfig(cond_block='preact')
