@@ -1,18 +1,21 @@
 """What the four trainers (pixelsr.train, pixelsr.regression, imle.train, imle.srgan) share, as plain functions.
 
-Each method module has the same public names for the same things: `check_config(config)` (every field checked before
-anything runs: common/validation.py, then the method's own sections), `model_config(config)` (the typed model config,
-checked against the data), `create_train_state(config, rng, mesh)`, the pure `train_step` and `eval_step`,
-`compile_steps(config, state, mesh, ...)` -> (train_fn, eval_fn), the loop's step and the jitted eval step,
-`evaluate(state, eval_batches, eval_fn, mesh)` (means over the eval set), `restore(config, workdir, step=None)` ->
-(model, variables) for inference, and `train_and_evaluate(config, workdir)`. What they have in common is here:
+Each method module has the same public names for the same things, written down as the `Method` protocol below
+(checked by the type checker against all four in launch/methods.py): `check_config(config)` (every field checked
+before anything runs: common/validation.py, then the method's own sections), `model_config(config)` (the typed model
+config, checked against the data), `create_train_state(config, rng, mesh)`, the pure `train_step` and `eval_step`,
+`compile_steps(config, state, mesh, ...)` -> (train_fn, eval_fn), the loop's step and the jitted eval step, whose
+trailing arguments are the method's own (SRIM's feature map and frozen VGG weights, SRGAN's frozen weights and their
+preprocessing), `evaluate(state, eval_batches, eval_fn, mesh)` (means over the eval set),
+`restore(config, workdir, step=None)` -> (model, variables) for inference, and `train_and_evaluate(config,
+workdir)`. What they have in common is here:
 building a state with its shardings, jitting the steps, the masked eval sums, the data streams of the loop, the
 sample grid's inputs and restoring the latest checkpoint. No registry and no base class: each method calls these,
 and launch/methods.py maps `config.method` to its module.
 """
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -151,3 +154,23 @@ def restore_state(create: Callable[[jax.Array, jax.sharding.Mesh], Any], workdir
   mesh = sharding.data_mesh()
   abstract = jax.eval_shape(lambda rng: create(rng, mesh), jax.random.key(0))
   return checkpoint.restore_latest(checkpoint.open_manager(workdir), abstract, step)
+
+
+class Method(Protocol):
+  """The module-level functions of a method's trainer module (a module satisfies a protocol; no class is involved)."""
+
+  def check_config(self, config: ml_collections.ConfigDict, /) -> None: ...
+
+  def model_config(self, config: ml_collections.ConfigDict, /) -> Any: ...
+
+  def create_train_state(
+    self, config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh, /
+  ) -> Any: ...
+
+  def evaluate(self, state: Any, eval_batches: Iterator[Batch], eval_fn: Any, mesh: jax.sharding.Mesh, /) -> dict: ...
+
+  def restore(
+    self, config: ml_collections.ConfigDict, workdir: str, step: int | None = None, /
+  ) -> tuple[Any, dict]: ...
+
+  def train_and_evaluate(self, config: ml_collections.ConfigDict, workdir: str, /) -> dict[str, float]: ...

@@ -5,6 +5,7 @@ here has the names of the contract `common.trainer.Method` writes down."""
 import dataclasses
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from common.errors import UserError
 
@@ -38,3 +39,13 @@ def method(name: str) -> Method:
 def module(name: str) -> ModuleType:
   """The module that trains `config.method` = `name`, imported on demand (each method loads only its own code)."""
   return importlib.import_module(method(name).module)
+
+
+if TYPE_CHECKING:  # The type checker holds each trainer module to common.trainer.Method; nothing runs here.
+  from common import trainer
+  from imle import srgan
+  from imle import train as srim_train
+  from pixelsr import regression
+  from pixelsr import train as pixelcnn_train
+
+  _CONTRACT: tuple[trainer.Method, ...] = (pixelcnn_train, regression, srim_train, srgan)
