@@ -76,7 +76,7 @@ def jax_step(config, batch_size: int, parts: int):
   cfg = train.model_config(config)
   mesh = sharding.data_mesh(jax.devices()[:1])
   state = train.create_train_state(config, jax.random.key(0), mesh)
-  step, _ = train.compile_steps(config, state, mesh)
+  step, _ = train.compile_steps(train.setup(config, mesh), state)
   return cfg, state, step
 
 

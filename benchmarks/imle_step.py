@@ -139,7 +139,7 @@ def measure(config, steps: int, repeats: int) -> dict:
   imle_cfg = train.imle_config(config, mesh)
   state = train.create_train_state(config, jax.random.key(0), mesh)
   feature_map, frozen = train.make_frozen(config, feature_cfg, sides, mesh)
-  pool_step, _ = train.compile_steps(config, state, mesh, feature_map, frozen)
+  pool_step, _ = train.compile_steps(train.setup(config, mesh, feature_map, frozen), state)
   search_fn, train_fn = pool_step.search, pool_step.train
   rng, key = np.random.default_rng(0), jax.random.key(0)
   size, low, high = imle_cfg.pool_size, config.data.lowres_size, config.data.highres_size
@@ -281,7 +281,7 @@ def agreement(config, repeats: int, workdir: str, photos: bool) -> dict:
     variant_map = dataclasses.replace(
       feature_map, cfg=dataclasses.replace(feature_map.cfg, selection_dtype=feature_dtype)
     )
-    pool_step, _ = train.compile_steps(config, state, mesh, variant_map, frozen)
+    pool_step, _ = train.compile_steps(train.setup(config, mesh, variant_map, frozen), state)
     search = functools.partial(pool_step.search, num_candidates=imle_cfg.num_candidates)
     first, seconds, (choice, distance) = timed(search, state, pool_global, key, frozen, repeats=repeats)
     out[name] = dict(first_s=first, select_s=seconds, choice=np.asarray(choice), distance=np.asarray(distance))

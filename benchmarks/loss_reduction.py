@@ -56,7 +56,7 @@ def run(reduction: str) -> list[dict]:
   config = load_config(FLAGS.config, reduction)
   mesh = sharding.data_mesh()
   state = train.create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
-  train_fn, eval_fn = train.compile_steps(config, state, mesh)
+  train_fn, eval_fn = train.compile_steps(train.setup(config, mesh), state)
   batches = trainer.train_batches(config)(0)
   first = sharding.to_global(next(batches), mesh)
   print(f'{reduction}: median |gradient| at init', median_abs_gradients(config, state, first), flush=True)

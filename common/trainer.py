@@ -1,19 +1,20 @@
 """What the four trainers (pixelsr.train, pixelsr.regression, imle.train, imle.srgan) share, as plain functions.
 
-Each method module has the same public names for the same things, written down as the `Method` protocol below
-(checked by the type checker against all four in launch/methods.py): `check_config(config)` (every field checked
-before anything runs: common/validation.py, then the method's own sections), `model_config(config)` (the typed model
-config, checked against the data), `create_train_state(config, rng, mesh)`, the pure `train_step` and `eval_step`,
-`compile_steps(config, state, mesh, ...)` -> (train_fn, eval_fn), the loop's step and the jitted eval step, whose
-trailing arguments are the method's own (SRIM's feature map and frozen VGG weights, SRGAN's frozen weights and their
-preprocessing), `evaluate(state, eval_batches, eval_fn, mesh)` (means over the eval set),
-`restore(config, workdir, step=None)` -> (model, variables) for inference, and `train_and_evaluate(config,
-workdir)`. What they have in common is here:
+Each method module has the same public names for the same things, written down as the `Method` protocol below (checked
+by the type checker against all four in launch/methods.py): `check_config(config)` (every field checked before
+anything runs: common/validation.py, then the method's own sections), `model_config(config)` (the typed model config,
+checked against the data), `create_train_state(config, rng, mesh)`, the pure `train_step` and `eval_step`,
+`setup(config, mesh, ...)` -> `Setup` (the config parsed once; SRIM's and SRGAN's also take their frozen VGG inputs),
+`compile_steps(setup, state)` -> (train_fn, eval_fn), the loop's step and the jitted eval step, `evaluate(state,
+eval_batches, eval_fn, mesh)` (means over the eval set), `restore(config, workdir, step=None)` -> (model, variables)
+for inference, and `train_and_evaluate(config, workdir)`.
+What they have in common is here:
 building a state with its shardings, jitting the steps, the masked eval sums, the data streams of the loop, the
 sample grid's inputs and restoring the latest checkpoint. No registry and no base class: each method calls these,
 and launch/methods.py maps `config.method` to its module.
 """
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -22,10 +23,38 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from common import checkpoint, data, sharding
+from common import checkpoint, data, optim, sharding
 from common.errors import UserError
 
 Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A run's config parsed once into what its state and steps are built from, passed down instead of the config.
+  `method` holds the method's own typed parts (SRIM's IMLE settings, feature map and frozen VGG weights; SRGAN's
+  training settings, frozen weights and their preprocessing); None for the pixel recursive model and the
+  regression."""
+
+  config: ml_collections.ConfigDict  # The whole config: the loop's, the data's and the logs' fields.
+  mesh: jax.sharding.Mesh
+  model: Any  # The method's typed model config (its `model_config`).
+  optimizer: Any  # optax.GradientTransformation
+  schedule: Any  # optax.Schedule: the learning rate at a step, for the logs.
+  num_parts: int  # `batch_parts`: how many parts the train step splits each device's batch into.
+  method: Any = None
+
+
+def make_setup(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, model: Any, method: Any = None, optimizer: Any = None
+) -> Setup:
+  """`config` with its typed `model` config and the method's own typed parts, the batch's parts on `mesh` (checked
+  against the devices) and the optimiser: `optimizer` = (transformation, schedule), or config.optimizer's."""
+  sharding.check_batch_size(config.batch_size, mesh)
+  parts = config.get('train_batch_parts')  # Only the pixel recursive configs split the batch.
+  num_parts = 1 if parts is None else batch_parts(parts, config.batch_size, mesh)
+  optimizer, schedule = optimizer or optim.make_optimizer(config.optimizer)
+  return Setup(config, mesh, model, optimizer, schedule, num_parts, method)
 
 
 def create_sharded(init: Callable[[jax.Array], Any], rng: jax.Array, mesh: jax.sharding.Mesh) -> Any:
@@ -166,6 +195,8 @@ class Method(Protocol):
   def create_train_state(
     self, config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh, /
   ) -> Any: ...
+
+  def compile_steps(self, run: Setup, state: Any, /) -> tuple[Any, Any]: ...
 
   def evaluate(self, state: Any, eval_batches: Iterator[Batch], eval_fn: Any, mesh: jax.sharding.Mesh, /) -> dict: ...
 

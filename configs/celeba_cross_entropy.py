@@ -5,7 +5,7 @@ prior), each sub-pixel an independent 256-way softmax; configs/celeba_pixelcnn.p
   python launch/train.py --config=configs/celeba_cross_entropy.py:runlocal --workdir=/tmp/smoke   # tiny smoke run
 
 Meant for the paper's hardware (8 GPUs). Compare with figure 2's "cross-entropy" column: crisper than L2 regression,
-yet blind to the dependencies between pixels. Needs CelebA prepared by tfds (see README, "Datasets").
+yet blind to the dependencies between pixels. Needs CelebA prepared by tfds (see docs/pixel_recursive.md, "Datasets").
 """
 
 from configs import celeba_pixelcnn

@@ -5,7 +5,7 @@
 
 Meant for the paper's hardware, 8 GPUs in synchronous data parallel (any device count dividing the batch of 32 works;
 the result does not depend on it). Compare with figure 5 / appendix C samples and table 1 (top). Needs CelebA
-prepared by tfds (see README, "Datasets").
+prepared by tfds (see docs/pixel_recursive.md, "Datasets").
 """
 
 from configs import defaults

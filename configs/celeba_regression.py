@@ -5,7 +5,7 @@ with 3 outputs and tanh, predicting the residual over the bicubic upsample; same
   python launch/train.py --config=configs/celeba_regression.py:runlocal --workdir=/tmp/smoke   # tiny smoke run
 
 Meant for the paper's hardware (8 GPUs). Its workdir is launch/evaluate.py's --regression_workdir. Needs CelebA
-prepared by tfds (see README, "Datasets").
+prepared by tfds (see docs/pixel_recursive.md, "Datasets").
 """
 
 from configs import celeba_pixelcnn, defaults

@@ -114,7 +114,7 @@ def regression_config(pixelcnn: ml_collections.ConfigDict) -> ml_collections.Con
   c.model = ml_collections.ConfigDict({k: pixelcnn.model[k] for k in CONDITIONING_FIELDS})
   # Ours, not table 2's: the residual head and each ResNet block's second conv start at zero, so the untrained model
   # predicts the bicubic image. At table 2's init alone the trunk's activations reach a std of ~150 at CelebA size,
-  # tanh(residual) starts saturated and the model never leaves bicubic (README, "Initialisation"). False = the paper's.
+  # tanh(residual) starts saturated and the model never leaves bicubic (docs/pixel_recursive.md). False = the paper's.
   c.model.zero_init_last = True
   # config.loss_reduction is the pixel recursive model's (each image's squared errors summed): the paper says only
   # "L2", and the sum keeps the baseline on the model's optimiser scale (benchmarks/README.md, "Loss scale").

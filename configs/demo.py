@@ -2,7 +2,7 @@
 
   python launch/train.py                      # = --config=configs/demo.py --workdir=runs/demo
 
-Meant for a laptop or a 2-core CPU: 6 to 8 minutes (README). It shows the loss falling, writes a labelled sample
+For a laptop or a 2-core CPU: 6 to 8 minutes (benchmarks/README.md). It shows the loss falling, writes a labelled sample
 grid (input | bicubic | tau = 1.0 | tau = 1.2 | greedy | truth) to runs/demo/samples and ends with the held-out bits
 per colour value of the model against bicubic, and the command that trains on (pixelsr/summary.py). Random crops of 7
 photos are a tiny data set, so expect textures, not faces; the paper-size runs are configs/celeba_pixelcnn.py and

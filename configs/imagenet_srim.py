@@ -77,7 +77,7 @@ def srim_config() -> ml_collections.ConfigDict:
   )
   c.vgg = ml_collections.ConfigDict(
     dict(  # Fields of imle.vgg19.VGGConfig.
-      weights_path='',  # Keras .h5 or converted torchvision .npz (README); '' = untrained VGG19, with a warning.
+      weights_path='',  # Keras .h5 or converted torchvision .npz (docs/srim_and_srgan.md); '' = untrained (warns).
       random_seed=0,
     )
   )  # Seed of the untrained VGG19.

@@ -4,7 +4,7 @@
   python launch/train.py --config=configs/lsun_pixelcnn.py:runlocal --workdir=/tmp/smoke   # tiny smoke run
 
 Meant for the paper's hardware, 8 GPUs in synchronous data parallel for 2M steps. Compare with figure 4 / appendix
-B samples and table 1 (bottom). Needs lsun/bedroom prepared by tfds (see README, "Datasets").
+B samples and table 1 (bottom). Needs lsun/bedroom prepared by tfds (see docs/pixel_recursive.md, "Datasets").
 """
 
 from configs import defaults

@@ -5,7 +5,7 @@
   python launch/train.py --config=configs/lsun_regression.py:runlocal --workdir=/tmp/smoke   # tiny smoke run
 
 Meant for the paper's hardware (8 GPUs). Its workdir is launch/evaluate.py's --regression_workdir. Needs
-lsun/bedroom prepared by tfds (see README, "Datasets").
+lsun/bedroom prepared by tfds (see docs/pixel_recursive.md, "Datasets").
 """
 
 from configs import defaults, lsun_pixelcnn

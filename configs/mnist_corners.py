@@ -8,7 +8,7 @@ The argument picks the model: 'l2' (L2 regression: the conditioning network with
 but predicting the output itself, not a tanh residual over the input: model.residual=False), 'ce' (per-pixel
 cross-entropy: the conditioning network alone, eq. 4) or 'pixelcnn' (conditioning network + PixelCNN prior, loss O2,
 as the paper's model; the default); add ',runlocal' for a tiny smoke run. Meant for a 2-core CPU: launch/corners.py
-trains the three in minutes (README, "MNIST corners"). Compare with figure 2: L2 draws two blurry digits,
+trains the three in minutes (docs/pixel_recursive.md, figure 2). Compare with figure 2: L2 draws two blurry digits,
 cross-entropy two crisper ones, PixelCNN samples one digit in one corner.
 
 Data (common/mnist.py): the input is the 28x28 digit resized (antialiased bicubic) to 16x16; the output is a 16x16
@@ -56,7 +56,7 @@ def get_config(arg: str | None = None):
     prior_head_channels=64,
   )
   # Adam, not the paper's RMSProp: with RMSProp (momentum 0.9, lr 1e-3 or 3e-3) the PixelCNN's samples stayed at
-  # 30-47% single-mode after 2,000-4,000 steps (blank or both corners), with Adam they reached 92-97% (README).
+  # 30-47% single-mode after 2,000-4,000 steps (blank or both corners), with Adam 92-97% (docs/pixel_recursive.md).
   c.optimizer.update(name='adam', learning_rate=1e-3, lr_halve_at=(1_500, 2_500))
   c.batch_size = 16
   c.num_train_steps = 3_000

@@ -153,10 +153,37 @@ def learning_rate(cfg: TrainConfig, step: jax.Array) -> jax.Array:
   return jnp.where(gan_step < 0, cfg.pretrain_learning_rate, gan_lr)
 
 
+@dataclasses.dataclass(frozen=True)
+class SRGANParts:
+  """SRGAN's own part of a run's set-up (`trainer.Setup.method`)."""
+
+  train: TrainConfig
+  frozen: dict | None  # The content term's frozen VGG parameters, replicated; None: a set-up to build a state.
+  preprocessing: vgg19.Preprocessing  # What those VGG weights expect of their input.
+
+
+def setup(
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  frozen: dict | None = None,
+  preprocessing: vgg19.Preprocessing = 'caffe',
+) -> trainer.Setup:
+  """`config` parsed once: what the state and the steps are built from (the train step also needs the frozen VGG
+  parameters and their preprocessing)."""
+  train_cfg = train_config(config)
+  optimizer = make_optimizer(train_cfg), functools.partial(learning_rate, train_cfg)
+  parts = SRGANParts(train_cfg, frozen, preprocessing)
+  return trainer.make_setup(config, mesh, model_config(config), parts, optimizer)
+
+
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
   """The initial state of both networks and their Adam states, built directly with its shardings."""
-  cfg, tx = model_config(config), make_optimizer(train_config(config))
-  d = config.data
+  return init_state(setup(config, mesh), rng)
+
+
+def init_state(run: trainer.Setup, rng: jax.Array) -> TrainState:
+  """The initial state of the set-up's networks and their Adam states, built directly with its shardings."""
+  cfg, tx, d = run.model, run.optimizer, run.config.data
   lowres = jnp.zeros((1, d.lowres_size, d.lowres_size, 3))
   highres = jnp.zeros((1, d.highres_size, d.highres_size, 3))
 
@@ -170,7 +197,7 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: 
       jnp.zeros((), jnp.int32), net(Generator(cfg), lowres, g_rng), net(Discriminator(cfg), highres, d_rng)
     )
 
-  return trainer.create_sharded(init, rng, mesh)
+  return trainer.create_sharded(init, rng, run.mesh)
 
 
 def _adam_step(
@@ -452,20 +479,15 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, cfg: SRGANConfi
   return trainer.masked_sums(per_example, batch['mask'])
 
 
-def compile_steps(
-  config: ml_collections.ConfigDict,
-  state: TrainState,
-  mesh: jax.sharding.Mesh,
-  frozen: dict,
-  preprocessing: vgg19.Preprocessing,
-):
+def compile_steps(run: trainer.Setup, state: TrainState):
   """(train_fn, eval_fn): the loop's step `train_fn(state, batch, rng)` (jitted, donating the state, with the frozen
   VGG19 parameters) and the jitted `eval_step`, with explicit shardings."""
-  cfg, train_cfg = model_config(config), train_config(config)
+  cfg, mesh, parts = run.model, run.mesh, run.method
+  frozen = parts.frozen
+  if frozen is None:
+    raise ValueError('compile_steps needs the set-up of the frozen VGG parameters (setup(..., frozen, ...)).')
   step = trainer.jit_train_step(
-    functools.partial(
-      train_step, cfg=cfg, train_cfg=train_cfg, preprocessing=preprocessing, tx=make_optimizer(train_cfg)
-    ),
+    functools.partial(train_step, cfg=cfg, train_cfg=parts.train, preprocessing=parts.preprocessing, tx=run.optimizer),
     state,
     mesh,
     frozen,
@@ -541,11 +563,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains SRResNet, then SRGAN from it, in `workdir` (resuming if it holds checkpoints); returns the final metrics
   ('train/loss', 'train/d_loss', 'eval/psnr_y', ...)."""
   check_config(config)
-  cfg, train_cfg = model_config(config), train_config(config)
   mesh = sharding.data_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
+  run = setup(config, mesh)
+  cfg, train_cfg = run.model, run.method.train
   weights = load_vgg(config, train_cfg)  # First: a file that does not fit the config is refused before any build.
-  state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
+  state = init_state(run, train_loop.seed_key(config.seed, 'init'))
   logging.info(
     'SRGAN: generator %s parameters, discriminator %s; %d pretraining (MSE) steps, then GAN steps.',
     trainer.num_params(state.generator.params),
@@ -553,7 +575,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_cfg.pretrain_steps,
   )
   frozen = {'vgg': jax.device_put(weights.up_to((train_cfg.content_layer,)), sharding.replicated(mesh))}
-  train_fn, eval_fn = compile_steps(config, state, mesh, frozen, weights.preprocessing)
+  run = dataclasses.replace(run, method=SRGANParts(train_cfg, frozen, weights.preprocessing))
+  train_fn, eval_fn = compile_steps(run, state)
   grid_lowres, grid_highres = trainer.grid_inputs(config)
   model = Generator(cfg)
 
@@ -572,6 +595,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
     make_grids=make_grids,
     checked_metrics=('loss', 'grad_norm', 'd_loss', 'd_grad_norm'),
-    model_defaults=checkpoint.field_defaults(model_config(config)),
+    model_defaults=checkpoint.field_defaults(cfg),
   )
   return final

@@ -13,6 +13,7 @@ Frozen inputs (VGG19 parameters, feature weights, projection matrices) are an ar
 never part of the state or the optimiser.
 """
 
+import dataclasses
 import functools
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import checkpoint, data, images, optim, progress, sharding, train_loop, trainer, validation
+from common import checkpoint, data, images, progress, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from imle import features, imle, models, pools, vgg19
@@ -84,13 +85,39 @@ def stage_targets(highres: jax.Array, sides: list[int]) -> list[jax.Array]:
   ]
 
 
+@dataclasses.dataclass(frozen=True)
+class SRIMParts:
+  """SRIM's own part of a run's set-up (`trainer.Setup.method`)."""
+
+  imle: imle.IMLEConfig
+  feature_map: features.FeatureMap | None  # None: a set-up to build or restore a state, not to compile steps.
+  frozen: dict | None  # The feature map's frozen inputs (VGG weights, projection), sharded.
+  sides: list[int]  # Each stage's output side.
+
+
+def setup(
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  feature_map: features.FeatureMap | None = None,
+  frozen: dict | None = None,
+) -> trainer.Setup:
+  """`config` parsed once: what the state and the steps are built from (the steps also need the feature map and
+  its frozen inputs, `make_frozen`'s)."""
+  cfg = model_config(config)
+  parts = SRIMParts(imle_config(config, mesh), feature_map, frozen, stage_sides(config, cfg))
+  return trainer.make_setup(config, mesh, cfg, parts)
+
+
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
   """The initial state of `config`'s model, optimiser and pool choices, built directly with its shardings."""
-  cfg = model_config(config)
+  return init_state(setup(config, mesh), rng)
+
+
+def init_state(run: trainer.Setup, rng: jax.Array) -> TrainState:
+  """The initial state of the set-up's model, optimiser and pool choices, built directly with its shardings."""
+  cfg, pool_size = run.model, run.method.imle.pool_size
   model = models.SRIM(cfg)
-  tx, _ = optim.make_optimizer(config.optimizer)
-  pool_size = from_config(imle.IMLEConfig, config.imle, 'config.imle').pool_size
-  lowres_size = config.data.lowres_size
+  lowres_size = run.config.data.lowres_size
   lowres = jnp.zeros((1, lowres_size, lowres_size, 3))
   noises = [jnp.zeros((1, *models.noise_shape(cfg, lowres_size, s))) for s in range(cfg.num_stages)]
 
@@ -99,13 +126,13 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: 
     return TrainState.create(
       apply_fn=model.apply,
       params=variables['params'],
-      tx=tx,
+      tx=run.optimizer,
       batch_stats=variables.get('batch_stats', {}),
       pool_choice=jnp.zeros((pool_size, cfg.num_stages), jnp.int32),
       pool_distance=jnp.zeros((cfg.num_stages,), jnp.float32),
     )
 
-  return trainer.create_sharded(init, rng, mesh)
+  return trainer.create_sharded(init, rng, run.mesh)
 
 
 def _variables(state: TrainState) -> dict:
@@ -277,21 +304,16 @@ def eval_step(
   )
 
 
-def compile_steps(
-  config: ml_collections.ConfigDict,
-  state: TrainState,
-  mesh: jax.sharding.Mesh,
-  feature_map: features.FeatureMap,
-  frozen: dict,
-) -> tuple['PoolTrainStep', Any]:
+def compile_steps(run: trainer.Setup, state: TrainState) -> tuple['PoolTrainStep', Any]:
   """(train_fn, eval_fn): the loop's step (pool selection, then the jitted train step, which donates the state) and
   `eval_fn(state, batch)`, the jitted `eval_step` with the fixed evaluation noises, both with explicit shardings."""
-  cfg = model_config(config)
-  imle_cfg = imle_config(config, mesh)
-  _, schedule = optim.make_optimizer(config.optimizer)
+  config, mesh, cfg, schedule = run.config, run.mesh, run.model, run.schedule
+  imle_cfg, feature_map, frozen = run.method.imle, run.method.feature_map, run.method.frozen
+  if feature_map is None or frozen is None:
+    raise ValueError('compile_steps needs the set-up of the feature map and its frozen inputs (setup(..., frozen)).')
   state_sh, frozen_sh = trainer.shardings_of(state), trainer.shardings_of(frozen)
   batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  search_args = dict(cfg=cfg, feature_map=feature_map, imle_cfg=imle_cfg, sides=stage_sides(config, cfg))
+  search_args = dict(cfg=cfg, feature_map=feature_map, imle_cfg=imle_cfg, sides=run.method.sides)
   search = jax.jit(
     functools.partial(
       search_step,
@@ -347,18 +369,16 @@ def restore(config: ml_collections.ConfigDict, workdir: str, step: int | None = 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the SRIM model of `config` in `workdir` (resuming if it holds checkpoints); returns the final metrics."""
   check_config(config)
-  cfg = model_config(config)
-  sides = stage_sides(config, cfg)
-  feature_cfg = feature_config(config, sides)
   mesh = sharding.data_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  imle_cfg = imle_config(config, mesh)
-  model = models.SRIM(cfg)
+  run = setup(config, mesh)
+  sides, imle_cfg = run.method.sides, run.method.imle
+  model = models.SRIM(run.model)
   grid_rng = train_loop.seed_key(config.seed, 'samples')
-  state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
+  state = init_state(run, train_loop.seed_key(config.seed, 'init'))
   logging.info('Model: %s parameters.', trainer.num_params(state.params))
-  feature_map, frozen = make_frozen(config, feature_cfg, sides, mesh)
-  train_fn, eval_fn = compile_steps(config, state, mesh, feature_map, frozen)
+  feature_map, frozen = make_frozen(config, feature_config(config, sides), sides, mesh)
+  run = dataclasses.replace(run, method=dataclasses.replace(run.method, feature_map=feature_map, frozen=frozen))
+  train_fn, eval_fn = compile_steps(run, state)
   grid_lowres, grid_highres = trainer.grid_inputs(config)
 
   def train_batches(start_step: int):
@@ -383,6 +403,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_batches=train_batches,
     evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
     make_grids=make_grids,
-    model_defaults=checkpoint.field_defaults(model_config(config)),
+    model_defaults=checkpoint.field_defaults(run.model),
   )
   return metrics

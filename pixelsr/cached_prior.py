@@ -172,7 +172,7 @@ class CachedPrior:
     which is what the pixels to the left and the rows above contribute, fixed while the pixel is drawn."""
     num_layers, rows = cache.horizontal_cols.shape[:2]
     # The row above's term and the bias go through the matmul too (an identity block and a column of ones): added
-    # after it, XLA:CPU fused the sum into each of the 3L gates that read it, and those loops ran 3x slower.
+    # after it, XLA:CPU fuses the sum into each of the 3L gates that read it, which makes those loops slower.
     inputs = jnp.concatenate(
       [
         cache.horizontal_cols.reshape(num_layers, rows, -1),

@@ -66,9 +66,9 @@ def low_precision_dot(x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array
   float32: (B, M, N) float32. The gradients are float32 too, rounded once where they meet a bf16 tensor.
 
   The gradients are written out in the operand layouts that XLA:CPU multiplies in bf16. Autodiff's take w and x
-  transposed (g @ w.T, x.T @ g), which XLA:CPU ran in float32 after converting both operands, 2x slower. Contracting
-  the batch and positions together for the weight gradient, and w's transpose behind an optimization barrier, kept
-  its bf16 kernels (benchmarks/README.md)."""
+  transposed (g @ w.T, x.T @ g), which XLA:CPU runs in float32 after converting both operands, more slowly.
+  Contracting the batch and positions together for the weight gradient, and w's transpose behind an optimization
+  barrier, keep its bf16 kernels (benchmarks/README.md)."""
   return _low_precision_dot_fwd(x, w, dtype)[0]
 
 
@@ -88,7 +88,7 @@ low_precision_dot.defvjp(_low_precision_dot_fwd, _low_precision_dot_bwd)
 
 
 def matmul(x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
-  """x (B, M, K) @ w (K, N) with `dtype` operands, summed in float32 (XLA:CPU's bf16 matmul kernels run 2-3x faster
+  """x (B, M, K) @ w (K, N) with `dtype` operands, summed in float32 (XLA:CPU's bf16 matmul kernels run faster
   when they accumulate in f32 than when they round every sum to bf16): (B, M, N) float32."""
   if jnp.dtype(dtype) == jnp.float32:  # One 2-D matmul, as the 1x1s have always run in float32.
     return jnp.dot(x.reshape(-1, x.shape[-1]).astype(dtype), w.astype(dtype)).reshape(*x.shape[:-1], w.shape[-1])
@@ -99,8 +99,8 @@ def matmul(x: jax.Array, w: jax.Array, dtype: jnp.dtype) -> jax.Array:
 
 def pointwise(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: jnp.dtype) -> jax.Array:
   """x (B, ..., C) @ kernel (C, D) + bias as one matmul over a (B, positions, C) array. XLA:CPU runs its gradients
-  2-4x faster than those of the same product over (B, H, W, C) (a 1x1 convolution or an einsum), whose weight
-  gradient it computes with a transposed copy of the activations."""
+  faster than those of the same product over (B, H, W, C) (a 1x1 convolution or an einsum), whose weight gradient it
+  computes with a transposed copy of the activations (benchmarks/README.md)."""
   y = matmul(x.reshape(x.shape[0], -1, x.shape[-1]), kernel, dtype)
   return (y + bias).astype(dtype).reshape(*x.shape[:-1], kernel.shape[-1])
 
@@ -114,8 +114,8 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array, left: int, right: int, dtype
   which are summed shifted by their row: (B, (H + kh - 1) W, kw C) @ (kw C, kh O), the convolution's FLOPs plus kh - 1
   rows per image. The gradient is two more such matmuls (as `low_precision_dot`'s), the input's summed over the
   taps in float32 and rounded once to x's dtype. Why: on a CPU in bf16, XLA's convolutions run at their float32
-  speed, forward and backward, while bf16 matmuls run 2x faster; the gated layers' 3x5 convolution took 1.8x less
-  time this way (benchmarks/README.md)."""
+  speed, forward and backward, while bf16 matmuls run faster, so the gated layers' 3x5 convolution takes less time
+  this way (benchmarks/README.md)."""
   return _conv_as_matmul_fwd(x, kernel, left, right, dtype)[0]
 
 

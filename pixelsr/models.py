@@ -35,14 +35,14 @@ class ConditioningConfig:
   init_stddev: float = 0.1  # Standard deviation of 'truncated_normal' (table 2).
   # Start the second conv of every ResNet block and the output 1x1 conv at zero, so the untrained network is its stem
   # and upsamplers (blocks are identities) and outputs zeros: uniform logits (A), the bicubic image (regression).
-  # False = table 2's init everywhere, which saturates the regression's tanh and stalls both networks (README).
+  # False = table 2's init everywhere: it saturates the regression's tanh, stalling both (docs/pixel_recursive.md).
   zero_init_last: bool = False
   # The regression baseline's output (RegressionSR; the pixel recursive model ignores it). True: the bicubic upsample
   # of x + tanh(residual) (Kim et al. 2016; table 1's baseline). False: the 1x1 conv's output itself, the image on the
   # [-1, 1] scale whatever the input's pixel (clipped only when rounded to uint8): figure 2's L2 model, whose output
   # must erase the input digit, which a white input pixel + tanh(residual) cannot (it never goes below mid-grey). No
-  # tanh there: where most target pixels are black (MNIST corners), tanh(output) saturates at -1 and its gradient
-  # vanishes.
+  # tanh there: where most target pixels are black (MNIST corners), tanh(output) saturates at -1 everywhere within a
+  # few steps and its gradient is then exactly 0.
   residual: bool = True
   dtype: Literal['float32', 'bfloat16'] = 'float32'  # Compute dtype; parameters and outputs stay float32.
 
@@ -72,9 +72,9 @@ class PixelSRConfig(ConditioningConfig):
   pixel_kernel: Literal['xla', 'pallas'] = 'xla'
   # The prior's row convolutions (the stacks' k x k halves): 'xla' (XLA's convolution), 'matmul' (column taps
   # gathered into one matmul with a written-out gradient, layers.conv_as_matmul: the same function and parameters,
-  # summed in another order) or 'auto' = 'matmul' in bfloat16 on a CPU (XLA:CPU runs bf16 matmuls faster than f32,
-  # but bf16 convolutions at the f32 speed: benchmarks/README.md, "bf16 as matmuls on the CPU"), 'xla' otherwise
-  # (in f32 the matmul form is no faster; on GPUs it is not measured against XLA's convolutions).
+  # summed in another order) or 'auto' = 'matmul' in bfloat16 on a CPU, where it makes the bf16 step faster
+  # (XLA:CPU runs bf16 matmuls faster than f32, but bf16 convolutions at the f32 speed; benchmarks/README.md), 'xla'
+  # otherwise (in f32 the matmul form is no faster; on GPUs XLA's convolutions are the tested path).
   prior_convs: Literal['auto', 'xla', 'matmul'] = 'auto'
 
   def __post_init__(self):
@@ -134,8 +134,8 @@ def conditioning_features(cfg: ConditioningConfig, lowres: jax.Array) -> jax.Arr
         name=f'upsample{stage}',
       )(h)
       # Appendix A's table lists no activation after the transposed convs; with post-activation blocks this ReLU is
-      # ours, so that every layer of the trunk ends in one, as each block does (README: "Model details the paper
-      # leaves open"). Pre-activation blocks rectify their own input.
+      # ours, so that every layer of the trunk ends in one, as each block does (docs/pixel_recursive.md:
+      # "Model details the paper leaves open"). Pre-activation blocks rectify their own input.
       h = h if pre else relu_health.ReLU(name=f'upsample{stage}_relu')(h)
   return relu_health.ReLU(name='final_relu')(h) if pre else h
   return h

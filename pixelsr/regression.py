@@ -18,7 +18,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import checkpoint, images, metrics, optim, relu_health, sharding, train_loop, trainer, validation
+from common import checkpoint, images, metrics, relu_health, sharding, train_loop, trainer, validation
 from common.config import from_config
 from pixelsr import models
 
@@ -39,17 +39,26 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   model_config(config)
 
 
+def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> trainer.Setup:
+  """`config` parsed once: what the state and the steps are built from."""
+  return trainer.make_setup(config, mesh, model_config(config))
+
+
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
   """The initial state of `config`'s model and optimiser, built directly with its shardings."""
-  cfg = model_config(config)
+  return init_state(setup(config, mesh), rng)
+
+
+def init_state(run: trainer.Setup, rng: jax.Array) -> TrainState:
+  """The initial state of the set-up's model and optimiser, built directly with its shardings."""
+  cfg, size = run.model, run.config.data.lowres_size
   model = models.RegressionSR(cfg)
-  tx, _ = optim.make_optimizer(config.optimizer)
-  lowres = np.zeros((1, config.data.lowres_size, config.data.lowres_size, cfg.num_colours), np.uint8)
+  lowres = np.zeros((1, size, size, cfg.num_colours), np.uint8)
 
   def init(rng):
-    return TrainState.create(apply_fn=model.apply, params=model.init(rng, lowres)['params'], tx=tx)
+    return TrainState.create(apply_fn=model.apply, params=model.init(rng, lowres)['params'], tx=run.optimizer)
 
-  return trainer.create_sharded(init, rng, mesh)
+  return trainer.create_sharded(init, rng, run.mesh)
 
 
 def _squared_errors(prediction: jax.Array, highres: jax.Array) -> jax.Array:
@@ -92,12 +101,11 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]) -> dict[str, jax.A
   return {**trainer.masked_sums(per_example, batch['mask']), **relu_health.channel_sums(stats, batch['mask'])}
 
 
-def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh):
+def compile_steps(run: trainer.Setup, state: TrainState):
   """(train_fn, eval_fn): the steps jitted with explicit shardings; the train step donates the state."""
-  _, schedule = optim.make_optimizer(config.optimizer)
-  num_parts = trainer.batch_parts(config.train_batch_parts, config.batch_size, mesh)
-  step = functools.partial(train_step, schedule=schedule, num_parts=num_parts, reduction=config.loss_reduction)
-  return (trainer.jit_train_step(step, state, mesh), trainer.jit_eval_step(eval_step, state, mesh))
+  reduction = run.config.loss_reduction
+  step = functools.partial(train_step, schedule=run.schedule, num_parts=run.num_parts, reduction=reduction)
+  return trainer.jit_train_step(step, state, run.mesh), trainer.jit_eval_step(eval_step, state, run.mesh)
 
 
 def evaluate(
@@ -128,13 +136,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains the regression baseline of `config` in `workdir` (resuming if it holds checkpoints); returns the final
   metrics ('train/loss', 'eval/l2', 'eval/psnr', ...)."""
   check_config(config)
-  cfg = model_config(config)
   mesh = sharding.data_mesh()
-  trainer.check_batch(config, mesh)
-  model = models.RegressionSR(cfg)
-  state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
+  run = setup(config, mesh)
+  model = models.RegressionSR(run.model)
+  state = init_state(run, train_loop.seed_key(config.seed, 'init'))
   logging.info('Regression model: %s parameters.', trainer.num_params(state.params))
-  train_fn, eval_fn = compile_steps(config, state, mesh)
+  train_fn, eval_fn = compile_steps(run, state)
   grid_lowres, grid_highres = trainer.grid_inputs(config)
 
   def make_grids(state, step):
@@ -151,6 +158,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_batches=trainer.train_batches(config),
     evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
     make_grids=make_grids,
-    model_defaults=checkpoint.field_defaults(model_config(config)),
+    model_defaults=checkpoint.field_defaults(run.model),
   )
   return final

@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from common import checkpoint, optim, relu_health, sharding, train_loop, trainer, validation
+from common import checkpoint, relu_health, sharding, train_loop, trainer, validation
 from common.config import from_config
 from common.errors import UserError
 from pixelsr import losses, models, summary
@@ -79,19 +79,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   evaluate_config(config)
 
 
+def setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> trainer.Setup:
+  """`config` parsed once: what the state and the steps are built from."""
+  return trainer.make_setup(config, mesh, model_config(config))
+
+
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: jax.sharding.Mesh) -> TrainState:
   """The initial state of `config`'s model and optimiser, built directly with its shardings."""
-  cfg = model_config(config)
+  return init_state(setup(config, mesh), rng)
+
+
+def init_state(run: trainer.Setup, rng: jax.Array) -> TrainState:
+  """The initial state of the set-up's model and optimiser, built directly with its shardings."""
+  cfg, d = run.model, run.config.data
   model = models.PixelRecursiveSR(cfg)
-  tx, _ = optim.make_optimizer(config.optimizer)
-  d = config.data
   lowres = np.zeros((1, d.lowres_size, d.lowres_size, cfg.num_colours), np.uint8)
   highres = np.zeros((1, d.highres_size, d.highres_size, cfg.num_colours), np.uint8)
 
   def init(rng):
-    return TrainState.create(apply_fn=model.apply, params=model.init(rng, lowres, highres)['params'], tx=tx)
+    return TrainState.create(apply_fn=model.apply, params=model.init(rng, lowres, highres)['params'], tx=run.optimizer)
 
-  return trainer.create_sharded(init, rng, mesh)
+  return trainer.create_sharded(init, rng, run.mesh)
 
 
 def train_step(
@@ -129,18 +137,14 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, loss_kind: loss
   return {**trainer.masked_sums(per_example, batch['mask']), **relu_health.channel_sums(stats, batch['mask'])}
 
 
-def compile_steps(config: ml_collections.ConfigDict, state: TrainState, mesh: jax.sharding.Mesh):
+def compile_steps(run: trainer.Setup, state: TrainState):
   """(train_fn, eval_fn): the steps jitted with explicit shardings; the train step donates the state."""
-  _, schedule = optim.make_optimizer(config.optimizer)
-  num_parts = trainer.batch_parts(config.train_batch_parts, config.batch_size, mesh)
-  train_fn = trainer.jit_train_step(
-    functools.partial(
-      train_step, loss_kind=config.loss, schedule=schedule, num_parts=num_parts, reduction=config.loss_reduction
-    ),
-    state,
-    mesh,
+  config = run.config
+  step = functools.partial(
+    train_step, loss_kind=config.loss, schedule=run.schedule, num_parts=run.num_parts, reduction=config.loss_reduction
   )
-  eval_fn = trainer.jit_eval_step(functools.partial(eval_step, loss_kind=config.loss), state, mesh)
+  train_fn = trainer.jit_train_step(step, state, run.mesh)
+  eval_fn = trainer.jit_eval_step(functools.partial(eval_step, loss_kind=config.loss), state, run.mesh)
   return train_fn, eval_fn
 
 
@@ -166,14 +170,13 @@ def restore(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the model of `config` in `workdir` (resuming if it holds checkpoints); returns the final metrics."""
   check_config(config)
-  cfg = model_config(config)
   mesh = sharding.data_mesh()
-  trainer.check_batch(config, mesh)
-  model = models.PixelRecursiveSR(cfg)
+  run = setup(config, mesh)
+  model = models.PixelRecursiveSR(run.model)
   sample_rng = train_loop.seed_key(config.seed, 'samples')
-  state = create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
+  state = init_state(run, train_loop.seed_key(config.seed, 'init'))
   logging.info('Model: %s parameters.', trainer.num_params(state.params))
-  train_fn, eval_fn = compile_steps(config, state, mesh)
+  train_fn, eval_fn = compile_steps(run, state)
   grid_lowres, grid_highres = trainer.grid_inputs(config)
 
   def make_grids(state, step):
@@ -198,7 +201,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_batches=trainer.train_batches(config),
     evaluate=lambda state: evaluate(state, trainer.eval_batches(config), eval_fn, mesh),
     make_grids=make_grids,
-    model_defaults=checkpoint.field_defaults(model_config(config)),
+    model_defaults=checkpoint.field_defaults(run.model),
   )
   if config.eval_every_steps:  # Where the model stands against bicubic: launch/train.py prints it.
     figures = summary.heldout_figures(

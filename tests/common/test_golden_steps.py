@@ -74,7 +74,7 @@ def test_pixelcnn_step(dtype):
   )
   mesh = sharding.data_mesh()
   state = pixelsr_train.create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
-  train_fn, _ = pixelsr_train.compile_steps(config, state, mesh)
+  train_fn, _ = pixelsr_train.compile_steps(pixelsr_train.setup(config, mesh), state)
   batch = synthetic_batch(4, config.data.lowres_size, config.data.highres_size)
   state, metrics = train_fn(state, sharding.to_global(batch, mesh), train_loop.seed_key(config.seed, 'train'))
   if dtype == 'float32':
@@ -122,7 +122,7 @@ def test_srim_step(selection_dtype):
   imle_cfg = srim_train.imle_config(config, mesh)
   state = srim_train.create_train_state(config, train_loop.seed_key(config.seed, 'init'), mesh)
   feature_map, frozen = srim_train.make_frozen(config, feature_cfg, sides, mesh)
-  step, _ = srim_train.compile_steps(config, state, mesh, feature_map, frozen)
+  step, _ = srim_train.compile_steps(srim_train.setup(config, mesh, feature_map, frozen), state)
   pool = synthetic_batch(imle_cfg.pool_size, config.data.lowres_size, config.data.highres_size)
   rows = imle.pool_rows(config.seed, 0, 0, config.batch_size, imle_cfg.pool_size)
   batch = {

@@ -163,7 +163,7 @@ def test_pool_selection_in_parts_for_a_progress_bar_equals_one_call(capsys):
   sides = train.stage_sides(config, cfg)
   feature_map, frozen = train.make_frozen(config, train.feature_config(config, sides), sides, mesh)
   state = train.create_train_state(config, jax.random.key(0), mesh)
-  in_parts, _ = train.compile_steps(config, state, mesh, feature_map, frozen)
+  in_parts, _ = train.compile_steps(train.setup(config, mesh, feature_map, frozen), state)
   one_call = train.PoolTrainStep(in_parts.search, in_parts.train, frozen, train.imle_config(config, mesh))
   batch = next(pools.pool_batches(config, train.imle_config(config, mesh), 0, 0, 1))
   results = []

@@ -85,7 +85,7 @@ _SHARDED = textwrap.dedent("""
       mesh = sharding.data_mesh(jax.devices()[:n])
       config.train_batch_parts = 2 if n < 8 else 1
       state = train.create_train_state(config, jax.random.key(0), mesh)
-      step, _ = train.compile_steps(config, state, mesh)
+      step, _ = train.compile_steps(train.setup(config, mesh), state)
       batches = data.make_dataset(config.data, 'train', batch_size=config.batch_size, seed=0)
       for _ in range(4):
         state, metrics = step(state, sharding.to_global(next(batches), mesh), jax.random.key(0))
