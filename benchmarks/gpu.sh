@@ -6,7 +6,7 @@
 #   name; then RUN="python3 benchmarks/no_tensorflow.py"). An image without ml_collections and clu needs their wheels
 #   (pure Python: ml_collections 1.1.0, clu 0.0.12) installed first, e.g. with pip's --target and PYTHONPATH.
 # On one H100 (2026-11-27) the three took ~12 minutes: each train_throughput.py process spends ~60 s compiling and
-# autotuning the CelebA step; sampling ~1 minute, srim ~1.5. The figures are in benchmarks/README.md, "On a GPU".
+# autotuning the CelebA step; sampling ~1 minute, srim ~1.5. The figures are in benchmarks/README.md, "On one H100".
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 RUN=${RUN:-$PYTHON}

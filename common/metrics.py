@@ -4,7 +4,7 @@ Conventions. Images are (..., H, W, C) arrays, uint8 or floats, on the scale [0,
 images and for floats on the 0..255 scale; 1.0 for floats in [0, 1]). Every metric is batched over the leading axes
 and returns one float32 value per image, shaped (...); compute in float32, jit-able, pure jnp.
 
-They equal reference implementations (tests/test_metrics.py): `psnr` = tf.image.psnr and
+They equal reference implementations (tests/common/test_metrics.py): `psnr` = tf.image.psnr and
 skimage.metrics.peak_signal_noise_ratio; `ssim` = tf.image.ssim (11x11 Gaussian window, sigma 1.5, k1 = 0.01,
 k2 = 0.03, 'valid' filtering, SSIM averaged over pixels then channels) and skimage.metrics.structural_similarity
 with gaussian_weights=True, sigma=1.5, use_sample_covariance=False; `ms_ssim` = tf.image.ssim_multiscale with the
@@ -29,7 +29,7 @@ Luminance (Y): two conventions, the `convention` argument of `luma`, `psnr_y` an
   swing, rounded, clamped to a byte); then each pixel's Y' is, of the two integers around its BT.709 luma (in steps
   of 65535/219 above 16), the one whose RGB reconstruction with the block's Cb, Cr is nearer in squared error (ties
   to even), 0..255 (16..235 in gamut). PNG gamma and sRGB chunks play no part (the tool ignores them). It is exact:
-  equal to the tool's on every pixel tested (tests/test_daala_metrics.py), the tool's 32-bit overflow of its squared
+  equal to the tool's on every pixel tested (tests/common/test_daala_metrics.py), its 32-bit overflow of the squared
   error for far out-of-gamut reconstructions included. pSNR is tools/dump_psnr.c -y: 10 log10(255^2 N / SSE) on the
   Y' plane (+inf for equal planes). SSIM is tools/dump_ssim.c -y -r (-r: raw SSIM, not its default
   10 log10(1 / (1 - SSIM))): a Gaussian window at every pixel of the whole image with sigma = 1.5 H / 256 in both

