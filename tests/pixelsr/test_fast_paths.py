@@ -170,7 +170,7 @@ def test_prior_convs_auto_is_matmul_in_bfloat16_on_a_cpu(convs, dtype, matmul):
   jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, highres, method=model.prior_logits))(variables))
   # Two row convolutions per gated layer and two in the first layer; the 1x1s are matmuls either way.
   assert jaxpr.count('conv_general_dilated') == (0 if matmul else 2 * SMALL.prior_layers + 2)
-  with pytest.raises(ValueError, match="config.model.prior_convs must be 'auto', 'xla' or 'matmul', got 'fft'"):
+  with pytest.raises(UserError, match="config.model.prior_convs must be 'auto', 'xla' or 'matmul', got 'fft'"):
     models.PixelSRConfig(prior_convs='fft')
 
 
