@@ -25,7 +25,7 @@ for section in $SECTIONS; do
                # them); then the cached sampler per batch size with the kernels one pixel step launches, XLA's
                # colour passes against the Pallas kernel's; then XLA's command buffers (CUDA graphs) extended to
                # the loops, which made batch 1 3.8x slower on the H100.
-      $PYTHON -m pytest -q tests/test_sampling.py -k pallas || echo "the Pallas tests failed here (above); timing anyway"
+      $PYTHON -m pytest -q tests/pixelsr/test_sampling.py -k pallas || echo "the Pallas tests failed here (above); timing anyway"
       $RUN benchmarks/sampling.py --batch_sizes=1,32,256 --naive_steps=0,0,0 --pixel_kernels=xla,pallas
       XLA_FLAGS=--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL \
         $RUN benchmarks/sampling.py --batch_sizes=1 --naive_steps=0 ;;

@@ -105,7 +105,7 @@ def test_regression_step():
 @pytest.mark.parametrize('selection_dtype', ['float32', 'bfloat16'])
 def test_srim_step(selection_dtype):
   """Pool selection (the step that brings a pool) and one training step on the chosen noises. With bfloat16
-  candidates and features the pool search is compiled in bf16 (its choices: tests/test_imle.py)."""
+  candidates and features the pool search is compiled in bf16 (its choices: tests/imle/test_imle.py)."""
   config = demo_srim.get_config('runlocal')
   config.imle.candidate_dtype = config.features.selection_dtype = selection_dtype
   config.data.update(highres_size=24, lowres_size=6)

@@ -31,7 +31,7 @@ TINY = srgan_models.SRGANConfig(
 
 def tiny_config(**overrides):
   c = demo_srgan.get_config('runlocal')
-  # The data of tests/test_imle_train.py's tiny SRIM runs (6 -> 24), so that both appear in one table.
+  # The data of tests/imle/test_imle_train.py's tiny SRIM runs (6 -> 24), so that both appear in one table.
   c.data.update(num_eval_examples=8, random_crop_min=24, random_crop_max=48)
   c.model.update(
     generator_blocks=1, generator_channels=8, discriminator_channels=(4, 4, 8, 8, 8, 8, 16, 16), discriminator_dense=16

@@ -36,14 +36,14 @@ EXEMPT = {
   'seed': 'any int seeds the run',
   'vgg.random_seed': 'any int seeds the untrained VGG19',
   'features.projection_seed': 'any int seeds the projection',
-  'data.name': 'a tfds name: checked when the dataset is opened (DatasetNotFoundError, tests/test_data.py)',
+  'data.name': 'a tfds name: checked when the dataset is opened (DatasetNotFoundError, tests/common/test_data.py)',
   'data.train_split': 'a tfds split name: checked when the dataset is opened',
   'data.eval_split': 'a tfds split name: checked when the dataset is opened',
   'data.tfds_data_dir': "a path; '' = tfds' default: checked when the dataset is opened",
   'data.manual_dir': 'a path: checked when tfds reads it',
-  'data.folder': "a path, used only with source='folder': checked when opened (tests/test_data.py)",
+  'data.folder': "a path, used only with source='folder': checked when opened (tests/common/test_data.py)",
   'data.mnist_dir': "a path, used only with source='mnist_corners': checked when opened",
-  'vgg.weights_path': "a path; '' = untrained weights: checked when loaded (tests/test_vgg19.py)",
+  'vgg.weights_path': "a path; '' = untrained weights: checked when loaded (tests/imle/test_vgg19.py)",
 }
 # Int fields where 0 is meaningful (the comment in configs/defaults.py or the dataclass says what it means).
 ZERO_OK = {

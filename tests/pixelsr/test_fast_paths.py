@@ -7,7 +7,7 @@ XLA:CPU differentiates that 2-4x faster than a 1x1 convolution. Swapped back for
 loss and every gradient of a train step must be the same up to float rounding. `layers.conv_as_matmul` computes the
 prior's row convolutions as one matmul with a written-out gradient (`config.model.prior_convs`; 'auto' uses it in
 bf16 on a CPU): the convolution and its gradients to float rounding, and in bf16 the f32 convolution of the rounded
-operands. (The sampler's fast paths are checked by tests/test_sampling.py: its samples equal the naive sampler's.)
+operands. (The sampler's fast paths: tests/pixelsr/test_sampling.py, whose samples equal the naive sampler's.)
 """
 
 import functools
