@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax import export
 
+from common.errors import UserError
 from pixelsr import cached_prior, fused_pixel, losses, models, sampling
 from tests.helpers import REPO
 from tests.helpers import make_sampler_model as make_model
@@ -129,7 +130,7 @@ def test_pallas_colour_pass_lowers_to_one_triton_kernel_for_cuda(monkeypatch):
   assert module.count('stablehlo.custom_call @__gpu$xla.gpu.triton') == 1
   assert '(tensor<16x64xf32>, tensor<32x16x64xf32>, tensor<32x16x64xf32>, tensor<32x64x64xf32>' in module
   assert '-> (tensor<16x256xf32>, tensor<32x16x64xf32>)' in module
-  with pytest.raises(ValueError, match='float32 only'):
+  with pytest.raises(UserError, match='float32 only'):
     models.PixelSRConfig(pixel_kernel='pallas', dtype='bfloat16')
   with monkeypatch.context() as m:
     m.setattr(jax, 'default_backend', lambda: 'tpu')
