@@ -1,6 +1,6 @@
 """Every field of every experiment config, given a well-typed but invalid value, through every launcher that takes
 the config (launch/train.py, launch/sample.py --config, launch/evaluate.py): one `error:` line naming the field, a
-non-zero exit, no traceback, nothing written (issue 16, README "What happens when ...").
+non-zero exit, no traceback, nothing written (docs/troubleshooting.md, "What happens when ...").
 
 The walk runs in-process, through each launcher's `run` (what its `main` calls with the parsed flags), so that it
 takes seconds; a few subprocess runs at the end check the same through the command line (`slow`). Whatever the walk

@@ -257,7 +257,7 @@ def test_the_three_configs_share_data_and_conditioning_network():
   assert [c.method for c in configs.values()] == ['regression', 'pixelcnn', 'pixelcnn']
   assert configs['ce'].model.use_prior is False and configs['pixelcnn'].model.use_prior is True
   assert configs['l2'].data == configs['ce'].data == configs['pixelcnn'].data
-  # The L2 model's own: it predicts the output, not a residual over the input (issue 16), from a zero output layer.
+  # The L2 model's own: it predicts the output, not a residual over the input, from a zero output layer.
   l2_only = {'residual': False, 'zero_init_last': True}
   for field in defaults.CONDITIONING_FIELDS:
     if field in l2_only:
@@ -271,7 +271,7 @@ def test_the_three_configs_share_data_and_conditioning_network():
 
 @pytest.mark.parametrize('residual', [False, True])
 def test_the_l2_model_erases_the_input_and_splits_the_ink_between_the_corners(digits, tmp_path, residual):
-  """Figure 2's L2 column (issue 16): trained on the pairs, the L2 model (residual=False, as its config) draws the
+  """Figure 2's L2 column: trained on the pairs, the L2 model (residual=False, as its config) draws the
   lower half black, as every target is, and about half of the digit's ink in each upper quadrant: the mean of the
   two modes. Table 1's formulation (residual=True: the input + tanh(residual)) cannot erase the input digit, whose
   white pixels never go below mid-grey: it fails the same check."""
