@@ -30,7 +30,7 @@ Batch = dict[str, np.ndarray]
 # One stream per use of the seed, each `fold_in(key(seed), constant)`, so that no key is drawn from twice (the init's
 # split must not share a key with the loop's step keys, nor SRIM's fixed evaluation noises with its pools).
 # 'evaluate' keys the samples of launch/evaluate.py's tables (pixelsr/evaluate.py, imle/evaluate.py).
-SEED_STREAMS = {'init': 1, 'train': 2, 'samples': 3, 'eval': 4, 'evaluate': 5}
+SEED_STREAMS = {'init': 1, 'train': 2, 'samples': 3, 'eval': 4, 'evaluate': 5, 'sr_space': 6}
 
 
 def seed_key(seed: int, stream: str) -> jax.Array:

@@ -7,6 +7,10 @@ row per run) and SRIM's samples, and its figures 4-6 (input | bicubic | SRGAN | 
   python launch/evaluate.py [--config=configs/X.py[:arg]] [--workdir=DIR] [--regression_workdir=DIR]
                             [--num_examples=N] [--config.evaluate.field=value ...]
 
+With --sr_space, any config: the space of samples scored as the NTIRE 2021 challenge does (LPIPS, diversity,
+LR-PSNR; launch/sr_space.py) for --workdir, --regression_workdir, --srgan_workdir and --runs, beside Bicubic, in
+<workdir>/sr_space.{md,csv,png}.
+
 --workdir is the pixel recursive run (as given to launch/train.py; default runs/<config file name>), and where the
 table goes. A row whose model has no checkpoint is skipped with a message. The work is in pixelsr/evaluate.py.
 """
@@ -51,11 +55,28 @@ def define_flags():
   flags.DEFINE_list(
     'srgan_workdir',
     [],
-    'SRIM only: SRGAN runs (configs/*_srgan.py) on the same data, '
+    'SRIM and --sr_space: SRGAN runs (configs/*_srgan.py) on the same data, '
     "comma-separated, a row each ('SRGAN' for one; for several, named by variant: 'SRGAN (Ledig)', "
     "'SRGAN (tensorlayer)'); empty: no SRGAN row.",
   )
   flags.DEFINE_integer('num_figure_rows', 8, 'SRIM / SRGAN: examples in figure_srim*.png.', lower_bound=0)
+  flags.DEFINE_bool(
+    'sr_space',
+    False,
+    'Score the space of super-resolutions instead (NTIRE 2021: LPIPS, diversity, LR-PSNR of --sr_space_samples '
+    'samples per input) for --workdir, --regression_workdir, --srgan_workdir and --runs, beside Bicubic: '
+    'sr_space.{md,csv,png} in --workdir.',
+  )
+  flags.DEFINE_list('runs', [], '--sr_space: more runs of any method and the same scale, a row each, comma-separated.')
+  flags.DEFINE_integer('sr_space_samples', 10, '--sr_space: samples per input (the challenge: 10).')
+  flags.DEFINE_integer('sr_space_examples', 16, '--sr_space: eval examples scored.')
+  flags.DEFINE_integer(
+    'sr_space_size',
+    0,
+    "--sr_space: low-res side of the scored inputs; 0: the config's if its high-res side is >= 48 pixels, else "
+    'the side whose output is 48 (launch/sr_space.py).',
+  )
+  flags.DEFINE_integer('sr_space_figure_inputs', 2, '--sr_space: inputs in sr_space.png.', lower_bound=0)
 
 
 def evaluate_srim(
@@ -110,7 +131,37 @@ def main(argv):
     num_samples=F.num_samples,
     srgan_workdir=F.srgan_workdir,
     num_figure_rows=F.num_figure_rows,
+    sr_space=F.sr_space,
+    runs=F.runs,
+    sr_space_samples=F.sr_space_samples,
+    sr_space_examples=F.sr_space_examples,
+    sr_space_size=F.sr_space_size,
+    sr_space_figure_inputs=F.sr_space_figure_inputs,
   )
+
+
+def evaluate_sr_space(
+  config,
+  workdir: str,
+  others: Sequence[str],
+  *,
+  num_samples: int,
+  num_examples: int,
+  lowres_size: int,
+  figure_inputs: int,
+):
+  from common.errors import UserError
+  from launch import sr_space
+
+  try:
+    rows = sr_space.rows(config, workdir, others, num_samples)
+    lowres, highres = sr_space.inputs(config, num_examples, lowres_size or sr_space.default_lowres_size(config.data))
+    result = sr_space.evaluate(config, rows, lowres, highres, num_samples, min(figure_inputs, len(lowres)))
+    paths = sr_space.write(result, workdir)
+  except UserError as e:
+    fail(e, code=1)
+  print(sr_space.markdown(result), end='')
+  print('wrote ' + ', '.join(paths))
 
 
 def run(
@@ -122,8 +173,15 @@ def run(
   num_samples: int = 4,
   srgan_workdir: str | Sequence[str] = '',
   num_figure_rows: int = 8,
+  sr_space: bool = False,
+  runs: Sequence[str] = (),
+  sr_space_samples: int = 10,
+  sr_space_examples: int = 16,
+  sr_space_size: int = 0,
+  sr_space_figure_inputs: int = 2,
 ):
-  """Writes the tables of `config`'s method for the run in `workdir`; a user error ends in one `error:` line."""
+  """Writes the tables of `config`'s method for the run in `workdir` (with `sr_space`, the SR-space table of it and
+  the other runs); a user error ends in one `error:` line."""
   from common.errors import UserError  # After flag parsing, so --help stays fast.
   from launch import methods
 
@@ -131,6 +189,24 @@ def run(
     kind = methods.method(config.method).table  # An unknown method, named.
   except UserError as e:
     fail(e, code=1)
+  if sr_space:
+    others = [
+      w
+      for w in [regression_workdir, *([srgan_workdir] if isinstance(srgan_workdir, str) else srgan_workdir), *runs]
+      if w
+    ]
+    evaluate_sr_space(
+      config,
+      workdir,
+      others,
+      num_samples=sr_space_samples,
+      num_examples=sr_space_examples,
+      lowres_size=sr_space_size,
+      figure_inputs=sr_space_figure_inputs,
+    )
+    return
+  if runs:
+    fail('--runs adds rows to the --sr_space table; pass --sr_space, or drop --runs.')
   if kind == 'srim':
     evaluate_srim(
       config,

@@ -92,3 +92,34 @@ def test_srim_table_has_an_lpips_column_of_each_rows_outputs(crops):
   assert 'lpips' not in small['Bicubic'] and 'psnr_y' in small['Bicubic']
   with pytest.raises(ValueError, match='at least 31 pixels'):
     lpips.distance(photos[:, :30, :30], photos[:, :30, :30])
+
+
+def test_bilinear_upsampling_is_pytorchs_align_corners_false():
+  """Source x = (i + 0.5) * in / out - 0.5, clamped at 0, worked out by hand for 2 -> 4 and 3 -> 5."""
+  np.testing.assert_allclose(lpips.bilinear_matrix(2, 4), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+  np.testing.assert_allclose(
+    lpips.bilinear_matrix(3, 5),
+    [[1, 0, 0], [0.6, 0.4, 0], [0, 1, 0], [0, 0.4, 0.6], [0, 0, 1]],
+    atol=1e-6,
+  )
+
+
+@pytest.mark.parametrize('net,rtol', [('vgg16', 2e-6), ('alexnet', 1e-3)])
+def test_spatial_map_averages_to_the_scalar_lpips(crops, net, rtol):
+  """VGG16's layers are 1, 1/2, ..., 1/16 of 128 pixels, where bilinear upsampling keeps a map's mean exactly;
+  AlexNet's (31, 15, 7 at 128) are not, and its map's mean stays within 0.1% of the scalar."""
+  photos, blur, noise = crops
+  for other in (blur, noise):
+    maps = lpips.spatial(photos, other, net)
+    assert maps.shape == (4, 128, 128) and maps.min() >= 0
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), lpips.distance(photos, other, net), rtol=rtol)
+  assert np.abs(lpips.spatial(photos, photos, net)).max() < 1e-6
+
+
+def test_spatial_map_is_high_where_the_images_differ(crops):
+  photos, _, noise = crops
+  half = photos.copy()
+  half[:, :, 64:] = noise[:, :, 64:]  # Noise on the right half only.
+  maps = lpips.spatial(photos, half)
+  left, right = maps[:, :, :48].mean(axis=(1, 2)), maps[:, :, 80:].mean(axis=(1, 2))
+  assert np.all(right > 2.5 * left)  # AlexNet's wide receptive fields spill some of it left.
