@@ -12,6 +12,7 @@ Every refusal is a 4xx with a JSON {"error": message}; bodies over MAX_BODY byte
 import contextlib
 import json
 import os
+import re
 import secrets
 import stat
 from typing import Any, cast
@@ -19,7 +20,7 @@ from typing import Any, cast
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -63,16 +64,21 @@ def _read(path: str) -> bytes:
 
 async def _json_body(request: Request) -> dict:
   length = request.headers.get('content-length')
-  if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+  # fullmatch, not str.isdigit: isdigit accepts '²', which int() then refuses.
+  if length is not None and (not re.fullmatch(r'[0-9]{1,12}', length) or int(length) > MAX_BODY):
     raise storage.Refused(413, f'Request bodies are at most {MAX_BODY} bytes.')
   body = b''
-  async for chunk in request.stream():
-    body += chunk
-    if len(body) > MAX_BODY:
-      raise storage.Refused(413, f'Request bodies are at most {MAX_BODY} bytes.')
+  try:
+    async for chunk in request.stream():
+      body += chunk
+      if len(body) > MAX_BODY:
+        raise storage.Refused(413, f'Request bodies are at most {MAX_BODY} bytes.')
+  except ClientDisconnect:  # a body cut short (or badly chunked): nobody is left to read the reply
+    raise storage.Refused(400, 'The request body ended early.') from None
   try:
     data = json.loads(body)
-  except (ValueError, UnicodeDecodeError):
+  # RecursionError: a body nested a few thousand levels deep ('[' * 2000) exhausts the decoder's stack.
+  except (ValueError, UnicodeDecodeError, RecursionError):
     raise storage.Refused(400, 'The body must be a JSON object.') from None
   if not isinstance(data, dict):
     raise storage.Refused(400, 'The body must be a JSON object.')

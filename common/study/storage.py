@@ -48,6 +48,18 @@ CREATE TABLE IF NOT EXISTS answers(
 """
 
 
+def finite_number(value) -> float | None:
+  """A JSON number as a finite float, or None: a bool, a non-number, NaN, +-inf, or an integer too large for a
+  float (json.loads reads a 400-digit number as an int, which float() refuses with OverflowError)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return None
+  try:
+    number = float(value)
+  except OverflowError:
+    return None
+  return number if math.isfinite(number) else None
+
+
 def _is_token(value) -> TypeGuard[str]:
   """One of our random tokens' shape (ASCII hex, so that secrets.compare_digest accepts it)."""
   return isinstance(value, str) and TOKEN.fullmatch(value) is not None
@@ -251,8 +263,9 @@ class Store:
     """Records the answer to the session's current pair; feedback for a practice pair."""
     if choice not in (protocols.LEFT, protocols.RIGHT):
       raise Refused(400, "choice must be 'left' or 'right'.")
-    if isinstance(display_ms, bool) or not isinstance(display_ms, (int, float)) or not math.isfinite(display_ms):
-      raise Refused(400, 'display_ms must be a number.')
+    display_ms = finite_number(display_ms)
+    if display_ms is None:
+      raise Refused(400, 'display_ms must be a finite number.')
     now = time.time()
     with self._transaction() as db:
       session = self._session(db, token)
@@ -273,7 +286,7 @@ class Store:
       self._check_display(display_ms, server_ms)
       db.execute(
         'INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)',
-        (trial['id'], session['id'], trial['position'], choice, float(display_ms), server_ms, now),
+        (trial['id'], session['id'], trial['position'], choice, display_ms, server_ms, now),
       )
       truth = protocols.truth_side(trial['left_label'], trial['right_label'])
       missed = int(trial['kind'] == protocols.GOLDEN and choice != truth)

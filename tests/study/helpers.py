@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -74,6 +75,9 @@ class Server:
       if line.startswith('Admin token'):
         self.admin_token = line.split(':', 1)[1].strip()
         break
+    # Read the log as it comes: a full pipe would block the server at its next log line.
+    self.reader = threading.Thread(target=lambda: self.output.extend(self.proc.stdout), daemon=True)
+    self.reader.start()
     while time.time() < deadline:
       try:
         if urllib.request.urlopen(self.url + '/healthz', timeout=2).status == 200:
@@ -85,7 +89,7 @@ class Server:
   def kill9(self):
     self.proc.send_signal(signal.SIGKILL)
     self.proc.wait(30)
-    self.output.append(self.proc.stdout.read())
+    self.reader.join(30)
     self.proc.stdout.close()
 
   def stop(self):
@@ -96,7 +100,7 @@ class Server:
       except subprocess.TimeoutExpired:
         self.proc.kill()
         self.proc.wait(10)
-    self.output.append(self.proc.stdout.read())
+    self.reader.join(30)
     self.proc.stdout.close()
 
 

@@ -44,6 +44,7 @@ def test_answers_are_validated(tmp_path):
   _refused(400, store.answer, a, trial['trial'], 'middle', 100)
   _refused(400, store.answer, a, trial['trial'], 'left', float('nan'))
   _refused(400, store.answer, a, trial['trial'], 'left', True)
+  _refused(400, store.answer, a, trial['trial'], 'left', 10**400)  # float() overflows
   result = store.answer(a, trial['trial'], _truth(store, trial['trial']), 104.5)
   assert result == {'done': False, 'feedback': 'right', 'camera': _truth(store, trial['trial'])}
   # One answer per pair: a replay is refused and nothing changes.
