@@ -29,6 +29,7 @@ FOOLED_QUESTION = 'Which image, would you guess, is from a camera?'
 PREFERENCE_QUESTION = 'Which image looks more realistic?'
 SRIM_TESTS = (('SRIM', 'SRGAN'), ('SRGAN', 'Bicubic'), ('SRIM', 'Bicubic'))
 TRUTH = 'truth'
+GOLDEN = 'Bicubic'  # the golden questions' algorithm (PRSR 5.3: a blurry bicubic upsample against the truth)
 _ID = re.compile(r'[0-9a-f]{32}')
 
 
@@ -88,6 +89,8 @@ def _check(m: Manifest) -> None:
   need(all(_ID.fullmatch(i) for e in m.examples for i in e.images.values()), 'image ids must be 32 hex digits')
   if m.kind == FOOLED:
     need(m.arms, 'no algorithms to study')
+    # Its counted pairs would be golden ones: a worker it fooled once is discarded, so its rate is biased to 0.
+    need(m.golden not in m.arms, f"{m.golden!r}, the golden questions' algorithm, cannot also be studied")
     need(0 <= m.golden_pairs <= m.main_pairs and m.practice_pairs >= 0, 'golden_pairs must be in [0, main_pairs]')
     need(
       all({TRUTH, m.golden, *m.arms} <= e.images.keys() for e in m.examples),
@@ -227,7 +230,7 @@ def write_fooled(
   *,
   scale: int,
   arms: list[str],
-  golden: str = 'Bicubic',
+  golden: str = GOLDEN,
   practice_pairs: int = 10,
   main_pairs: int = 45,
   golden_pairs: int = 5,

@@ -55,9 +55,9 @@ def test_build_fooled_from_trained_runs(runs, tmp_path):
     '--workers_per_algorithm=3',
   )
   assert result.returncode == 0, result.stderr
-  assert 'images shown at 128x128 pixels' in result.stdout and 'tau=1.0, greedy)' in result.stdout
+  assert 'images shown at 128x128 pixels' in result.stdout and '(Regression, tau=1.0)' in result.stdout
   m = manifest.load(str(out))
-  assert m.arms == ('Bicubic', 'NN', 'Regression', 'tau=1.0', 'greedy') and m.image_size == (128, 128)
+  assert m.arms == ('Regression', 'tau=1.0') and m.image_size == (128, 128)  # the paper's arms, of the rows made
   assert (m.practice_pairs, m.main_pairs, m.golden_pairs, m.workers_per_arm, m.display_ms) == (2, 8, 2, 3, 1000)
   batch = next(data.make_dataset(config.data, 'eval', batch_size=16, process_index=0, process_count=1))
   bicubic = np.asarray(baselines.bicubic(batch['lowres'][:12], config.data.highres_size, config.data.resize))
@@ -87,6 +87,7 @@ def test_build_fooled_from_trained_runs(runs, tmp_path):
     (['report'], 'error: report needs --study.'),
     (['serve', '--study=/nonexistent'], 'is not a study (manifest.json missing)'),
     (['launch'], 'error: usage: launch/study.py {build|serve|report}'),
+    (['build', '--workdir=/tmp/x', '--out=/tmp/y', '--rows=tau=1.0,Bicubic'], 'error: --rows Bicubic: the golden'),
   ],
 )
 def test_bad_commands_end_in_one_error_line(flags, needle):

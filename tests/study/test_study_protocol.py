@@ -57,6 +57,23 @@ def test_fooled_needs_enough_examples_and_the_golden_row(tmp_path):
     )
 
 
+def test_default_arms_are_the_papers_four_and_bicubic_is_refused(tmp_path):
+  from launch.study_build import fooled_arms
+
+  made = ['Bicubic', 'NN', 'Regression', 'tau=1.0', 'tau=1.1', 'tau=1.2', 'greedy']
+  assert fooled_arms([], made, []) == (['Regression', 'tau=1.0', 'tau=1.1', 'tau=1.2'], [])
+  arms, warnings = fooled_arms(['NN', 'tau=1.0'], made, [])
+  assert (
+    arms == ['NN', 'tau=1.0'] and len(warnings) == 1 and warnings[0].startswith('Warning: NN outputs are themselves')
+  )
+  with pytest.raises(UserError, match=r"\['tau=9'\] are not among"):
+    fooled_arms(['tau=9'], made, [])
+  # A Bicubic arm's counted pairs are golden ones: the manifest itself refuses it.
+  with pytest.raises(UserError, match="'Bicubic', the golden questions' algorithm, cannot also be studied"):
+    make_fooled(tmp_path / 'b', arms=('A', 'Bicubic'))
+  assert not os.path.exists(tmp_path / 'b')
+
+
 def test_existing_study_is_never_overwritten(tmp_path):
   make_fooled(tmp_path / 's')
   with pytest.raises(UserError, match='already holds a study'):
@@ -109,7 +126,7 @@ def test_choose_arm_fills_the_emptiest_until_full():
     examples=(),
     practice_pairs=0,
     main_pairs=0,
-    golden='A',
+    golden='Bicubic',
   )
   rng = np.random.default_rng(0)
   assert {protocols.choose_arm(m, {}, {}, rng) for _ in range(50)} == {'A', 'B', 'C'}
