@@ -4,7 +4,8 @@
   POST /api/trial   {token}                     -> the next pair: two /img/<token> URLs (or the end and its code)
   POST /api/answer  {token, trial, choice, display_ms} -> recorded; feedback on practice pairs only
   GET  /img/<token>                             -> a PNG of the current pair of an active session, else 404
-  GET  /admin/status, /admin/report             -> need `Authorization: Bearer <admin token>` (printed by serve)
+  GET  /admin/status, /admin/report, /admin/workers.csv -> need `Authorization: Bearer <admin token>` (printed by
+                                                 serve); workers.csv: worker, status and code, to approve payments
 
 Every refusal is a 4xx with a JSON {"error": message}; bodies over MAX_BODY bytes get 413 before they are read.
 """
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from common.study import manifest as manifest_lib
-from common.study import storage
+from common.study import protocols, storage
 
 MAX_BODY = 4096
 MAX_HEADERS = 16 * 1024
@@ -130,7 +131,13 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
     body, kind = pages[request.url.path]
     return Response(body, media_type=kind)
 
-  info = {'question': m.question, 'display_ms': m.display_ms, 'practice': m.practice_pairs}
+  info = {
+    'question': m.question,
+    'display_ms': m.display_ms,
+    'practice': m.practice_pairs,
+    'pairs': protocols.num_pairs(m),
+    'instructions': protocols.instructions(m),
+  }
 
   async def start(request: Request):
     data = await _json_body(request)
@@ -173,6 +180,10 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
 
     return PlainTextResponse(await run_in_threadpool(lambda: report.summary(study)))
 
+  async def admin_workers(request: Request):
+    check_admin(request)
+    return Response(await run_in_threadpool(storage.workers_csv, study), media_type='text/csv; charset=utf-8')
+
   async def refused(request: Request, e: storage.Refused):
     return JSONResponse({'error': e.message}, status_code=e.status)
 
@@ -189,6 +200,7 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
     Route('/img/{token:str}', image),
     Route('/admin/status', admin_status),
     Route('/admin/report', admin_report),
+    Route('/admin/workers.csv', admin_workers),
     Route('/api/info', lambda request: JSONResponse(info)),
     Route('/healthz', lambda request: PlainTextResponse('ok')),
   ]

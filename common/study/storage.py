@@ -8,6 +8,8 @@ a lock serialises the writes, which SQLite would serialise anyway.
 """
 
 import contextlib
+import csv
+import io
 import math
 import os
 import re
@@ -137,12 +139,8 @@ class Store:
     with self._transaction() as db:
       row = db.execute('SELECT * FROM sessions WHERE worker = ?', (worker,)).fetchone()
       if row is not None:
-        if (
-          row['status'] == ACTIVE
-          and isinstance(token, str)
-          and _is_token(token)
-          and secrets.compare_digest(token, row['token'])
-        ):
+        # The worker's own token resumes the session, or shows a finished one's code again (a reloaded end page).
+        if isinstance(token, str) and _is_token(token) and secrets.compare_digest(token, row['token']):
           return self._describe(row)
         raise Refused(409, 'This worker id has already taken part in this study; each worker takes part once.')
       valid, active = self._counts(db, now)
@@ -208,7 +206,8 @@ class Store:
       'practice': m.practice_pairs if m.kind == FOOLED else 0,
       'total': row['num_trials'],
       'answered': row['answered'],
-    }
+      'done': row['status'] != ACTIVE,
+    } | ({'code': row['code']} if row['status'] != ACTIVE else {})
 
   def _counts(self, db, now) -> tuple[dict, dict]:
     valid = dict(db.execute('SELECT arm, COUNT(*) FROM sessions WHERE status = ? GROUP BY arm', (COMPLETE,)))
@@ -348,6 +347,17 @@ def read_answers(study: str) -> list[dict]:
     'FROM answers a JOIN trials t ON t.id = a.trial_id JOIN sessions s ON s.id = a.session_id '
     'ORDER BY s.id, t.position',
   )
+
+
+def workers_csv(study: str) -> str:
+  """Every session's worker, algorithm, status, progress and completion code, to approve payments by."""
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator='\n')
+  fields = ['worker', 'arm', 'status', 'answered', 'num_trials', 'code', 'created', 'finished']
+  writer.writerow(fields)
+  for row in _read_only(study, f'SELECT {", ".join(fields)} FROM sessions ORDER BY id'):
+    writer.writerow([row[f] for f in fields])
+  return out.getvalue()
 
 
 def read_sessions(study: str) -> list[dict]:

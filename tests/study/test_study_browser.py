@@ -109,7 +109,9 @@ def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice
   driver.get(f'{server.url}/?worker={worker}')
   driver.execute_script(PROBE)
   wait.until(lambda d: d.find_element(By.ID, 'start').is_enabled())
-  assert manifest.FOOLED_QUESTION in driver.find_element(By.ID, 'intro').text
+  wait.until(lambda d: 'It takes about' in d.find_element(By.ID, 'intro').text)
+  intro = driver.find_element(By.ID, 'intro').text
+  assert manifest.FOOLED_QUESTION in intro and 'You will see 9 pairs of images' in intro
   driver.find_element(By.ID, 'start').click()
   feedback, buttons_while_shown = [], []
   for n in range(9):
@@ -135,16 +137,21 @@ def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice
       driver.find_element(By.ID, f'choose-{choice}').click()
     if n < 3:
       wait.until(lambda d: d.find_element(By.ID, 'feedback').text)
-      feedback.append(driver.find_element(By.ID, 'feedback').text)
+      feedback.append((driver.find_element(By.ID, 'feedback').text, truth))
     if n == 2:
       wait.until(lambda d: d.find_element(By.ID, 'interlude').is_displayed())
       driver.find_element(By.ID, 'continue').click()
   wait.until(lambda d: d.find_element(By.ID, 'end').is_displayed())
+  code, shown_ms = driver.find_element(By.ID, 'code').text, driver.execute_script('return window.__shown')
+  # A reloaded end page shows the same code again (it used to offer Start, which said "already taken part").
+  driver.refresh()
+  wait.until(lambda d: d.find_element(By.ID, 'end').is_displayed() and d.find_element(By.ID, 'code').text)
+  assert driver.find_element(By.ID, 'code').text == code
   return {
     'feedback': feedback,
-    'shown_ms': driver.execute_script('return window.__shown'),
+    'shown_ms': shown_ms,
     'buttons_while_shown': buttons_while_shown,
-    'code': driver.find_element(By.ID, 'code').text,
+    'code': code,
   }
 
 
@@ -159,8 +166,11 @@ def test_whole_sessions_in_a_real_browser(tmp_path, browser):
     )
   finally:
     server.stop()
-  assert careful['feedback'][0].startswith('Right') and careful['feedback'][1].startswith('Wrong')
-  assert careful['feedback'][2].startswith('Right')
+  # The feedback names the camera's side, whichever was clicked.
+  assert [text for text, _ in careful['feedback']] == [
+    f'{verdict}: the {truth} image is from a camera.'
+    for verdict, (_, truth) in zip(('Right', 'Wrong', 'Right'), careful['feedback'])
+  ]
   assert not any(careful['buttons_while_shown'])  # no answer while the pair is on screen
   # Every pair was on screen for one second, as the page's own frames saw it.
   assert len(careful['shown_ms']) == 9 and all(950 <= t <= 1500 for t in careful['shown_ms']), careful['shown_ms']

@@ -19,12 +19,14 @@ def test_fooled_session_is_papers_protocol(tmp_path):
   rng = np.random.default_rng(0)
   golden_at = collections.Counter()
   truth_left = 0
+  practice_orders = set()
   for _ in range(300):
     trials = protocols.compose_session(m, 'A', rng)
     assert len(trials) == 55
     practice, main = trials[:10], trials[10:]
     assert all(t.phase == protocols.PRACTICE and t.kind == protocols.PRACTICE for t in practice)
-    assert [t.example for t in practice] == list(range(10))
+    assert sorted(t.example for t in practice) == list(range(10))
+    practice_orders.add(tuple(t.example for t in practice))
     assert all(t.phase == protocols.MAIN for t in main)
     kinds = collections.Counter(t.kind for t in main)
     assert kinds == {protocols.COUNTED: 40, protocols.GOLDEN: 5}
@@ -41,6 +43,7 @@ def test_fooled_session_is_papers_protocol(tmp_path):
   assert set(golden_at) == set(range(-10, 45))
   assert all(10 <= golden_at[p] <= 60 for p in range(45)), golden_at
   assert abs(truth_left / (300 * 55) - 0.5) < 0.02
+  assert len(practice_orders) > 290  # the practice examples in an order of each session's own (10! orders)
 
 
 def test_fooled_needs_enough_examples_and_the_golden_row(tmp_path):
@@ -139,12 +142,16 @@ def test_choose_arm_fills_the_emptiest_until_full():
 def test_preference_session_is_srim_protocol(tmp_path):
   m = make_preference(tmp_path / 'p', classes_per_split=12, per_class=2)
   rng = np.random.default_rng(1)
-  seen_first = 0
+  seen_first, test_orders = 0, collections.Counter()
   for _ in range(100):
     trials = protocols.compose_session(m, 'all', rng)
     assert len(trials) == 60
-    for k, (a, b) in enumerate(manifest.SRIM_TESTS):
+    order = tuple(trials[20 * k].test for k in range(3))
+    assert sorted(order) == sorted(f'{a} vs {b}' for a, b in manifest.SRIM_TESTS)
+    test_orders[order] += 1
+    for k in range(3):
       block = trials[20 * k : 20 * (k + 1)]
+      a, b = block[0].test.split(' vs ')
       assert {t.test for t in block} == {f'{a} vs {b}'}
       assert all({t.left_label, t.right_label} == {a, b} for t in block)
       for split in ('seen', 'unseen'):
@@ -153,6 +160,21 @@ def test_preference_session_is_srim_protocol(tmp_path):
         assert all(m.examples[t.example].split == split for t in block if t.split == split)
       seen_first += all(t.split == 'seen' for t in block[:10])
   assert seen_first < 5  # seen and unseen mixed, not in blocks
+  assert len(test_orders) == 6 and min(test_orders.values()) >= 5  # the three tests in each of their 6 orders
+
+
+def test_instructions_give_the_pairs_and_the_duration(tmp_path):
+  fooled = make_fooled(tmp_path / 'f', display_ms=1000)
+  # 55 pairs x (1 s shown + 3 s) + 10 practice x 1.5 s of feedback = 235 s: about 4 minutes.
+  assert protocols.instructions(fooled) == (
+    'You will see 55 pairs of images, one pair at a time (the first 10 are practice: you are told after each '
+    'whether you were right). Each pair is shown for 1 s and then hidden; then choose an image with a click or '
+    'tap, or the left and right arrow keys. It takes about 4 minutes.'
+  )
+  preference = make_preference(tmp_path / 'p')
+  text = protocols.instructions(preference)  # 60 pairs x 3 s: 3 minutes, shown until answered (not "hidden")
+  assert text.startswith('You will see 60 pairs of images, one pair at a time. Each pair stays on screen until')
+  assert text.endswith('It takes about 3 minutes.') and 'hidden' not in text
 
 
 def _scripted_store(tmp_path, m, scripts):

@@ -2,7 +2,9 @@
 see, a simulated crowd with known fool rates, 50 concurrent workers, and kill -9 with a restart."""
 
 import concurrent.futures
+import csv
 import http.client
+import io
 import json
 import os
 import sqlite3
@@ -83,6 +85,14 @@ def test_nothing_sent_tells_which_image_is_real(served):
       == 200
     )
   assert len(seen_tokens) == 6  # fresh tokens per pair and side
+
+
+def test_intro_states_the_pairs_and_the_duration(served):
+  status, body, _ = request(served[1].url + '/api/info')
+  info = json.loads(body)
+  assert status == 200 and info['pairs'] == 55
+  assert info['instructions'].startswith('You will see 55 pairs of images, one pair at a time (the first 10 are')
+  assert 'It takes about 4 minutes.' in info['instructions']  # 55 x (0.15 s + 3 s) + 10 x 1.5 s = 188 s
 
 
 def test_no_path_traversal(served):
@@ -174,11 +184,22 @@ def test_answers_are_checked_on_the_server(served):
 def test_admin_views_need_the_token(served):
   study, server = served
   for headers in ({}, {'Authorization': 'Bearer wrong'}, {'Authorization': server.admin_token}):
-    for path in ('/admin/status', '/admin/report'):
+    for path in ('/admin/status', '/admin/report', '/admin/workers.csv'):
       status, body, _ = request(server.url + path, headers=headers)
-      assert status == 401 and b'complete' not in body
-  status, body, _ = request(server.url + '/admin/status', headers={'Authorization': f'Bearer {server.admin_token}'})
+      assert status == 401 and b'complete' not in body and b'worker' not in body
+  admin = {'Authorization': f'Bearer {server.admin_token}'}
+  status, body, _ = request(server.url + '/admin/status', headers=admin)
   assert status == 200 and set(json.loads(body)['arms']) == {'A', 'B'}
+  # The owner's list to approve payments by: every worker with its status and completion code.
+  _start(server, 'payee')
+  status, body, headers = request(server.url + '/admin/workers.csv', headers=admin)
+  rows = list(csv.DictReader(io.StringIO(body.decode())))
+  assert status == 200 and headers['content-type'].startswith('text/csv')
+  db = sqlite3.connect(f'file:{study / storage.DATABASE}?mode=ro', uri=True)
+  expected = db.execute('SELECT worker, status, code FROM sessions ORDER BY id').fetchall()
+  assert [(r['worker'], r['status'], r['code']) for r in rows] == expected and ('payee', 'active') in {
+    (r['worker'], r['status']) for r in rows
+  }
   with open(study / 'admin_token') as f:
     assert f.read().strip() == server.admin_token
   assert os.stat(study / 'admin_token').st_mode & 0o077 == 0  # readable by its owner only

@@ -138,8 +138,11 @@ def test_sessions_survive_reopening_and_workers_take_part_once(tmp_path):
   resumed = store.start('w', token)
   assert resumed['token'] == token and resumed['answered'] == 7
   assert store.next_trial(token)['position'] == 7
-  _finish(store, token)
-  assert 'already taken part' in _refused(409, store.start, 'w', token)
+  code = _finish(store, token)['code']
+  # Its own token shows a finished session's code again (a reloaded end page); no token, no code.
+  again = store.start('w', token)
+  assert again['done'] and again['code'] == code and again['answered'] == 55
+  assert 'already taken part' in _refused(409, store.start, 'w')
   assert store.next_trial(token)['done']
   for bad in ('', 'a b', 'x' * 200, '../w', None, 7, '<script>'):
     _refused(400, store.start, bad)
