@@ -59,8 +59,8 @@ def define_flags():
   flags.DEFINE_integer(
     'scale',
     None,
-    'build: nearest-neighbour enlargement of every image (fooled: 4, 32x32 shown '
-    "at 128x128; preference: 1, SRIM's 128x128 as they are).",
+    'build: nearest-neighbour enlargement of every image (default: the smallest that shows them at 128 CSS '
+    "pixels or more: fooled 4, 32x32 at 128x128; preference 1 for SRIM's 128x128); smaller is warned.",
   )
   flags.DEFINE_integer(
     'display_ms',
@@ -133,7 +133,7 @@ def build():
         config=f.config,
         num_examples=f.num_examples,
         rows=f.rows,
-        scale=4 if f.scale is None else f.scale,
+        scale=f.scale,
         practice_pairs=f.practice_pairs,
         main_pairs=f.main_pairs,
         golden_pairs=f.golden_pairs,
@@ -146,7 +146,7 @@ def build():
         workdir,
         _need('srgan_workdir', 'build --kind=preference'),
         per_class=f.per_class,
-        scale=1 if f.scale is None else f.scale,
+        scale=f.scale,
         seed=f.seed,
         pairs_per_split=f.pairs_per_split,
         participants=f.participants,

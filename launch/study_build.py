@@ -76,7 +76,7 @@ def build_fooled(
   config: ml_collections.ConfigDict | None,
   num_examples: int,
   rows: list[str],
-  scale: int,
+  scale: int | None,
   **protocol,
 ) -> manifest_lib.Manifest:
   if manifest_lib.GOLDEN in rows:  # before the sampling, which takes a while
@@ -98,6 +98,8 @@ def build_fooled(
   if manifest_lib.GOLDEN not in outputs:
     raise UserError('The golden questions need the Bicubic row, which table 1 did not produce.')
   arms, warnings = fooled_arms(rows, list(outputs), notes)
+  scale, small = manifest_lib.display_scale(*truth.shape[1:3], scale)
+  warnings += small
   return manifest_lib.write_fooled(
     out,
     truth,
@@ -133,7 +135,7 @@ def _split_by_class(data_cfg: ml_collections.ConfigDict, split: str, per_class: 
 
 
 def build_preference(
-  out: str, srim_workdir: str, srgan_workdir: str, *, per_class: int, scale: int, seed: int, **protocol
+  out: str, srim_workdir: str, srgan_workdir: str, *, per_class: int, scale: int | None, seed: int, **protocol
 ) -> manifest_lib.Manifest:
   """SRIM's Table 2 study: one SRIM sample, the SRGAN output and bicubic for the first `per_class` images of each
   class seen in training ('eval') and each unseen class ('eval_unseen') of the SRIM run's data."""
@@ -163,7 +165,9 @@ def build_preference(
     outputs['Bicubic'].append(np.asarray(baselines.bicubic(lowres, config.data.highres_size, config.data.resize)))
     classes += names
     splits += [name] * len(lowres)
+  scale, notes = manifest_lib.display_scale(*outputs['SRIM'][0].shape[1:3], scale)
   notes = (
+    *notes,
     f'SRIM: {srim_workdir}; SRGAN: {srgan_workdir}; one SRIM sample per input (seed {seed}); the first '
     f'{per_class} eval images of each class.',
   )

@@ -9,6 +9,7 @@ same nearest-neighbour factor, so the two images of a pair differ only in their 
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -31,6 +32,7 @@ SRIM_TESTS = (('SRIM', 'SRGAN'), ('SRGAN', 'Bicubic'), ('SRIM', 'Bicubic'))
 TRUTH = 'truth'
 GOLDEN = 'Bicubic'  # the golden questions' algorithm (PRSR 5.3: a blurry bicubic upsample against the truth)
 _ID = re.compile(r'[0-9a-f]{32}')
+MIN_DISPLAY = 128  # CSS pixels on the shorter side: PRSR's 32x32 faces were judged at 4x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,13 +172,26 @@ def encode_png(image: np.ndarray, scale: int) -> bytes:
   return out.getvalue()
 
 
-def check_out(out: str, scale: int) -> None:
+def display_scale(height: int, width: int, scale: int | None) -> tuple[int, list[str]]:
+  """(`scale`, or by default the smallest that shows (height, width) images at MIN_DISPLAY CSS pixels or more;
+  warnings): a 24-pixel stamp hides the very details a worker is asked to judge."""
+  side = min(height, width)
+  scale = scale or max(1, math.ceil(MIN_DISPLAY / side))
+  if side * scale >= MIN_DISPLAY:
+    return scale, []
+  return scale, [
+    f'Warning: images are shown at {width * scale}x{height * scale} CSS pixels, under {MIN_DISPLAY}: too small to '
+    f'judge; --scale={math.ceil(MIN_DISPLAY / side)} shows them at {MIN_DISPLAY} or more.'
+  ]
+
+
+def check_out(out: str, scale: int | None) -> None:
   """Refuses, before any work, an --out that holds anything (a study there may hold answers) or a bad --scale."""
   if os.path.exists(os.path.join(out, MANIFEST)):
     raise UserError(f'{out} already holds a study (its answers live there too); choose a new --out.')
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise UserError(f'--out {out} exists and is not an empty folder; choose a new --out.')
-  if scale < 1:
+  if scale is not None and scale < 1:
     raise UserError(f'--scale must be >= 1, got {scale}.')
 
 

@@ -77,6 +77,16 @@ def test_default_arms_are_the_papers_four_and_bicubic_is_refused(tmp_path):
   assert not os.path.exists(tmp_path / 'b')
 
 
+def test_default_scale_shows_at_least_128_css_pixels():
+  assert manifest.display_scale(32, 32, None) == (4, [])  # PRSR's faces at 128x128
+  assert manifest.display_scale(128, 128, None) == (1, [])  # SRIM's outputs as they are
+  assert manifest.display_scale(24, 30, None) == (6, [])  # a small run's 24-pixel outputs: 144x180
+  scale, warnings = manifest.display_scale(24, 24, 1)  # asked for: kept, and warned
+  assert scale == 1 and warnings == [
+    'Warning: images are shown at 24x24 CSS pixels, under 128: too small to judge; --scale=6 shows them at 128 or more.'
+  ]
+
+
 def test_existing_study_is_never_overwritten(tmp_path):
   make_fooled(tmp_path / 's')
   with pytest.raises(UserError, match='already holds a study'):
