@@ -59,6 +59,9 @@ def test_build_fooled_from_trained_runs(runs, tmp_path):
   m = manifest.load(str(out))
   assert m.arms == ('Regression', 'tau=1.0') and m.image_size == (128, 128)  # the paper's arms, of the rows made
   assert (m.practice_pairs, m.main_pairs, m.golden_pairs, m.workers_per_arm, m.display_ms) == (2, 8, 2, 3, 1000)
+  # What `report` checks a table1.md against: the examples and NN's database, and the models' steps.
+  assert m.source['table1'][0].startswith('12 examples of the') and 'NN searched 64 training' in m.source['table1'][0]
+  assert any('at step 2' in note for note in m.source['table1'][1:])
   batch = next(data.make_dataset(config.data, 'eval', batch_size=16, process_index=0, process_count=1))
   bicubic = np.asarray(baselines.bicubic(batch['lowres'][:12], config.data.highres_size, config.data.resize))
 

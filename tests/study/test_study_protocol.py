@@ -237,6 +237,12 @@ def test_fooled_report_counts_and_interval(tmp_path):
   assert sum(n for _, n in ratings.values()) == 120 and sum(c for c, _ in ratings.values()) == 24
   figure = report.figure7(str(tmp_path / 's'), m, per_side=3)
   assert figure.ndim == 3 and figure.shape[1] > 7 * m.image_size[1]
+  # 3 valid workers: the report says the interval is too narrow to trust.
+  assert report.summary(str(tmp_path / 's')).endswith(
+    '- Warning: fewer than 10 valid workers for A (3): the bootstrap interval then covers the true rate less often '
+    'than 95% (0.87-0.91 of the time at 10 workers, 0.74-0.88 at 3, in simulation).\n'
+  )
+  assert 'Warning' not in report.fooled_markdown({'A': rows['A'] | {'valid': 10}})
 
 
 TABLE1 = """| Method | pSNR | SSIM |
@@ -247,6 +253,37 @@ TABLE1 = """| Method | pSNR | SSIM |
 
 - 128 examples.
 """
+
+
+PROVENANCE = [
+  "100 examples of the 'eval' split of celeb_a; NN searched 512 training examples.",
+  'Samples and NLL from the pixel recursive model of /abs/runs/celeba at step 5.',
+]
+
+
+def test_report_refuses_a_table1_of_other_examples(tmp_path):
+  make_fooled(tmp_path / 's', arms=('tau=1.0',), display_ms=0, source={'table1': PROVENANCE})
+  run = tmp_path / 'run'
+  run.mkdir()
+  # The table of 128 examples with NN over 20,000 (launch/evaluate.py's defaults) is not the study's 100 and 512.
+  other = TABLE1.replace(
+    '- 128 examples.',
+    "- 128 examples of the 'eval' split of celeb_a; NN searched 20000 training examples.\n"
+    '- Samples and NLL from the pixel recursive model of runs/celeba at step 5.',
+  )
+  (run / 'table1.md').write_text(other)
+  with pytest.raises(UserError, match=r'table1.md describes other examples or models than the study \(the study: "100'):
+    report.write(str(tmp_path / 's'), str(run))
+  assert (run / 'table1.md').read_text() == other and not (tmp_path / 's' / 'report.md').exists()
+  # The same examples and model (its path written relative there): merged.
+  same = other.replace('128 examples', '100 examples').replace('20000', '512')
+  (run / 'table1.md').write_text(same)
+  assert str(run / 'table1.md') in report.write(str(tmp_path / 's'), str(run))
+  assert '| tau=1.0 | 17.52 | 0.293 | n/a |' in (run / 'table1.md').read_text()
+  # A study without provenance (built before it was recorded) cannot vouch for any table.
+  bare = make_fooled(tmp_path / 'bare', arms=('tau=1.0',), display_ms=0)
+  with pytest.raises(UserError, match='records no table 1 provenance'):
+    report.check_provenance(same, bare, 'table1.md')
 
 
 def test_merge_table1_adds_then_replaces_the_column():

@@ -209,7 +209,8 @@ def test_simulated_crowd_recovers_its_fool_rates(tmp_path):
   """Workers fooled with probability 0.3 by A and 0.1 by B (independently per pair), plus careless workers who miss
   golden questions: the report's intervals contain the true rates and the careless are discarded."""
   study = tmp_path / 's'
-  m = make_fooled(study, arms=('A', 'B'), workers_per_arm=12, display_ms=0)
+  provenance = ['60 examples of the eval split; NN searched 64 training examples.']
+  m = make_fooled(study, arms=('A', 'B'), workers_per_arm=12, display_ms=0, source={'table1': provenance})
   server = Server(study, '--serve_seed=0')
   rates = {'A': 0.3, 'B': 0.1}
   try:
@@ -241,21 +242,25 @@ def test_simulated_crowd_recovers_its_fool_rates(tmp_path):
   assert text.decode().startswith('| Algorithm | % Fooled |')
   # The command line: report.md, fooled.csv, figure7.png, and the column merged into the run's table1.md.
   (tmp_path / 'run').mkdir()
-  (tmp_path / 'run' / 'table1.md').write_text('| Method | pSNR |\n|---|---|\n| A | 20.00 |\n| B | 21.00 |\n')
-  out = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(REPO, 'launch', 'study.py'),
-      'report',
-      f'--study={study}',
-      f'--table1_dir={tmp_path / "run"}',
-    ],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=120,
+  table = '| Method | pSNR |\n|---|---|\n| A | 20.00 |\n| B | 21.00 |\n\n- {}\n'
+  report_command = [
+    sys.executable,
+    os.path.join(REPO, 'launch', 'study.py'),
+    'report',
+    f'--study={study}',
+    f'--table1_dir={tmp_path / "run"}',
+  ]
+  # A table of other examples is refused in one line, and left as it was.
+  (tmp_path / 'run' / 'table1.md').write_text(table.format(provenance[0].replace('60 examples', '128 examples')))
+  out = subprocess.run(report_command, capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert (
+    out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith('error: ') and 'other examples' in out.stderr
   )
+  assert '% Fooled' not in (tmp_path / 'run' / 'table1.md').read_text()
+  (tmp_path / 'run' / 'table1.md').write_text(table.format(provenance[0]))
+  out = subprocess.run(report_command, capture_output=True, text=True, cwd=REPO, timeout=120)
   assert out.returncode == 0, out.stderr
+  assert 'Warning' not in out.stdout  # 12 valid workers per algorithm
   table1 = (tmp_path / 'run' / 'table1.md').read_text().split('\n')
   assert table1[0] == '| Method | pSNR | % Fooled |'
   assert table1[2] == f'| A | 20.00 | {report.fooled_cell(rows["A"])} |'
