@@ -40,14 +40,28 @@ def bootstrap_interval(
   return float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))
 
 
-def fooled_rows(study: str, m: manifest_lib.Manifest, seed: int = 0) -> dict[str, dict]:
-  """Per algorithm: sessions valid / discarded / incomplete, counted answers, fooled, rate and its interval."""
+def valid_sessions(sessions: list[dict], approved: set[tuple[str, str]] | None) -> set[int]:
+  """The ids of the sessions that count: finished with every golden question right, and, given a crowd platform's
+  approved completions (access.read_approved), on that list."""
+  return {
+    s['id']
+    for s in sessions
+    if s['status'] == storage.COMPLETE and (approved is None or (s['worker'].lower(), s['code']) in approved)
+  }
+
+
+def fooled_rows(
+  study: str, m: manifest_lib.Manifest, seed: int = 0, approved: set[tuple[str, str]] | None = None
+) -> dict[str, dict]:
+  """Per algorithm: sessions valid / discarded / incomplete / finished but not approved, counted answers, fooled,
+  rate and its interval."""
   sessions, answers = storage.read_sessions(study), storage.read_answers(study)
+  kept = valid_sessions(sessions, approved)
   rng = np.random.default_rng(seed)
   rows = {}
   for arm in m.arms:
     mine = [s for s in sessions if s['arm'] == arm]
-    valid = {s['id'] for s in mine if s['status'] == storage.COMPLETE}
+    valid = {s['id'] for s in mine if s['id'] in kept}
     per_session = {sid: [0, 0] for sid in sorted(valid)}
     for a in answers:
       if a['session'] in valid and a['kind'] == protocols.COUNTED:
@@ -59,6 +73,7 @@ def fooled_rows(study: str, m: manifest_lib.Manifest, seed: int = 0) -> dict[str
       'valid': len(valid),
       'discarded': sum(s['status'] == storage.DISCARDED for s in mine),
       'incomplete': sum(s['status'] == storage.ACTIVE for s in mine),
+      'unapproved': sum(s['status'] == storage.COMPLETE and s['id'] not in kept for s in mine),
       'answers': int(counted.sum()),
       'fooled': int(fooled.sum()),
       'rate': fooled.sum() / counted.sum() if counted.sum() else float('nan'),
@@ -68,21 +83,24 @@ def fooled_rows(study: str, m: manifest_lib.Manifest, seed: int = 0) -> dict[str
   return rows
 
 
-def image_ratings(study: str) -> dict[tuple[str, int], tuple[int, int]]:
+def image_ratings(study: str, approved: set[tuple[str, str]] | None = None) -> dict[tuple[str, int], tuple[int, int]]:
   """(algorithm, example) -> (times chosen over the truth, times shown), over the valid sessions' counted pairs."""
   ratings = {}
+  counted = valid_sessions(storage.read_sessions(study), approved)
   for a in storage.read_answers(study):
-    if a['status'] == storage.COMPLETE and a['kind'] == protocols.COUNTED:
+    if a['session'] in counted and a['kind'] == protocols.COUNTED:
       key = (a['arm'], a['example'])
       chosen, shown = ratings.get(key, (0, 0))
       ratings[key] = (chosen + (_chosen(a) != manifest_lib.TRUTH), shown + 1)
   return ratings
 
 
-def figure7(study: str, m: manifest_lib.Manifest, per_side: int = 4) -> np.ndarray | None:
+def figure7(
+  study: str, m: manifest_lib.Manifest, per_side: int = 4, approved: set[tuple[str, str]] | None = None
+) -> np.ndarray | None:
   """Figure 7: per algorithm, its `per_side` best and worst rated images, each captioned with the fraction of
   times it was chosen over the truth (and out of how many). None before any valid answer."""
-  ratings = image_ratings(study)
+  ratings = image_ratings(study, approved)
   if not ratings:
     return None
   examples = {e.index: e for e in m.examples}
@@ -206,12 +224,15 @@ def merge_table1(text: str, rows: dict[str, dict]) -> str:
   return '\n'.join(lines + [note]) + '\n'
 
 
-def preference_rows(study: str, m: manifest_lib.Manifest) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+def preference_rows(
+  study: str, m: manifest_lib.Manifest, approved: set[tuple[str, str]] | None = None
+) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
   """SRIM's Table 2: (split, 'A vs B') -> method -> (mean, std across participants) of the proportion of that
   method's outputs chosen; split in 'seen', 'unseen', 'all'. Only finished sessions count."""
   per = {}  # (session, test, split) -> [chose first, pairs]
+  counted = valid_sessions(storage.read_sessions(study), approved)
   for a in storage.read_answers(study):
-    if a['status'] != storage.COMPLETE:
+    if a['session'] not in counted:
       continue
     first = a['test'].split(' vs ')[0]
     for split in (a['split'], 'all'):
@@ -246,19 +267,27 @@ def preference_markdown(table, m: manifest_lib.Manifest, participants: int) -> s
   )
 
 
-def summary(study: str) -> str:
+def summary(study: str, approved: set[tuple[str, str]] | None = None) -> str:
   """The report as markdown (what `report` prints and /admin/report returns)."""
   m = manifest_lib.load(study)
+  sessions = storage.read_sessions(study)
+  counted = valid_sessions(sessions, approved)
+  left_out = sum(s['status'] == storage.COMPLETE and s['id'] not in counted for s in sessions)
+  note = (
+    f'- Approved completions only: {len(counted)} finished sessions on the list count; {left_out} finished '
+    'sessions not on it are left out.\n'
+    if approved is not None
+    else ''
+  )
   if m.kind == manifest_lib.FOOLED:
-    return fooled_markdown(fooled_rows(study, m))
-  finished = sum(s['status'] == storage.COMPLETE for s in storage.read_sessions(study))
-  return preference_markdown(preference_rows(study, m), m, finished)
+    return fooled_markdown(fooled_rows(study, m, approved=approved)) + note
+  return preference_markdown(preference_rows(study, m, approved), m, len(counted)) + note
 
 
 def fooled_csv(rows: dict[str, dict]) -> str:
   out = io.StringIO()
   writer = csv.writer(out, lineterminator='\n')
-  fields = ['valid', 'discarded', 'incomplete', 'answers', 'fooled', 'rate', 'lo', 'hi']
+  fields = ['valid', 'discarded', 'incomplete', 'unapproved', 'answers', 'fooled', 'rate', 'lo', 'hi']
   writer.writerow(['algorithm'] + fields)
   for arm, r in rows.items():
     writer.writerow([arm] + [r[f] for f in fields])
@@ -278,7 +307,7 @@ def _write(path: str, data: bytes) -> None:
     raise
 
 
-def write(study: str, table1_dir: str = '') -> list[str]:
+def write(study: str, table1_dir: str = '', approved: set[tuple[str, str]] | None = None) -> list[str]:
   """report.md (+ fooled.csv, figure7.png) in the study; for a fooled study, the % Fooled column merged into
   `table1_dir`/table1.md when that file exists. Returns the paths written."""
   m = manifest_lib.load(study)
@@ -289,13 +318,13 @@ def write(study: str, table1_dir: str = '') -> list[str]:
       table1_text = f.read()
     check_provenance(table1_text, m, table1)  # before anything is written
   paths = [os.path.join(study, 'report.md')]
-  _write(paths[0], summary(study).encode())
+  _write(paths[0], summary(study, approved).encode())
   if m.kind != manifest_lib.FOOLED:
     return paths
-  rows = fooled_rows(study, m)
+  rows = fooled_rows(study, m, approved=approved)
   paths.append(os.path.join(study, 'fooled.csv'))
   _write(paths[-1], fooled_csv(rows).encode())
-  figure = figure7(study, m)
+  figure = figure7(study, m, approved=approved)
   if figure is not None:
     out = io.BytesIO()
     Image.fromarray(figure).save(out, format='PNG')

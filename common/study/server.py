@@ -1,6 +1,6 @@
 """The study's web app (Starlette) and its server (uvicorn): the page, a JSON API for it, images by opaque token.
 
-  POST /api/session {worker, token?}            -> a new session, or the worker's own session in progress
+  POST /api/session {worker, sig?, token?}      -> a new session, or the worker's own (sig: its invitation)
   POST /api/trial   {token}                     -> the next pair: two /img/<token> URLs (or the end and its code)
   POST /api/answer  {token, trial, choice, display_ms} -> recorded; feedback on practice pairs only
   GET  /img/<token>                             -> a PNG of the current pair of an active session, else 404
@@ -15,7 +15,6 @@ import json
 import os
 import re
 import secrets
-import stat
 from typing import Any, cast
 
 from starlette.applications import Starlette
@@ -25,12 +24,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from common.study import access, protocols, storage
 from common.study import manifest as manifest_lib
-from common.study import protocols, storage
 
 MAX_BODY = 4096
 MAX_HEADERS = 16 * 1024
-ADMIN_TOKEN = 'admin_token'
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'static')
 _PAGES = {
   '/': ('index.html', 'text/html; charset=utf-8'),
@@ -47,23 +45,15 @@ _HEADERS = {
 }
 
 
-def admin_token(study: str) -> str:
-  """The study's admin secret, made once (readable by its owner only) and kept across restarts."""
-  path = os.path.join(study, ADMIN_TOKEN)
-  if not os.path.exists(path):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, 'w') as f:
-      f.write(secrets.token_urlsafe(24))
-  with open(path) as f:
-    return f.read().strip()
-
-
 def _read(path: str) -> bytes:
   with open(path, 'rb') as f:
     return f.read()
 
 
 async def _json_body(request: Request) -> dict:
+  """The JSON object of a POST from this site's own page (a cross-site form or fetch could start sessions)."""
+  if not access.same_origin(request.headers):
+    raise storage.Refused(403, 'Requests from other sites are refused.')
   length = request.headers.get('content-length')
   # fullmatch, not str.isdigit: isdigit accepts '²', which int() then refuses.
   if length is not None and (not re.fullmatch(r'[0-9]{1,12}', length) or int(length) > MAX_BODY):
@@ -120,11 +110,28 @@ def _closing(store: storage.Store):
   return lifespan
 
 
-def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, seed: int | None = None):
-  """The ASGI app of a built study (see manifest.py); the store opens (and resumes) its database."""
+def make_app(
+  study: str,
+  *,
+  registry: str = '',
+  abandon_after_s: float = 1800,
+  seed: int | None = None,
+  open_study: bool = False,
+  new_sessions_per_minute: int = 20,
+):
+  """The ASGI app of a built study (see manifest.py); the store opens (and resumes) its database. `open_study`:
+  any worker id may take part; otherwise only invited ones (access.py)."""
   m = manifest_lib.load(study)
-  store = storage.Store(study, m, registry=registry, abandon_after_s=abandon_after_s, seed=seed)
-  secret = admin_token(study)
+  store = storage.Store(
+    study,
+    m,
+    registry=registry,
+    abandon_after_s=abandon_after_s,
+    seed=seed,
+    new_sessions_per_minute=new_sessions_per_minute,
+  )
+  secret = access.secret_file(study, access.ADMIN_TOKEN)
+  invite_secret = None if open_study else access.secret_file(study, access.INVITE_SECRET)
   pages = {path: (_read(os.path.join(_STATIC, name)), kind) for path, (name, kind) in _PAGES.items()}
 
   async def page(request: Request):
@@ -141,8 +148,13 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
 
   async def start(request: Request):
     data = await _json_body(request)
+    if invite_secret is not None and not access.invited(invite_secret, data.get('worker'), data.get('sig')):
+      raise storage.Refused(403, 'This study is by invitation: open the link you were given, as it was given.')
+    client = request.client.host if request.client else ''
     return JSONResponse(
-      await run_in_threadpool(store.start, data.get('worker'), data.get('token'), request.headers.get('user-agent', ''))
+      await run_in_threadpool(
+        store.start, data.get('worker'), data.get('token'), request.headers.get('user-agent', ''), client
+      )
     )
 
   async def trial(request: Request):
@@ -222,14 +234,24 @@ def serve(
   abandon_after_s: float = 1800,
   forwarded_allow_ips: str = '127.0.0.1',
   seed: int | None = None,
+  open_study: bool = False,
+  new_sessions_per_minute: int = 20,
 ) -> None:
   """Runs the study's server until interrupted; prints where workers go and the admin token."""
   import uvicorn
 
-  app = make_app(study, registry=registry, abandon_after_s=abandon_after_s, seed=seed)
+  app = make_app(
+    study,
+    registry=registry,
+    abandon_after_s=abandon_after_s,
+    seed=seed,
+    open_study=open_study,
+    new_sessions_per_minute=new_sessions_per_minute,
+  )
   shown = 'localhost' if host in ('0.0.0.0', '::', '127.0.0.1') else host
-  print(f'Study {study}: workers open http://{shown}:{port}/?worker=ID', flush=True)
-  print(f'Admin token (for /admin/status, /admin/report): {admin_token(study)}', flush=True)
+  where = f'http://{shown}:{port}/?worker=ID' if open_study else 'the links of `launch/study.py invite` (by invitation)'
+  print(f'Study {study}: workers open {where}', flush=True)
+  print(f'Admin token (for /admin/*): {access.secret_file(study, access.ADMIN_TOKEN)}', flush=True)
   uvicorn.run(
     app,
     host=host,

@@ -22,7 +22,7 @@ from typing import TypeGuard
 
 import numpy as np
 
-from common.study import protocols
+from common.study import access, protocols
 from common.study.manifest import FOOLED, Manifest
 
 DATABASE = 'study.sqlite'
@@ -90,9 +90,18 @@ class Store:
   part in only one of them. `abandon_after_s`: an active session idle this long no longer holds its arm's place."""
 
   def __init__(
-    self, study: str, manifest: Manifest, *, registry: str = '', abandon_after_s: float = 1800, seed: int | None = None
+    self,
+    study: str,
+    manifest: Manifest,
+    *,
+    registry: str = '',
+    abandon_after_s: float = 1800,
+    seed: int | None = None,
+    new_sessions_per_minute: int = 0,
   ):
     self.manifest, self.abandon_after_s = manifest, abandon_after_s
+    # Per client address: made-up ids from one machine (100 sessions in 1.2 s) would fill the study.
+    self._new_sessions = access.RateLimit(new_sessions_per_minute)
     self._lock = threading.Lock()
     self._rng = np.random.default_rng(seed)
     self.db = connect(os.path.join(study, DATABASE))
@@ -131,10 +140,12 @@ class Store:
       raise Refused(403, 'Unknown session.')
     return row
 
-  def start(self, worker, token=None, user_agent: str = '') -> dict:
-    """A new session for `worker`, or the worker's session in progress when `token` is its token."""
+  def start(self, worker, token=None, user_agent: str = '', client: str = '') -> dict:
+    """A new session for `worker`, or the worker's session when `token` is its token. Ids are compared in lower
+    case: `victim1` and `VICTIM1` are one person."""
     if not isinstance(worker, str) or not WORKER_ID.fullmatch(worker):
       raise Refused(400, 'The link needs a worker id (?worker=ID: letters, digits, _ . : @ -, at most 128).')
+    worker = worker.lower()
     now = time.time()
     with self._transaction() as db:
       row = db.execute('SELECT * FROM sessions WHERE worker = ?', (worker,)).fetchone()
@@ -143,6 +154,8 @@ class Store:
         if isinstance(token, str) and _is_token(token) and secrets.compare_digest(token, row['token']):
           return self._describe(row)
         raise Refused(409, 'This worker id has already taken part in this study; each worker takes part once.')
+      if not self._new_sessions.allow(client, now):
+        raise Refused(429, 'Too many new sessions from your address; please try again in a minute.')
       valid, active = self._counts(db, now)
       arm = protocols.choose_arm(self.manifest, valid, active, self._rng)
       if arm is None:
@@ -362,5 +375,5 @@ def workers_csv(study: str) -> str:
 
 def read_sessions(study: str) -> list[dict]:
   return _read_only(
-    study, 'SELECT id, worker, arm, status, golden_missed, answered, num_trials FROM sessions ORDER BY id'
+    study, 'SELECT id, worker, arm, status, golden_missed, answered, num_trials, code FROM sessions ORDER BY id'
   )

@@ -43,10 +43,11 @@ def free_port() -> int:
 
 
 class Server:
-  """`launch/study.py serve` in a subprocess on a free port of 127.0.0.1."""
+  """`launch/study.py serve` in a subprocess on a free port of 127.0.0.1: open to any worker id, with no limit on new
+  sessions per address (all tests come from 127.0.0.1), unless `args` say otherwise (`--noopen`, a later value)."""
 
   def __init__(self, study, *args, port=None):
-    self.study, self.args, self.port = str(study), args, port or free_port()
+    self.study, self.args, self.port = str(study), ('--open', '--new_sessions_per_minute=0', *args), port or free_port()
     self.url = f'http://127.0.0.1:{self.port}'
     self.start()
 

@@ -90,7 +90,7 @@ def test_build_fooled_from_trained_runs(runs, tmp_path):
     (['build', '--out=/tmp/x'], 'error: build needs --workdir.'),
     (['report'], 'error: report needs --study.'),
     (['serve', '--study=/nonexistent'], 'is not a study (manifest.json missing)'),
-    (['launch'], 'error: usage: launch/study.py {build|serve|report}'),
+    (['launch'], 'error: usage: launch/study.py {build|invite|serve|report}'),
     (['build', '--workdir=/tmp/x', '--out=/tmp/y', '--rows=tau=1.0,Bicubic'], 'error: --rows Bicubic: the golden'),
   ],
 )

@@ -219,7 +219,15 @@ def test_fooled_report_counts_and_interval(tmp_path):
     ('right' if row['left_label'] == manifest.TRUTH else 'left') if row['kind'] == (protocols.GOLDEN) else 'left'
   )
   store = _scripted_store(tmp_path, m, {'w1': _fool(4), 'w2': _fool(8), 'w3': _fool(12), 'bad': miss_golden})
+  codes = dict(store.db.execute('SELECT worker, code FROM sessions').fetchall())
   store.close()
+  # A crowd platform approved w1 and w3 only (and listed someone who never took part): w2 is left out.
+  approved = {('w1', codes['w1']), ('w3', codes['w3']), ('ghost', 'ABC')}
+  only = report.fooled_rows(str(tmp_path / 's'), m, approved=approved)['A']
+  assert (only['valid'], only['unapproved'], only['answers'], only['fooled']) == (2, 1, 80, 16)
+  assert report.summary(str(tmp_path / 's'), approved).endswith(
+    '- Approved completions only: 2 finished sessions on the list count; 1 finished sessions not on it are left out.\n'
+  )
   rows = report.fooled_rows(str(tmp_path / 's'), m)
   assert rows['A']['valid'] == 3 and rows['A']['discarded'] == 1 and rows['A']['incomplete'] == 0
   assert rows['A']['answers'] == 120 and rows['A']['fooled'] == 24

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -203,6 +204,38 @@ def test_admin_views_need_the_token(served):
   with open(study / 'admin_token') as f:
     assert f.read().strip() == server.admin_token
   assert os.stat(study / 'admin_token').st_mode & 0o077 == 0  # readable by its owner only
+
+
+def test_invitations_origins_and_rate_limit(tmp_path):
+  study = tmp_path / 's'
+  make_fooled(study, display_ms=0, workers_per_arm=50)
+  invite = [sys.executable, os.path.join(REPO, 'launch', 'study.py'), 'invite', f'--study={study}']
+  out = subprocess.run(invite + ['--count=6', '--base_url=http://x'], capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 0, out.stderr
+  links = [urllib.parse.parse_qs(urllib.parse.urlsplit(link).query) for link in out.stdout.split()]
+  invited = [(q['worker'][0], q['sig'][0]) for q in links]
+  assert len(invited) == 6 and len(set(invited)) == 6
+  out = subprocess.run(invite + ['--count=0', '--base_url=http://x'], capture_output=True, text=True, cwd=REPO)
+  assert out.returncode != 0 and out.stderr.strip().splitlines()[-1] == 'error: invite needs --count >= 1, got 0.'
+  server = Server(study, '--noopen', '--new_sessions_per_minute=4')  # serve's default: by invitation
+  session = lambda k, **kw: api(server.url, '/api/session', {'worker': invited[k][0], 'sig': invited[k][1]} | kw)
+  try:
+    assert 'by invitation' in ''.join(server.output)
+    assert api(server.url, '/api/session', {'worker': 'made-up'})[0] == 403  # no invitation
+    assert session(0, sig='0' * 32)[0] == 403  # a forged one
+    assert session(0, worker=invited[0][0].upper())[0] == 200
+    assert session(0)[0] == 409  # the same person, in any case
+    # A form or fetch from another site cannot start a session, even as text/plain; the page's own origin can.
+    body = json.dumps({'worker': invited[1][0], 'sig': invited[1][1]}).encode()
+    for headers in ({'Origin': 'http://evil.example', 'Content-Type': 'text/plain'}, {'Sec-Fetch-Site': 'cross-site'}):
+      status, data, _ = request(server.url + '/api/session', 'POST', raw=body, headers=headers)
+      assert status == 403 and 'other sites' in json.loads(data)['error']
+    status, _, _ = request(server.url + '/api/session', 'POST', raw=body, headers={'Origin': server.url})
+    assert status == 200
+    # Four new sessions a minute from one address: the fifth waits.
+    assert [session(k)[0] for k in (2, 3, 4)] == [200, 200, 429]
+  finally:
+    server.stop()
 
 
 def test_simulated_crowd_recovers_its_fool_rates(tmp_path):

@@ -1,11 +1,13 @@
-"""The study's database rules, straight through common.study.storage (the server adds only HTTP around them)."""
+"""The study's database rules, straight through common.study.storage (the server adds only HTTP around them), and
+who may take part (common.study.access: invitations, approved completions, same-origin requests, rate limits)."""
 
 import sqlite3
 import time
 
 import pytest
 
-from common.study import manifest, protocols, storage
+from common.errors import UserError
+from common.study import access, manifest, protocols, storage
 from tests.study.helpers import make_fooled
 
 
@@ -161,3 +163,49 @@ def test_registry_lets_a_worker_into_one_study_only(tmp_path):
   two.start('v')
   one.close()
   two.close()
+
+
+def test_worker_ids_are_one_person_in_any_case_and_new_sessions_are_rate_limited(tmp_path):
+  m = make_fooled(tmp_path / 's', display_ms=0, workers_per_arm=50)
+  store = storage.Store(str(tmp_path / 's'), m, seed=0, new_sessions_per_minute=3)
+  token = store.start('victim1', client='10.0.0.1')['token']
+  assert 'already taken part' in _refused(409, store.start, 'VICTIM1', None, '', '10.0.0.2')
+  assert store.start('Victim1', token)['token'] == token  # the same session, resumed under any case
+  store.start('w2', client='10.0.0.1')
+  store.start('w3', client='10.0.0.1')
+  assert 'Too many new sessions' in _refused(429, store.start, 'w4', None, '', '10.0.0.1')
+  store.start('w4', client='10.0.0.2')  # another address is not held back
+  assert store.db.execute('SELECT worker FROM sessions ORDER BY id').fetchall()[0][0] == 'victim1'
+  limit = access.RateLimit(2)
+  assert [limit.allow('a', t) for t in (0, 1, 2, 59.9, 60.5)] == [True, True, False, False, True]
+  store.close()
+
+
+def test_invitations_origins_and_approved_completions(tmp_path):
+  secret = access.secret_file(str(tmp_path), access.INVITE_SECRET)
+  assert access.secret_file(str(tmp_path), access.INVITE_SECRET) == secret  # kept
+  links = access.invitations(str(tmp_path), 3, 'https://study.example.org/')
+  assert len(set(links)) == 3 and all(link.startswith('https://study.example.org/?worker=p') for link in links)
+  worker, sig = (part.split('=')[1] for part in links[0].split('?')[1].split('&'))
+  assert access.invited(secret, worker, sig) and access.invited(secret, worker.upper(), sig)
+  assert not access.invited(secret, worker + 'x', sig) and not access.invited(secret, worker, sig[:-1] + 'g')
+  assert not access.invited(secret, worker, None) and not access.invited(secret, worker, 'é' * 32)
+  assert not access.invited('another study', worker, sig)
+  host = {'host': 'study.example.org'}
+  assert access.same_origin(host)  # no Origin: not a browser's cross-site request
+  assert access.same_origin(host | {'origin': 'https://study.example.org', 'sec-fetch-site': 'same-origin'})
+  for bad in (
+    {'origin': 'https://evil.example'},
+    {'origin': 'null'},
+    {'sec-fetch-site': 'cross-site'},
+    {'origin': 'http://[::1'},
+  ):
+    assert not access.same_origin(host | bad), bad
+  assert access.same_origin(
+    {'host': '127.0.0.1:8080', 'x-forwarded-host': 'study.example.org', 'origin': 'https://study.example.org'}
+  )  # behind a reverse proxy
+  path = tmp_path / 'approved.csv'
+  path.write_text('WorkerId,Code,Status\nAbc1, 0a1b2c3d4e5f ,Approved\nxyz,FFFFFFFFFFFF,Approved\n')
+  assert access.read_approved(str(path)) == {('workerid', 'CODE'), ('abc1', '0A1B2C3D4E5F'), ('xyz', 'FFFFFFFFFFFF')}
+  with pytest.raises(UserError, match='does not exist'):
+    access.read_approved(str(tmp_path / 'missing.csv'))

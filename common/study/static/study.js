@@ -3,7 +3,8 @@
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
-  const worker = new URLSearchParams(location.search).get('worker') || '';
+  const params = new URLSearchParams(location.search);
+  const worker = params.get('worker') || '', sig = params.get('sig') || '';
   const storageKey = 'study-token:' + worker;
   let session = null, current = null, shownAt = 0, displayMs = 0, accepting = false;
 
@@ -46,7 +47,7 @@
 
   async function start() {
     $('start').disabled = true;
-    const r = await api('/api/session', {worker, token: localStorage.getItem(storageKey)});
+    const r = await api('/api/session', {worker, sig, token: localStorage.getItem(storageKey)});
     if (r.status !== 200) return fail(r.data.error || 'The study could not start.');
     session = r.data;
     localStorage.setItem(storageKey, session.token);
@@ -142,7 +143,7 @@
     }).catch(() => {});
     if (!worker) $('instructions').textContent = 'This link is missing its worker id (?worker=ID).';
     if (worker && localStorage.getItem(storageKey)) {  // a finished session's reloaded end page shows its code
-      api('/api/session', {worker, token: localStorage.getItem(storageKey)}).then((r) => {
+      api('/api/session', {worker, sig, token: localStorage.getItem(storageKey)}).then((r) => {
         if (r.status === 200 && r.data.done) finish(r.data.code);
       }).catch(() => {});
     }
