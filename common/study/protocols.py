@@ -132,4 +132,6 @@ def instructions(m: Manifest) -> str:
   return (
     f'You will see {total} pairs of images, one pair at a time{practice}. {shown} an image with a click or tap, '
     f'or the left and right arrow keys. It takes about {minutes} minutes.'
+    # A reload shows the current pair again, which voids a timed session (storage.Store.next_trial).
+    + (' Please do not reload the page: a pair shown twice voids the session.' if m.display_ms else '')
   )

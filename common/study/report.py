@@ -72,6 +72,7 @@ def fooled_rows(
     rows[arm] = {
       'valid': len(valid),
       'discarded': sum(s['status'] == storage.DISCARDED for s in mine),
+      'reshown': sum(s['reshown'] > 0 for s in mine),
       'incomplete': sum(s['status'] == storage.ACTIVE for s in mine),
       'unapproved': sum(s['status'] == storage.COMPLETE and s['id'] not in kept for s in mine),
       'answers': int(counted.sum()),
@@ -156,6 +157,14 @@ def fooled_markdown(rows: dict[str, dict]) -> str:
       f'| {r["discarded"]} | {r["incomplete"]} | {r["answers"]} |'
     )
   few = [f'{arm} ({r["valid"]})' for arm, r in rows.items() if r['valid'] < MIN_WORKERS]
+  reshown = sum(r['reshown'] for r in rows.values())
+  reshown_note = (
+    f'- {reshown} sessions were shown a pair again (a reload shows the current pair again) and are discarded: '
+    + ', '.join(f'{arm} {r["reshown"]}' for arm, r in rows.items())
+    + '.\n'
+    if reshown
+    else ''
+  )
   warning = (
     f'- Warning: fewer than {MIN_WORKERS} valid workers for {", ".join(few)}: the bootstrap interval then covers '
     'the true rate less often than 95% (0.87-0.91 of the time at 10 workers, 0.74-0.88 at 3, in simulation).\n'
@@ -169,6 +178,7 @@ def fooled_markdown(rows: dict[str, dict]) -> str:
       'over the counted pairs of valid sessions; 95% interval: percentile bootstrap over '
       f'workers ({NUM_BOOTSTRAP} resamples).\n'
     )
+    + reshown_note
     + warning
   )
 
@@ -287,7 +297,7 @@ def summary(study: str, approved: set[tuple[str, str]] | None = None) -> str:
 def fooled_csv(rows: dict[str, dict]) -> str:
   out = io.StringIO()
   writer = csv.writer(out, lineterminator='\n')
-  fields = ['valid', 'discarded', 'incomplete', 'unapproved', 'answers', 'fooled', 'rate', 'lo', 'hi']
+  fields = ['valid', 'discarded', 'reshown', 'incomplete', 'unapproved', 'answers', 'fooled', 'rate', 'lo', 'hi']
   writer.writerow(['algorithm'] + fields)
   for arm, r in rows.items():
     writer.writerow([arm] + [r[f] for f in fields])

@@ -3,8 +3,9 @@
 A session is composed whole when it starts (its trials, sides and per-trial random image tokens are rows), so a
 server killed at any point and restarted resumes it where its last committed answer left it. Every rule of the
 protocol is checked here, inside one transaction per request: the session token, the trial belongs to the session
-and is its next unanswered one, one answer per trial (also a primary key), the display time. One connection behind
-a lock serialises the writes, which SQLite would serialise anyway.
+and is its next unanswered one, one answer per trial (also a primary key), the display time, and that both images
+were served, each once and within FETCH_WINDOW_S of the pair's issue. A timed pair shown again (a reload) voids its
+session (`reshown`). One connection behind a lock serialises the writes, which SQLite would serialise anyway.
 """
 
 import contextlib
@@ -29,6 +30,10 @@ DATABASE = 'study.sqlite'
 WORKER_ID = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}')
 TOKEN = re.compile(r'[0-9a-f]{32}')
 ACTIVE, COMPLETE, DISCARDED = 'active', 'complete', 'discarded'
+# Seconds from a pair's issue within which its images are served: the page fetches them at once, so a later fetch
+# is someone looking again.
+FETCH_WINDOW_S = 2.0
+_LEFT, _RIGHT = 1, 2  # trials.fetched bits
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -36,13 +41,13 @@ CREATE TABLE IF NOT EXISTS sessions(
   id INTEGER PRIMARY KEY, token TEXT UNIQUE NOT NULL, worker TEXT UNIQUE NOT NULL, arm TEXT NOT NULL,
   status TEXT NOT NULL, golden_missed INTEGER NOT NULL DEFAULT 0, num_trials INTEGER NOT NULL,
   answered INTEGER NOT NULL DEFAULT 0, code TEXT NOT NULL, user_agent TEXT, created REAL NOT NULL,
-  updated REAL NOT NULL, finished REAL);
+  updated REAL NOT NULL, finished REAL, reshown INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS trials(
   id INTEGER PRIMARY KEY, session_id INTEGER NOT NULL REFERENCES sessions(id), position INTEGER NOT NULL,
   token TEXT UNIQUE NOT NULL, phase TEXT NOT NULL, kind TEXT NOT NULL, example INTEGER NOT NULL,
   left_label TEXT NOT NULL, right_label TEXT NOT NULL, left_image TEXT NOT NULL, right_image TEXT NOT NULL,
   left_token TEXT UNIQUE NOT NULL, right_token TEXT UNIQUE NOT NULL, test TEXT NOT NULL, split TEXT NOT NULL,
-  issued REAL, shown INTEGER NOT NULL DEFAULT 0, UNIQUE(session_id, position));
+  issued REAL, shown INTEGER NOT NULL DEFAULT 0, fetched INTEGER NOT NULL DEFAULT 0, UNIQUE(session_id, position));
 CREATE TABLE IF NOT EXISTS answers(
   trial_id INTEGER PRIMARY KEY REFERENCES trials(id), session_id INTEGER NOT NULL REFERENCES sessions(id),
   position INTEGER NOT NULL, choice TEXT NOT NULL, display_ms REAL NOT NULL, server_ms REAL NOT NULL,
@@ -246,8 +251,18 @@ class Store:
       if session['status'] != ACTIVE:
         return {'done': True, 'code': session['code']}
       trial = self._current(db, session)
-      # Issued now: the answer must come at least the display time later.
+      if trial['fetched']:
+        # Its images were served: showing them again (a reload) gives a second look at a timed pair, which voids
+        # the session; fresh tokens, as each is served once.
+        db.execute(
+          'UPDATE trials SET left_token = ?, right_token = ?, fetched = 0 WHERE id = ?',
+          (secrets.token_hex(16), secrets.token_hex(16), trial['id']),
+        )
+        if self.manifest.display_ms:
+          db.execute('UPDATE sessions SET reshown = reshown + 1 WHERE id = ?', (session['id'],))
+      # Issued now: the images must be fetched soon, and the answer come at least the display time later.
       db.execute('UPDATE trials SET issued = ?, shown = shown + 1 WHERE id = ?', (now, trial['id']))
+      trial = self._current(db, session)
       return {
         'done': False,
         'trial': trial['token'],
@@ -258,18 +273,23 @@ class Store:
       }
 
   def image(self, image_token) -> str | None:
-    """The manifest image id behind a token of the current pair of an active session; None for anything else."""
+    """The manifest image id behind a token of the current pair of an active session, once, and only within
+    FETCH_WINDOW_S of the pair's issue; None for anything else (so the page cannot show a pair again or late)."""
     if not _is_token(image_token):
       return None
-    with self._lock:
-      row = self.db.execute(
-        'SELECT t.left_token, t.left_image, t.right_image FROM trials t JOIN sessions s ON s.id = t.session_id '
+    now = time.time()
+    with self._transaction() as db:
+      row = db.execute(
+        'SELECT t.id, t.left_token, t.left_image, t.right_image, t.fetched, t.issued FROM trials t '
+        'JOIN sessions s ON s.id = t.session_id '
         'WHERE (t.left_token = ? OR t.right_token = ?) AND s.status = ? AND t.position = s.answered',
         (image_token, image_token, ACTIVE),
       ).fetchone()
-    if row is None:
-      return None
-    return row['left_image'] if row['left_token'] == image_token else row['right_image']
+      side = None if row is None else _LEFT if row['left_token'] == image_token else _RIGHT
+      if row is None or row['issued'] is None or row['fetched'] & side or now - row['issued'] > FETCH_WINDOW_S:
+        return None
+      db.execute('UPDATE trials SET fetched = fetched | ? WHERE id = ?', (side, row['id']))
+    return row['left_image'] if side == _LEFT else row['right_image']
 
   def answer(self, token, trial_token, choice, display_ms) -> dict:
     """Records the answer to the session's current pair; feedback for a practice pair."""
@@ -292,8 +312,8 @@ class Store:
         if known is not None and known[0] < session['answered']:
           raise Refused(409, 'This pair is already answered.')
         raise Refused(409, 'Not the current pair of this session; answer the pairs in order.')
-      if trial['issued'] is None:
-        raise Refused(409, 'This pair has not been shown yet.')
+      if trial['issued'] is None or trial['fetched'] != _LEFT | _RIGHT:
+        raise Refused(409, 'This pair has not been shown yet; it will be shown now.')
       server_ms = (now - trial['issued']) * 1000
       self._check_display(display_ms, server_ms)
       db.execute(
@@ -303,7 +323,8 @@ class Store:
       truth = protocols.truth_side(trial['left_label'], trial['right_label'])
       missed = int(trial['kind'] == protocols.GOLDEN and choice != truth)
       done = trial['position'] + 1 == session['num_trials']
-      status = ACTIVE if not done else DISCARDED if session['golden_missed'] + missed else COMPLETE
+      void = session['golden_missed'] + missed or session['reshown']
+      status = ACTIVE if not done else DISCARDED if void else COMPLETE
       db.execute(
         'UPDATE sessions SET answered = answered + 1, golden_missed = golden_missed + ?, status = ?, '
         'updated = ?, finished = ? WHERE id = ?',
@@ -366,7 +387,7 @@ def workers_csv(study: str) -> str:
   """Every session's worker, algorithm, status, progress and completion code, to approve payments by."""
   out = io.StringIO()
   writer = csv.writer(out, lineterminator='\n')
-  fields = ['worker', 'arm', 'status', 'answered', 'num_trials', 'code', 'created', 'finished']
+  fields = ['worker', 'arm', 'status', 'answered', 'num_trials', 'reshown', 'code', 'created', 'finished']
   writer.writerow(fields)
   for row in _read_only(study, f'SELECT {", ".join(fields)} FROM sessions ORDER BY id'):
     writer.writerow([row[f] for f in fields])
@@ -375,5 +396,6 @@ def workers_csv(study: str) -> str:
 
 def read_sessions(study: str) -> list[dict]:
   return _read_only(
-    study, 'SELECT id, worker, arm, status, golden_missed, answered, num_trials, code FROM sessions ORDER BY id'
+    study,
+    'SELECT id, worker, arm, status, golden_missed, reshown, answered, num_trials, code FROM sessions ORDER BY id',
   )

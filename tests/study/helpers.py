@@ -148,15 +148,21 @@ def trial_truth(study, trial_token) -> tuple[str, str, str]:
     db.close()
 
 
-def run_worker(base, study, worker, choose, display_ms=0, fetch_images=False, stop_after=None) -> dict:
+def look(store, trial) -> None:
+  """Fetches a pair's two images straight from a Store, as the page does before showing them."""
+  for side in ('left', 'right'):
+    assert store.image(trial[side].removeprefix('/img/')) is not None
+
+
+def run_worker(base, study, worker, choose, display_ms=0, stop_after=None) -> dict:
   """A whole session through the HTTP API. `choose(kind, left_label, right_label)` -> 'left' / 'right'. Returns
   {'token', 'answers', 'code'}; stops after `stop_after` answers (then 'code' is None)."""
   status, session = api(base, '/api/session', {'worker': worker})
   assert status == 200, session
-  return continue_worker(base, study, session['token'], choose, display_ms, fetch_images, stop_after)
+  return continue_worker(base, study, session['token'], choose, display_ms, stop_after)
 
 
-def continue_worker(base, study, token, choose, display_ms=0, fetch_images=False, stop_after=None) -> dict:
+def continue_worker(base, study, token, choose, display_ms=0, stop_after=None) -> dict:
   answers = 0
   while True:
     status, trial = api(base, '/api/trial', {'token': token})
@@ -165,9 +171,8 @@ def continue_worker(base, study, token, choose, display_ms=0, fetch_images=False
       return {'token': token, 'answers': answers, 'code': trial['code']}
     if stop_after is not None and answers >= stop_after:
       return {'token': token, 'answers': answers, 'code': None}
-    if fetch_images:
-      for side in ('left', 'right'):
-        assert request(base + trial[side])[0] == 200
+    for side in ('left', 'right'):  # as the page does: the server takes no answer to a pair it did not serve
+      assert request(base + trial[side])[0] == 200
     time.sleep(display_ms / 1000)
     choice = choose(*trial_truth(study, trial['trial']))
     status, result = api(

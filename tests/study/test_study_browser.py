@@ -104,7 +104,7 @@ def _current(study, worker):
     db.close()
 
 
-def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice=(), screenshot=None):
+def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice=(), screenshot=None, reload_at=None):
   wait = WebDriverWait(driver, 30, poll_frequency=0.02)
   driver.get(f'{server.url}/?worker={worker}')
   driver.execute_script(PROBE)
@@ -131,6 +131,13 @@ def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice
     choice = wrong if (kind == 'golden' and miss_golden) or n in wrong_practice else truth
     wait.until(lambda d: d.find_element(By.ID, 'choose-left').is_enabled())
     assert not driver.find_elements(By.CSS_SELECTOR, '#pair img')  # hidden before the answer
+    if n == reload_at:  # a reload after the pair was shown: Start resumes at the same pair, shown again
+      driver.refresh()
+      wait.until(lambda d: d.find_element(By.ID, 'start').is_enabled())
+      driver.find_element(By.ID, 'start').click()
+      wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#pair img')) == 2)
+      wait.until(lambda d: d.find_element(By.ID, 'choose-left').is_enabled())
+      assert _current(study, worker)[2] == n
     if n % 2:
       driver.find_element(By.TAG_NAME, 'body').send_keys(Keys.ARROW_LEFT if choice == 'left' else Keys.ARROW_RIGHT)
     else:
@@ -162,7 +169,7 @@ def test_whole_sessions_in_a_real_browser(tmp_path, browser):
   try:
     careful = _session(browser, server, study, 'careful', wrong_practice=(1,))
     careless = _session(
-      browser, server, study, 'careless', miss_golden=True, screenshot=str(tmp_path / 'study_trial.png')
+      browser, server, study, 'careless', miss_golden=True, screenshot=str(tmp_path / 'study_trial.png'), reload_at=5
     )
   finally:
     server.stop()
@@ -176,7 +183,7 @@ def test_whole_sessions_in_a_real_browser(tmp_path, browser):
   assert len(careful['shown_ms']) == 9 and all(950 <= t <= 1500 for t in careful['shown_ms']), careful['shown_ms']
   db = sqlite3.connect(os.path.join(study, storage.DATABASE))
   rows = db.execute(
-    'SELECT s.worker, s.status, s.code, COUNT(a.trial_id), MIN(a.display_ms), MAX(a.display_ms) '
+    'SELECT s.worker, s.status, s.code, COUNT(a.trial_id), MIN(a.display_ms), MAX(a.display_ms), s.reshown '
     'FROM sessions s JOIN answers a ON a.session_id = s.id GROUP BY s.id ORDER BY s.id'
   ).fetchall()
   assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
@@ -184,6 +191,7 @@ def test_whole_sessions_in_a_real_browser(tmp_path, browser):
     ('careless', 'discarded', careless['code'], 9),
   ]
   assert all(r[4] >= 950 and r[5] <= 1500 for r in rows)
+  assert [r[6] for r in rows] == [0, 1]  # the reload showed a pair again, and the server counted it
   # On a phone-sized screen the pair still sits side by side, inside the screen.
   server.start()
   try:

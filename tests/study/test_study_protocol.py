@@ -10,7 +10,7 @@ from PIL import Image
 
 from common.errors import UserError
 from common.study import manifest, protocols, report, storage
-from tests.study.helpers import make_fooled, make_preference
+from tests.study.helpers import look, make_fooled, make_preference
 
 
 def test_fooled_session_is_papers_protocol(tmp_path):
@@ -179,12 +179,13 @@ def test_instructions_give_the_pairs_and_the_duration(tmp_path):
   assert protocols.instructions(fooled) == (
     'You will see 55 pairs of images, one pair at a time (the first 10 are practice: you are told after each '
     'whether you were right). Each pair is shown for 1 s and then hidden; then choose an image with a click or '
-    'tap, or the left and right arrow keys. It takes about 4 minutes.'
+    'tap, or the left and right arrow keys. It takes about 4 minutes. Please do not reload the page: a pair shown '
+    'twice voids the session.'
   )
   preference = make_preference(tmp_path / 'p')
   text = protocols.instructions(preference)  # 60 pairs x 3 s: 3 minutes, shown until answered (not "hidden")
   assert text.startswith('You will see 60 pairs of images, one pair at a time. Each pair stays on screen until')
-  assert text.endswith('It takes about 3 minutes.') and 'hidden' not in text
+  assert text.endswith('It takes about 3 minutes.') and 'hidden' not in text and 'reload' not in text
 
 
 def _scripted_store(tmp_path, m, scripts):
@@ -193,6 +194,7 @@ def _scripted_store(tmp_path, m, scripts):
   for worker, choose in scripts.items():
     token = store.start(worker)['token']
     while not (trial := store.next_trial(token))['done']:
+      look(store, trial)
       row = store.db.execute('SELECT * FROM trials WHERE token = ?', (trial['trial'],)).fetchone()
       store.answer(token, trial['trial'], choose(row), 0)
   return store

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from common.errors import UserError
-from common.study import access, manifest, protocols, storage
-from tests.study.helpers import make_fooled
+from common.study import access, manifest, protocols, report, storage
+from tests.study.helpers import look, make_fooled
 
 
 def _truth(store, trial_token):
@@ -30,6 +30,10 @@ def test_answers_are_validated(tmp_path):
   trial = store.next_trial(a)
   other = store.next_trial(b)
   assert trial['position'] == 0 and trial['phase'] == protocols.PRACTICE
+  # An answer to a pair whose images the page never fetched.
+  assert 'not been shown' in _refused(409, store.answer, a, trial['trial'], 'left', 100)
+  look(store, trial)
+  look(store, other)
   # Answered before the pair could have been shown, or claiming a display time the protocol does not allow.
   _refused(422, store.answer, a, trial['trial'], 'left', 100)
   time.sleep(0.12)
@@ -55,6 +59,7 @@ def test_answers_are_validated(tmp_path):
   assert len(rows) == 1 and rows[0][0] == 0 and rows[0][1] == 104.5 and rows[0][2] >= 100
   # A wrong practice answer gets its feedback.
   second = store.next_trial(a)
+  look(store, second)
   time.sleep(0.12)
   wrong = 'left' if _truth(store, second['trial']) == 'right' else 'right'
   assert store.answer(a, second['trial'], wrong, 100)['feedback'] == 'wrong'
@@ -71,6 +76,8 @@ def test_images_only_for_the_current_pair(tmp_path):
     'SELECT left_image, left_token, right_token FROM trials WHERE token = ?', (trial['trial'],)
   ).fetchone()
   assert store.image(left) == row['left_image'] and left != row['left_image']
+  assert store.image(left) is None  # served once
+  assert store.image(row['right_token']) is not None
   assert store.image(row['left_image']) is None  # a manifest id is not a token
   nxt = store.db.execute('SELECT left_token FROM trials WHERE position = 1').fetchone()[0]
   assert store.image(nxt) is None  # not yet
@@ -80,11 +87,44 @@ def test_images_only_for_the_current_pair(tmp_path):
   store.close()
 
 
+def test_each_image_once_soon_and_a_reshown_pair_voids_the_session(tmp_path):
+  m = make_fooled(tmp_path / 's', display_ms=100, workers_per_arm=5)
+  store = storage.Store(str(tmp_path / 's'), m, seed=0)
+  token = store.start('w')['token']
+  trial = store.next_trial(token)
+  # Fetched 3 s after the pair was issued: refused (the page fetches at once; later is a second look).
+  store.db.execute('UPDATE trials SET issued = issued - 3 WHERE token = ?', (trial['trial'],))
+  assert store.image(trial['left'].removeprefix('/img/')) is None
+  # Issued again (the page retries): the same tokens, nothing was served, so nothing is flagged.
+  again = store.next_trial(token)
+  assert again['left'] == trial['left'] and store.status()['answers'] == 0
+  look(store, again)
+  # A reload after the images were served shows the pair again: fresh tokens (the old ones are spent), flagged.
+  reloaded = store.next_trial(token)
+  assert reloaded['trial'] == again['trial'] and reloaded['left'] != again['left']
+  assert store.image(again['left'].removeprefix('/img/')) is None
+  assert store.db.execute("SELECT reshown FROM sessions WHERE worker = 'w'").fetchone()[0] == 1
+  look(store, reloaded)
+  time.sleep(0.11)
+  store.answer(token, reloaded['trial'], 'left', 100)
+  while not (trial := store.next_trial(token))['done']:
+    look(store, trial)
+    store.db.execute('UPDATE trials SET issued = issued - 1 WHERE token = ?', (trial['trial'],))
+    result = store.answer(token, trial['trial'], _truth(store, trial['trial']), 100)
+  assert result['done'] and 'code' in result  # the worker still gets a code...
+  assert store.db.execute("SELECT status FROM sessions WHERE worker = 'w'").fetchone()[0] == storage.DISCARDED
+  store.close()
+  rows = report.fooled_rows(str(tmp_path / 's'), m)  # ...but the session does not count, and the report says why
+  assert sum(r['valid'] for r in rows.values()) == 0 and sum(r['reshown'] for r in rows.values()) == 1
+  assert '- 1 sessions were shown a pair again' in report.summary(str(tmp_path / 's'))
+
+
 def _finish(store, token, miss_golden=False):
   while not (trial := store.next_trial(token))['done']:
     kind = store.db.execute('SELECT kind FROM trials WHERE token = ?', (trial['trial'],)).fetchone()[0]
     truth = _truth(store, trial['trial'])
     choice = ('right' if truth == 'left' else 'left') if miss_golden and kind == protocols.GOLDEN else truth
+    look(store, trial)
     result = store.answer(token, trial['trial'], choice, 0)
   return result
 
@@ -132,6 +172,7 @@ def test_sessions_survive_reopening_and_workers_take_part_once(tmp_path):
   token = store.start('w')['token']
   for _ in range(7):
     trial = store.next_trial(token)
+    look(store, trial)
     store.answer(token, trial['trial'], 'left', 0)
   store.close()  # as a killed server: everything acknowledged was committed
   store = storage.Store(str(tmp_path / 's'), m)
