@@ -91,13 +91,15 @@ def _preference(m: Manifest, rng: np.random.Generator) -> list[Trial]:
 
 
 def choose_arm(m: Manifest, valid: dict[str, int], active: dict[str, int], rng: np.random.Generator) -> str | None:
-  """The arm for a new session: among arms short of `workers_per_arm` valid sessions, one with the fewest valid plus
-  recently active sessions (ties at random); None when every arm has enough, and the study is full."""
-  open_arms = [a for a in m.arms if valid.get(a, 0) < m.workers_per_arm]
+  """The arm for a new session: among arms whose valid plus recently active sessions are short of `workers_per_arm`
+  (a session in progress holds its place, so a burst of starts cannot overshoot), one with the fewest (ties at
+  random); None when every place is taken."""
+  load = {a: valid.get(a, 0) + active.get(a, 0) for a in m.arms}
+  open_arms = [a for a in m.arms if load[a] < m.workers_per_arm]
   if not open_arms:
     return None
-  load = np.array([valid.get(a, 0) + active.get(a, 0) for a in open_arms])
-  return open_arms[rng.choice(np.flatnonzero(load == load.min()))]
+  loads = np.array([load[a] for a in open_arms])
+  return open_arms[rng.choice(np.flatnonzero(loads == loads.min()))]
 
 
 def truth_side(left_label: str, right_label: str) -> str | None:

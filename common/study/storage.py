@@ -92,7 +92,8 @@ def connect(path: str) -> sqlite3.Connection:
 
 class Store:
   """The answers of one study. `registry`: an optional SQLite file shared by several studies, so that a worker takes
-  part in only one of them. `abandon_after_s`: an active session idle this long no longer holds its arm's place."""
+  part in only one of them. A session holds a place of its arm from its start; `abandon_after_s`: an active session
+  idle this long no longer holds it."""
 
   def __init__(
     self,
@@ -163,8 +164,10 @@ class Store:
         raise Refused(429, 'Too many new sessions from your address; please try again in a minute.')
       valid, active = self._counts(db, now)
       arm = protocols.choose_arm(self.manifest, valid, active, self._rng)
-      if arm is None:
+      if arm is None and all(valid.get(a, 0) >= self.manifest.workers_per_arm for a in self.manifest.arms):
         raise Refused(410, 'This study is complete; thank you for your interest.')
+      if arm is None:  # the places left are held by sessions in progress, released if they are abandoned
+        raise Refused(429, 'Every place is taken by a session in progress; please try again later.')
       if self.registry is not None:  # Claimed first, then read: of two studies racing, one wins.
         self.registry.execute('INSERT OR IGNORE INTO workers VALUES (?, ?, ?)', (worker, self.study_id, now))
         owner = self.registry.execute('SELECT study FROM workers WHERE worker = ?', (worker,)).fetchone()[0]

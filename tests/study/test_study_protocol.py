@@ -145,7 +145,8 @@ def test_choose_arm_fills_the_emptiest_until_full():
   assert {protocols.choose_arm(m, {}, {}, rng) for _ in range(50)} == {'A', 'B', 'C'}
   assert protocols.choose_arm(m, {'A': 1, 'B': 1}, {}, rng) == 'C'
   assert protocols.choose_arm(m, {'A': 1}, {'B': 1, 'C': 2}, rng) in ('A', 'B')
-  assert protocols.choose_arm(m, {'A': 2, 'B': 2}, {'C': 5}, rng) == 'C'  # Full arms take no one.
+  assert protocols.choose_arm(m, {'A': 2, 'B': 2}, {'C': 1}, rng) == 'C'  # Full arms take no one.
+  assert protocols.choose_arm(m, {'A': 2, 'B': 1}, {'B': 1, 'C': 2}, rng) is None  # places held by active sessions
   assert protocols.choose_arm(m, {'A': 2, 'B': 2, 'C': 2}, {}, rng) is None
 
 

@@ -328,6 +328,37 @@ def test_fifty_concurrent_workers_lose_and_duplicate_nothing(tmp_path):
   )
 
 
+def test_a_burst_of_workers_does_not_overshoot_the_places(tmp_path):
+  study = tmp_path / 's'
+  make_fooled(
+    study, arms=('A', 'B', 'C', 'D'), workers_per_arm=2, display_ms=0, practice_pairs=2, main_pairs=6, golden_pairs=1
+  )
+  server = Server(study)
+  barrier = threading.Barrier(20)
+
+  def worker(k):
+    barrier.wait()  # all 20 ask for a session at once
+    status, session = api(server.url, '/api/session', {'worker': f'burst{k}'})
+    if status != 200:
+      return status
+    return continue_worker(server.url, study, session['token'], _honest)['code'] and 200
+
+  try:
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+      statuses = list(pool.map(worker, range(20)))
+  finally:
+    server.stop()
+  # 8 places: 8 sessions ran to the end, 12 were told every place was taken (it used to be 20 valid sessions).
+  assert sorted(statuses) == [200] * 8 + [429] * 12
+  db = sqlite3.connect(study / storage.DATABASE)
+  assert db.execute("SELECT arm, COUNT(*) FROM sessions WHERE status = 'complete' GROUP BY arm").fetchall() == [
+    ('A', 2),
+    ('B', 2),
+    ('C', 2),
+    ('D', 2),
+  ]
+
+
 def test_kill9_and_restart_lose_nothing_and_resume(tmp_path):
   study = tmp_path / 's'
   make_fooled(study, display_ms=0)

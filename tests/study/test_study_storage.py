@@ -166,6 +166,27 @@ def test_active_sessions_hold_places_until_abandoned(tmp_path):
   store.close()
 
 
+def test_a_session_holds_its_place_from_its_start_until_abandoned(tmp_path):
+  m = make_fooled(tmp_path / 's', arms=('A', 'B', 'C', 'D'), workers_per_arm=2, display_ms=0)
+  store = storage.Store(str(tmp_path / 's'), m, seed=0, abandon_after_s=3600)
+  tokens = [store.start(f'w{k}')['token'] for k in range(8)]
+  arm = lambda worker: store.db.execute('SELECT arm FROM sessions WHERE worker = ?', (worker,)).fetchone()[0]
+  assert sorted(arm(f'w{k}') for k in range(8)) == ['A', 'A', 'B', 'B', 'C', 'C', 'D', 'D']
+  assert 'in progress' in _refused(429, store.start, 'w8')  # 8 places, 8 sessions in progress: none left
+  store.db.execute("UPDATE sessions SET updated = updated - 7200 WHERE worker = 'w3'")  # abandoned
+  store.start('w9')
+  assert arm('w9') == arm('w3')  # its place is released to the next worker
+  for token in tokens[:3] + tokens[4:]:
+    _finish(store, token)
+  assert 'in progress' in _refused(429, store.start, 'w10')  # 7 valid and w9 in progress
+  _finish(
+    store, store.start('w9', store.db.execute("SELECT token FROM sessions WHERE worker = 'w9'").fetchone()[0])['token']
+  )
+  assert 'complete' in _refused(410, store.start, 'w10')
+  assert {a: s[storage.COMPLETE] for a, s in store.status()['arms'].items()} == {'A': 2, 'B': 2, 'C': 2, 'D': 2}
+  store.close()
+
+
 def test_sessions_survive_reopening_and_workers_take_part_once(tmp_path):
   m = make_fooled(tmp_path / 's', display_ms=0)
   store = storage.Store(str(tmp_path / 's'), m, seed=0)
