@@ -167,7 +167,15 @@ def test_active_sessions_hold_places_until_abandoned(tmp_path):
 
 
 def test_a_session_holds_its_place_from_its_start_until_abandoned(tmp_path):
-  m = make_fooled(tmp_path / 's', arms=('A', 'B', 'C', 'D'), workers_per_arm=2, display_ms=0)
+  m = make_fooled(
+    tmp_path / 's',
+    arms=('A', 'B', 'C', 'D'),
+    workers_per_arm=2,
+    display_ms=0,
+    practice_pairs=2,
+    main_pairs=6,
+    golden_pairs=1,
+  )
   store = storage.Store(str(tmp_path / 's'), m, seed=0, abandon_after_s=3600)
   tokens = [store.start(f'w{k}')['token'] for k in range(8)]
   arm = lambda worker: store.db.execute('SELECT arm FROM sessions WHERE worker = ?', (worker,)).fetchone()[0]
