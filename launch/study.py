@@ -187,6 +187,8 @@ def serve():
   from common.errors import UserError
 
   study = _need('study', 'serve')
+  if flags.FLAGS.new_sessions_per_minute < 0:
+    fail(f'--new_sessions_per_minute must be >= 0 (0: no limit), got {flags.FLAGS.new_sessions_per_minute}.')
   try:
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401

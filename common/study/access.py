@@ -41,6 +41,7 @@ def signature(secret: str, worker: str) -> str:
 def invited(secret: str, worker, sig) -> bool:
   return (
     isinstance(worker, str)
+    and worker.isascii()  # a lone surrogate ('\ud800', valid JSON) cannot be encoded to be signed
     and isinstance(sig, str)
     and sig.isascii()
     and hmac.compare_digest(sig.lower(), signature(secret, worker))

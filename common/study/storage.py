@@ -23,6 +23,7 @@ from typing import TypeGuard
 
 import numpy as np
 
+from common.errors import UserError
 from common.study import access, protocols
 from common.study.manifest import FOOLED, Manifest
 
@@ -112,6 +113,10 @@ class Store:
     self._rng = np.random.default_rng(seed)
     self.db = connect(os.path.join(study, DATABASE))
     self.db.executescript(_SCHEMA)
+    # CREATE TABLE IF NOT EXISTS leaves an older study's tables as they were, without the columns queried here.
+    if not {'reshown'} <= {row[1] for row in self.db.execute('PRAGMA table_info(sessions)')}:
+      self.db.close()
+      raise UserError(f'{study}: its {DATABASE} comes from an older version of the study app; build a new study.')
     self.db.execute("INSERT OR IGNORE INTO meta VALUES ('study_id', ?)", (secrets.token_hex(16),))
     self.study_id = self.db.execute("SELECT value FROM meta WHERE key = 'study_id'").fetchone()[0]
     self.registry = None

@@ -5,12 +5,14 @@ a 4xx or 2xx (a 4xx with a one-line JSON error), and the server's log must hold 
 import http.client
 import json
 import time
+import urllib.parse
 
 import pytest
 
 pytest.importorskip('starlette', reason="the study server needs pip install -e '.[study]'")
 pytest.importorskip('uvicorn', reason="the study server needs pip install -e '.[study]'")
 
+from common.study import access  # noqa: E402
 from tests.study.helpers import Server, api, make_fooled, raw_http  # noqa: E402
 
 pytestmark = pytest.mark.slow  # The real server in a process (pyproject.toml's markers).
@@ -136,11 +138,11 @@ def _check(port, method, path, body=b'', headers=None, failures=None):
   return status
 
 
-def _corpus(token, trial):
+def _corpus(worker, sig, token, trial):
   """(method, path, body, headers) cases: each field of each endpoint set to each hostile value over a valid base
   (a live session's token and pair, so that checks after the token's are reached), whole bodies, headers, paths."""
   bases = {
-    '/api/session': {'worker': '"fuzz-new"', 'token': 'null'},
+    '/api/session': {'worker': f'"{worker}"', 'sig': f'"{sig}"', 'token': f'"{token}"'},
     '/api/trial': {'token': f'"{token}"'},
     '/api/answer': {'token': f'"{token}"', 'trial': f'"{trial}"', 'choice': '"left"', 'display_ms': '1000'},
   }
@@ -160,17 +162,21 @@ def _corpus(token, trial):
       yield 'GET', path, b'', headers
 
 
-def test_hostile_requests_never_make_a_5xx_or_a_traceback(tmp_path):
+@pytest.mark.parametrize('mode', ['--open', '--noopen'])
+def test_hostile_requests_never_make_a_5xx_or_a_traceback(tmp_path, mode):
   study = tmp_path / 's'
   make_fooled(study, display_ms=0, workers_per_arm=1000)
-  server = Server(study)
+  server = Server(study, mode)
   failures, statuses = [], []
   try:
-    status, session = api(server.url, '/api/session', {'worker': 'fuzz-live'})
+    # An invited worker (what invite mode needs; open mode ignores the signature) with a session in progress.
+    query = urllib.parse.urlsplit(access.invitations(str(study), 1, 'http://x')[0]).query
+    worker, sig = (urllib.parse.parse_qs(query)[k][0] for k in ('worker', 'sig'))
+    status, session = api(server.url, '/api/session', {'worker': worker, 'sig': sig})
     assert status == 200, session
     trial = api(server.url, '/api/trial', {'token': session['token']})[1]
     started = time.time()
-    cases = list(_corpus(session['token'], trial['trial']))
+    cases = list(_corpus(worker, sig, session['token'], trial['trial']))
     for method, path, body, headers in cases:
       statuses.append(_check(server.port, method, path, body, headers, failures))
     # What http.client will not send: bad chunking, a bad Content-Length, a request line of junk.

@@ -260,6 +260,7 @@ def test_invitations_origins_and_approved_completions(tmp_path):
   assert access.invited(secret, worker, sig) and access.invited(secret, worker.upper(), sig)
   assert not access.invited(secret, worker + 'x', sig) and not access.invited(secret, worker, sig[:-1] + 'g')
   assert not access.invited(secret, worker, None) and not access.invited(secret, worker, 'é' * 32)
+  assert not access.invited(secret, '\ud800', sig)
   assert not access.invited('another study', worker, sig)
   host = {'host': 'study.example.org'}
   assert access.same_origin(host)  # no Origin: not a browser's cross-site request
@@ -279,3 +280,12 @@ def test_invitations_origins_and_approved_completions(tmp_path):
   assert access.read_approved(str(path)) == {('workerid', 'CODE'), ('abc1', '0A1B2C3D4E5F'), ('xyz', 'FFFFFFFFFFFF')}
   with pytest.raises(UserError, match='does not exist'):
     access.read_approved(str(tmp_path / 'missing.csv'))
+
+
+def test_an_older_database_is_refused_in_one_line(tmp_path):
+  m = make_fooled(tmp_path / 's', display_ms=0)
+  db = sqlite3.connect(tmp_path / 's' / storage.DATABASE)
+  db.execute('CREATE TABLE sessions(id INTEGER PRIMARY KEY, token TEXT)')  # without the columns added since
+  db.close()
+  with pytest.raises(UserError, match='comes from an older version of the study app; build a new study'):
+    storage.Store(str(tmp_path / 's'), m)
