@@ -3,7 +3,8 @@
   python launch/study.py build --kind=fooled --workdir=runs/celeba --regression_workdir=runs/celeba_regression \
       --out=studies/celeba                        # images + manifest, from trained runs
   python launch/study.py build --kind=preference --workdir=runs/srim --srgan_workdir=runs/srgan --out=studies/srim
-  python launch/study.py serve --study=studies/celeba --port=8080   # workers open http://HOST:8080/?worker=ID
+  python launch/study.py invite --study=studies/celeba --count=200 --base_url=https://study.example.org > links.txt
+  python launch/study.py serve --study=studies/celeba --port=8080   # only invited links; --open: any ?worker=ID
   python launch/study.py report --study=studies/celeba              # % Fooled with intervals, figure 7, table1.md
 
 `serve` needs the web packages: pip install -e '.[study]'. The work is in common/study/.
@@ -20,7 +21,7 @@ sys.path.insert(0, _REPO)  # configs/ import configs.defaults when run from a ch
 
 from common.cli import fail, parse_flags, quiet_logs  # noqa: E402  (after the path)
 
-COMMANDS = ('build', 'serve', 'report')
+COMMANDS = ('build', 'invite', 'serve', 'report')
 INSTALL = "pip install -e '.[study]'"
 
 
@@ -53,14 +54,14 @@ def define_flags():
   flags.DEFINE_list(
     'rows',
     [],
-    'build --kind=fooled: the table 1 rows to study (default: every row made: Bicubic, '
-    'NN, Regression, tau=..., greedy).',
+    "build --kind=fooled: the table 1 rows to study (default: the paper's four: Regression and each tau=...; "
+    "Bicubic is refused, as it is the golden questions' algorithm; NN is allowed with a warning).",
   )
   flags.DEFINE_integer(
     'scale',
     None,
-    'build: nearest-neighbour enlargement of every image (fooled: 4, 32x32 shown '
-    "at 128x128; preference: 1, SRIM's 128x128 as they are).",
+    'build: nearest-neighbour enlargement of every image (default: the smallest that shows them at 128 CSS '
+    "pixels or more: fooled 4, 32x32 at 128x128; preference 1 for SRIM's 128x128); smaller is warned.",
   )
   flags.DEFINE_integer(
     'display_ms',
@@ -101,6 +102,25 @@ def define_flags():
     'predict.',
   )
   flags.DEFINE_string('forwarded_allow_ips', '127.0.0.1', 'serve: proxies trusted for X-Forwarded-* headers.')
+  flags.DEFINE_bool(
+    'open',
+    False,
+    "serve: take any worker id (a crowd platform's, put in the link), not only invited ones; then count only "
+    'approved completions with report --approved.',
+  )
+  flags.DEFINE_integer(
+    'new_sessions_per_minute', 20, 'serve: new sessions one client address may start in any minute (0: no limit).'
+  )
+  # invite
+  flags.DEFINE_integer('count', 0, 'invite: how many signed links to print, each for a new random worker id.')
+  flags.DEFINE_string(
+    'base_url', '', 'invite: the address workers reach the server at, e.g. https://study.example.org.'
+  )
+  flags.DEFINE_string(
+    'approved',
+    '',
+    "report: a crowd platform's approved completions, a CSV of worker id, completion code; only sessions on it count.",
+  )
   flags.DEFINE_string(
     'table1_dir',
     None,
@@ -133,7 +153,7 @@ def build():
         config=f.config,
         num_examples=f.num_examples,
         rows=f.rows,
-        scale=4 if f.scale is None else f.scale,
+        scale=f.scale,
         practice_pairs=f.practice_pairs,
         main_pairs=f.main_pairs,
         golden_pairs=f.golden_pairs,
@@ -146,7 +166,7 @@ def build():
         workdir,
         _need('srgan_workdir', 'build --kind=preference'),
         per_class=f.per_class,
-        scale=1 if f.scale is None else f.scale,
+        scale=f.scale,
         seed=f.seed,
         pairs_per_split=f.pairs_per_split,
         participants=f.participants,
@@ -167,6 +187,8 @@ def serve():
   from common.errors import UserError
 
   study = _need('study', 'serve')
+  if flags.FLAGS.new_sessions_per_minute < 0:
+    fail(f'--new_sessions_per_minute must be >= 0 (0: no limit), got {flags.FLAGS.new_sessions_per_minute}.')
   try:
     import starlette  # noqa: F401
     import uvicorn  # noqa: F401
@@ -183,22 +205,39 @@ def serve():
       abandon_after_s=flags.FLAGS.abandon_after_s,
       forwarded_allow_ips=flags.FLAGS.forwarded_allow_ips,
       seed=flags.FLAGS.serve_seed,
+      open_study=flags.FLAGS.open,
+      new_sessions_per_minute=flags.FLAGS.new_sessions_per_minute,
     )
   except UserError as e:
     fail(e, code=1)
 
 
+def invite():
+  from common.errors import UserError
+  from common.study import access, manifest
+
+  study, base_url = _need('study', 'invite'), _need('base_url', 'invite')
+  if flags.FLAGS.count < 1:
+    fail(f'invite needs --count >= 1, got {flags.FLAGS.count}.')
+  try:
+    manifest.load(study)
+  except UserError as e:
+    fail(e, code=1)
+  print('\n'.join(access.invitations(study, flags.FLAGS.count, base_url)))
+
+
 def report():
   from common.errors import UserError
-  from common.study import manifest
+  from common.study import access, manifest
   from common.study import report as report_lib
 
   study = _need('study', 'report')
   try:
     m = manifest.load(study)
     table1_dir = flags.FLAGS.table1_dir if flags.FLAGS.table1_dir is not None else m.source.get('workdir', '')
-    paths = report_lib.write(study, table1_dir)
-    print(report_lib.summary(study), end='')
+    approved = access.read_approved(flags.FLAGS.approved) if flags.FLAGS.approved else None
+    paths = report_lib.write(study, table1_dir, approved)
+    print(report_lib.summary(study, approved), end='')
   except UserError as e:
     fail(e, code=1)
   print('wrote ' + ', '.join(paths))
@@ -208,7 +247,7 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     fail(f'usage: launch/study.py {{{"|".join(COMMANDS)}}} [--flags]; got {" ".join(argv[1:]) or "no command"}.')
   quiet_logs(imports_tensorflow=argv[1] == 'build')  # serve and report never load TensorFlow.
-  {'build': build, 'serve': serve, 'report': report}[argv[1]]()
+  {'build': build, 'invite': invite, 'serve': serve, 'report': report}[argv[1]]()
 
 
 if __name__ == '__main__':

@@ -46,6 +46,28 @@ def table1_images(
   return column(len(names) + 1), outputs, notes
 
 
+GOLDEN_ARM = (
+  '--rows Bicubic: the golden questions pit Bicubic against the truth and a session that misses one is discarded, '
+  'so a Bicubic arm would keep only the workers it never fooled (PRSR table 1 has no % Fooled for Bicubic).'
+)
+
+
+def fooled_arms(rows: list[str], made: list[str], notes: list[str]) -> tuple[list[str], list[str]]:
+  """(the study's arms, warnings): `rows`, or by default the paper's (section 5.3: Regression and the samples at
+  each temperature, not greedy; table 1 shows '-' for Bicubic and NN). build_fooled refuses Bicubic before sampling."""
+  arms = rows or [name for name in made if name == 'Regression' or name.startswith('tau=')]
+  missing = [r for r in arms if r not in made]
+  if missing or not arms:
+    raise UserError(f'--rows {missing or "(default)"} are not among the rows made: {made} ({"; ".join(notes)})')
+  warnings = []
+  if 'NN' in arms:
+    warnings.append(
+      'Warning: NN outputs are themselves photographs (training images), so % Fooled for NN measures how well '
+      'the neighbour matches the input, not how realistic a model draws.'
+    )
+  return arms, warnings
+
+
 def build_fooled(
   out: str,
   workdir: str,
@@ -54,9 +76,11 @@ def build_fooled(
   config: ml_collections.ConfigDict | None,
   num_examples: int,
   rows: list[str],
-  scale: int,
+  scale: int | None,
   **protocol,
 ) -> manifest_lib.Manifest:
+  if manifest_lib.GOLDEN in rows:  # before the sampling, which takes a while
+    raise UserError(GOLDEN_ARM)
   manifest_lib.check_out(out, scale)
   needed = protocol.get('practice_pairs', 10) + protocol.get('main_pairs', 45)
   if num_examples < needed:
@@ -71,22 +95,23 @@ def build_fooled(
       f'--workdir {workdir} must be a pixel recursive run (method pixelcnn), not {config.get("method")!r}.'
     )
   truth, outputs, notes = table1_images(config, workdir, regression_workdir, num_examples)
-  if 'Bicubic' not in outputs:
+  if manifest_lib.GOLDEN not in outputs:
     raise UserError('The golden questions need the Bicubic row, which table 1 did not produce.')
-  arms = rows or [name for name in outputs]
-  missing = [r for r in arms if r not in outputs]
-  if missing:
-    raise UserError(f'--rows {missing} are not among the rows made: {list(outputs)} ({"; ".join(notes)})')
+  arms, warnings = fooled_arms(rows, list(outputs), notes)
+  scale, small = manifest_lib.display_scale(*truth.shape[1:3], scale)
+  warnings += small
   return manifest_lib.write_fooled(
     out,
     truth,
     outputs,
     scale=scale,
     arms=arms,
-    notes=tuple(notes),
+    notes=tuple(warnings + notes),
     source={
       'workdir': os.path.abspath(workdir),
       'regression_workdir': os.path.abspath(regression_workdir) if regression_workdir else '',
+      # What report checks a table1.md against before merging into it: the examples, NN's database, the models.
+      'table1': [n for n in notes if not n.startswith('Skipped ')],
     },
     **protocol,
   )
@@ -112,7 +137,7 @@ def _split_by_class(data_cfg: ml_collections.ConfigDict, split: str, per_class: 
 
 
 def build_preference(
-  out: str, srim_workdir: str, srgan_workdir: str, *, per_class: int, scale: int, seed: int, **protocol
+  out: str, srim_workdir: str, srgan_workdir: str, *, per_class: int, scale: int | None, seed: int, **protocol
 ) -> manifest_lib.Manifest:
   """SRIM's Table 2 study: one SRIM sample, the SRGAN output and bicubic for the first `per_class` images of each
   class seen in training ('eval') and each unseen class ('eval_unseen') of the SRIM run's data."""
@@ -142,7 +167,9 @@ def build_preference(
     outputs['Bicubic'].append(np.asarray(baselines.bicubic(lowres, config.data.highres_size, config.data.resize)))
     classes += names
     splits += [name] * len(lowres)
+  scale, notes = manifest_lib.display_scale(*outputs['SRIM'][0].shape[1:3], scale)
   notes = (
+    *notes,
     f'SRIM: {srim_workdir}; SRGAN: {srgan_workdir}; one SRIM sample per input (seed {seed}); the first '
     f'{per_class} eval images of each class.',
   )

@@ -9,6 +9,7 @@ same nearest-neighbour factor, so the two images of a pair differ only in their 
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -29,7 +30,9 @@ FOOLED_QUESTION = 'Which image, would you guess, is from a camera?'
 PREFERENCE_QUESTION = 'Which image looks more realistic?'
 SRIM_TESTS = (('SRIM', 'SRGAN'), ('SRGAN', 'Bicubic'), ('SRIM', 'Bicubic'))
 TRUTH = 'truth'
+GOLDEN = 'Bicubic'  # the golden questions' algorithm (PRSR 5.3: a blurry bicubic upsample against the truth)
 _ID = re.compile(r'[0-9a-f]{32}')
+MIN_DISPLAY = 128  # CSS pixels on the shorter side: PRSR's 32x32 faces were judged at 4x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,8 @@ def _check(m: Manifest) -> None:
   need(all(_ID.fullmatch(i) for e in m.examples for i in e.images.values()), 'image ids must be 32 hex digits')
   if m.kind == FOOLED:
     need(m.arms, 'no algorithms to study')
+    # Its counted pairs would be golden ones: a worker it fooled once is discarded, so its rate is biased to 0.
+    need(m.golden not in m.arms, f"{m.golden!r}, the golden questions' algorithm, cannot also be studied")
     need(0 <= m.golden_pairs <= m.main_pairs and m.practice_pairs >= 0, 'golden_pairs must be in [0, main_pairs]')
     need(
       all({TRUTH, m.golden, *m.arms} <= e.images.keys() for e in m.examples),
@@ -167,13 +172,26 @@ def encode_png(image: np.ndarray, scale: int) -> bytes:
   return out.getvalue()
 
 
-def check_out(out: str, scale: int) -> None:
+def display_scale(height: int, width: int, scale: int | None) -> tuple[int, list[str]]:
+  """(`scale`, or by default the smallest that shows (height, width) images at MIN_DISPLAY CSS pixels or more;
+  warnings): a 24-pixel stamp hides the very details a worker is asked to judge."""
+  side = min(height, width)
+  scale = scale or max(1, math.ceil(MIN_DISPLAY / side))
+  if side * scale >= MIN_DISPLAY:
+    return scale, []
+  return scale, [
+    f'Warning: images are shown at {width * scale}x{height * scale} CSS pixels, under {MIN_DISPLAY}: too small to '
+    f'judge; --scale={math.ceil(MIN_DISPLAY / side)} shows them at {MIN_DISPLAY} or more.'
+  ]
+
+
+def check_out(out: str, scale: int | None) -> None:
   """Refuses, before any work, an --out that holds anything (a study there may hold answers) or a bad --scale."""
   if os.path.exists(os.path.join(out, MANIFEST)):
     raise UserError(f'{out} already holds a study (its answers live there too); choose a new --out.')
   if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
     raise UserError(f'--out {out} exists and is not an empty folder; choose a new --out.')
-  if scale < 1:
+  if scale is not None and scale < 1:
     raise UserError(f'--scale must be >= 1, got {scale}.')
 
 
@@ -227,7 +245,7 @@ def write_fooled(
   *,
   scale: int,
   arms: list[str],
-  golden: str = 'Bicubic',
+  golden: str = GOLDEN,
   practice_pairs: int = 10,
   main_pairs: int = 45,
   golden_pairs: int = 5,

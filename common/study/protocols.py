@@ -1,16 +1,17 @@
 """What a session shows, in order, and which algorithm a new session studies.
 
-Fooled (PRSR section 5.3): `practice_pairs` pairs with feedback (the first examples of the study, truth against the
-session's algorithm; not counted), then `main_pairs` pairs of distinct other examples, `golden_pairs` of them at
-random positions pitting `golden` (bicubic) against the truth; the rest are counted. No example appears twice in a
-session, so a worker never sees the same true image twice. Sides are drawn per pair.
+Fooled (PRSR section 5.3): `practice_pairs` pairs with feedback (the first examples of the study in a random order
+per session, truth against the session's algorithm; not counted), then `main_pairs` pairs of distinct other examples,
+`golden_pairs` of them at random positions pitting `golden` (bicubic) against the truth; the rest are counted. No
+example appears twice in a session, so a worker never sees the same true image twice. Sides are drawn per pair.
 
-Preference (SRIM Table 2): for each test (A vs B), `pairs_per_split` classes seen in training and as many unseen, each
-pair from a different class (a random example of it), the test's pairs in random order with seen and unseen mixed,
-sides drawn per pair; the tests follow one another.
+Preference (SRIM Table 2): the tests (A vs B) in a random order per session; for each, `pairs_per_split` classes seen
+in training and as many unseen, each pair from a different class (a random example of it), the test's pairs in random
+order with seen and unseen mixed, sides drawn per pair; the tests follow one another.
 """
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -54,7 +55,10 @@ def compose_session(m: Manifest, arm: str, rng: np.random.Generator) -> list[Tri
 
 
 def _fooled(m: Manifest, arm: str, rng: np.random.Generator) -> list[Trial]:
-  practice = [_pair(rng, e, TRUTH, arm, phase=PRACTICE, kind=PRACTICE) for e in m.examples[: m.practice_pairs]]
+  # The practice examples in an order of their own per session, so that no practice pair's position gives it away.
+  practice = [
+    _pair(rng, m.examples[i], TRUTH, arm, phase=PRACTICE, kind=PRACTICE) for i in rng.permutation(m.practice_pairs)
+  ]
   pool = m.examples[m.practice_pairs :]
   chosen = rng.choice(len(pool), m.main_pairs, replace=False)
   golden = set(rng.choice(m.main_pairs, m.golden_pairs, replace=False).tolist())
@@ -67,7 +71,9 @@ def _fooled(m: Manifest, arm: str, rng: np.random.Generator) -> list[Trial]:
 
 def _preference(m: Manifest, rng: np.random.Generator) -> list[Trial]:
   trials = []
-  for a, b in m.tests:
+  # The tests in an order of their own per participant: tiredness or learning then weighs on each test alike.
+  for t in rng.permutation(len(m.tests)):
+    a, b = m.tests[t]
     block = []
     for split in ('seen', 'unseen'):
       by_class = {}
@@ -85,15 +91,49 @@ def _preference(m: Manifest, rng: np.random.Generator) -> list[Trial]:
 
 
 def choose_arm(m: Manifest, valid: dict[str, int], active: dict[str, int], rng: np.random.Generator) -> str | None:
-  """The arm for a new session: among arms short of `workers_per_arm` valid sessions, one with the fewest valid plus
-  recently active sessions (ties at random); None when every arm has enough, and the study is full."""
-  open_arms = [a for a in m.arms if valid.get(a, 0) < m.workers_per_arm]
+  """The arm for a new session: among arms whose valid plus recently active sessions are short of `workers_per_arm`
+  (a session in progress holds its place, so a burst of starts cannot overshoot), one with the fewest (ties at
+  random); None when every place is taken."""
+  load = {a: valid.get(a, 0) + active.get(a, 0) for a in m.arms}
+  open_arms = [a for a in m.arms if load[a] < m.workers_per_arm]
   if not open_arms:
     return None
-  load = np.array([valid.get(a, 0) + active.get(a, 0) for a in open_arms])
-  return open_arms[rng.choice(np.flatnonzero(load == load.min()))]
+  loads = np.array([load[a] for a in open_arms])
+  return open_arms[rng.choice(np.flatnonzero(loads == loads.min()))]
 
 
 def truth_side(left_label: str, right_label: str) -> str | None:
   """The side of the true image (None for a preference pair)."""
   return LEFT if left_label == TRUTH else RIGHT if right_label == TRUTH else None
+
+
+# Seconds a worker spends on a pair beyond its display (loading, choosing), and on a practice pair's feedback:
+# the page's own pauses, plus a margin, for the intro's estimate of the duration.
+_SECONDS_PER_PAIR, _FEEDBACK_SECONDS = 3.0, 1.5
+
+
+def num_pairs(m: Manifest) -> int:
+  return m.practice_pairs + m.main_pairs if m.kind == FOOLED else 2 * m.pairs_per_split * len(m.tests)
+
+
+def instructions(m: Manifest) -> str:
+  """The intro's text: how many pairs, how each is shown and answered, and about how long it all takes."""
+  total = num_pairs(m)
+  seconds = total * (m.display_ms / 1000 + _SECONDS_PER_PAIR) + m.practice_pairs * _FEEDBACK_SECONDS
+  minutes = max(1, math.ceil(seconds / 60))
+  practice = (
+    f' (the first {m.practice_pairs} are practice: you are told after each whether you were right)'
+    if m.practice_pairs
+    else ''
+  )
+  shown = (
+    f'Each pair is shown for {m.display_ms / 1000:g} s and then hidden; then choose'
+    if m.display_ms
+    else 'Each pair stays on screen until you choose'
+  )
+  return (
+    f'You will see {total} pairs of images, one pair at a time{practice}. {shown} an image with a click or tap, '
+    f'or the left and right arrow keys. It takes about {minutes} minutes.'
+    # A reload shows the current pair again, which voids a timed session (storage.Store.next_trial).
+    + (' Please do not reload the page: a pair shown twice voids the session.' if m.display_ms else '')
+  )

@@ -11,15 +11,18 @@ golden question right and finished count; the others are reported as discarded o
 import csv
 import io
 import os
+import re
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from common.errors import UserError
 from common.study import manifest as manifest_lib
 from common.study import protocols, storage
 
 NUM_BOOTSTRAP = 10_000
 FOOLED_COLUMN = '% Fooled'
+MIN_WORKERS = 10  # valid workers per algorithm under which the report warns that its interval is too narrow
 
 
 def _chosen(answer: dict) -> str:
@@ -37,14 +40,28 @@ def bootstrap_interval(
   return float(np.percentile(rates, 2.5)), float(np.percentile(rates, 97.5))
 
 
-def fooled_rows(study: str, m: manifest_lib.Manifest, seed: int = 0) -> dict[str, dict]:
-  """Per algorithm: sessions valid / discarded / incomplete, counted answers, fooled, rate and its interval."""
+def valid_sessions(sessions: list[dict], approved: set[tuple[str, str]] | None) -> set[int]:
+  """The ids of the sessions that count: finished with every golden question right, and, given a crowd platform's
+  approved completions (access.read_approved), on that list."""
+  return {
+    s['id']
+    for s in sessions
+    if s['status'] == storage.COMPLETE and (approved is None or (s['worker'].lower(), s['code']) in approved)
+  }
+
+
+def fooled_rows(
+  study: str, m: manifest_lib.Manifest, seed: int = 0, approved: set[tuple[str, str]] | None = None
+) -> dict[str, dict]:
+  """Per algorithm: sessions valid / discarded / incomplete / finished but not approved, counted answers, fooled,
+  rate and its interval."""
   sessions, answers = storage.read_sessions(study), storage.read_answers(study)
+  kept = valid_sessions(sessions, approved)
   rng = np.random.default_rng(seed)
   rows = {}
   for arm in m.arms:
     mine = [s for s in sessions if s['arm'] == arm]
-    valid = {s['id'] for s in mine if s['status'] == storage.COMPLETE}
+    valid = {s['id'] for s in mine if s['id'] in kept}
     per_session = {sid: [0, 0] for sid in sorted(valid)}
     for a in answers:
       if a['session'] in valid and a['kind'] == protocols.COUNTED:
@@ -55,7 +72,9 @@ def fooled_rows(study: str, m: manifest_lib.Manifest, seed: int = 0) -> dict[str
     rows[arm] = {
       'valid': len(valid),
       'discarded': sum(s['status'] == storage.DISCARDED for s in mine),
+      'reshown': sum(s['reshown'] > 0 for s in mine),
       'incomplete': sum(s['status'] == storage.ACTIVE for s in mine),
+      'unapproved': sum(s['status'] == storage.COMPLETE and s['id'] not in kept for s in mine),
       'answers': int(counted.sum()),
       'fooled': int(fooled.sum()),
       'rate': fooled.sum() / counted.sum() if counted.sum() else float('nan'),
@@ -65,21 +84,24 @@ def fooled_rows(study: str, m: manifest_lib.Manifest, seed: int = 0) -> dict[str
   return rows
 
 
-def image_ratings(study: str) -> dict[tuple[str, int], tuple[int, int]]:
+def image_ratings(study: str, approved: set[tuple[str, str]] | None = None) -> dict[tuple[str, int], tuple[int, int]]:
   """(algorithm, example) -> (times chosen over the truth, times shown), over the valid sessions' counted pairs."""
   ratings = {}
+  counted = valid_sessions(storage.read_sessions(study), approved)
   for a in storage.read_answers(study):
-    if a['status'] == storage.COMPLETE and a['kind'] == protocols.COUNTED:
+    if a['session'] in counted and a['kind'] == protocols.COUNTED:
       key = (a['arm'], a['example'])
       chosen, shown = ratings.get(key, (0, 0))
       ratings[key] = (chosen + (_chosen(a) != manifest_lib.TRUTH), shown + 1)
   return ratings
 
 
-def figure7(study: str, m: manifest_lib.Manifest, per_side: int = 4) -> np.ndarray | None:
+def figure7(
+  study: str, m: manifest_lib.Manifest, per_side: int = 4, approved: set[tuple[str, str]] | None = None
+) -> np.ndarray | None:
   """Figure 7: per algorithm, its `per_side` best and worst rated images, each captioned with the fraction of
   times it was chosen over the truth (and out of how many). None before any valid answer."""
-  ratings = image_ratings(study)
+  ratings = image_ratings(study, approved)
   if not ratings:
     return None
   examples = {e.index: e for e in m.examples}
@@ -134,11 +156,52 @@ def fooled_markdown(rows: dict[str, dict]) -> str:
       f'| {arm} | {_fraction(r["rate"])} | [{_fraction(r["lo"])}, {_fraction(r["hi"])}] | {r["valid"]} '
       f'| {r["discarded"]} | {r["incomplete"]} | {r["answers"]} |'
     )
-  return '\n'.join(lines) + (
-    "\n\n- % Fooled: how often the algorithm's image was chosen as the one from a camera, "
-    'over the counted pairs of valid sessions; 95% interval: percentile bootstrap over '
-    f'workers ({NUM_BOOTSTRAP} resamples).\n'
+  few = [f'{arm} ({r["valid"]})' for arm, r in rows.items() if r['valid'] < MIN_WORKERS]
+  reshown = sum(r['reshown'] for r in rows.values())
+  reshown_note = (
+    f'- {reshown} sessions were shown a pair again (a reload shows the current pair again) and are discarded: '
+    + ', '.join(f'{arm} {r["reshown"]}' for arm, r in rows.items())
+    + '.\n'
+    if reshown
+    else ''
   )
+  warning = (
+    f'- Warning: fewer than {MIN_WORKERS} valid workers for {", ".join(few)}: the bootstrap interval then covers '
+    'the true rate less often than 95% (0.87-0.91 of the time at 10 workers, 0.74-0.88 at 3, in simulation).\n'
+    if few
+    else ''
+  )
+  return (
+    '\n'.join(lines)
+    + (
+      "\n\n- % Fooled: how often the algorithm's image was chosen as the one from a camera, "
+      'over the counted pairs of valid sessions; 95% interval: percentile bootstrap over '
+      f'workers ({NUM_BOOTSTRAP} resamples).\n'
+    )
+    + reshown_note
+    + warning
+  )
+
+
+def _provenance(note: str) -> str:
+  """A table 1 note without the run's path ('... of runs/x at step 5' -> '... at step 5'): a table written from
+  `runs/x` and a study built from its absolute path describe the same model."""
+  return re.sub(r' (of|from) .+? at step ', r' \1 the run at step ', note)
+
+
+def check_provenance(text: str, m: manifest_lib.Manifest, path: str) -> None:
+  """Refuses a table1.md whose notes do not describe the study's examples and models (e.g. a table of 128
+  examples with NN over 20,000 training images, a study of 100 with NN over 512)."""
+  ours = m.source.get('table1')
+  if not ours:
+    raise UserError(f'{path}: the study records no table 1 provenance to check it against; rebuild the study.')
+  theirs = {_provenance(line[2:].strip()) for line in text.split('\n') if line.startswith('- ')}
+  for note in ours:
+    if _provenance(note) not in theirs:
+      raise UserError(
+        f'{path} describes other examples or models than the study (the study: "{note}", not in that table); '
+        'rebuild the study with the same --num_examples and config, or pass --table1_dir of a matching table.'
+      )
 
 
 def merge_table1(text: str, rows: dict[str, dict]) -> str:
@@ -171,12 +234,15 @@ def merge_table1(text: str, rows: dict[str, dict]) -> str:
   return '\n'.join(lines + [note]) + '\n'
 
 
-def preference_rows(study: str, m: manifest_lib.Manifest) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+def preference_rows(
+  study: str, m: manifest_lib.Manifest, approved: set[tuple[str, str]] | None = None
+) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
   """SRIM's Table 2: (split, 'A vs B') -> method -> (mean, std across participants) of the proportion of that
   method's outputs chosen; split in 'seen', 'unseen', 'all'. Only finished sessions count."""
   per = {}  # (session, test, split) -> [chose first, pairs]
+  counted = valid_sessions(storage.read_sessions(study), approved)
   for a in storage.read_answers(study):
-    if a['status'] != storage.COMPLETE:
+    if a['session'] not in counted:
       continue
     first = a['test'].split(' vs ')[0]
     for split in (a['split'], 'all'):
@@ -211,19 +277,27 @@ def preference_markdown(table, m: manifest_lib.Manifest, participants: int) -> s
   )
 
 
-def summary(study: str) -> str:
+def summary(study: str, approved: set[tuple[str, str]] | None = None) -> str:
   """The report as markdown (what `report` prints and /admin/report returns)."""
   m = manifest_lib.load(study)
+  sessions = storage.read_sessions(study)
+  counted = valid_sessions(sessions, approved)
+  left_out = sum(s['status'] == storage.COMPLETE and s['id'] not in counted for s in sessions)
+  note = (
+    f'- Approved completions only: {len(counted)} finished sessions on the list count; {left_out} finished '
+    'sessions not on it are left out.\n'
+    if approved is not None
+    else ''
+  )
   if m.kind == manifest_lib.FOOLED:
-    return fooled_markdown(fooled_rows(study, m))
-  finished = sum(s['status'] == storage.COMPLETE for s in storage.read_sessions(study))
-  return preference_markdown(preference_rows(study, m), m, finished)
+    return fooled_markdown(fooled_rows(study, m, approved=approved)) + note
+  return preference_markdown(preference_rows(study, m, approved), m, len(counted)) + note
 
 
 def fooled_csv(rows: dict[str, dict]) -> str:
   out = io.StringIO()
   writer = csv.writer(out, lineterminator='\n')
-  fields = ['valid', 'discarded', 'incomplete', 'answers', 'fooled', 'rate', 'lo', 'hi']
+  fields = ['valid', 'discarded', 'reshown', 'incomplete', 'unapproved', 'answers', 'fooled', 'rate', 'lo', 'hi']
   writer.writerow(['algorithm'] + fields)
   for arm, r in rows.items():
     writer.writerow([arm] + [r[f] for f in fields])
@@ -243,27 +317,30 @@ def _write(path: str, data: bytes) -> None:
     raise
 
 
-def write(study: str, table1_dir: str = '') -> list[str]:
+def write(study: str, table1_dir: str = '', approved: set[tuple[str, str]] | None = None) -> list[str]:
   """report.md (+ fooled.csv, figure7.png) in the study; for a fooled study, the % Fooled column merged into
   `table1_dir`/table1.md when that file exists. Returns the paths written."""
   m = manifest_lib.load(study)
+  table1 = os.path.join(table1_dir, 'table1.md') if table1_dir and m.kind == manifest_lib.FOOLED else ''
+  table1_text = None
+  if table1 and os.path.isfile(table1):
+    with open(table1) as f:
+      table1_text = f.read()
+    check_provenance(table1_text, m, table1)  # before anything is written
   paths = [os.path.join(study, 'report.md')]
-  _write(paths[0], summary(study).encode())
+  _write(paths[0], summary(study, approved).encode())
   if m.kind != manifest_lib.FOOLED:
     return paths
-  rows = fooled_rows(study, m)
+  rows = fooled_rows(study, m, approved=approved)
   paths.append(os.path.join(study, 'fooled.csv'))
   _write(paths[-1], fooled_csv(rows).encode())
-  figure = figure7(study, m)
+  figure = figure7(study, m, approved=approved)
   if figure is not None:
     out = io.BytesIO()
     Image.fromarray(figure).save(out, format='PNG')
     paths.append(os.path.join(study, 'figure7.png'))
     _write(paths[-1], out.getvalue())
-  table1 = os.path.join(table1_dir, 'table1.md') if table1_dir else ''
-  if table1 and os.path.isfile(table1):
-    with open(table1) as f:
-      merged = merge_table1(f.read(), rows)
-    _write(table1, merged.encode())
+  if table1_text is not None:
+    _write(table1, merge_table1(table1_text, rows).encode())
     paths.append(table1)
   return paths

@@ -1,10 +1,11 @@
 """The study's web app (Starlette) and its server (uvicorn): the page, a JSON API for it, images by opaque token.
 
-  POST /api/session {worker, token?}            -> a new session, or the worker's own session in progress
+  POST /api/session {worker, sig?, token?}      -> a new session, or the worker's own (sig: its invitation)
   POST /api/trial   {token}                     -> the next pair: two /img/<token> URLs (or the end and its code)
   POST /api/answer  {token, trial, choice, display_ms} -> recorded; feedback on practice pairs only
   GET  /img/<token>                             -> a PNG of the current pair of an active session, else 404
-  GET  /admin/status, /admin/report             -> need `Authorization: Bearer <admin token>` (printed by serve)
+  GET  /admin/status, /admin/report, /admin/workers.csv -> need `Authorization: Bearer <admin token>` (printed by
+                                                 serve); workers.csv: worker, status and code, to approve payments
 
 Every refusal is a 4xx with a JSON {"error": message}; bodies over MAX_BODY bytes get 413 before they are read.
 """
@@ -12,23 +13,22 @@ Every refusal is a 4xx with a JSON {"error": message}; bodies over MAX_BODY byte
 import contextlib
 import json
 import os
+import re
 import secrets
-import stat
 from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from common.study import access, protocols, storage
 from common.study import manifest as manifest_lib
-from common.study import storage
 
 MAX_BODY = 4096
 MAX_HEADERS = 16 * 1024
-ADMIN_TOKEN = 'admin_token'
 _STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'static')
 _PAGES = {
   '/': ('index.html', 'text/html; charset=utf-8'),
@@ -45,34 +45,31 @@ _HEADERS = {
 }
 
 
-def admin_token(study: str) -> str:
-  """The study's admin secret, made once (readable by its owner only) and kept across restarts."""
-  path = os.path.join(study, ADMIN_TOKEN)
-  if not os.path.exists(path):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, 'w') as f:
-      f.write(secrets.token_urlsafe(24))
-  with open(path) as f:
-    return f.read().strip()
-
-
 def _read(path: str) -> bytes:
   with open(path, 'rb') as f:
     return f.read()
 
 
 async def _json_body(request: Request) -> dict:
+  """The JSON object of a POST from this site's own page (a cross-site form or fetch could start sessions)."""
+  if not access.same_origin(request.headers):
+    raise storage.Refused(403, 'Requests from other sites are refused.')
   length = request.headers.get('content-length')
-  if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+  # fullmatch, not str.isdigit: isdigit accepts '²', which int() then refuses.
+  if length is not None and (not re.fullmatch(r'[0-9]{1,12}', length) or int(length) > MAX_BODY):
     raise storage.Refused(413, f'Request bodies are at most {MAX_BODY} bytes.')
   body = b''
-  async for chunk in request.stream():
-    body += chunk
-    if len(body) > MAX_BODY:
-      raise storage.Refused(413, f'Request bodies are at most {MAX_BODY} bytes.')
+  try:
+    async for chunk in request.stream():
+      body += chunk
+      if len(body) > MAX_BODY:
+        raise storage.Refused(413, f'Request bodies are at most {MAX_BODY} bytes.')
+  except ClientDisconnect:  # a body cut short (or badly chunked): nobody is left to read the reply
+    raise storage.Refused(400, 'The request body ended early.') from None
   try:
     data = json.loads(body)
-  except (ValueError, UnicodeDecodeError):
+  # RecursionError: a body nested a few thousand levels deep ('[' * 2000) exhausts the decoder's stack.
+  except (ValueError, UnicodeDecodeError, RecursionError):
     raise storage.Refused(400, 'The body must be a JSON object.') from None
   if not isinstance(data, dict):
     raise storage.Refused(400, 'The body must be a JSON object.')
@@ -113,23 +110,51 @@ def _closing(store: storage.Store):
   return lifespan
 
 
-def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, seed: int | None = None):
-  """The ASGI app of a built study (see manifest.py); the store opens (and resumes) its database."""
+def make_app(
+  study: str,
+  *,
+  registry: str = '',
+  abandon_after_s: float = 1800,
+  seed: int | None = None,
+  open_study: bool = False,
+  new_sessions_per_minute: int = 20,
+):
+  """The ASGI app of a built study (see manifest.py); the store opens (and resumes) its database. `open_study`:
+  any worker id may take part; otherwise only invited ones (access.py)."""
   m = manifest_lib.load(study)
-  store = storage.Store(study, m, registry=registry, abandon_after_s=abandon_after_s, seed=seed)
-  secret = admin_token(study)
+  store = storage.Store(
+    study,
+    m,
+    registry=registry,
+    abandon_after_s=abandon_after_s,
+    seed=seed,
+    new_sessions_per_minute=new_sessions_per_minute,
+  )
+  secret = access.secret_file(study, access.ADMIN_TOKEN)
+  invite_secret = None if open_study else access.secret_file(study, access.INVITE_SECRET)
   pages = {path: (_read(os.path.join(_STATIC, name)), kind) for path, (name, kind) in _PAGES.items()}
 
   async def page(request: Request):
     body, kind = pages[request.url.path]
     return Response(body, media_type=kind)
 
-  info = {'question': m.question, 'display_ms': m.display_ms, 'practice': m.practice_pairs}
+  info = {
+    'question': m.question,
+    'display_ms': m.display_ms,
+    'practice': m.practice_pairs,
+    'pairs': protocols.num_pairs(m),
+    'instructions': protocols.instructions(m),
+  }
 
   async def start(request: Request):
     data = await _json_body(request)
+    if invite_secret is not None and not access.invited(invite_secret, data.get('worker'), data.get('sig')):
+      raise storage.Refused(403, 'This study is by invitation: open the link you were given, as it was given.')
+    client = request.client.host if request.client else ''
     return JSONResponse(
-      await run_in_threadpool(store.start, data.get('worker'), data.get('token'), request.headers.get('user-agent', ''))
+      await run_in_threadpool(
+        store.start, data.get('worker'), data.get('token'), request.headers.get('user-agent', ''), client
+      )
     )
 
   async def trial(request: Request):
@@ -167,6 +192,10 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
 
     return PlainTextResponse(await run_in_threadpool(lambda: report.summary(study)))
 
+  async def admin_workers(request: Request):
+    check_admin(request)
+    return Response(await run_in_threadpool(storage.workers_csv, study), media_type='text/csv; charset=utf-8')
+
   async def refused(request: Request, e: storage.Refused):
     return JSONResponse({'error': e.message}, status_code=e.status)
 
@@ -183,6 +212,7 @@ def make_app(study: str, *, registry: str = '', abandon_after_s: float = 1800, s
     Route('/img/{token:str}', image),
     Route('/admin/status', admin_status),
     Route('/admin/report', admin_report),
+    Route('/admin/workers.csv', admin_workers),
     Route('/api/info', lambda request: JSONResponse(info)),
     Route('/healthz', lambda request: PlainTextResponse('ok')),
   ]
@@ -204,14 +234,24 @@ def serve(
   abandon_after_s: float = 1800,
   forwarded_allow_ips: str = '127.0.0.1',
   seed: int | None = None,
+  open_study: bool = False,
+  new_sessions_per_minute: int = 20,
 ) -> None:
   """Runs the study's server until interrupted; prints where workers go and the admin token."""
   import uvicorn
 
-  app = make_app(study, registry=registry, abandon_after_s=abandon_after_s, seed=seed)
+  app = make_app(
+    study,
+    registry=registry,
+    abandon_after_s=abandon_after_s,
+    seed=seed,
+    open_study=open_study,
+    new_sessions_per_minute=new_sessions_per_minute,
+  )
   shown = 'localhost' if host in ('0.0.0.0', '::', '127.0.0.1') else host
-  print(f'Study {study}: workers open http://{shown}:{port}/?worker=ID', flush=True)
-  print(f'Admin token (for /admin/status, /admin/report): {admin_token(study)}', flush=True)
+  where = f'http://{shown}:{port}/?worker=ID' if open_study else 'the links of `launch/study.py invite` (by invitation)'
+  print(f'Study {study}: workers open {where}', flush=True)
+  print(f'Admin token (for /admin/*): {access.secret_file(study, access.ADMIN_TOKEN)}', flush=True)
   uvicorn.run(
     app,
     host=host,

@@ -7,6 +7,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,10 +43,11 @@ def free_port() -> int:
 
 
 class Server:
-  """`launch/study.py serve` in a subprocess on a free port of 127.0.0.1."""
+  """`launch/study.py serve` in a subprocess on a free port of 127.0.0.1: open to any worker id, with no limit on new
+  sessions per address (all tests come from 127.0.0.1), unless `args` say otherwise (`--noopen`, a later value)."""
 
   def __init__(self, study, *args, port=None):
-    self.study, self.args, self.port = str(study), args, port or free_port()
+    self.study, self.args, self.port = str(study), ('--open', '--new_sessions_per_minute=0', *args), port or free_port()
     self.url = f'http://127.0.0.1:{self.port}'
     self.start()
 
@@ -74,6 +76,9 @@ class Server:
       if line.startswith('Admin token'):
         self.admin_token = line.split(':', 1)[1].strip()
         break
+    # Read the log as it comes: a full pipe would block the server at its next log line.
+    self.reader = threading.Thread(target=lambda: self.output.extend(self.proc.stdout), daemon=True)
+    self.reader.start()
     while time.time() < deadline:
       try:
         if urllib.request.urlopen(self.url + '/healthz', timeout=2).status == 200:
@@ -85,7 +90,7 @@ class Server:
   def kill9(self):
     self.proc.send_signal(signal.SIGKILL)
     self.proc.wait(30)
-    self.output.append(self.proc.stdout.read())
+    self.reader.join(30)
     self.proc.stdout.close()
 
   def stop(self):
@@ -96,7 +101,7 @@ class Server:
       except subprocess.TimeoutExpired:
         self.proc.kill()
         self.proc.wait(10)
-    self.output.append(self.proc.stdout.read())
+    self.reader.join(30)
     self.proc.stdout.close()
 
 
@@ -143,15 +148,21 @@ def trial_truth(study, trial_token) -> tuple[str, str, str]:
     db.close()
 
 
-def run_worker(base, study, worker, choose, display_ms=0, fetch_images=False, stop_after=None) -> dict:
+def look(store, trial) -> None:
+  """Fetches a pair's two images straight from a Store, as the page does before showing them."""
+  for side in ('left', 'right'):
+    assert store.image(trial[side].removeprefix('/img/')) is not None
+
+
+def run_worker(base, study, worker, choose, display_ms=0, stop_after=None) -> dict:
   """A whole session through the HTTP API. `choose(kind, left_label, right_label)` -> 'left' / 'right'. Returns
   {'token', 'answers', 'code'}; stops after `stop_after` answers (then 'code' is None)."""
   status, session = api(base, '/api/session', {'worker': worker})
   assert status == 200, session
-  return continue_worker(base, study, session['token'], choose, display_ms, fetch_images, stop_after)
+  return continue_worker(base, study, session['token'], choose, display_ms, stop_after)
 
 
-def continue_worker(base, study, token, choose, display_ms=0, fetch_images=False, stop_after=None) -> dict:
+def continue_worker(base, study, token, choose, display_ms=0, stop_after=None) -> dict:
   answers = 0
   while True:
     status, trial = api(base, '/api/trial', {'token': token})
@@ -160,9 +171,8 @@ def continue_worker(base, study, token, choose, display_ms=0, fetch_images=False
       return {'token': token, 'answers': answers, 'code': trial['code']}
     if stop_after is not None and answers >= stop_after:
       return {'token': token, 'answers': answers, 'code': None}
-    if fetch_images:
-      for side in ('left', 'right'):
-        assert request(base + trial[side])[0] == 200
+    for side in ('left', 'right'):  # as the page does: the server takes no answer to a pair it did not serve
+      assert request(base + trial[side])[0] == 200
     time.sleep(display_ms / 1000)
     choice = choose(*trial_truth(study, trial['trial']))
     status, result = api(

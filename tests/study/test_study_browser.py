@@ -104,12 +104,14 @@ def _current(study, worker):
     db.close()
 
 
-def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice=(), screenshot=None):
+def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice=(), screenshot=None, reload_at=None):
   wait = WebDriverWait(driver, 30, poll_frequency=0.02)
   driver.get(f'{server.url}/?worker={worker}')
   driver.execute_script(PROBE)
   wait.until(lambda d: d.find_element(By.ID, 'start').is_enabled())
-  assert manifest.FOOLED_QUESTION in driver.find_element(By.ID, 'intro').text
+  wait.until(lambda d: 'It takes about' in d.find_element(By.ID, 'intro').text)
+  intro = driver.find_element(By.ID, 'intro').text
+  assert manifest.FOOLED_QUESTION in intro and 'You will see 9 pairs of images' in intro
   driver.find_element(By.ID, 'start').click()
   feedback, buttons_while_shown = [], []
   for n in range(9):
@@ -129,22 +131,34 @@ def _session(driver, server, study, worker, *, miss_golden=False, wrong_practice
     choice = wrong if (kind == 'golden' and miss_golden) or n in wrong_practice else truth
     wait.until(lambda d: d.find_element(By.ID, 'choose-left').is_enabled())
     assert not driver.find_elements(By.CSS_SELECTOR, '#pair img')  # hidden before the answer
+    if n == reload_at:  # a reload after the pair was shown: Start resumes at the same pair, shown again
+      driver.refresh()
+      wait.until(lambda d: d.find_element(By.ID, 'start').is_enabled())
+      driver.find_element(By.ID, 'start').click()
+      wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, '#pair img')) == 2)
+      wait.until(lambda d: d.find_element(By.ID, 'choose-left').is_enabled())
+      assert _current(study, worker)[2] == n
     if n % 2:
       driver.find_element(By.TAG_NAME, 'body').send_keys(Keys.ARROW_LEFT if choice == 'left' else Keys.ARROW_RIGHT)
     else:
       driver.find_element(By.ID, f'choose-{choice}').click()
     if n < 3:
       wait.until(lambda d: d.find_element(By.ID, 'feedback').text)
-      feedback.append(driver.find_element(By.ID, 'feedback').text)
+      feedback.append((driver.find_element(By.ID, 'feedback').text, truth))
     if n == 2:
       wait.until(lambda d: d.find_element(By.ID, 'interlude').is_displayed())
       driver.find_element(By.ID, 'continue').click()
   wait.until(lambda d: d.find_element(By.ID, 'end').is_displayed())
+  code, shown_ms = driver.find_element(By.ID, 'code').text, driver.execute_script('return window.__shown')
+  # A reloaded end page shows the same code again (it used to offer Start, which said "already taken part").
+  driver.refresh()
+  wait.until(lambda d: d.find_element(By.ID, 'end').is_displayed() and d.find_element(By.ID, 'code').text)
+  assert driver.find_element(By.ID, 'code').text == code
   return {
     'feedback': feedback,
-    'shown_ms': driver.execute_script('return window.__shown'),
+    'shown_ms': shown_ms,
     'buttons_while_shown': buttons_while_shown,
-    'code': driver.find_element(By.ID, 'code').text,
+    'code': code,
   }
 
 
@@ -155,18 +169,21 @@ def test_whole_sessions_in_a_real_browser(tmp_path, browser):
   try:
     careful = _session(browser, server, study, 'careful', wrong_practice=(1,))
     careless = _session(
-      browser, server, study, 'careless', miss_golden=True, screenshot=str(tmp_path / 'study_trial.png')
+      browser, server, study, 'careless', miss_golden=True, screenshot=str(tmp_path / 'study_trial.png'), reload_at=5
     )
   finally:
     server.stop()
-  assert careful['feedback'][0].startswith('Right') and careful['feedback'][1].startswith('Wrong')
-  assert careful['feedback'][2].startswith('Right')
+  # The feedback names the camera's side, whichever was clicked.
+  assert [text for text, _ in careful['feedback']] == [
+    f'{verdict}: the {truth} image is from a camera.'
+    for verdict, (_, truth) in zip(('Right', 'Wrong', 'Right'), careful['feedback'])
+  ]
   assert not any(careful['buttons_while_shown'])  # no answer while the pair is on screen
   # Every pair was on screen for one second, as the page's own frames saw it.
   assert len(careful['shown_ms']) == 9 and all(950 <= t <= 1500 for t in careful['shown_ms']), careful['shown_ms']
   db = sqlite3.connect(os.path.join(study, storage.DATABASE))
   rows = db.execute(
-    'SELECT s.worker, s.status, s.code, COUNT(a.trial_id), MIN(a.display_ms), MAX(a.display_ms) '
+    'SELECT s.worker, s.status, s.code, COUNT(a.trial_id), MIN(a.display_ms), MAX(a.display_ms), s.reshown '
     'FROM sessions s JOIN answers a ON a.session_id = s.id GROUP BY s.id ORDER BY s.id'
   ).fetchall()
   assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
@@ -174,6 +191,7 @@ def test_whole_sessions_in_a_real_browser(tmp_path, browser):
     ('careless', 'discarded', careless['code'], 9),
   ]
   assert all(r[4] >= 950 and r[5] <= 1500 for r in rows)
+  assert [r[6] for r in rows] == [0, 1]  # the reload showed a pair again, and the server counted it
   # On a phone-sized screen the pair still sits side by side, inside the screen.
   server.start()
   try:

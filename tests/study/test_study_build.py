@@ -55,10 +55,13 @@ def test_build_fooled_from_trained_runs(runs, tmp_path):
     '--workers_per_algorithm=3',
   )
   assert result.returncode == 0, result.stderr
-  assert 'images shown at 128x128 pixels' in result.stdout and 'tau=1.0, greedy)' in result.stdout
+  assert 'images shown at 128x128 pixels' in result.stdout and '(Regression, tau=1.0)' in result.stdout
   m = manifest.load(str(out))
-  assert m.arms == ('Bicubic', 'NN', 'Regression', 'tau=1.0', 'greedy') and m.image_size == (128, 128)
+  assert m.arms == ('Regression', 'tau=1.0') and m.image_size == (128, 128)  # the paper's arms, of the rows made
   assert (m.practice_pairs, m.main_pairs, m.golden_pairs, m.workers_per_arm, m.display_ms) == (2, 8, 2, 3, 1000)
+  # What `report` checks a table1.md against: the examples and NN's database, and the models' steps.
+  assert m.source['table1'][0].startswith('12 examples of the') and 'NN searched 64 training' in m.source['table1'][0]
+  assert any('at step 2' in note for note in m.source['table1'][1:])
   batch = next(data.make_dataset(config.data, 'eval', batch_size=16, process_index=0, process_count=1))
   bicubic = np.asarray(baselines.bicubic(batch['lowres'][:12], config.data.highres_size, config.data.resize))
 
@@ -70,8 +73,9 @@ def test_build_fooled_from_trained_runs(runs, tmp_path):
   for n in range(12):
     assert np.array_equal(shown(n, manifest.TRUTH), batch['highres'][n])
     assert np.array_equal(shown(n, 'Bicubic'), bicubic[n])
-  # Samples differ from the truth and between temperatures (a tiny model draws noise).
-  assert not np.array_equal(shown(0, 'tau=1.0'), shown(0, 'greedy'))
+  # The sample and the regression are images of their own (a tiny model draws noise).
+  assert not np.array_equal(shown(0, 'tau=1.0'), shown(0, 'Regression'))
+  assert not np.array_equal(shown(0, 'tau=1.0'), shown(0, manifest.TRUTH))
   assert (
     _study('build', '--kind=fooled', f'--workdir={root / "pixelcnn"}', f'--out={out}')
     .stderr.strip()
@@ -86,7 +90,8 @@ def test_build_fooled_from_trained_runs(runs, tmp_path):
     (['build', '--out=/tmp/x'], 'error: build needs --workdir.'),
     (['report'], 'error: report needs --study.'),
     (['serve', '--study=/nonexistent'], 'is not a study (manifest.json missing)'),
-    (['launch'], 'error: usage: launch/study.py {build|serve|report}'),
+    (['launch'], 'error: usage: launch/study.py {build|invite|serve|report}'),
+    (['build', '--workdir=/tmp/x', '--out=/tmp/y', '--rows=tau=1.0,Bicubic'], 'error: --rows Bicubic: the golden'),
   ],
 )
 def test_bad_commands_end_in_one_error_line(flags, needle):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from common.errors import UserError
 from common.study import manifest, protocols, report, storage
-from tests.study.helpers import make_fooled, make_preference
+from tests.study.helpers import look, make_fooled, make_preference
 
 
 def test_fooled_session_is_papers_protocol(tmp_path):
@@ -19,12 +19,14 @@ def test_fooled_session_is_papers_protocol(tmp_path):
   rng = np.random.default_rng(0)
   golden_at = collections.Counter()
   truth_left = 0
+  practice_orders = set()
   for _ in range(300):
     trials = protocols.compose_session(m, 'A', rng)
     assert len(trials) == 55
     practice, main = trials[:10], trials[10:]
     assert all(t.phase == protocols.PRACTICE and t.kind == protocols.PRACTICE for t in practice)
-    assert [t.example for t in practice] == list(range(10))
+    assert sorted(t.example for t in practice) == list(range(10))
+    practice_orders.add(tuple(t.example for t in practice))
     assert all(t.phase == protocols.MAIN for t in main)
     kinds = collections.Counter(t.kind for t in main)
     assert kinds == {protocols.COUNTED: 40, protocols.GOLDEN: 5}
@@ -41,6 +43,7 @@ def test_fooled_session_is_papers_protocol(tmp_path):
   assert set(golden_at) == set(range(-10, 45))
   assert all(10 <= golden_at[p] <= 60 for p in range(45)), golden_at
   assert abs(truth_left / (300 * 55) - 0.5) < 0.02
+  assert len(practice_orders) > 290  # the practice examples in an order of each session's own (10! orders)
 
 
 def test_fooled_needs_enough_examples_and_the_golden_row(tmp_path):
@@ -55,6 +58,33 @@ def test_fooled_needs_enough_examples_and_the_golden_row(tmp_path):
       scale=1,
       arms=['A'],
     )
+
+
+def test_default_arms_are_the_papers_four_and_bicubic_is_refused(tmp_path):
+  from launch.study_build import fooled_arms
+
+  made = ['Bicubic', 'NN', 'Regression', 'tau=1.0', 'tau=1.1', 'tau=1.2', 'greedy']
+  assert fooled_arms([], made, []) == (['Regression', 'tau=1.0', 'tau=1.1', 'tau=1.2'], [])
+  arms, warnings = fooled_arms(['NN', 'tau=1.0'], made, [])
+  assert (
+    arms == ['NN', 'tau=1.0'] and len(warnings) == 1 and warnings[0].startswith('Warning: NN outputs are themselves')
+  )
+  with pytest.raises(UserError, match=r"\['tau=9'\] are not among"):
+    fooled_arms(['tau=9'], made, [])
+  # A Bicubic arm's counted pairs are golden ones: the manifest itself refuses it.
+  with pytest.raises(UserError, match="'Bicubic', the golden questions' algorithm, cannot also be studied"):
+    make_fooled(tmp_path / 'b', arms=('A', 'Bicubic'))
+  assert not os.path.exists(tmp_path / 'b')
+
+
+def test_default_scale_shows_at_least_128_css_pixels():
+  assert manifest.display_scale(32, 32, None) == (4, [])  # PRSR's faces at 128x128
+  assert manifest.display_scale(128, 128, None) == (1, [])  # SRIM's outputs as they are
+  assert manifest.display_scale(24, 30, None) == (6, [])  # a small run's 24-pixel outputs: 144x180
+  scale, warnings = manifest.display_scale(24, 24, 1)  # asked for: kept, and warned
+  assert scale == 1 and warnings == [
+    'Warning: images are shown at 24x24 CSS pixels, under 128: too small to judge; --scale=6 shows them at 128 or more.'
+  ]
 
 
 def test_existing_study_is_never_overwritten(tmp_path):
@@ -109,25 +139,30 @@ def test_choose_arm_fills_the_emptiest_until_full():
     examples=(),
     practice_pairs=0,
     main_pairs=0,
-    golden='A',
+    golden='Bicubic',
   )
   rng = np.random.default_rng(0)
   assert {protocols.choose_arm(m, {}, {}, rng) for _ in range(50)} == {'A', 'B', 'C'}
   assert protocols.choose_arm(m, {'A': 1, 'B': 1}, {}, rng) == 'C'
   assert protocols.choose_arm(m, {'A': 1}, {'B': 1, 'C': 2}, rng) in ('A', 'B')
-  assert protocols.choose_arm(m, {'A': 2, 'B': 2}, {'C': 5}, rng) == 'C'  # Full arms take no one.
+  assert protocols.choose_arm(m, {'A': 2, 'B': 2}, {'C': 1}, rng) == 'C'  # Full arms take no one.
+  assert protocols.choose_arm(m, {'A': 2, 'B': 1}, {'B': 1, 'C': 2}, rng) is None  # places held by active sessions
   assert protocols.choose_arm(m, {'A': 2, 'B': 2, 'C': 2}, {}, rng) is None
 
 
 def test_preference_session_is_srim_protocol(tmp_path):
   m = make_preference(tmp_path / 'p', classes_per_split=12, per_class=2)
   rng = np.random.default_rng(1)
-  seen_first = 0
+  seen_first, test_orders = 0, collections.Counter()
   for _ in range(100):
     trials = protocols.compose_session(m, 'all', rng)
     assert len(trials) == 60
-    for k, (a, b) in enumerate(manifest.SRIM_TESTS):
+    order = tuple(trials[20 * k].test for k in range(3))
+    assert sorted(order) == sorted(f'{a} vs {b}' for a, b in manifest.SRIM_TESTS)
+    test_orders[order] += 1
+    for k in range(3):
       block = trials[20 * k : 20 * (k + 1)]
+      a, b = block[0].test.split(' vs ')
       assert {t.test for t in block} == {f'{a} vs {b}'}
       assert all({t.left_label, t.right_label} == {a, b} for t in block)
       for split in ('seen', 'unseen'):
@@ -136,6 +171,22 @@ def test_preference_session_is_srim_protocol(tmp_path):
         assert all(m.examples[t.example].split == split for t in block if t.split == split)
       seen_first += all(t.split == 'seen' for t in block[:10])
   assert seen_first < 5  # seen and unseen mixed, not in blocks
+  assert len(test_orders) == 6 and min(test_orders.values()) >= 5  # the three tests in each of their 6 orders
+
+
+def test_instructions_give_the_pairs_and_the_duration(tmp_path):
+  fooled = make_fooled(tmp_path / 'f', display_ms=1000)
+  # 55 pairs x (1 s shown + 3 s) + 10 practice x 1.5 s of feedback = 235 s: about 4 minutes.
+  assert protocols.instructions(fooled) == (
+    'You will see 55 pairs of images, one pair at a time (the first 10 are practice: you are told after each '
+    'whether you were right). Each pair is shown for 1 s and then hidden; then choose an image with a click or '
+    'tap, or the left and right arrow keys. It takes about 4 minutes. Please do not reload the page: a pair shown '
+    'twice voids the session.'
+  )
+  preference = make_preference(tmp_path / 'p')
+  text = protocols.instructions(preference)  # 60 pairs x 3 s: 3 minutes, shown until answered (not "hidden")
+  assert text.startswith('You will see 60 pairs of images, one pair at a time. Each pair stays on screen until')
+  assert text.endswith('It takes about 3 minutes.') and 'hidden' not in text and 'reload' not in text
 
 
 def _scripted_store(tmp_path, m, scripts):
@@ -144,6 +195,7 @@ def _scripted_store(tmp_path, m, scripts):
   for worker, choose in scripts.items():
     token = store.start(worker)['token']
     while not (trial := store.next_trial(token))['done']:
+      look(store, trial)
       row = store.db.execute('SELECT * FROM trials WHERE token = ?', (trial['trial'],)).fetchone()
       store.answer(token, trial['trial'], choose(row), 0)
   return store
@@ -170,7 +222,15 @@ def test_fooled_report_counts_and_interval(tmp_path):
     ('right' if row['left_label'] == manifest.TRUTH else 'left') if row['kind'] == (protocols.GOLDEN) else 'left'
   )
   store = _scripted_store(tmp_path, m, {'w1': _fool(4), 'w2': _fool(8), 'w3': _fool(12), 'bad': miss_golden})
+  codes = dict(store.db.execute('SELECT worker, code FROM sessions').fetchall())
   store.close()
+  # A crowd platform approved w1 and w3 only (and listed someone who never took part): w2 is left out.
+  approved = {('w1', codes['w1']), ('w3', codes['w3']), ('ghost', 'ABC')}
+  only = report.fooled_rows(str(tmp_path / 's'), m, approved=approved)['A']
+  assert (only['valid'], only['unapproved'], only['answers'], only['fooled']) == (2, 1, 80, 16)
+  assert report.summary(str(tmp_path / 's'), approved).endswith(
+    '- Approved completions only: 2 finished sessions on the list count; 1 finished sessions not on it are left out.\n'
+  )
   rows = report.fooled_rows(str(tmp_path / 's'), m)
   assert rows['A']['valid'] == 3 and rows['A']['discarded'] == 1 and rows['A']['incomplete'] == 0
   assert rows['A']['answers'] == 120 and rows['A']['fooled'] == 24
@@ -188,6 +248,12 @@ def test_fooled_report_counts_and_interval(tmp_path):
   assert sum(n for _, n in ratings.values()) == 120 and sum(c for c, _ in ratings.values()) == 24
   figure = report.figure7(str(tmp_path / 's'), m, per_side=3)
   assert figure.ndim == 3 and figure.shape[1] > 7 * m.image_size[1]
+  # 3 valid workers: the report says the interval is too narrow to trust.
+  assert report.summary(str(tmp_path / 's')).endswith(
+    '- Warning: fewer than 10 valid workers for A (3): the bootstrap interval then covers the true rate less often '
+    'than 95% (0.87-0.91 of the time at 10 workers, 0.74-0.88 at 3, in simulation).\n'
+  )
+  assert 'Warning' not in report.fooled_markdown({'A': rows['A'] | {'valid': 10}})
 
 
 TABLE1 = """| Method | pSNR | SSIM |
@@ -198,6 +264,37 @@ TABLE1 = """| Method | pSNR | SSIM |
 
 - 128 examples.
 """
+
+
+PROVENANCE = [
+  "100 examples of the 'eval' split of celeb_a; NN searched 512 training examples.",
+  'Samples and NLL from the pixel recursive model of /abs/runs/celeba at step 5.',
+]
+
+
+def test_report_refuses_a_table1_of_other_examples(tmp_path):
+  make_fooled(tmp_path / 's', arms=('tau=1.0',), display_ms=0, source={'table1': PROVENANCE})
+  run = tmp_path / 'run'
+  run.mkdir()
+  # The table of 128 examples with NN over 20,000 (launch/evaluate.py's defaults) is not the study's 100 and 512.
+  other = TABLE1.replace(
+    '- 128 examples.',
+    "- 128 examples of the 'eval' split of celeb_a; NN searched 20000 training examples.\n"
+    '- Samples and NLL from the pixel recursive model of runs/celeba at step 5.',
+  )
+  (run / 'table1.md').write_text(other)
+  with pytest.raises(UserError, match=r'table1.md describes other examples or models than the study \(the study: "100'):
+    report.write(str(tmp_path / 's'), str(run))
+  assert (run / 'table1.md').read_text() == other and not (tmp_path / 's' / 'report.md').exists()
+  # The same examples and model (its path written relative there): merged.
+  same = other.replace('128 examples', '100 examples').replace('20000', '512')
+  (run / 'table1.md').write_text(same)
+  assert str(run / 'table1.md') in report.write(str(tmp_path / 's'), str(run))
+  assert '| tau=1.0 | 17.52 | 0.293 | n/a |' in (run / 'table1.md').read_text()
+  # A study without provenance (built before it was recorded) cannot vouch for any table.
+  bare = make_fooled(tmp_path / 'bare', arms=('tau=1.0',), display_ms=0)
+  with pytest.raises(UserError, match='records no table 1 provenance'):
+    report.check_provenance(same, bare, 'table1.md')
 
 
 def test_merge_table1_adds_then_replaces_the_column():

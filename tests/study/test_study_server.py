@@ -2,7 +2,9 @@
 see, a simulated crowd with known fool rates, 50 concurrent workers, and kill -9 with a restart."""
 
 import concurrent.futures
+import csv
 import http.client
+import io
 import json
 import os
 import sqlite3
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -85,6 +88,14 @@ def test_nothing_sent_tells_which_image_is_real(served):
   assert len(seen_tokens) == 6  # fresh tokens per pair and side
 
 
+def test_intro_states_the_pairs_and_the_duration(served):
+  status, body, _ = request(served[1].url + '/api/info')
+  info = json.loads(body)
+  assert status == 200 and info['pairs'] == 55
+  assert info['instructions'].startswith('You will see 55 pairs of images, one pair at a time (the first 10 are')
+  assert 'It takes about 4 minutes.' in info['instructions']  # 55 x (0.15 s + 3 s) + 10 x 1.5 s = 188 s
+
+
 def test_no_path_traversal(served):
   study, server = served
   image_id = next(iter(manifest.load(str(study)).image_ids()))
@@ -158,6 +169,8 @@ def test_answers_are_checked_on_the_server(served):
   answer = lambda **kw: api(
     server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left', 'display_ms': 150} | kw
   )
+  assert answer()[0] == 409  # its images were never fetched, so never shown
+  assert [request(server.url + trial[side])[0] for side in ('left', 'right', 'left')] == [200, 200, 404]  # once
   assert answer()[0] == 422  # sooner than the pair could have been shown
   time.sleep(0.16)
   assert answer(display_ms=10)[0] == 422  # a display time the page cannot have measured
@@ -174,21 +187,65 @@ def test_answers_are_checked_on_the_server(served):
 def test_admin_views_need_the_token(served):
   study, server = served
   for headers in ({}, {'Authorization': 'Bearer wrong'}, {'Authorization': server.admin_token}):
-    for path in ('/admin/status', '/admin/report'):
+    for path in ('/admin/status', '/admin/report', '/admin/workers.csv'):
       status, body, _ = request(server.url + path, headers=headers)
-      assert status == 401 and b'complete' not in body
-  status, body, _ = request(server.url + '/admin/status', headers={'Authorization': f'Bearer {server.admin_token}'})
+      assert status == 401 and b'complete' not in body and b'worker' not in body
+  admin = {'Authorization': f'Bearer {server.admin_token}'}
+  status, body, _ = request(server.url + '/admin/status', headers=admin)
   assert status == 200 and set(json.loads(body)['arms']) == {'A', 'B'}
+  # The owner's list to approve payments by: every worker with its status and completion code.
+  _start(server, 'payee')
+  status, body, headers = request(server.url + '/admin/workers.csv', headers=admin)
+  rows = list(csv.DictReader(io.StringIO(body.decode())))
+  assert status == 200 and headers['content-type'].startswith('text/csv')
+  db = sqlite3.connect(f'file:{study / storage.DATABASE}?mode=ro', uri=True)
+  expected = db.execute('SELECT worker, status, code FROM sessions ORDER BY id').fetchall()
+  assert [(r['worker'], r['status'], r['code']) for r in rows] == expected and ('payee', 'active') in {
+    (r['worker'], r['status']) for r in rows
+  }
   with open(study / 'admin_token') as f:
     assert f.read().strip() == server.admin_token
   assert os.stat(study / 'admin_token').st_mode & 0o077 == 0  # readable by its owner only
+
+
+def test_invitations_origins_and_rate_limit(tmp_path):
+  study = tmp_path / 's'
+  make_fooled(study, display_ms=0, workers_per_arm=50)
+  invite = [sys.executable, os.path.join(REPO, 'launch', 'study.py'), 'invite', f'--study={study}']
+  out = subprocess.run(invite + ['--count=6', '--base_url=http://x'], capture_output=True, text=True, cwd=REPO)
+  assert out.returncode == 0, out.stderr
+  links = [urllib.parse.parse_qs(urllib.parse.urlsplit(link).query) for link in out.stdout.split()]
+  invited = [(q['worker'][0], q['sig'][0]) for q in links]
+  assert len(invited) == 6 and len(set(invited)) == 6
+  out = subprocess.run(invite + ['--count=0', '--base_url=http://x'], capture_output=True, text=True, cwd=REPO)
+  assert out.returncode != 0 and out.stderr.strip().splitlines()[-1] == 'error: invite needs --count >= 1, got 0.'
+  server = Server(study, '--noopen', '--new_sessions_per_minute=4')  # serve's default: by invitation
+  session = lambda k, **kw: api(server.url, '/api/session', {'worker': invited[k][0], 'sig': invited[k][1]} | kw)
+  try:
+    assert 'by invitation' in ''.join(server.output)
+    assert api(server.url, '/api/session', {'worker': 'made-up'})[0] == 403  # no invitation
+    assert session(0, sig='0' * 32)[0] == 403  # a forged one
+    assert session(0, worker=invited[0][0].upper())[0] == 200
+    assert session(0)[0] == 409  # the same person, in any case
+    # A form or fetch from another site cannot start a session, even as text/plain; the page's own origin can.
+    body = json.dumps({'worker': invited[1][0], 'sig': invited[1][1]}).encode()
+    for headers in ({'Origin': 'http://evil.example', 'Content-Type': 'text/plain'}, {'Sec-Fetch-Site': 'cross-site'}):
+      status, data, _ = request(server.url + '/api/session', 'POST', raw=body, headers=headers)
+      assert status == 403 and 'other sites' in json.loads(data)['error']
+    status, _, _ = request(server.url + '/api/session', 'POST', raw=body, headers={'Origin': server.url})
+    assert status == 200
+    # Four new sessions a minute from one address: the fifth waits.
+    assert [session(k)[0] for k in (2, 3, 4)] == [200, 200, 429]
+  finally:
+    server.stop()
 
 
 def test_simulated_crowd_recovers_its_fool_rates(tmp_path):
   """Workers fooled with probability 0.3 by A and 0.1 by B (independently per pair), plus careless workers who miss
   golden questions: the report's intervals contain the true rates and the careless are discarded."""
   study = tmp_path / 's'
-  m = make_fooled(study, arms=('A', 'B'), workers_per_arm=12, display_ms=0)
+  provenance = ['60 examples of the eval split; NN searched 64 training examples.']
+  m = make_fooled(study, arms=('A', 'B'), workers_per_arm=12, display_ms=0, source={'table1': provenance})
   server = Server(study, '--serve_seed=0')
   rates = {'A': 0.3, 'B': 0.1}
   try:
@@ -220,21 +277,25 @@ def test_simulated_crowd_recovers_its_fool_rates(tmp_path):
   assert text.decode().startswith('| Algorithm | % Fooled |')
   # The command line: report.md, fooled.csv, figure7.png, and the column merged into the run's table1.md.
   (tmp_path / 'run').mkdir()
-  (tmp_path / 'run' / 'table1.md').write_text('| Method | pSNR |\n|---|---|\n| A | 20.00 |\n| B | 21.00 |\n')
-  out = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(REPO, 'launch', 'study.py'),
-      'report',
-      f'--study={study}',
-      f'--table1_dir={tmp_path / "run"}',
-    ],
-    capture_output=True,
-    text=True,
-    cwd=REPO,
-    timeout=120,
+  table = '| Method | pSNR |\n|---|---|\n| A | 20.00 |\n| B | 21.00 |\n\n- {}\n'
+  report_command = [
+    sys.executable,
+    os.path.join(REPO, 'launch', 'study.py'),
+    'report',
+    f'--study={study}',
+    f'--table1_dir={tmp_path / "run"}',
+  ]
+  # A table of other examples is refused in one line, and left as it was.
+  (tmp_path / 'run' / 'table1.md').write_text(table.format(provenance[0].replace('60 examples', '128 examples')))
+  out = subprocess.run(report_command, capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert (
+    out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith('error: ') and 'other examples' in out.stderr
   )
+  assert '% Fooled' not in (tmp_path / 'run' / 'table1.md').read_text()
+  (tmp_path / 'run' / 'table1.md').write_text(table.format(provenance[0]))
+  out = subprocess.run(report_command, capture_output=True, text=True, cwd=REPO, timeout=120)
   assert out.returncode == 0, out.stderr
+  assert 'Warning' not in out.stdout  # 12 valid workers per algorithm
   table1 = (tmp_path / 'run' / 'table1.md').read_text().split('\n')
   assert table1[0] == '| Method | pSNR | % Fooled |'
   assert table1[2] == f'| A | 20.00 | {report.fooled_cell(rows["A"])} |'
@@ -248,7 +309,7 @@ def test_fifty_concurrent_workers_lose_and_duplicate_nothing(tmp_path):
   server = Server(study)
   try:
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
-      futures = [pool.submit(run_worker, server.url, study, f'load{k}', _honest, 20, k % 10 == 0) for k in range(50)]
+      futures = [pool.submit(run_worker, server.url, study, f'load{k}', _honest, 20) for k in range(50)]
       results = [f.result(timeout=240) for f in futures]
   finally:
     server.stop()
@@ -267,6 +328,37 @@ def test_fifty_concurrent_workers_lose_and_duplicate_nothing(tmp_path):
   )
 
 
+def test_a_burst_of_workers_does_not_overshoot_the_places(tmp_path):
+  study = tmp_path / 's'
+  make_fooled(
+    study, arms=('A', 'B', 'C', 'D'), workers_per_arm=2, display_ms=0, practice_pairs=2, main_pairs=6, golden_pairs=1
+  )
+  server = Server(study)
+  barrier = threading.Barrier(20)
+
+  def worker(k):
+    barrier.wait()  # all 20 ask for a session at once
+    status, session = api(server.url, '/api/session', {'worker': f'burst{k}'})
+    if status != 200:
+      return status
+    return continue_worker(server.url, study, session['token'], _honest)['code'] and 200
+
+  try:
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+      statuses = list(pool.map(worker, range(20)))
+  finally:
+    server.stop()
+  # 8 places: 8 sessions ran to the end, 12 were told every place was taken (it used to be 20 valid sessions).
+  assert sorted(statuses) == [200] * 8 + [429] * 12
+  db = sqlite3.connect(study / storage.DATABASE)
+  assert db.execute("SELECT arm, COUNT(*) FROM sessions WHERE status = 'complete' GROUP BY arm").fetchall() == [
+    ('A', 2),
+    ('B', 2),
+    ('C', 2),
+    ('D', 2),
+  ]
+
+
 def test_kill9_and_restart_lose_nothing_and_resume(tmp_path):
   study = tmp_path / 's'
   make_fooled(study, display_ms=0)
@@ -283,6 +375,8 @@ def test_kill9_and_restart_lose_nothing_and_resume(tmp_path):
           trial = api(server.url, '/api/trial', {'token': token})[1]
           if trial['done']:
             break
+          for side in ('left', 'right'):
+            request(server.url + trial[side])
           if (
             api(
               server.url, '/api/answer', {'token': token, 'trial': trial['trial'], 'choice': 'left', 'display_ms': 0}

@@ -3,7 +3,8 @@
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
-  const worker = new URLSearchParams(location.search).get('worker') || '';
+  const params = new URLSearchParams(location.search);
+  const worker = params.get('worker') || '', sig = params.get('sig') || '';
   const storageKey = 'study-token:' + worker;
   let session = null, current = null, shownAt = 0, displayMs = 0, accepting = false;
 
@@ -46,10 +47,11 @@
 
   async function start() {
     $('start').disabled = true;
-    const r = await api('/api/session', {worker, token: localStorage.getItem(storageKey)});
+    const r = await api('/api/session', {worker, sig, token: localStorage.getItem(storageKey)});
     if (r.status !== 200) return fail(r.data.error || 'The study could not start.');
     session = r.data;
     localStorage.setItem(storageKey, session.token);
+    if (session.done) return finish(session.code);
     const [h, w] = session.image_size;
     document.documentElement.style.setProperty('--w', w + 'px');
     document.documentElement.style.setProperty('--ar', w + ' / ' + h);
@@ -115,8 +117,9 @@
     if (r.data.feedback) {
       const side = r.data.camera;
       $('feedback').className = r.data.feedback;
-      $('feedback').textContent = r.data.feedback === 'right'
-          ? 'Right: that one is from a camera.' : `Wrong: the ${side} image is from a camera.`;
+      // Names the camera's side either way: "Right: that one" read as "the right one".
+      const verdict = r.data.feedback === 'right' ? 'Right' : 'Wrong';
+      $('feedback').textContent = `${verdict}: the ${side} image is from a camera.`;
       await sleep(1500);
     }
     if (r.data.done) return finish(r.data.code);
@@ -127,8 +130,8 @@
     next();
   }
 
+  // The token stays stored: a reloaded end page asks for the code again rather than starting over.
   function finish(code) {
-    localStorage.removeItem(storageKey);
     $('code').textContent = code;
     screen('end');
   }
@@ -136,11 +139,14 @@
   document.addEventListener('DOMContentLoaded', () => {
     fetch('/api/info', {cache: 'no-store'}).then((r) => r.json()).then((info) => {
       for (const el of document.querySelectorAll('[data-question]')) el.textContent = info.question;
+      if (worker) $('instructions').textContent = info.instructions;
     }).catch(() => {});
-    $('instructions').textContent = worker
-        ? 'Each pair of images is shown for a moment and then hidden. Answer with a click or tap, or the left and ' +
-          'right arrow keys.'
-        : 'This link is missing its worker id (?worker=ID).';
+    if (!worker) $('instructions').textContent = 'This link is missing its worker id (?worker=ID).';
+    if (worker && localStorage.getItem(storageKey)) {  // a finished session's reloaded end page shows its code
+      api('/api/session', {worker, sig, token: localStorage.getItem(storageKey)}).then((r) => {
+        if (r.status === 200 && r.data.done) finish(r.data.code);
+      }).catch(() => {});
+    }
     $('start').disabled = !worker;
     $('start').addEventListener('click', start);
     $('continue').addEventListener('click', () => { screen('trial'); next(); });
