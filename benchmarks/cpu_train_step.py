@@ -1,22 +1,24 @@
 """The paper's CelebA train step on this machine's CPU: our jitted JAX step against a plain PyTorch eager port of the
-same network (benchmarks/torch_pixelsr.py), timed side by side in one process, with the machine's dense-matmul rate.
+same network (benchmarks/torch_pixelsr.py) in the same precision, timed side by side in one process, with the
+machine's dense-matmul rate.
 
   pip install -e '.[bench]'
-  python benchmarks/cpu_train_step.py [--config=celeba_pixelcnn] [--batch_size=32] [--rounds=2] [--steps=3] \
+  python benchmarks/cpu_train_step.py [--config=celeba_pixelcnn] [--batch_size=32] [--rounds=3] [--steps=3] \
       [--dtypes=float32,bfloat16] [--prior_convs=auto,xla] [--parts=1,4]
 
-Both start from the same parameters (the JAX init copied into torch) on the same uint8 batch, and their first losses
-are printed side by side (they agree to float rounding: the two compute the same function). Each round runs a block
-of steps of each contender in turn; a block's first step is untimed (stepping the two alternately left torch's
-spinning OpenMP threads on the cores while the next JAX step started). The median over all timed steps is reported,
-with the minimum; several rounds spread a change of machine load over all contenders. Both use every core
-(torch.set_num_threads(os.cpu_count())). FLOPs are XLA's count of the compiled JAX step, used for both.
-`--dtypes=float32,bfloat16` also times `config.model.dtype='bfloat16'` (bf16 matmul and convolution inputs; matmuls
-summed in f32; parameters, logits, softmax and loss in f32). `--prior_convs` times those values of
-`config.model.prior_convs` ('auto' = the prior's convolutions as bf16 matmuls in bf16 on a CPU, XLA's convolution in
-float32). `--parts` times the step with the batch differentiated in that many parts (`config.train_batch_parts`; 0 =
-the library's choice). GFLOP/s divide the smallest of the contenders' XLA counts (the matmul form counts kh - 1 rows
-per image more than the convolution does, which it computes and drops). Results go in benchmarks/README.md.
+The pairs: float32 against the port in float32, and bfloat16 (`config.model.dtype='bfloat16'`: bf16 matmul and
+convolution inputs, matmuls summed in f32; parameters, logits, softmax and loss in f32) against the port under
+`torch.autocast('cpu', dtype=torch.bfloat16)`, the one line a PyTorch user adds. All start from the same parameters
+(the JAX init copied into torch) on the same uint8 batch, and their first losses are printed side by side. Each round
+runs a block of steps of every port, then of ours, then of every port again (load drifts; torch runs before and after
+ours); a block's first step is untimed (stepping the two alternately left torch's spinning OpenMP threads on the
+cores while the next JAX step started). The median over all timed steps is reported, with the minimum. Both use every
+core (torch.set_num_threads(os.cpu_count())). FLOPs are XLA's count of the compiled JAX step, used for all.
+`--prior_convs` times those values of `config.model.prior_convs` ('auto' = the prior's convolutions as bf16 matmuls in
+bf16 on a CPU, XLA's convolution in float32). `--parts` times the step with the batch differentiated in that many
+parts (`config.train_batch_parts`; 0 = the library's choice). GFLOP/s divide the smallest of the contenders' XLA
+counts (the matmul form counts kh - 1 rows per image more than the convolution does, which it computes and drops).
+Results go in benchmarks/README.md.
 """
 
 import importlib
@@ -37,10 +39,18 @@ from pixelsr import models, train
 
 flags.DEFINE_string('config', 'celeba_pixelcnn', 'Config module under configs/ (its model and data sizes).')
 flags.DEFINE_integer('batch_size', 32, 'Batch size of both steps.')
-flags.DEFINE_integer('rounds', 2, 'Rounds; each runs a block of steps of every contender in turn.')
+flags.DEFINE_integer('rounds', 3, 'Rounds; each runs a block of steps of every contender in turn.')
 flags.DEFINE_integer('steps', 3, 'Timed steps per block, after one untimed warm-up step.')
-flags.DEFINE_list('dtypes', ['float32'], "JAX compute dtypes to time ('float32', 'bfloat16'); torch runs float32.")
+flags.DEFINE_list(
+  'dtypes',
+  ['float32', 'bfloat16'],
+  "Precisions to time, ours and torch's alike: 'float32' (both f32) and 'bfloat16' (ours: config.model.dtype; "
+  "torch: the forward under torch.autocast('cpu', dtype=torch.bfloat16)).",
+)
 flags.DEFINE_list('prior_convs', ['auto'], "config.model.prior_convs values to time ('auto', 'xla', 'matmul').")
+flags.DEFINE_bool(
+  'profile_torch', False, "After timing, torch.profiler's ops by self CPU time for one step of each port."
+)
 flags.DEFINE_list('parts', ['0'], 'config.train_batch_parts values to time (0 = auto: 4 on a CPU at batch 32).')
 FLAGS = flags.FLAGS
 
@@ -110,12 +120,14 @@ def main(argv):
     steps[name] = dict(state=state, step=step, batch=batch, flops=flops, times=[])
   first = next(iter(steps.values()))
   network_flops = min(s['flops'] for s in steps.values())
-  torch_model = torch_pixelsr.PixelRecursiveSR(cfg)
-  torch_pixelsr.load_flax_params(torch_model, jax.device_get(first['state'].params))
-  torch_step = torch_pixelsr.make_train_step(torch_model)
   nchw = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
   torch_batch = nchw(lowres), nchw(highres)
-  torch_times = []
+  # One port per precision, each from the same initial parameters (a step changes them).
+  torch_steps = {}
+  for dtype in FLAGS.dtypes:
+    model = torch_pixelsr.PixelRecursiveSR(cfg)
+    torch_pixelsr.load_flax_params(model, jax.device_get(first['state'].params))
+    torch_steps[dtype] = dict(step=torch_pixelsr.make_train_step(model, autocast=dtype == 'bfloat16'), times=[])
 
   def jax_block(s):
     times = []
@@ -127,33 +139,43 @@ def main(argv):
       s.setdefault('first_loss', float(metrics['loss']))
     s['times'] += times[1:]
 
-  def torch_block():
+  def torch_block(t):
     times = []
     for _ in range(FLAGS.steps + 1):
       t0 = time.perf_counter()
-      loss = torch_step(*torch_batch)
+      loss = t['step'](*torch_batch)
       times.append(time.perf_counter() - t0)
-      losses.append(float(loss))
-    torch_times.extend(times[1:])
+      t.setdefault('first_loss', float(loss))
+    t['times'] += times[1:]
 
-  losses = []
-  for _ in range(FLAGS.rounds):
+  for _ in range(FLAGS.rounds):  # torch before and after ours in every round, as load drifts.
+    for t in torch_steps.values():
+      torch_block(t)
     for s in steps.values():
       jax_block(s)
-    torch_block()
-  torch_first_loss = losses[0]
+    for t in torch_steps.values():
+      torch_block(t)
 
-  torch_s = statistics.median(torch_times)
-  print(
-    f'torch eager f32: {torch_s:.2f} s/step (min {min(torch_times):.2f}), first loss {torch_first_loss:.5f}, '
-    f'{network_flops / 1e9 / torch_s:.0f} GFLOP/s'
-  )
+  torch_names = {'float32': 'torch eager f32', 'bfloat16': 'torch eager, autocast bf16'}
+  for dtype, t in torch_steps.items():
+    t['median'] = statistics.median(t['times'])
+    print(
+      f'{torch_names[dtype]}: {t["median"]:.2f} s/step (min {min(t["times"]):.2f}), first loss '
+      f'{t["first_loss"]:.5f}, {network_flops / 1e9 / t["median"]:.0f} GFLOP/s'
+    )
+  if FLAGS.profile_torch:  # Op by op, to set beside benchmarks/profile_step.py's table of ours.
+    for dtype, t in torch_steps.items():
+      with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t['step'](*torch_batch)
+      print(f'{torch_names[dtype]}, one step:')
+      print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=18))
   for name, s in steps.items():
     jax_s = statistics.median(s['times'])
+    same = torch_steps[name.split(',')[0]]  # The port in the same precision.
     print(
       f'jax {name}: {jax_s:.2f} s/step (min {min(s["times"]):.2f}), first loss {s["first_loss"]:.5f}, '
-      f'XLA counts {s["flops"] / 1e9:.1f} GFLOP/step, {network_flops / 1e9 / jax_s:.0f} GFLOP/s | torch / jax = '
-      f'{torch_s / jax_s:.2f}x',
+      f'XLA counts {s["flops"] / 1e9:.1f} GFLOP/step, {network_flops / 1e9 / jax_s:.0f} GFLOP/s | torch / jax in '
+      f'the same precision = {same["median"] / jax_s:.2f}x',
       flush=True,
     )
 
