@@ -143,7 +143,9 @@ def main(argv):
 def evaluate_sr_space(
   config,
   workdir: str,
-  others: Sequence[str],
+  regression_workdir: str,
+  srgan_workdir: str | Sequence[str],
+  runs: Sequence[str],
   *,
   num_samples: int,
   num_examples: int,
@@ -151,9 +153,11 @@ def evaluate_sr_space(
   figure_inputs: int,
 ):
   from common.errors import UserError
+  from imle.evaluate import srgan_workdirs
   from launch import sr_space
 
   try:
+    others = [w for w in [regression_workdir, *srgan_workdirs(srgan_workdir), *runs] if w]
     rows = sr_space.rows(config, workdir, others, num_samples)
     lowres, highres = sr_space.inputs(config, num_examples, lowres_size or sr_space.default_lowres_size(config.data))
     result = sr_space.evaluate(config, rows, lowres, highres, num_samples, min(figure_inputs, len(lowres)))
@@ -190,15 +194,12 @@ def run(
   except UserError as e:
     fail(e, code=1)
   if sr_space:
-    others = [
-      w
-      for w in [regression_workdir, *([srgan_workdir] if isinstance(srgan_workdir, str) else srgan_workdir), *runs]
-      if w
-    ]
     evaluate_sr_space(
       config,
       workdir,
-      others,
+      regression_workdir,
+      srgan_workdir,
+      runs,
       num_samples=sr_space_samples,
       num_examples=sr_space_examples,
       lowres_size=sr_space_size,

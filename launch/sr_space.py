@@ -92,7 +92,7 @@ def run_rows(
     from pixelsr import sampling, train
 
     model, variables = train.restore(saved, workdir)
-    temperatures = train.evaluate_config(config if config is not None and 'evaluate' in config else saved)
+    eval_cfg = train.evaluate_config(config if config is not None and 'evaluate' in config else saved)
 
     def pixelcnn(tau: float) -> Draw:
       n = 1 if math.isinf(tau) else num_samples
@@ -103,7 +103,7 @@ def run_rows(
 
       return draw
 
-    return [Row(f'Pixel recursive, {name}', pixelcnn(tau), source) for name, tau in temperatures.sampled_rows().items()]
+    return [Row(f'Pixel recursive, {name}', pixelcnn(tau), source) for name, tau in eval_cfg.sampled_rows().items()]
   if saved.method == 'regression':
     from pixelsr import regression
 
