@@ -31,6 +31,13 @@ flags.DEFINE_integer('batch_size', 32, 'Batch size.')
 flags.DEFINE_integer('top', 30, 'Rows of the table.')
 flags.DEFINE_integer('parts', 0, 'config.train_batch_parts (0 = auto: 4 on a CPU at batch 32).')
 flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'config.model.dtype.')
+flags.DEFINE_enum(
+  'group',
+  'layer',
+  ['layer', 'instruction'],
+  "'layer': by the op and layer JAX named; 'instruction': by XLA's fusion kind and output shape (what the unnamed "
+  'converts, copies and concatenations are).',
+)
 FLAGS = flags.FLAGS
 
 
@@ -50,6 +57,17 @@ def describe_ops(hlo: str) -> dict[str, str]:
       name = re.search(r'op_name="([^"]+)"', line)
       described[m.group(1)] = roots.get(calls.group(1)) if calls else f'{m.group(2)} {name.group(1) if name else ""}'
   return described
+
+
+def instruction_kinds(hlo: str) -> dict[str, str]:
+  """HLO instruction name -> 'kind shape': its name without the number (`copy_bitcast_fusion`, `ynn_fusion` = a
+  matmul) and its output shape, so that the fusions XLA leaves unnamed add up by what they move."""
+  kinds = {}
+  for line in hlo[hlo.index('ENTRY') :].splitlines():
+    m = re.match(r'\s*(?:ROOT )?%(\S+) = (\S+) ', line)
+    if m:
+      kinds[m.group(1)] = re.sub(r'[.]\d+$', '', m.group(1)) + ' ' + m.group(2)
+  return kinds
 
 
 def main(argv):
@@ -83,7 +101,8 @@ def main(argv):
     trace_file = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)[0]
     with gzip.open(trace_file) as f:
       events = json.load(f)['traceEvents']
-  described = describe_ops(step.lower(params).compile().as_text())
+  hlo = step.lower(params).compile().as_text()
+  described = describe_ops(hlo) if FLAGS.group == 'layer' else instruction_kinds(hlo)
   by_kind = collections.Counter()
   for e in events:
     if e.get('ph') == 'X' and e.get('name') in described:

@@ -72,9 +72,10 @@ class PixelSRConfig(ConditioningConfig):
   pixel_kernel: Literal['xla', 'pallas'] = 'xla'
   # The prior's row convolutions (the stacks' k x k halves): 'xla' (XLA's convolution), 'matmul' (column taps
   # gathered into one matmul with a written-out gradient, layers.conv_as_matmul: the same function and parameters,
-  # summed in another order) or 'auto' = 'matmul' in bfloat16 on a CPU, where it makes the bf16 step faster
-  # (XLA:CPU runs bf16 matmuls faster than f32, but bf16 convolutions at the f32 speed; benchmarks/README.md), 'xla'
-  # otherwise (in f32 the matmul form is no faster; on GPUs XLA's convolutions are the tested path).
+  # summed in another order) or 'auto' = 'matmul' on a CPU in bfloat16 (XLA:CPU runs bf16 convolutions at the f32
+  # speed) and in float32 from MATMUL_MIN_CHANNELS_F32 channels (there XLA:CPU's convolution gradients are the
+  # slower; at 32 channels the two are level), 'xla' otherwise and on GPUs, where XLA's
+  # convolutions are the tested path (benchmarks/README.md, "The prior's convolutions as matmuls in float32 too").
   prior_convs: Literal['auto', 'xla', 'matmul'] = 'auto'
 
   def __post_init__(self):
@@ -90,10 +91,15 @@ class PixelSRConfig(ConditioningConfig):
       )
 
 
+# The demo's float32 step on a 2-core CPU as matmuls: level at its 32 channels (1.02x the time), 0.81x at 64.
+MATMUL_MIN_CHANNELS_F32 = 64
+
+
 def prior_convs_as_matmul(cfg: PixelSRConfig) -> bool:
   """Whether the prior's row convolutions run as matmuls (`PixelSRConfig.prior_convs`), on this process's backend."""
   if cfg.prior_convs == 'auto':
-    return cfg.dtype == 'bfloat16' and jax.default_backend() == 'cpu'
+    wide = cfg.dtype == 'bfloat16' or cfg.prior_channels >= MATMUL_MIN_CHANNELS_F32
+    return jax.default_backend() == 'cpu' and wide
   return cfg.prior_convs == 'matmul'
 
 

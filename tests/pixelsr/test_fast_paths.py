@@ -5,9 +5,10 @@ a CPU), which XLA:CPU runs concurrently: the loss, metrics and gradients must be
 `layers.pointwise` computes every 1x1 convolution of the model as one (positions, C) x (C, D) matmul, because
 XLA:CPU differentiates that 2-4x faster than a 1x1 convolution. Swapped back for the plain 1x1 convolution, the
 loss and every gradient of a train step must be the same up to float rounding. `layers.conv_as_matmul` computes the
-prior's row convolutions as one matmul with a written-out gradient (`config.model.prior_convs`; 'auto' uses it in
-bf16 on a CPU): the convolution and its gradients to float rounding, and in bf16 the f32 convolution of the rounded
-operands. (The sampler's fast paths: tests/pixelsr/test_sampling.py, whose samples equal the naive sampler's.)
+prior's row convolutions as one matmul with a written-out gradient (`config.model.prior_convs`; 'auto' uses it on a
+CPU in bf16, and in float32 from 64 channels): the convolution and its gradients to float rounding, and in bf16 the
+f32 convolution of the rounded operands. (The sampler's fast paths: tests/pixelsr/test_sampling.py, whose samples
+equal the naive sampler's.)
 """
 
 import functools
@@ -134,7 +135,8 @@ def test_low_precision_dot_is_the_float32_product_of_rounded_operands_in_bf16_ke
 
 
 def test_prior_convs_as_matmuls_give_the_convolutions_loss_and_gradients():
-  # config.model.prior_convs='matmul' (auto in bf16 on a CPU): the same parameters, loss and gradients as 'xla'.
+  # config.model.prior_convs='matmul' (auto on a CPU in bf16, or in f32 from 64 channels): the same parameters, loss
+  # and gradients as 'xla'.
   rng = np.random.default_rng(3)
   lowres = rng.integers(0, 256, (2, 4, 4, 3), np.uint8)
   highres = rng.integers(0, 256, (2, 16, 16, 3), np.uint8)
@@ -159,11 +161,17 @@ def test_prior_convs_as_matmuls_give_the_convolutions_loss_and_gradients():
 
 
 @pytest.mark.parametrize(
-  'convs, dtype, matmul',
-  [('auto', 'float32', False), ('auto', 'bfloat16', True), ('xla', 'bfloat16', False), ('matmul', 'float32', True)],
+  'convs, dtype, channels, matmul',
+  [
+    ('auto', 'float32', 12, False),
+    ('auto', 'float32', 64, True),
+    ('auto', 'bfloat16', 12, True),
+    ('xla', 'bfloat16', 12, False),
+    ('matmul', 'float32', 12, True),
+  ],
 )
-def test_prior_convs_auto_is_matmul_in_bfloat16_on_a_cpu(convs, dtype, matmul):
-  cfg = models.PixelSRConfig(**{**SMALL.__dict__, 'prior_convs': convs, 'dtype': dtype})
+def test_prior_convs_auto_is_matmul_on_a_cpu_in_bf16_or_wide(convs, dtype, channels, matmul):
+  cfg = models.PixelSRConfig(**{**SMALL.__dict__, 'prior_convs': convs, 'dtype': dtype, 'prior_channels': channels})
   model = models.PixelRecursiveSR(cfg)
   highres = np.zeros((1, 16, 16, 3), np.uint8)
   variables = model.init(jax.random.key(0), np.zeros((1, 4, 4, 3), np.uint8), highres)
