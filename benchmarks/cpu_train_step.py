@@ -15,9 +15,10 @@ ours); a block's first step is untimed (stepping the two alternately left torch'
 cores while the next JAX step started). The median over all timed steps is reported, with the minimum. Both use every
 core (torch.set_num_threads(os.cpu_count())). FLOPs are XLA's count of the compiled JAX step, used for all.
 `--prior_convs` times those values of `config.model.prior_convs` ('auto' = the prior's convolutions as matmuls on a
-CPU, 'xla' = XLA's convolution). `--parts` times the step with the batch differentiated in that many
-parts (`config.train_batch_parts`; 0 = the library's choice). GFLOP/s divide the smallest of the contenders' XLA
-counts (the matmul form counts kh - 1 rows per image more than the convolution does, which it computes and drops).
+CPU in bf16, and in float32 from 64 channels; 'xla' = XLA's convolution). `--parts` times the step with the batch
+differentiated in that many parts (`config.train_batch_parts`; 0 = the library's choice). GFLOP/s divide the
+smallest of the contenders' XLA counts (the matmul form counts kh - 1 rows per image more than the convolution does,
+which it computes and drops).
 Results go in benchmarks/README.md.
 """
 

@@ -114,8 +114,8 @@ def conv_as_matmul(x: jax.Array, kernel: jax.Array, left: int, right: int, dtype
   which are summed shifted by their row: (B, (H + kh - 1) W, kw C) @ (kw C, kh O), the convolution's FLOPs plus kh - 1
   rows per image. The gradient is two more such matmuls (as `low_precision_dot`'s), the input's summed over the
   taps in float32 and rounded once to x's dtype. Why: on a CPU in bf16, XLA's convolutions run at their float32
-  speed, forward and backward, while bf16 matmuls run faster; in float32, XLA:CPU's convolution gradients take about
-  twice the time of these matmuls. Either way the gated layers' 3x5 convolution takes less time this way
+  speed, forward and backward, while bf16 matmuls run faster; in float32 at the papers' width, XLA:CPU's convolution
+  gradients take longer than these matmuls. Either way the gated layers' 3x5 convolution takes less time this way
   (benchmarks/README.md)."""
   return _conv_as_matmul_fwd(x, kernel, left, right, dtype)[0]
 

@@ -91,7 +91,7 @@ class PixelSRConfig(ConditioningConfig):
       )
 
 
-# The demo's float32 step on a 2-core CPU as matmuls: level at its 32 channels (1.02x the time), 0.81x at 64.
+# Below this width the float32 matmul form gains nothing on a CPU (benchmarks/README.md).
 MATMUL_MIN_CHANNELS_F32 = 64
 
 
